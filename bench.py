@@ -1,0 +1,206 @@
+"""Speed benchmark: the project's training step and eval against a plain eager reference, in one run.
+
+    python bench.py                     # prints a table, writes bench.json
+    python bench.py --steps 100 --out /tmp/bench.json
+
+Every ratio compares two measurements taken in the same process on the same machine.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import utils
+from core import masked_mse, rollout
+from models import DecisionTransformer
+
+SHAPES = {"hopper": (11, 3), "walker2d": (17, 6)}  # (state dim, action dim) of the -v4 envs
+DEFAULT = dict(context_len=20, max_timestep=1000, embed_dim=128, n_layers=3, n_heads=1, dropout=0.1)
+
+
+class ReferenceBlock(nn.Module):
+    """The straightforward transformer block: nn.MultiheadAttention with an explicit causal mask."""
+
+    def __init__(self, embed_dim, n_heads, dropout):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(embed_dim)
+        self.attn = nn.MultiheadAttention(embed_dim, n_heads, dropout=dropout, batch_first=True)
+        self.ln_2 = nn.LayerNorm(embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), nn.Dropout(dropout))
+
+    def forward(self, x):
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, attn_mask=causal, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class ReferenceDT(DecisionTransformer):
+    """The project's DT with its blocks swapped for ReferenceBlocks and torch's own dropout."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        H, p = kwargs["embed_dim"], kwargs["dropout"]
+        self.drop = nn.Dropout(p)
+        self.blocks = nn.Sequential(*[ReferenceBlock(H, kwargs["n_heads"], p) for _ in range(kwargs["n_layers"])])
+
+    def load_project_weights(self, model):
+        """Copy a DecisionTransformer's weights (fused qkv -> in_proj, proj -> out_proj)."""
+        renamed = {k.replace("attn.qkv.", "attn.in_proj_").replace("attn.proj.", "attn.out_proj."): v
+                   for k, v in model.state_dict().items()}
+        self.load_state_dict(renamed)
+        return self
+
+
+def model_kwargs(state_dim, act_dim, **overrides):
+    return dict(DEFAULT, state_dim=state_dim, act_dim=act_dim, state_mean=np.zeros(state_dim),
+                state_std=np.ones(state_dim), action_low=-np.ones(act_dim), action_high=np.ones(act_dim), **overrides)
+
+
+def random_batch(state_dim, act_dim, batch_size=64, K=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch_size, K, state_dim, generator=g), torch.rand(batch_size, K, act_dim, generator=g) * 2 - 1,
+            torch.randn(batch_size, K, 1, generator=g), torch.randint(0, 1000, (batch_size, K), generator=g),
+            torch.ones(batch_size, K))
+
+
+def time_train_step(model, batch, steps, bf16=False):
+    """Median seconds of one forward + backward + AdamW step, after a warm-up."""
+    states, actions, returns_to_go, timesteps, mask = batch
+    optimizer = model.configure_optimizer(1e-4, 1e-4)
+    model.train()
+    times = []
+    for i in range(steps + 10):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            action_preds, _, _ = model(states, actions, returns_to_go, timesteps)
+        loss = masked_mse(action_preds, actions, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        optimizer.step()
+        if i >= 10:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def train_step_flops(kw, batch_size=64):
+    """Matmul FLOPs of one training step (forward x 3 for forward + backward)."""
+    T, H, L = 3 * kw["context_len"], kw["embed_dim"], kw["n_layers"]
+    per_token_layer = 2 * 12 * H * H  # qkv 3H^2, proj H^2, MLP 8H^2; 2 FLOPs per multiply-add
+    attention = 2 * 2 * T * H  # scores and weighted sum, per token (full T; causal halves the useful part)
+    return 3 * batch_size * T * L * (per_token_layer + attention)
+
+
+def matmul_gflops(dtype, n=1024, reps=30):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def eval_steps_per_second(model, episodes, vectorized):
+    """Env steps per second of HalfCheetah-v4 (it never falls, so every episode lasts 1000 steps)."""
+    model.eval()
+    start = time.perf_counter()
+    if vectorized:
+        rollout(model, "HalfCheetah-v4", episodes, 0, 6000, 1000)
+    else:
+        for i in range(episodes):
+            rollout(model, "HalfCheetah-v4", 1, i, 6000, 1000)
+    return episodes * 1000 / (time.perf_counter() - start), time.perf_counter() - start
+
+
+def _parallel_worker(steps, num_processes, queue):
+    utils.set_torch_threads(num_processes)
+    model = DecisionTransformer(**model_kwargs(*SHAPES["hopper"]))
+    queue.put(1.0 / time_train_step(model, random_batch(*SHAPES["hopper"]), steps))
+
+
+def parallel_steps_per_second(steps, num_processes=3):
+    """Total training steps/s of `num_processes` seeds trained side by side, as main_mp.py does."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_parallel_worker, args=(steps, num_processes, queue)) for _ in range(num_processes)]
+    for p in procs:
+        p.start()
+    rates = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "bf16_cpu": "avx512_bf16" in flags or "amx_bf16" in flags, "device": "cpu"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200, help="timed training steps per measurement")
+    parser.add_argument("--episodes", type=int, default=10, help="eval episodes (1000 steps each)")
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args()
+    utils.set_torch_threads(1)
+    torch.manual_seed(0)
+    results = {"machine": machine(), "train": {}}
+    peak = {"fp32": matmul_gflops(torch.float32)}
+    if results["machine"]["bf16_cpu"]:
+        peak["bf16"] = matmul_gflops(torch.bfloat16)
+    results["matmul_gflops"] = peak
+
+    rows = []
+    for env, (state_dim, act_dim) in SHAPES.items():
+        kw = model_kwargs(state_dim, act_dim)
+        model = DecisionTransformer(**kw)
+        reference = ReferenceDT(**kw).load_project_weights(model)
+        batch = random_batch(state_dim, act_dim)
+        ref_s = time_train_step(reference, batch, args.steps)
+        ours = {"fp32": time_train_step(model, batch, args.steps)}
+        if "bf16" in peak:
+            ours["bf16"] = time_train_step(model, batch, args.steps, bf16=True)
+        flops = train_step_flops(kw)
+        for precision, seconds in ours.items():
+            gflops = flops / seconds / 1e9
+            rows.append((f"train step {env} {precision}", seconds * 1e3, 1 / seconds, ref_s / seconds,
+                         gflops / peak[precision]))
+        results["train"][env] = {"reference_ms": ref_s * 1e3, **{f"{p}_ms": s * 1e3 for p, s in ours.items()},
+                                 **{f"speedup_{p}": ref_s / s for p, s in ours.items()}, "gflop_per_step": flops / 1e9}
+        rows.append((f"train step {env} reference", ref_s * 1e3, 1 / ref_s, 1.0, flops / ref_s / 1e9 / peak["fp32"]))
+
+    model = DecisionTransformer(**model_kwargs(17, 6))
+    vec_rate, vec_s = eval_steps_per_second(model, args.episodes, vectorized=True)
+    seq_rate, seq_s = eval_steps_per_second(model, args.episodes, vectorized=False)
+    results["eval"] = {"episodes": args.episodes, "vectorized_s": vec_s, "sequential_s": seq_s,
+                       "vectorized_steps_per_s": vec_rate, "sequential_steps_per_s": seq_rate,
+                       "speedup": vec_rate / seq_rate}
+    results["parallel_3_seeds_steps_per_s"] = parallel_steps_per_second(min(args.steps, 100))
+
+    print(f"machine: {results['machine']}")
+    print(f"matmul peak (1024^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    print(f"{'measurement':34s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
+    for name, ms, rate, ratio, frac in rows:
+        print(f"{name:34s} {ms:8.1f} {rate:8.2f} {ratio:6.2f}x {frac:7.0%}")
+    e = results["eval"]
+    print(f"eval {args.episodes} x 1000 steps: vectorized {e['vectorized_s']:.1f} s ({e['vectorized_steps_per_s']:.0f} "
+          f"steps/s), sequential {e['sequential_s']:.1f} s; ratio {e['speedup']:.2f}x")
+    print(f"3 seeds in parallel processes: {results['parallel_3_seeds_steps_per_s']:.2f} training steps/s in total")
+    utils.atomic_write_bytes(args.out, json.dumps(results, indent=2).encode())
+
+
+if __name__ == "__main__":
+    main()

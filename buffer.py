@@ -1,0 +1,200 @@
+"""D4RL hdf5 files -> transitions -> trajectories -> (B, K, .) training batches."""
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+ENVS = ("hopper", "halfcheetah", "walker2d")
+DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
+KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be found, fetched or read; the message names the fix."""
+
+
+def discounted_cumsum(x, gamma=1.0):
+    """y[t] = sum_{k >= t} gamma^(k - t) x[k]; with gamma = 1 the return-to-go."""
+    y = np.zeros_like(x, dtype=np.float64)
+    running = 0.0
+    for t in reversed(range(len(x))):
+        running = x[t] + gamma * running
+        y[t] = running
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding, downloading and checking D4RL files
+
+
+def dataset_file(env, dataset):
+    """D4RL's file name, e.g. ('hopper', 'medium-replay') -> 'hopper_medium_replay-v2.hdf5'."""
+    if env not in ENVS:
+        raise DatasetError(f"unknown env '{env}': choose one of {', '.join(ENVS)} (env=<name>)")
+    if dataset not in DATASETS:
+        raise DatasetError(
+            f"unknown dataset '{dataset}': choose one of {', '.join(DATASETS)} (buffer.dataset=<name>)")
+    return f"{env}_{dataset.replace('-', '_')}-v2.hdf5"
+
+
+def dataset_dir():
+    """$D4RL_DATASET_DIR if set, else d4rl's own cache ~/.d4rl/datasets."""
+    return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
+
+
+def check_hdf5(path, obs_dim, act_dim):
+    """Raise DatasetError unless `path` is a readable D4RL-layout file for these space sizes."""
+    fix = "delete it and run again to re-download, or point buffer.path at a good copy"
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in KEYS if k not in f]
+            if missing:
+                raise DatasetError(f"{path} lacks the D4RL keys {missing}: {fix}")
+            n = f["rewards"].shape[0]
+            expected = {"observations": (n, obs_dim), "actions": (n, act_dim),
+                        "rewards": (n,), "terminals": (n,), "timeouts": (n,)}
+            for key, shape in expected.items():
+                if f[key].shape != shape:
+                    raise DatasetError(
+                        f"{path}: '{key}' has shape {f[key].shape}, expected {shape} for this env "
+                        f"(observation dim {obs_dim}, action dim {act_dim}); is it another env's file?")
+            f["observations"][-1], f["actions"][-1]  # reads the last chunk: catches truncation
+    except OSError as e:
+        raise DatasetError(f"{path} is truncated or corrupt ({e}): {fix}") from e
+
+
+def download(url, path):
+    """Fetch `url` into a temporary file beside `path`; the caller renames it once checked."""
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {path.name}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(
+            f"could not download {url} ({e}). Download it by hand to {path}, or set "
+            f"D4RL_DATASET_DIR to a folder that holds {path.name}") from e
+    return tmp
+
+
+def find_dataset(env, dataset, obs_dim, act_dim):
+    """Path of a checked D4RL file, downloaded into the cache when missing."""
+    name = dataset_file(env, dataset)
+    path = dataset_dir() / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = download(D4RL_URL.format(file=name), path)
+        try:
+            check_hdf5(tmp, obs_dim, act_dim)
+        except DatasetError:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)
+    check_hdf5(path, obs_dim, act_dim)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Transitions and trajectories
+
+
+@dataclass
+class ReplayBuffer:
+    """Flat arrays of transitions in dataset order; `ends[i]` marks the last step of an episode."""
+    observations: np.ndarray  # (N, obs_dim)
+    actions: np.ndarray  # (N, act_dim)
+    rewards: np.ndarray  # (N,)
+    ends: np.ndarray  # (N,) bool: terminal or timeout
+
+    @classmethod
+    def from_hdf5(cls, path, obs_dim, act_dim):
+        check_hdf5(path, obs_dim, act_dim)
+        with h5py.File(path, "r") as f:
+            data = {k: f[k][:] for k in KEYS}
+        for key in ("observations", "actions", "rewards"):
+            if not np.isfinite(data[key]).all():
+                raise DatasetError(f"{path}: '{key}' holds NaN or inf values; the file is corrupt")
+        ends = data["terminals"].astype(bool) | data["timeouts"].astype(bool)
+        return cls(data["observations"].astype(np.float32), data["actions"].astype(np.float32),
+                   data["rewards"].astype(np.float32), ends)
+
+    def __len__(self):
+        return len(self.rewards)
+
+    def sample(self, batch_size, rng):
+        """Uniform transitions (obs, action, reward), for methods that learn from single steps."""
+        i = rng.integers(len(self), size=batch_size)
+        return self.observations[i], self.actions[i], self.rewards[i]
+
+
+class SequenceBuffer:
+    """Trajectories stored back to back, sampled as context windows of K steps."""
+
+    def __init__(self, replay, context_len, reward_scale, max_timestep, sample_by="length", top_percent=100.0):
+        ends = np.flatnonzero(replay.ends)
+        if len(ends) == 0 or ends[-1] != len(replay) - 1:
+            ends = np.append(ends, len(replay) - 1)  # the dataset's last, cut-off episode
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends - starts + 1
+        returns = np.add.reduceat(replay.rewards.astype(np.float64), starts)
+
+        keep = returns >= np.percentile(returns, 100.0 - top_percent)  # percentile behaviour cloning
+        self.starts, self.lengths, self.returns = starts[keep], lengths[keep], returns[keep]
+        steps = np.concatenate([np.arange(s, s + n) for s, n in zip(self.starts, self.lengths)])
+        self.states = replay.observations[steps]
+        self.actions = replay.actions[steps]
+        self.rewards = replay.rewards[steps]
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))  # positions in the kept arrays
+        self.timesteps = np.concatenate([np.arange(n) for n in self.lengths]).clip(max=max_timestep - 1)
+        self.returns_to_go = np.concatenate(
+            [discounted_cumsum(self.rewards[s:s + n]) for s, n in zip(self.starts, self.lengths)]
+        ).astype(np.float32) / reward_scale
+        self.state_mean = self.states.mean(0)
+        self.state_std = self.states.std(0) + 1e-6
+        self.context_len = context_len
+        self.traj_probs = self._traj_probs(sample_by)
+
+    def _traj_probs(self, sample_by):
+        if sample_by == "length":  # every step equally likely, as in the DT paper
+            weights = self.lengths.astype(np.float64)
+        elif sample_by == "uniform":
+            weights = np.ones(len(self.lengths))
+        elif sample_by == "return":
+            weights = self.returns - self.returns.min() + 1e-3 * (np.ptp(self.returns) + 1.0)
+        else:
+            raise ValueError(f"buffer.sample_by must be length, uniform or return, not '{sample_by}'")
+        return weights / weights.sum()
+
+    @property
+    def num_trajectories(self):
+        return len(self.lengths)
+
+    def sample(self, batch_size, rng):
+        """A batch of windows: trajectory first, then a start step; padded on the right, masked.
+
+        Returns numpy arrays states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1),
+        timesteps (B, K) and mask (B, K), 1 where a step is real.
+        """
+        K = self.context_len
+        traj = rng.choice(self.num_trajectories, size=batch_size, p=self.traj_probs)  # (B,)
+        offset = (rng.random(batch_size) * self.lengths[traj]).astype(np.int64)  # (B,) start in trajectory
+        first = self.starts[traj] + offset  # (B,)
+        last = self.starts[traj] + self.lengths[traj] - 1  # (B,)
+        idx = first[:, None] + np.arange(K)  # (B, K)
+        mask = idx <= last[:, None]  # (B, K)
+        idx = np.minimum(idx, last[:, None])
+        m = mask[..., None]
+        return (np.where(m, self.states[idx], 0.0).astype(np.float32),
+                np.where(m, self.actions[idx], 0.0).astype(np.float32),
+                np.where(m, self.returns_to_go[idx, None], 0.0).astype(np.float32),
+                np.where(mask, self.timesteps[idx], 0),
+                mask.astype(np.float32))

@@ -1,0 +1,271 @@
+"""Training and evaluation of one seed: batches -> masked action MSE -> AdamW; periodic evals."""
+import json
+import logging
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import utils
+from buffer import ReplayBuffer, SequenceBuffer, dataset_file, find_dataset
+from models import DecisionTransformer
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and what is allowed."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def check_config(cfg):
+    """Fail before any work starts on values that cannot work."""
+    positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
+                "buffer.context_len": cfg.buffer.context_len, "eval.episodes": cfg.eval.episodes,
+                "eval.final_episodes": cfg.eval.final_episodes, "train.log_every": cfg.train.log_every,
+                "train.eval_every": cfg.train.eval_every, "train.checkpoint_every": cfg.train.checkpoint_every,
+                "buffer.reward_scale": cfg.buffer.reward_scale}
+    for field, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{field}={value}: must be a positive number")
+    if cfg.buffer.context_len > cfg.env.max_episode_len:
+        raise ConfigError(f"buffer.context_len={cfg.buffer.context_len}: must be at most the env's "
+                          f"max_episode_len={cfg.env.max_episode_len}")
+    for field in ("eval_every", "checkpoint_every"):  # so that no checkpoint holds an unchecked loss
+        if cfg.train[field] % cfg.train.log_every:
+            raise ConfigError(f"train.{field}={cfg.train[field]}: must be a multiple of "
+                              f"train.log_every={cfg.train.log_every}")
+    if not 0 < cfg.buffer.top_percent <= 100:
+        raise ConfigError(f"buffer.top_percent={cfg.buffer.top_percent}: must be in (0, 100]")
+    if cfg.buffer.sample_by not in ("length", "uniform", "return"):
+        raise ConfigError(f"buffer.sample_by={cfg.buffer.sample_by}: choose length, uniform or return")
+    if not cfg.buffer.path:
+        dataset_file(cfg.env.name, cfg.buffer.dataset)  # raises DatasetError listing the choices
+    if not cfg.seeds:
+        raise ConfigError("seeds: give at least one seed, e.g. seeds=[0]")
+
+
+def masked_mse(pred, target, mask):
+    """Mean squared error over the real (mask = 1) steps. pred, target (B, K, d); mask (B, K)."""
+    return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: one loop over `num_envs` envs in lockstep; a single env is num_envs=1.
+
+
+@torch.inference_mode()
+def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_video=False):
+    """Run `num_envs` episodes in lockstep, conditioning on `target_return`.
+
+    Returns per-episode returns (num_envs,) and, with record_video, the frames of env 0.
+    """
+    render = ["rgb_array" if record_video and i == 0 else None for i in range(num_envs)]
+    envs = gym.vector.SyncVectorEnv([partial(gym.make, env_id, render_mode=r) for r in render],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    max_len = envs.envs[0].spec.max_episode_steps
+    device, K = model.state_mean.device, model.context_len
+    states = torch.zeros(num_envs, max_len, model.state_dim, device=device)  # histories, (N, T, obs)
+    actions = torch.zeros(num_envs, max_len, model.act_dim, device=device)  # (N, T, act)
+    returns_to_go = torch.zeros(num_envs, max_len, 1, device=device)  # (N, T, 1)
+    timesteps = torch.arange(max_len, device=device).expand(num_envs, max_len)  # (N, T)
+    rtg = np.full(num_envs, target_return / reward_scale)
+    episode_returns = np.zeros(num_envs)
+    active = np.ones(num_envs, dtype=bool)
+    frames = []
+    obs, _ = envs.reset(seed=seed)
+    for t in range(max_len):
+        if record_video and active[0]:
+            frames.append(envs.envs[0].render())
+        states[:, t] = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        returns_to_go[:, t, 0] = torch.as_tensor(rtg, dtype=torch.float32, device=device)
+        rows, window = torch.as_tensor(np.flatnonzero(active), device=device), slice(max(0, t - K + 1), t + 1)
+        # All envs are at step t, so the window needs no padding; finished envs are left out.
+        action_preds, _, _ = model(states[rows, window], actions[rows, window],
+                                   returns_to_go[rows, window], timesteps[rows, window])  # (n, k, act)
+        actions[rows, t] = action_preds[:, -1].float()
+        obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
+        episode_returns += reward * active  # reward counts only until each env is done
+        rtg -= reward / reward_scale
+        active &= ~(terminated | truncated)
+        if not active.any():
+            break
+    envs.close()
+    return episode_returns, frames
+
+
+def evaluate(model, cfg, episodes, seed, vectorized=True):
+    """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ..."""
+    run = partial(rollout, model, cfg.env.id, target_return=cfg.eval.target_return,
+                  reward_scale=cfg.buffer.reward_scale)
+    if vectorized:
+        returns, _ = run(num_envs=episodes, seed=seed)
+    else:
+        returns = np.concatenate([run(num_envs=1, seed=seed + i)[0] for i in range(episodes)])
+    scores = utils.normalized_score(returns, cfg.env.ref_min_score, cfg.env.ref_max_score)
+    return {"return_mean": returns.mean(), "return_std": returns.std(),
+            "score_mean": scores.mean(), "score_std": scores.std()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks of a run
+
+
+def load_data(cfg, env):
+    """The SequenceBuffer of the configured dataset, checked against the env's spaces."""
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    path = cfg.buffer.path or find_dataset(cfg.env.name, cfg.buffer.dataset, obs_dim, act_dim)
+    replay = ReplayBuffer.from_hdf5(path, obs_dim, act_dim)
+    return SequenceBuffer(replay, cfg.buffer.context_len, cfg.buffer.reward_scale, cfg.env.max_episode_len,
+                          cfg.buffer.sample_by, cfg.buffer.top_percent)
+
+
+def model_kwargs(cfg, data, env):
+    """Everything needed to rebuild the model from a checkpoint alone."""
+    return dict(state_dim=env.observation_space.shape[0], act_dim=env.action_space.shape[0],
+                context_len=cfg.buffer.context_len, max_timestep=cfg.env.max_episode_len,
+                embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
+                dropout=cfg.model.dropout, state_mean=data.state_mean.tolist(), state_std=data.state_std.tolist(),
+                action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist())
+
+
+def save_policy(model, kwargs, cfg, path):
+    utils.atomic_torch_save({"env_id": cfg.env.id, "model_kwargs": kwargs, "model": model.state_dict()}, path)
+
+
+def load_policy(path, env_id=None, device="cpu"):
+    """A DecisionTransformer from a best.pt / final.pt checkpoint, ready to evaluate."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if env_id is not None and ckpt["env_id"] != env_id:
+        raise ConfigError(f"checkpoint {path} was trained on {ckpt['env_id']}, not {env_id}: "
+                          f"choose the matching env=<name>")
+    model = DecisionTransformer(**ckpt["model_kwargs"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def train(cfg, seed, run_dir):
+    """Train one seed; write seed<seed>/ (metrics, checkpoints, video) under run_dir; resume if stopped."""
+    seed_dir = Path(run_dir) / f"seed{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    if (seed_dir / "final.json").exists():
+        log.info("seed %d already finished: %s", seed, seed_dir / "final.json")
+        return json.loads((seed_dir / "final.json").read_text())
+    utils.seed_everything(seed)
+    device = utils.pick_device(cfg.device)
+    env = gym.make(cfg.env.id)
+    data = load_data(cfg, env)
+    kwargs = model_kwargs(cfg, data, env)
+    model = DecisionTransformer(**kwargs).to(device)
+    optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.train.warmup_steps))
+    rng = np.random.default_rng(seed)
+    metrics = {"train": [], "eval": []}
+    step, best_score, elapsed = 0, -np.inf, 0.0
+
+    last_ckpt = seed_dir / "last.pt"
+    if last_ckpt.exists():
+        state = torch.load(last_ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        step, best_score, metrics, elapsed = state["step"], state["best_score"], state["metrics"], state["elapsed"]
+        log.info("seed %d: resumed from %s at step %d", seed, last_ckpt, step)
+    log.info("seed %d: %d trajectories, %d steps, %s, device %s", seed, data.num_trajectories,
+             len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device)
+
+    def checkpoint():
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "step": step, "best_score": best_score,
+                 "metrics": metrics, "elapsed": elapsed + time.time() - started}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        utils.atomic_torch_save(state, last_ckpt)
+
+    started = time.time()
+    loss_sum = torch.zeros((), device=device)
+    model.train()
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"seed {seed}", mininterval=2, disable=None)
+    while step < cfg.train.steps:
+        batch = (torch.from_numpy(x).to(device, non_blocking=True) for x in data.sample(cfg.train.batch_size, rng))
+        states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+            action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps)
+        loss = masked_mse(action_preds, actions, mask)
+        if cfg.train.aux_state_coef:  # predict s_{t+1} from the a_t token
+            loss = loss + cfg.train.aux_state_coef * masked_mse(
+                state_preds[:, :-1], model._norm_state(states[:, 1:]), mask[:, 1:])
+        if cfg.train.aux_rtg_coef:  # predict g_{t+1} from the a_t token
+            loss = loss + cfg.train.aux_rtg_coef * masked_mse(return_preds[:, :-1], returns_to_go[:, 1:], mask[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+        step += 1
+        bar.update()
+
+        if step % cfg.train.log_every == 0:
+            mean_loss = loss_sum.item() / cfg.train.log_every  # one host sync per log interval
+            loss_sum.zero_()
+            if not np.isfinite(mean_loss):
+                raise NonFiniteLossError(
+                    f"seed {seed}: the loss became {mean_loss} before step {step}; the last good checkpoint "
+                    f"is {last_ckpt}. Lower train.lr or train.grad_clip, or check the dataset for bad values")
+            metrics["train"].append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+        evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
+        if evaluated:
+            model.eval()
+            result = evaluate(model, cfg, cfg.eval.episodes, seed=1000 * seed, vectorized=cfg.eval.vectorized)
+            model.train()
+            metrics["eval"].append({"step": step, **result})
+            log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
+                     metrics["train"][-1]["loss"] if metrics["train"] else float("nan"),
+                     result["return_mean"], result["return_std"], result["score_mean"])
+            if result["score_mean"] > best_score:
+                best_score = result["score_mean"]
+                save_policy(model, kwargs, cfg, seed_dir / "best.pt")
+        if evaluated or step % cfg.train.checkpoint_every == 0:
+            utils.write_csv(metrics["train"], seed_dir / "train.csv")
+            utils.write_csv(metrics["eval"], seed_dir / "eval.csv")
+            checkpoint()
+            utils.plot_results(run_dir, cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+    bar.close()
+    return finish(model, kwargs, cfg, seed, seed_dir, elapsed + time.time() - started)
+
+
+def finish(model, kwargs, cfg, seed, seed_dir, train_seconds):
+    """The final 100-episode evaluation, final.pt, the video and final.json."""
+    model.eval()
+    save_policy(model, kwargs, cfg, seed_dir / "final.pt")
+    started = time.time()
+    result = evaluate(model, cfg, cfg.eval.final_episodes, seed=1000 * seed + 100_000, vectorized=cfg.eval.vectorized)
+    result = {k: float(v) for k, v in result.items()}
+    if cfg.eval.video:
+        _, frames = rollout(model, cfg.env.id, 1, 1000 * seed + 100_000, cfg.eval.target_return,
+                            cfg.buffer.reward_scale, record_video=True)
+        utils.save_video(frames, seed_dir / "video.mp4", fps=int(1 / gym.make(cfg.env.id).unwrapped.dt))
+    summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
+               "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
+    utils.atomic_write_bytes(seed_dir / "final.json", json.dumps(summary, indent=2).encode())
+    log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f", seed,
+             cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
+             result["score_std"])
+    return summary

@@ -1,0 +1,87 @@
+"""Train the Decision Transformer on each configured seed, one after another.
+
+    python main.py                                   # hopper-medium, seeds 0 1 2
+    python main.py env=walker2d buffer.dataset=medium-replay
+    python main.py resume=runs/<date>/<time>         # continue an interrupted run
+"""
+import json
+import logging
+import os
+import traceback
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.utils import to_absolute_path
+from omegaconf import OmegaConf
+
+import core
+import utils
+from buffer import DatasetError
+
+log = logging.getLogger(__name__)
+OmegaConf.register_new_resolver("or", lambda a, b: a or b, replace=True)  # used by hydra.run.dir
+
+
+def prepare(cfg):
+    """The run's config (a resumed run's own, else this one), checked and saved; and the run folder.
+
+    With hydra.job.chdir=true (the default) the current folder is the run folder runs/<date>/<time>;
+    a resumed run writes into its own folder.
+    """
+    run_dir = Path.cwd()
+    if cfg.resume:
+        run_dir = Path(to_absolute_path(cfg.resume))
+        if not (run_dir / "config.yaml").exists():
+            raise core.ConfigError(f"resume={cfg.resume}: no config.yaml there; give a folder under runs/")
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+    OmegaConf.resolve(cfg)
+    if cfg.buffer.path:
+        cfg.buffer.path = to_absolute_path(cfg.buffer.path)
+    if "D4RL_DATASET_DIR" in os.environ:  # relative to where the user started, not the run folder
+        os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
+    core.check_config(cfg)
+    utils.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    return cfg, run_dir
+
+
+def summarize(cfg, run_dir):
+    """Gather the seeds' final.json into summary.json and the figure; return the summary."""
+    finals = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("seed*/final.json"))]
+    scores = [f["score_mean"] for f in finals]
+    summary = {"env": cfg.env.name, "dataset": cfg.buffer.path or cfg.buffer.dataset,
+               "seeds": [f["seed"] for f in finals], "missing_seeds": sorted(set(cfg.seeds) - {f["seed"] for f in finals}),
+               "score_mean": float(np.mean(scores)) if scores else None,
+               "score_std": float(np.std(scores)) if scores else None, "per_seed": finals}
+    utils.atomic_write_bytes(Path(run_dir) / "summary.json", json.dumps(summary, indent=2).encode())
+    utils.plot_results(run_dir, cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+    if scores:
+        log.info("%s-%s: normalized score %.1f +- %.1f over seeds %s (final evals of %d episodes)",
+                 summary["env"], summary["dataset"], summary["score_mean"], summary["score_std"],
+                 summary["seeds"], cfg.eval.final_episodes)
+    return summary
+
+
+@hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
+def main(cfg):
+    try:
+        cfg, run_dir = prepare(cfg)
+        utils.set_torch_threads(num_processes=1)
+        failed = []
+        for seed in cfg.seeds:
+            try:
+                core.train(cfg, seed, run_dir)
+            except (core.ConfigError, DatasetError):
+                raise  # the same for every seed: stop now
+            except Exception:  # a crashed seed keeps the others' results
+                log.error("seed %d failed:\n%s", seed, traceback.format_exc())
+                failed.append(seed)
+        summarize(cfg, run_dir)
+    except (core.ConfigError, DatasetError) as e:
+        raise SystemExit(f"error: {e}")
+    if failed:
+        raise SystemExit(f"seeds {failed} failed; see {run_dir / 'main.log'}. Resume with resume={run_dir}")
+
+
+if __name__ == "__main__":
+    main()

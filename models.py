@@ -1,0 +1,149 @@
+"""A minGPT-style Decision Transformer (Chen et al., 2021): returns-to-go, states, actions -> actions."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Dropout(nn.Module):
+    """nn.Dropout with 15 random bits per element instead of a float: ~2.5x cheaper on a CPU.
+
+    The drop probability is rounded to a multiple of 2^-15 (0.1 -> 0.100006).
+    """
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 2**15)
+
+    def forward(self, x):
+        if not self.training or self.threshold == 0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # 31 random bits each
+        bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # 15 uniform bits per element
+        return x * (bits >= self.threshold) * (1.0 / (1.0 - self.threshold / 2**15))
+
+
+class MaskedCausalAttention(nn.Module):
+    """Multi-head self-attention in which each token sees itself and the tokens before it."""
+
+    def __init__(self, embed_dim, n_heads, dropout, max_tokens):
+        super().__init__()
+        assert embed_dim % n_heads == 0, "embed_dim must be divisible by n_heads"
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)  # fused query, key, value projection
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.attn_drop = Dropout(dropout)
+        self.resid_drop = Dropout(dropout)
+        self.register_buffer("causal", torch.ones(max_tokens, max_tokens).triu(1).bool(), persistent=False)
+
+    def forward(self, x):
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, H // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        if self.training and self.attn_drop.threshold:  # dropout on the attention weights, as GPT-2
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
+            att = att.masked_fill(self.causal[:T, :T], float("-inf")).softmax(dim=-1)
+            y = self.attn_drop(att) @ v  # (B, nh, T, hs)
+        else:  # the same function, in one fused kernel
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: causal attention, then an MLP, each on a residual."""
+
+    def __init__(self, embed_dim, n_heads, dropout, max_tokens):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(embed_dim)
+        self.attn = MaskedCausalAttention(embed_dim, n_heads, dropout, max_tokens)
+        self.ln_2 = nn.LayerNorm(embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), Dropout(dropout))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class DecisionTransformer(nn.Module):
+    """GPT over interleaved (return-to-go, state, action) tokens; predicts a_t from the s_t token.
+
+    Takes states and actions as the environment gives them: the model holds the dataset's state
+    mean/std and the action bounds, so a checkpoint is a complete policy.
+    """
+
+    def __init__(self, state_dim, act_dim, context_len, max_timestep, embed_dim, n_layers, n_heads, dropout,
+                 state_mean, state_std, action_low, action_high):
+        super().__init__()
+        self.state_dim, self.act_dim, self.context_len = state_dim, act_dim, context_len
+        self.embed_timestep = nn.Embedding(max_timestep, embed_dim)  # omega(t), added to all 3 tokens of step t
+        self.embed_return = nn.Linear(1, embed_dim)  # phi_g
+        self.embed_state = nn.Linear(state_dim, embed_dim)  # phi_s
+        self.embed_action = nn.Linear(act_dim, embed_dim)  # phi_a
+        self.embed_ln = nn.LayerNorm(embed_dim)
+        self.drop = Dropout(dropout)
+        self.blocks = nn.Sequential(*[Block(embed_dim, n_heads, dropout, 3 * context_len) for _ in range(n_layers)])
+        self.ln_f = nn.LayerNorm(embed_dim)
+        self.predict_action = nn.Linear(embed_dim, act_dim)  # read from s_t tokens
+        self.predict_state = nn.Linear(embed_dim, state_dim)  # s_{t+1} from a_t tokens (auxiliary)
+        self.predict_return = nn.Linear(embed_dim, 1)  # g_{t+1} from a_t tokens (auxiliary)
+        self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
+        self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
+        self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _norm_state(self, states):
+        return (states - self.state_mean) / self.state_std
+
+    def _norm_action(self, actions):
+        """Environment action -> [-1, 1]."""
+        return 2 * (actions - self.action_low) / (self.action_high - self.action_low) - 1
+
+    def _unnorm_action(self, actions):
+        """[-1, 1] -> environment action."""
+        return self.action_low + (actions + 1) / 2 * (self.action_high - self.action_low)
+
+    def forward(self, states, actions, returns_to_go, timesteps):
+        """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K).
+
+        Returns action predictions (B, K, act) in the env's bounds, next-state predictions (B, K, obs)
+        in normalized state space, and next return-to-go predictions (B, K, 1).
+        """
+        B, K, _ = states.shape
+        time = self.embed_timestep(timesteps)  # (B, K, H)
+        g = self.embed_return(returns_to_go) + time  # (B, K, H)
+        s = self.embed_state(self._norm_state(states)) + time  # (B, K, H)
+        a = self.embed_action(self._norm_action(actions)) + time  # (B, K, H)
+        x = torch.stack((g, s, a), dim=2).reshape(B, 3 * K, -1)  # (B, 3K, H): g_1, s_1, a_1, g_2, ...
+        x = self.drop(self.embed_ln(x))
+        x = self.ln_f(self.blocks(x))  # (B, 3K, H)
+        x = x.reshape(B, K, 3, -1)  # (B, K, [g, s, a], H)
+        action_preds = self._unnorm_action(torch.tanh(self.predict_action(x[:, :, 1])))  # (B, K, act)
+        state_preds = self.predict_state(x[:, :, 2])  # (B, K, obs)
+        return_preds = self.predict_return(x[:, :, 2])  # (B, K, 1)
+        return action_preds, state_preds, return_preds
+
+    def configure_optimizer(self, lr, weight_decay):
+        """AdamW with weight decay on Linear weights only (not biases, LayerNorms or embeddings)."""
+        decay = {f"{mn}.{pn}" if mn else pn for mn, m in self.named_modules()
+                 for pn, _ in m.named_parameters(recurse=False) if isinstance(m, nn.Linear) and pn == "weight"}
+        params = dict(self.named_parameters())
+        no_decay = params.keys() - decay
+        assert decay.isdisjoint(no_decay) and decay | no_decay == params.keys()
+        groups = [{"params": [params[n] for n in sorted(decay)], "weight_decay": weight_decay},
+                  {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), foreach=True)

@@ -1,0 +1,55 @@
+"""Fixtures: tiny D4RL-layout hdf5 files and a helper that runs the entry points on them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HOPPER_OBS, HOPPER_ACT = 11, 3
+# Trajectory lengths and how each ends: the 3- and 4-step ones are shorter than a context of 5;
+# the last one is cut off by the end of the file, as in D4RL.
+TRAJECTORIES = [(30, "terminal"), (3, "terminal"), (50, "timeout"), (4, "timeout"), (25, "terminal"), (12, "cut")]
+
+
+def write_d4rl_file(path, trajectories=TRAJECTORIES, obs_dim=HOPPER_OBS, act_dim=HOPPER_ACT, seed=0):
+    """A D4RL-layout hdf5 file; rewards of trajectory i are i + 1 at every step."""
+    rng = np.random.default_rng(seed)
+    n = sum(length for length, _ in trajectories)
+    rewards, terminals, timeouts = np.zeros(n, np.float32), np.zeros(n, bool), np.zeros(n, bool)
+    start = 0
+    for i, (length, end) in enumerate(trajectories):
+        rewards[start:start + length] = i + 1
+        terminals[start + length - 1] = end == "terminal"
+        timeouts[start + length - 1] = end == "timeout"
+        start += length
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.normal(size=(n, obs_dim)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32)
+        f["rewards"] = rewards
+        f["terminals"] = terminals
+        f["timeouts"] = timeouts
+    return path
+
+
+@pytest.fixture
+def hopper_file(tmp_path):
+    return write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
+
+
+TINY = ["env=hopper", "train.steps=20", "train.log_every=5", "train.eval_every=10", "train.checkpoint_every=5",
+        "train.warmup_steps=5", "train.batch_size=8", "buffer.context_len=5", "model.embed_dim=16",
+        "model.n_layers=1", "eval.episodes=2", "eval.final_episodes=2", "eval.video=false", "device=cpu"]
+
+
+def run_entry(script, run_dir, *overrides, check=True, env=None):
+    """Run main.py / main_mp.py with the tiny config into run_dir; return the CompletedProcess."""
+    cmd = [sys.executable, str(ROOT / script), *TINY, f"hydra.run.dir={run_dir}", *overrides]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MUJOCO_GL": "egl", **(env or {})}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,166 @@
+"""buffer.py: returns-to-go, trajectory splitting, the sampler, and dataset files."""
+import h5py
+import numpy as np
+import pytest
+
+import buffer
+from buffer import DatasetError, ReplayBuffer, SequenceBuffer, discounted_cumsum
+from conftest import HOPPER_ACT, HOPPER_OBS, TRAJECTORIES, write_d4rl_file
+
+
+def make_sequences(path, context_len=5, **kwargs):
+    replay = ReplayBuffer.from_hdf5(path, HOPPER_OBS, HOPPER_ACT)
+    return SequenceBuffer(replay, context_len, reward_scale=10.0, max_timestep=1000, **kwargs)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.99, 0.5])
+def test_discounted_cumsum_matches_a_double_loop(gamma):
+    x = np.random.default_rng(0).normal(size=37)
+    expected = [sum(gamma ** (k - t) * x[k] for k in range(t, len(x))) for t in range(len(x))]
+    np.testing.assert_allclose(discounted_cumsum(x, gamma), expected, rtol=1e-10)
+
+
+def test_trajectories_split_on_terminals_timeouts_and_file_end(hopper_file):
+    data = make_sequences(hopper_file)
+    assert data.lengths.tolist() == [n for n, _ in TRAJECTORIES]
+    assert data.returns.tolist() == [(i + 1) * n for i, (n, _) in enumerate(TRAJECTORIES)]
+    assert data.timesteps[data.starts].tolist() == [0] * len(TRAJECTORIES)
+
+
+def test_returns_to_go_count_down_to_the_last_reward(hopper_file):
+    data = make_sequences(hopper_file)
+    start, n, reward = data.starts[2], data.lengths[2], 3.0  # 50 steps of reward 3
+    rtg = data.returns_to_go[start:start + n] * 10.0  # undo reward_scale
+    np.testing.assert_allclose(rtg, reward * np.arange(n, 0, -1), rtol=1e-6)
+
+
+def test_batch_shapes_and_right_padding_with_mask(hopper_file):
+    data = make_sequences(hopper_file, context_len=5)
+    states, actions, rtg, timesteps, mask = data.sample(256, np.random.default_rng(0))
+    assert states.shape == (256, 5, HOPPER_OBS) and actions.shape == (256, 5, HOPPER_ACT)
+    assert rtg.shape == (256, 5, 1) and timesteps.shape == (256, 5) and mask.shape == (256, 5)
+    assert (np.diff(mask, axis=1) <= 0).all(), "real steps come first, padding after"
+    assert (mask[:, 0] == 1).all() and (mask == 0).any()
+    padded = mask == 0
+    assert (states[padded] == 0).all() and (actions[padded] == 0).all() and (rtg[padded] == 0).all()
+    real = mask == 1
+    steps_in_window = timesteps[real.all(1)]
+    assert (np.diff(steps_in_window, axis=1) == 1).all(), "a full window is K consecutive steps"
+
+
+def test_short_trajectory_fills_only_its_own_steps(tmp_path):
+    data = make_sequences(write_d4rl_file(tmp_path / "short.hdf5", [(3, "terminal")]), context_len=5)
+    _, _, _, timesteps, mask = data.sample(64, np.random.default_rng(0))
+    for row_steps, row_mask in zip(timesteps, mask):
+        first = row_steps[0]
+        assert row_mask.sum() == 3 - first
+        assert row_steps[row_mask == 1].tolist() == list(range(first, 3))
+
+
+def test_sampling_follows_trajectory_length(hopper_file):
+    data = make_sequences(hopper_file)
+    rng = np.random.default_rng(1)
+    traj = rng.choice(data.num_trajectories, size=200_000, p=data.traj_probs)
+    frequency = np.bincount(traj, minlength=data.num_trajectories) / len(traj)
+    np.testing.assert_allclose(frequency, data.lengths / data.lengths.sum(), atol=0.005)
+
+
+def test_window_starts_are_uniform_over_all_steps(hopper_file):
+    data = make_sequences(hopper_file)
+    _, _, _, timesteps, _ = data.sample(200_000, np.random.default_rng(2))
+    frequency = np.bincount(timesteps[:, 0], minlength=50) / len(timesteps)
+    expected = np.array([(data.lengths > t).sum() for t in range(50)]) / data.lengths.sum()
+    np.testing.assert_allclose(frequency, expected, atol=0.003)
+
+
+def test_uniform_and_return_weighting(hopper_file):
+    uniform = make_sequences(hopper_file, sample_by="uniform").traj_probs
+    np.testing.assert_allclose(uniform, 1 / len(TRAJECTORIES))
+    by_return = make_sequences(hopper_file, sample_by="return")
+    assert np.argmax(by_return.traj_probs) == np.argmax(by_return.returns)
+
+
+def test_top_percent_keeps_the_best_trajectories(hopper_file):
+    data = make_sequences(hopper_file, top_percent=50)
+    assert sorted(data.returns.tolist()) == sorted(make_sequences(hopper_file).returns.tolist())[3:]
+    assert len(data.rewards) == data.lengths.sum()
+
+
+def test_state_statistics_describe_the_kept_states(hopper_file):
+    data = make_sequences(hopper_file)
+    with h5py.File(hopper_file) as f:
+        np.testing.assert_allclose(data.state_mean, f["observations"][:].mean(0), rtol=1e-5)
+
+
+# --- dataset files -------------------------------------------------------------------------------
+
+
+def test_unknown_env_and_dataset_list_the_choices():
+    with pytest.raises(DatasetError, match="choose one of hopper, halfcheetah, walker2d"):
+        buffer.dataset_file("ant", "medium")
+    with pytest.raises(DatasetError, match="medium-replay"):
+        buffer.dataset_file("hopper", "mediocre")
+    assert buffer.dataset_file("walker2d", "medium-expert") == "walker2d_medium_expert-v2.hdf5"
+
+
+def test_missing_file_offline_names_file_url_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    monkeypatch.setattr(buffer, "D4RL_URL", "http://127.0.0.1:9/{file}")  # nothing listens there
+    with pytest.raises(DatasetError) as err:
+        buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    message = str(err.value)
+    assert "http://127.0.0.1:9/hopper_medium-v2.hdf5" in message and str(tmp_path) in message
+    assert list(tmp_path.iterdir()) == [], "a failed download leaves nothing behind"
+
+
+def test_download_is_checked_then_renamed_into_the_cache(tmp_path, monkeypatch):
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir()
+    write_d4rl_file(mirror / "hopper_medium-v2.hdf5")
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
+    monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
+    path = buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    assert path == cache / "hopper_medium-v2.hdf5" and path.exists()
+    assert [p.name for p in cache.iterdir()] == ["hopper_medium-v2.hdf5"]
+
+
+def test_download_of_a_corrupt_file_is_not_kept(tmp_path, monkeypatch):
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir()
+    (mirror / "hopper_medium-v2.hdf5").write_bytes(b"not an hdf5 file")
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
+    monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
+    with pytest.raises(DatasetError, match="truncated or corrupt"):
+        buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    assert list(cache.iterdir()) == []
+
+
+def test_truncated_file_in_the_cache_is_reported_with_the_fix(hopper_file):
+    data = hopper_file.read_bytes()
+    hopper_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="truncated or corrupt.*delete it"):
+        ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+
+
+def test_another_envs_file_is_rejected_by_shape(tmp_path):
+    walker = write_d4rl_file(tmp_path / "walker.hdf5", obs_dim=17, act_dim=6)
+    with pytest.raises(DatasetError, match=r"'observations' has shape \(124, 17\), expected \(124, 11\)"):
+        ReplayBuffer.from_hdf5(walker, HOPPER_OBS, HOPPER_ACT)
+
+
+def test_missing_keys_and_nan_values_are_reported(hopper_file):
+    with h5py.File(hopper_file, "a") as f:
+        f["rewards"][3] = np.nan
+    with pytest.raises(DatasetError, match="'rewards' holds NaN"):
+        ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+    with h5py.File(hopper_file, "a") as f:
+        del f["timeouts"]
+    with pytest.raises(DatasetError, match=r"lacks the D4RL keys \['timeouts'\]"):
+        ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+
+
+def test_replay_buffer_samples_transitions(hopper_file):
+    replay = ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+    obs, act, rew = replay.sample(32, np.random.default_rng(0))
+    assert obs.shape == (32, HOPPER_OBS) and act.shape == (32, HOPPER_ACT) and rew.shape == (32,)
+    assert replay.ends.sum() == 5 and len(replay) == sum(n for n, _ in TRAJECTORIES)

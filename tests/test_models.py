@@ -1,0 +1,107 @@
+"""models.py: causality, normalization, the optimizer groups, and equality with the plain reference."""
+import numpy as np
+import pytest
+import torch
+
+from bench import ReferenceDT, model_kwargs, random_batch
+from models import DecisionTransformer, Dropout
+
+STATE_DIM, ACT_DIM, K = 5, 2, 6
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    kw = dict(state_dim=STATE_DIM, act_dim=ACT_DIM, context_len=K, max_timestep=100, embed_dim=32, n_layers=2,
+              n_heads=2, dropout=0.0, state_mean=np.arange(STATE_DIM), state_std=np.full(STATE_DIM, 2.0),
+              action_low=np.array([-1.0, 0.0]), action_high=np.array([1.0, 4.0]))
+    return DecisionTransformer(**{**kw, **overrides}).eval()
+
+
+def tiny_inputs(B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, K, STATE_DIM, generator=g), torch.rand(B, K, ACT_DIM, generator=g),
+            torch.randn(B, K, 1, generator=g), torch.randint(0, 100, (B, K), generator=g))
+
+
+def test_outputs_have_one_prediction_per_step():
+    action_preds, state_preds, return_preds = tiny_model()(*tiny_inputs())
+    assert action_preds.shape == (3, K, ACT_DIM)
+    assert state_preds.shape == (3, K, STATE_DIM) and return_preds.shape == (3, K, 1)
+
+
+@pytest.mark.parametrize("changed", ["states", "actions", "returns_to_go", "timesteps"])
+def test_a_later_step_never_changes_an_earlier_prediction(changed):
+    model = tiny_model()
+    inputs = dict(zip(["states", "actions", "returns_to_go", "timesteps"], tiny_inputs()))
+    before = model(**inputs)
+    t = 3
+    altered = inputs[changed].clone()
+    altered[:, t:] = altered[:, t:] + 7 if changed != "timesteps" else (altered[:, t:] + 7) % 100
+    after = model(**{**inputs, changed: altered})
+    torch.testing.assert_close(after[0][:, :t], before[0][:, :t])  # actions at steps < t
+    torch.testing.assert_close(after[1][:, :t], before[1][:, :t])  # next states at steps < t
+    if changed == "actions":  # a_t is read after s_t: the action prediction at t must not see it
+        torch.testing.assert_close(after[0][:, t], before[0][:, t])
+    assert not torch.allclose(after[0][:, t + 1:], before[0][:, t + 1:]), "later steps do see the change"
+
+
+def test_action_predictions_stay_inside_the_action_bounds():
+    model = tiny_model()
+    with torch.no_grad():
+        model.predict_action.bias.fill_(50.0)  # saturate the tanh
+    action_preds = model(*tiny_inputs())[0]
+    torch.testing.assert_close(action_preds, torch.tensor([1.0, 4.0]).expand_as(action_preds))
+
+
+def test_action_normalization_round_trips():
+    model = tiny_model()
+    actions = torch.rand(10, ACT_DIM) * torch.tensor([2.0, 4.0]) + torch.tensor([-1.0, 0.0])
+    normed = model._norm_action(actions)
+    assert normed.min() >= -1 and normed.max() <= 1
+    torch.testing.assert_close(model._unnorm_action(normed), actions)
+
+
+def test_state_normalization_uses_the_dataset_statistics():
+    model = tiny_model()
+    states = torch.arange(STATE_DIM, dtype=torch.float32) + 2.0  # mean + 1 std
+    torch.testing.assert_close(model._norm_state(states), torch.ones(STATE_DIM))
+
+
+def test_weight_decay_applies_to_linear_weights_only():
+    model = tiny_model()
+    decay, no_decay = model.configure_optimizer(1e-4, 0.1).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("weight") and "ln" not in names[id(p)] for p in decay["params"])
+    assert any("embed_timestep" in names[id(p)] for p in no_decay["params"])
+
+
+@pytest.mark.parametrize("env_shape", [(11, 3), (17, 6)])
+def test_fp32_outputs_equal_the_plain_reference(env_shape):
+    torch.manual_seed(0)
+    model = DecisionTransformer(**model_kwargs(*env_shape)).eval()
+    reference = ReferenceDT(**model_kwargs(*env_shape)).load_project_weights(model).eval()
+    states, actions, returns_to_go, timesteps, _ = random_batch(*env_shape, batch_size=8)
+    with torch.no_grad():
+        ours, theirs = model(states, actions, returns_to_go, timesteps), reference(states, actions, returns_to_go, timesteps)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_gradients_equal_the_plain_reference_without_dropout():
+    model = DecisionTransformer(**model_kwargs(11, 3, dropout=0.0))
+    reference = ReferenceDT(**model_kwargs(11, 3, dropout=0.0)).load_project_weights(model)
+    batch = random_batch(11, 3, batch_size=4)
+    for m in (model, reference):
+        m(*batch[:4])[0].square().sum().backward()
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight.grad, reference.blocks[0].attn.in_proj_weight.grad,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_drops_the_configured_share_and_keeps_the_mean():
+    torch.manual_seed(0)
+    dropout = Dropout(0.1).train()
+    y = dropout(torch.ones(1000, 1000))
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.005
+    assert torch.equal(dropout.eval()(torch.ones(3)), torch.ones(3))

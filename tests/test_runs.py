@@ -1,0 +1,149 @@
+"""End to end: main.py and main_mp.py on a tiny dataset write every artifact; faults lose nothing."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import core
+from conftest import ROOT, TINY, run_entry
+
+SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
+CRASH_ENV = {"PYTHONPATH": str(ROOT / "tests" / "fault_injection")}
+
+
+def read(path):
+    return path.read_text()
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    from conftest import write_d4rl_file
+    path = write_d4rl_file(data / "hopper_medium-v2.hdf5")
+    run_dir = tmp_path_factory.mktemp("runs") / "main"
+    run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0,1]", "eval.video=true")
+    return run_dir, path
+
+
+def test_main_writes_config_log_figure_summary_and_seed_artifacts(main_run):
+    run_dir, _ = main_run
+    for name in ["config.yaml", "main.log", "results.png", "summary.json"]:
+        assert (run_dir / name).stat().st_size > 0, name
+    for seed in (0, 1):
+        for name in SEED_FILES + ["video.mp4"]:
+            assert (run_dir / f"seed{seed}" / name).stat().st_size > 0, f"seed{seed}/{name}"
+    assert "normalized score" in read(run_dir / "main.log")
+
+
+def test_metrics_hold_every_logged_step_and_eval(main_run):
+    run_dir, _ = main_run
+    train = read(run_dir / "seed0" / "train.csv").splitlines()
+    assert train[0] == "step,loss,lr" and [r.split(",")[0] for r in train[1:]] == ["5", "10", "15", "20"]
+    evals = read(run_dir / "seed0" / "eval.csv").splitlines()
+    assert evals[0].startswith("step,return_mean") and [r.split(",")[0] for r in evals[1:]] == ["10", "20"]
+
+
+def test_same_seed_same_machine_gives_identical_metrics(main_run, tmp_path):
+    run_dir, path = main_run
+    run_entry("main.py", tmp_path / "again", f"buffer.path={path}", "seeds=[0]", "eval.video=true")
+    for name in ["train.csv", "eval.csv", "final.json"]:
+        first, second = read(run_dir / "seed0" / name), read(tmp_path / "again" / "seed0" / name)
+        if name == "final.json":  # wall times differ; scores do not
+            first, second = (line for line in first.splitlines() if "seconds" not in line), \
+                (line for line in second.splitlines() if "seconds" not in line)
+            first, second = list(first), list(second)
+        assert first == second, name
+
+
+def test_checkpoint_alone_evaluates_and_refuses_another_env(main_run):
+    run_dir, _ = main_run
+    model = core.load_policy(run_dir / "seed0" / "final.pt", env_id="Hopper-v4")
+    assert model.state_mean.shape == (11,) and not model.training
+    with pytest.raises(core.ConfigError, match="trained on Hopper-v4, not Walker2d-v4"):
+        core.load_policy(run_dir / "seed0" / "final.pt", env_id="Walker2d-v4")
+
+
+def test_main_mp_runs_seeds_in_parallel_and_writes_the_same_artifacts(hopper_file, tmp_path):
+    run_entry("main_mp.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0,1]")
+    for seed in (0, 1):
+        for name in SEED_FILES + ["train.log"]:
+            assert (tmp_path / f"seed{seed}" / name).exists(), f"seed{seed}/{name}"
+    assert (tmp_path / "results.png").exists() and '"seeds": [\n    0,\n    1\n  ]' in read(tmp_path / "summary.json")
+
+
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_main_mp_reports_a_crashed_seed_and_keeps_the_others(hopper_file, tmp_path, how):
+    result = run_entry("main_mp.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0,1]", check=False,
+                       env={**CRASH_ENV, "DT_CRASH": f"1:{how}"})
+    assert result.returncode != 0 and "seeds [1] failed" in result.stderr
+    assert (tmp_path / "seed0" / "final.json").exists() and not (tmp_path / "seed1" / "final.json").exists()
+    log = read(tmp_path / "main.log")
+    assert ("injected crash in seed 1" if how == "raise" else "killed (exit code -9)") in log
+    assert '"missing_seeds": [\n    1\n  ]' in read(tmp_path / "summary.json") and (tmp_path / "results.png").exists()
+
+
+def test_main_keeps_going_after_a_crashed_seed(hopper_file, tmp_path):
+    result = run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0,1]", check=False,
+                       env={**CRASH_ENV, "DT_CRASH": "0:raise"})
+    assert result.returncode != 0 and "seeds [0] failed" in result.stderr
+    assert (tmp_path / "seed1" / "final.json").exists()
+    assert "injected crash in seed 0" in read(tmp_path / "main.log")
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(hopper_file, tmp_path):
+    longer = [f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=60"]
+    run_entry("main.py", tmp_path / "whole", *longer)
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"hydra.run.dir={run_dir}", *longer]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train_csv = run_dir / "seed0" / "train.csv"
+    deadline = time.time() + 120
+    while not (train_csv.exists() and len(read(train_csv).splitlines()) > 5) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "seed0" / "final.json").exists(), "killed before it finished"
+    run_entry("main.py", tmp_path / "unused", f"resume={run_dir}")
+    for name in ["train.csv", "eval.csv"]:
+        assert read(run_dir / "seed0" / name) == read(tmp_path / "whole" / "seed0" / name), name
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(ROOT / "cfgs" / "config.yaml")
+    cfg.env = OmegaConf.load(ROOT / "cfgs" / "env" / "hopper.yaml")
+    cfg.merge_with_dotlist([o for o in TINY if not o.startswith("env=")] + [f"buffer.path={hopper_file}"])
+    calls = {"n": 0}
+    masked_mse = core.masked_mse
+
+    def loss_that_breaks_at_step_12(*args):
+        calls["n"] += 1
+        return masked_mse(*args) * (float("nan") if calls["n"] >= 12 else 1.0)
+
+    monkeypatch.setattr(core, "masked_mse", loss_that_breaks_at_step_12)
+    with pytest.raises(core.NonFiniteLossError, match="the loss became nan before step 15"):
+        core.train(cfg, 0, tmp_path)
+    state = torch.load(tmp_path / "seed0" / "last.pt", weights_only=False)
+    assert state["step"] == 10
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "train.steps=0: must be a positive number"),
+    ("train.batch_size=-4", "train.batch_size=-4: must be a positive number"),
+    ("buffer.context_len=2000", "buffer.context_len=2000: must be at most the env's max_episode_len=1000"),
+    ("buffer.dataset=mediocre", "unknown dataset 'mediocre': choose one of medium, medium-replay"),
+    ("env=ant", "Could not find 'env/ant'"),
+    ("resume=/nonexistent/run", "resume=/nonexistent/run: no config.yaml there"),
+])
+def test_bad_config_fails_first_with_a_message_naming_the_field(override, message, tmp_path):
+    result = run_entry("main.py", tmp_path / "run", override, check=False)
+    assert result.returncode != 0 and message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "seed0").exists(), "no work started"
