@@ -1,4 +1,5 @@
 """D4RL hdf5 files -> transitions -> trajectories -> (B, K, .) training batches."""
+import logging
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from tqdm import tqdm
 ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
+log = logging.getLogger(__name__)
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
 
@@ -87,19 +89,23 @@ def download(url, path):
 
 
 def find_dataset(env, dataset, obs_dim, act_dim):
-    """Path of a checked D4RL file, downloaded into the cache when missing."""
+    """Path of a checked D4RL file; downloaded into the cache when missing, truncated or corrupt."""
     name = dataset_file(env, dataset)
     path = dataset_dir() / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = download(D4RL_URL.format(file=name), path)
+    if path.exists():
         try:
-            check_hdf5(tmp, obs_dim, act_dim)
-        except DatasetError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)
-    check_hdf5(path, obs_dim, act_dim)
+            check_hdf5(path, obs_dim, act_dim)
+            return path
+        except DatasetError as e:
+            log.warning("%s; downloading it again", e)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = download(D4RL_URL.format(file=name), path)
+    try:
+        check_hdf5(tmp, obs_dim, act_dim)
+    except DatasetError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)  # only a complete, checked file ever has the final name
     return path
 
 

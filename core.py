@@ -248,10 +248,10 @@ def train(cfg, seed, run_dir):
             checkpoint()
             utils.plot_results(run_dir, cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
     bar.close()
-    return finish(model, kwargs, cfg, seed, seed_dir, elapsed + time.time() - started)
+    return finish(model, kwargs, cfg, env, seed, seed_dir, elapsed + time.time() - started)
 
 
-def finish(model, kwargs, cfg, seed, seed_dir, train_seconds):
+def finish(model, kwargs, cfg, env, seed, seed_dir, train_seconds):
     """The final 100-episode evaluation, final.pt, the video and final.json."""
     model.eval()
     save_policy(model, kwargs, cfg, seed_dir / "final.pt")
@@ -261,7 +261,7 @@ def finish(model, kwargs, cfg, seed, seed_dir, train_seconds):
     if cfg.eval.video:
         _, frames = rollout(model, cfg.env.id, 1, 1000 * seed + 100_000, cfg.eval.target_return,
                             cfg.buffer.reward_scale, record_video=True)
-        utils.save_video(frames, seed_dir / "video.mp4", fps=int(1 / gym.make(cfg.env.id).unwrapped.dt))
+        utils.save_video(frames, seed_dir / "video.mp4", fps=env.metadata["render_fps"])
     summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
     utils.atomic_write_bytes(seed_dir / "final.json", json.dumps(summary, indent=2).encode())

@@ -82,7 +82,7 @@ def read_csv(path):
 # The results figure and the video
 
 
-def _mean_std_over_seeds(curves, key):
+def mean_std_over_seeds(curves, key):
     """Align seeds' curves on their common steps; return steps, mean, std (std is 0 for one seed)."""
     curves = [c for c in curves if c]
     if not curves:
@@ -100,8 +100,8 @@ def plot_results(run_dir, target_return, ref_min, ref_max):
 
     run_dir = Path(run_dir)
     seed_dirs = sorted(run_dir.glob("seed*"))
-    evals = _mean_std_over_seeds([read_csv(d / "eval.csv") for d in seed_dirs], "return_mean")
-    losses = _mean_std_over_seeds([read_csv(d / "train.csv") for d in seed_dirs], "loss")
+    evals = mean_std_over_seeds([read_csv(d / "eval.csv") for d in seed_dirs], "return_mean")
+    losses = mean_std_over_seeds([read_csv(d / "train.csv") for d in seed_dirs], "loss")
     fig, (ax_ret, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, curve, label, color in ((ax_ret, evals, "eval return", "C0"), (ax_loss, losses, "action MSE", "C1")):
         if curve is None:

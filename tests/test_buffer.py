@@ -135,6 +135,17 @@ def test_download_of_a_corrupt_file_is_not_kept(tmp_path, monkeypatch):
     assert list(cache.iterdir()) == []
 
 
+def test_truncated_file_in_the_cache_is_downloaded_again(tmp_path, monkeypatch):
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir(), cache.mkdir()
+    good = write_d4rl_file(mirror / "hopper_medium-v2.hdf5").read_bytes()
+    (cache / "hopper_medium-v2.hdf5").write_bytes(good[: len(good) // 2])
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
+    monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
+    path = buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    assert path.read_bytes() == good
+
+
 def test_truncated_file_in_the_cache_is_reported_with_the_fix(hopper_file):
     data = hopper_file.read_bytes()
     hopper_file.write_bytes(data[: len(data) // 2])

@@ -1,0 +1,121 @@
+"""report.py on two small fake run folders: the pdf, the markdown table, the config differences, the bars."""
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import report  # noqa: E402
+
+HOPPER = {"name": "hopper", "id": "Hopper-v4", "target_return": 3600, "ref_min_score": -20.272305,
+          "ref_max_score": 3234.3, "max_episode_len": 1000}
+HALFCHEETAH = {"name": "halfcheetah", "id": "HalfCheetah-v4", "target_return": 6000, "ref_min_score": -280.178953,
+               "ref_max_score": 12135.0, "max_episode_len": 1000}
+
+
+def write_csv(path, header, rows):
+    path.write_text("\n".join([",".join(header), *(",".join(map(str, r)) for r in rows)]) + "\n")
+
+
+def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None):
+    """A finished run: config.yaml, summary.json, results.png and per seed train.csv, eval.csv, final.json.
+
+    eval_scores[seed] are the periodic eval scores at steps 100 and 200.
+    """
+    run_dir.mkdir(parents=True)
+    config = {"env": env, "buffer": {"dataset": "medium", "context_len": 20}, "model": {"embed_dim": 128},
+              "train": {"steps": 200, "lr": lr}, "eval": {"episodes": 10, "final_episodes": 100},
+              "seeds": list(range(len(final_scores))), "device": "cpu", "resume": resume}
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    finals = []
+    for seed, (final, evals) in enumerate(zip(final_scores, eval_scores)):
+        seed_dir = run_dir / f"seed{seed}"
+        seed_dir.mkdir()
+        write_csv(seed_dir / "train.csv", ["step", "loss", "lr"], [(100, 0.5, lr), (200, 0.2, lr)])
+        write_csv(seed_dir / "eval.csv", ["step", "return_mean", "return_std", "score_mean", "score_std"],
+                  [(step, 10 * s, 1.0, s, 1.0) for step, s in zip((100, 200), evals)])
+        finals.append({"seed": seed, "episodes": 100, "return_mean": 10 * final, "return_std": 1.0,
+                       "score_mean": final, "score_std": 1.0, "train_seconds": 1.0, "final_eval_seconds": 1.0})
+        (seed_dir / "final.json").write_text(json.dumps(finals[-1]))
+    summary = {"env": env["name"], "dataset": "medium", "seeds": [f["seed"] for f in finals], "missing_seeds": [],
+               "score_mean": float(np.mean(final_scores)), "score_std": float(np.std(final_scores)),
+               "per_seed": finals}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    plt.imsave(run_dir / "results.png", np.zeros((8, 8, 3)))
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """hopper at lr 1e-4 (final 60 +- 2: passes > 50); halfcheetah at lr 3e-4 (final 35 +- 1: fails > 40)."""
+    hopper = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, 1e-4, [58.0, 62.0], [[40.0, 55.0], [50.0, 45.0]])
+    cheetah = make_run(tmp_path / "runs" / "day" / "cheetah", HALFCHEETAH, 3e-4, [34.0, 36.0], [[30, 33], [32, 35]],
+                       resume="runs/day/cheetah")
+    return hopper, cheetah
+
+
+@pytest.fixture
+def outputs(runs, tmp_path):
+    report.main([str(r) for r in runs] + ["--out", str(tmp_path / "out" / "report")])
+    return tmp_path / "out"
+
+
+def row(md, label):
+    """The cells of the markdown table row that starts with `label`."""
+    line = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_pdf_and_loss_figure_are_written(outputs):
+    assert (outputs / "report.pdf").read_bytes().startswith(b"%PDF")
+    assert (outputs / "report_loss.png").stat().st_size > 0
+
+
+def test_each_run_has_a_row_with_its_final_score_mean_and_std_over_seeds(outputs):
+    md = (outputs / "report.md").read_text()
+    assert row(md, "day/hopper")[1:4] == ["hopper-medium", "0, 1", "60.0 ± 2.0 (100 ep)"]
+    assert row(md, "day/cheetah")[1:4] == ["halfcheetah-medium", "0, 1", "35.0 ± 1.0 (100 ep)"]
+
+
+def test_best_eval_is_the_best_step_of_the_seed_mean(outputs):
+    md = (outputs / "report.md").read_text()
+    assert row(md, "day/hopper")[4] == "50.0 (200)"  # steps 100, 200: means 45 and 50 (not the single best, 55)
+
+
+def test_pass_is_the_final_score_against_the_assignment_bar(outputs):
+    md = (outputs / "report.md").read_text()
+    assert row(md, "day/hopper")[5:] == ["> 50", "yes", "67.6"]
+    assert row(md, "day/cheetah")[5:] == ["> 40", "no", "42.6"]
+
+
+def test_config_differences_list_changed_keys_only(outputs):
+    differences = (outputs / "report.md").read_text().split("## Config differences")[1].split("##")[0]
+    assert "| train.lr | 0.0001 | 0.0003 |" in differences
+    assert "| env.name | hopper | halfcheetah |" in differences
+    for unchanged in ("train.steps", "model.embed_dim", "buffer.dataset", "resume"):
+        assert unchanged not in differences
+
+
+def test_markdown_links_each_runs_figure_relative_to_the_report(outputs):
+    md = (outputs / "report.md").read_text()
+    assert "](../runs/day/hopper/results.png)" in md and "](../runs/day/cheetah/results.png)" in md
+    assert "](report_loss.png)" in md
+
+
+def test_standin_flag_labels_the_title_and_table(runs, tmp_path):
+    report.main([str(r) for r in runs] + ["--out", str(tmp_path / "standin"), "--standin"])
+    md = (tmp_path / "standin.md").read_text()
+    assert md.startswith("# Decision Transformer on D4RL MuJoCo (stand-in data)")
+    assert "## Results (stand-in data)" in md
+
+
+def test_folder_without_summary_is_refused_with_its_name(runs, tmp_path):
+    (runs[1] / "summary.json").unlink()
+    with pytest.raises(SystemExit, match=r"day/cheetah: no summary.json") as error:
+        report.main([str(r) for r in runs] + ["--out", str(tmp_path / "report")])
+    assert str(runs[1]) in str(error.value)
+    assert not (tmp_path / "report.pdf").exists()
