@@ -191,7 +191,7 @@ def main():
     results["parallel_3_seeds_steps_per_s"] = parallel_steps_per_second(min(args.steps, 100))
 
     print(f"machine: {results['machine']}")
-    print(f"matmul peak (1024^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    print("matmul peak (1024^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     print(f"{'measurement':34s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
     for name, ms, rate, ratio, frac in rows:
         print(f"{name:34s} {ms:8.1f} {rate:8.2f} {ratio:6.2f}x {frac:7.0%}")

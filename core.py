@@ -55,6 +55,11 @@ def check_config(cfg):
         raise ConfigError("seeds: give at least one seed, e.g. seeds=[0]")
 
 
+def run_title(cfg):
+    """'hopper-medium', or the env and the file name for buffer.path."""
+    return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"
+
+
 def masked_mse(pred, target, mask):
     """Mean squared error over the real (mask = 1) steps. pred, target (B, K, d); mask (B, K)."""
     return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum()
@@ -246,7 +251,8 @@ def train(cfg, seed, run_dir):
             utils.write_csv(metrics["train"], seed_dir / "train.csv")
             utils.write_csv(metrics["eval"], seed_dir / "eval.csv")
             checkpoint()
-            utils.plot_results(run_dir, cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+            utils.plot_results(run_dir, run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score,
+                               cfg.env.ref_max_score)
     bar.close()
     return finish(model, kwargs, cfg, env, seed, seed_dir, elapsed + time.time() - started)
 

@@ -50,11 +50,13 @@ def summarize(cfg, run_dir):
     finals = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("seed*/final.json"))]
     scores = [f["score_mean"] for f in finals]
     summary = {"env": cfg.env.name, "dataset": cfg.buffer.path or cfg.buffer.dataset,
-               "seeds": [f["seed"] for f in finals], "missing_seeds": sorted(set(cfg.seeds) - {f["seed"] for f in finals}),
+               "seeds": [f["seed"] for f in finals],
+               "missing_seeds": sorted(set(cfg.seeds) - {f["seed"] for f in finals}),
                "score_mean": float(np.mean(scores)) if scores else None,
                "score_std": float(np.std(scores)) if scores else None, "per_seed": finals}
     utils.atomic_write_bytes(Path(run_dir) / "summary.json", json.dumps(summary, indent=2).encode())
-    utils.plot_results(run_dir, cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+    utils.plot_results(run_dir, core.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score,
+                       cfg.env.ref_max_score)
     if scores:
         log.info("%s-%s: normalized score %.1f +- %.1f over seeds %s (final evals of %d episodes)",
                  summary["env"], summary["dataset"], summary["score_mean"], summary["score_std"],

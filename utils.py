@@ -92,7 +92,7 @@ def mean_std_over_seeds(curves, key):
     return np.array(steps), values.mean(0), values.std(0), len(curves)
 
 
-def plot_results(run_dir, target_return, ref_min, ref_max):
+def plot_results(run_dir, title, target_return, ref_min, ref_max):
     """Draw results.png from the run's seed*/eval.csv and seed*/train.csv files."""
     import matplotlib
     matplotlib.use("Agg")
@@ -107,7 +107,8 @@ def plot_results(run_dir, target_return, ref_min, ref_max):
         if curve is None:
             continue
         steps, mean, std, n = curve
-        ax.plot(steps, mean, color=color, label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})")
+        ax.plot(steps, mean, color=color, marker="o" if len(steps) < 30 else None,
+                label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})")
         if n > 1:
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.25, label="+- std over seeds")
     ax_ret.axhline(target_return, color="gray", linestyle="--", label=f"target return {target_return:g}")
@@ -119,7 +120,7 @@ def plot_results(run_dir, target_return, ref_min, ref_max):
     for ax in (ax_ret, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle(run_dir.name)
+    fig.suptitle(f"{title}   ({run_dir})", fontsize=10)
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=110)

@@ -83,7 +83,8 @@ def test_fp32_outputs_equal_the_plain_reference(env_shape):
     reference = ReferenceDT(**model_kwargs(*env_shape)).load_project_weights(model).eval()
     states, actions, returns_to_go, timesteps, _ = random_batch(*env_shape, batch_size=8)
     with torch.no_grad():
-        ours, theirs = model(states, actions, returns_to_go, timesteps), reference(states, actions, returns_to_go, timesteps)
+        ours = model(states, actions, returns_to_go, timesteps)
+        theirs = reference(states, actions, returns_to_go, timesteps)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
