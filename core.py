@@ -159,6 +159,47 @@ def load_policy(path, env_id=None, device="cpu"):
     return model.eval()
 
 
+def save_training_state(path, model, optimizer, scheduler, rng, progress):
+    """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, RNGs, progress."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "progress": progress}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    utils.atomic_torch_save(state, path)
+
+
+def load_training_state(path, model, optimizer, scheduler, rng):
+    """Restore what save_training_state wrote; return the progress dict."""
+    state = torch.load(path, map_location=model.state_mean.device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["progress"]
+
+
+def train_step(model, optimizer, scheduler, batch, cfg):
+    """Forward, masked action MSE (+ the auxiliary losses), backward, clip, AdamW; returns the loss."""
+    states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
+    with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+        action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps)
+    loss = masked_mse(action_preds, actions, mask)
+    if cfg.train.aux_state_coef:  # s_{t+1} from the a_t token
+        loss = loss + cfg.train.aux_state_coef * masked_mse(
+            state_preds[:, :-1], model._norm_state(states[:, 1:]), mask[:, 1:])
+    if cfg.train.aux_rtg_coef:  # g_{t+1} from the a_t token
+        loss = loss + cfg.train.aux_rtg_coef * masked_mse(return_preds[:, :-1], returns_to_go[:, 1:], mask[:, 1:])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
 def train(cfg, seed, run_dir):
     """Train one seed; write seed<seed>/ (metrics, checkpoints, video) under run_dir; resume if stopped."""
     seed_dir = Path(run_dir) / f"seed{seed}"
@@ -175,57 +216,22 @@ def train(cfg, seed, run_dir):
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.train.warmup_steps))
     rng = np.random.default_rng(seed)
-    metrics = {"train": [], "eval": []}
-    step, best_score, elapsed = 0, -np.inf, 0.0
-
     last_ckpt = seed_dir / "last.pt"
+    progress = {"step": 0, "best_score": -np.inf, "train": [], "eval": [], "seconds": 0.0}
     if last_ckpt.exists():
-        state = torch.load(last_ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        step, best_score, metrics, elapsed = state["step"], state["best_score"], state["metrics"], state["elapsed"]
-        log.info("seed %d: resumed from %s at step %d", seed, last_ckpt, step)
+        progress = load_training_state(last_ckpt, model, optimizer, scheduler, rng)
+        log.info("seed %d: resumed from %s at step %d", seed, last_ckpt, progress["step"])
     log.info("seed %d: %d trajectories, %d steps, %s, device %s", seed, data.num_trajectories,
              len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device)
 
-    def checkpoint():
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "step": step, "best_score": best_score,
-                 "metrics": metrics, "elapsed": elapsed + time.time() - started}
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
-        utils.atomic_torch_save(state, last_ckpt)
-
-    started = time.time()
+    started, seconds_before = time.time(), progress["seconds"]
     loss_sum = torch.zeros((), device=device)
     model.train()
-    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"seed {seed}", mininterval=2, disable=None)
-    while step < cfg.train.steps:
-        batch = (torch.from_numpy(x).to(device, non_blocking=True) for x in data.sample(cfg.train.batch_size, rng))
-        states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
-            action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps)
-        loss = masked_mse(action_preds, actions, mask)
-        if cfg.train.aux_state_coef:  # predict s_{t+1} from the a_t token
-            loss = loss + cfg.train.aux_state_coef * masked_mse(
-                state_preds[:, :-1], model._norm_state(states[:, 1:]), mask[:, 1:])
-        if cfg.train.aux_rtg_coef:  # predict g_{t+1} from the a_t token
-            loss = loss + cfg.train.aux_rtg_coef * masked_mse(return_preds[:, :-1], returns_to_go[:, 1:], mask[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach()
-        step += 1
+    bar = tqdm(total=cfg.train.steps, initial=progress["step"], desc=f"seed {seed}", mininterval=2, disable=None)
+    for step in range(progress["step"] + 1, cfg.train.steps + 1):
+        batch = [torch.from_numpy(x).to(device) for x in data.sample(cfg.train.batch_size, rng)]
+        loss_sum += train_step(model, optimizer, scheduler, batch, cfg)
         bar.update()
-
         if step % cfg.train.log_every == 0:
             mean_loss = loss_sum.item() / cfg.train.log_every  # one host sync per log interval
             loss_sum.zero_()
@@ -233,28 +239,29 @@ def train(cfg, seed, run_dir):
                 raise NonFiniteLossError(
                     f"seed {seed}: the loss became {mean_loss} before step {step}; the last good checkpoint "
                     f"is {last_ckpt}. Lower train.lr or train.grad_clip, or check the dataset for bad values")
-            metrics["train"].append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
+            progress["train"].append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
         evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
         if evaluated:
             model.eval()
             result = evaluate(model, cfg, cfg.eval.episodes, seed=1000 * seed, vectorized=cfg.eval.vectorized)
             model.train()
-            metrics["eval"].append({"step": step, **result})
+            progress["eval"].append({"step": step, **result})
             log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
-                     metrics["train"][-1]["loss"] if metrics["train"] else float("nan"),
+                     progress["train"][-1]["loss"] if progress["train"] else float("nan"),
                      result["return_mean"], result["return_std"], result["score_mean"])
-            if result["score_mean"] > best_score:
-                best_score = result["score_mean"]
+            if result["score_mean"] > progress["best_score"]:
+                progress["best_score"] = result["score_mean"]
                 save_policy(model, kwargs, cfg, seed_dir / "best.pt")
         if evaluated or step % cfg.train.checkpoint_every == 0:
-            utils.write_csv(metrics["train"], seed_dir / "train.csv")
-            utils.write_csv(metrics["eval"], seed_dir / "eval.csv")
-            checkpoint()
+            progress.update(step=step, seconds=seconds_before + time.time() - started)
+            utils.write_csv(progress["train"], seed_dir / "train.csv")
+            utils.write_csv(progress["eval"], seed_dir / "eval.csv")
+            save_training_state(last_ckpt, model, optimizer, scheduler, rng, progress)
             utils.plot_results(run_dir, run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score,
                                cfg.env.ref_max_score)
     bar.close()
-    return finish(model, kwargs, cfg, env, seed, seed_dir, elapsed + time.time() - started)
+    return finish(model, kwargs, cfg, env, seed, seed_dir, seconds_before + time.time() - started)
 
 
 def finish(model, kwargs, cfg, env, seed, seed_dir, train_seconds):

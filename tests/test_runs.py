@@ -128,7 +128,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file,
     with pytest.raises(core.NonFiniteLossError, match="the loss became nan before step 15"):
         core.train(cfg, 0, tmp_path)
     state = torch.load(tmp_path / "seed0" / "last.pt", weights_only=False)
-    assert state["step"] == 10
+    assert state["progress"]["step"] == 10
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
