@@ -15,13 +15,14 @@ import time
 import numpy as np
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
 
 import utils
-from core import masked_mse, rollout
+from core import rollout, train_step
 from models import DecisionTransformer
 
+CFG = OmegaConf.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cfgs", "config.yaml"))
 SHAPES = {"hopper": (11, 3), "walker2d": (17, 6)}  # (state dim, action dim) of the -v4 envs
-DEFAULT = dict(context_len=20, max_timestep=1000, embed_dim=128, n_layers=3, n_heads=1, dropout=0.1)
 
 
 class ReferenceBlock(nn.Module):
@@ -61,11 +62,13 @@ class ReferenceDT(DecisionTransformer):
 
 
 def model_kwargs(state_dim, act_dim, **overrides):
-    return dict(DEFAULT, state_dim=state_dim, act_dim=act_dim, state_mean=np.zeros(state_dim),
-                state_std=np.ones(state_dim), action_low=-np.ones(act_dim), action_high=np.ones(act_dim), **overrides)
+    """The default config's model (cfgs/config.yaml) for these space sizes, with unit normalization."""
+    return dict(context_len=CFG.buffer.context_len, max_timestep=1000, **CFG.model, state_dim=state_dim,
+                act_dim=act_dim, state_mean=np.zeros(state_dim), state_std=np.ones(state_dim),
+                action_low=-np.ones(act_dim), action_high=np.ones(act_dim)) | overrides
 
 
-def random_batch(state_dim, act_dim, batch_size=64, K=20, seed=0):
+def random_batch(state_dim, act_dim, batch_size=CFG.train.batch_size, K=CFG.buffer.context_len, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(batch_size, K, state_dim, generator=g), torch.rand(batch_size, K, act_dim, generator=g) * 2 - 1,
             torch.randn(batch_size, K, 1, generator=g), torch.randint(0, 1000, (batch_size, K), generator=g),
@@ -73,26 +76,21 @@ def random_batch(state_dim, act_dim, batch_size=64, K=20, seed=0):
 
 
 def time_train_step(model, batch, steps, bf16=False):
-    """Median seconds of one forward + backward + AdamW step, after a warm-up."""
-    states, actions, returns_to_go, timesteps, mask = batch
-    optimizer = model.configure_optimizer(1e-4, 1e-4)
+    """Median seconds of core.train_step (forward, backward, clip, AdamW) with the default config."""
+    cfg = OmegaConf.merge(CFG, {"train": {"bf16": bf16}})
+    optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.train.warmup_steps))
     model.train()
     times = []
     for i in range(steps + 10):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            action_preds, _, _ = model(states, actions, returns_to_go, timesteps)
-        loss = masked_mse(action_preds, actions, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
-        optimizer.step()
-        if i >= 10:
+        train_step(model, optimizer, scheduler, batch, cfg).item()
+        if i >= 10:  # warm-up
             times.append(time.perf_counter() - start)
     return float(np.median(times))
 
 
-def train_step_flops(kw, batch_size=64):
+def train_step_flops(kw, batch_size=CFG.train.batch_size):
     """Matmul FLOPs of one training step (forward x 3 for forward + backward)."""
     T, H, L = 3 * kw["context_len"], kw["embed_dim"], kw["n_layers"]
     per_token_layer = 2 * 12 * H * H  # qkv 3H^2, proj H^2, MLP 8H^2; 2 FLOPs per multiply-add

@@ -49,30 +49,36 @@ def dataset_dir():
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
 
 
-def check_hdf5(path, obs_dim, act_dim):
-    """Raise DatasetError unless `path` is a readable D4RL-layout file for these space sizes."""
+def read_d4rl(path, obs_dim, act_dim):
+    """The arrays of a D4RL-layout file, checked: keys, shapes for these space sizes, finite values.
+
+    Raises DatasetError naming the fix for a missing, truncated, corrupt or mismatched file.
+    """
     fix = "delete it and run again to re-download, or point buffer.path at a good copy"
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in KEYS if k not in f]
             if missing:
                 raise DatasetError(f"{path} lacks the D4RL keys {missing}: {fix}")
-            n = f["rewards"].shape[0]
-            expected = {"observations": (n, obs_dim), "actions": (n, act_dim),
-                        "rewards": (n,), "terminals": (n,), "timeouts": (n,)}
-            for key, shape in expected.items():
-                if f[key].shape != shape:
-                    raise DatasetError(
-                        f"{path}: '{key}' has shape {f[key].shape}, expected {shape} for this env "
-                        f"(observation dim {obs_dim}, action dim {act_dim}); is it another env's file?")
-            f["observations"][-1], f["actions"][-1]  # reads the last chunk: catches truncation
+            data = {k: f[k][:] for k in KEYS}  # reads every chunk: catches truncation
     except OSError as e:
         raise DatasetError(f"{path} is truncated or corrupt ({e}): {fix}") from e
+    n = len(data["rewards"])
+    expected = {"observations": (n, obs_dim), "actions": (n, act_dim), "rewards": (n,), "terminals": (n,),
+                "timeouts": (n,)}
+    for key, shape in expected.items():
+        if data[key].shape != shape:
+            raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}, expected {shape} for this env "
+                               f"(observation dim {obs_dim}, action dim {act_dim}); is it another env's file?")
+    for key in ("observations", "actions", "rewards"):
+        if not np.isfinite(data[key]).all():
+            raise DatasetError(f"{path}: '{key}' holds NaN or inf values: {fix}")
+    return data
 
 
 def download(url, path):
     """Fetch `url` into a temporary file beside `path`; the caller renames it once checked."""
-    tmp = path.with_name(path.name + ".part")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length", 0)) or None
@@ -94,14 +100,14 @@ def find_dataset(env, dataset, obs_dim, act_dim):
     path = dataset_dir() / name
     if path.exists():
         try:
-            check_hdf5(path, obs_dim, act_dim)
+            read_d4rl(path, obs_dim, act_dim)
             return path
         except DatasetError as e:
             log.warning("%s; downloading it again", e)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = download(D4RL_URL.format(file=name), path)
     try:
-        check_hdf5(tmp, obs_dim, act_dim)
+        read_d4rl(tmp, obs_dim, act_dim)
     except DatasetError:
         tmp.unlink(missing_ok=True)
         raise
@@ -123,12 +129,7 @@ class ReplayBuffer:
 
     @classmethod
     def from_hdf5(cls, path, obs_dim, act_dim):
-        check_hdf5(path, obs_dim, act_dim)
-        with h5py.File(path, "r") as f:
-            data = {k: f[k][:] for k in KEYS}
-        for key in ("observations", "actions", "rewards"):
-            if not np.isfinite(data[key]).all():
-                raise DatasetError(f"{path}: '{key}' holds NaN or inf values; the file is corrupt")
+        data = read_d4rl(path, obs_dim, act_dim)
         ends = data["terminals"].astype(bool) | data["timeouts"].astype(bool)
         return cls(data["observations"].astype(np.float32), data["actions"].astype(np.float32),
                    data["rewards"].astype(np.float32), ends)

@@ -41,6 +41,12 @@ def check_config(cfg):
     if cfg.buffer.context_len > cfg.env.max_episode_len:
         raise ConfigError(f"buffer.context_len={cfg.buffer.context_len}: must be at most the env's "
                           f"max_episode_len={cfg.env.max_episode_len}")
+    if not cfg.train.warmup_steps > 0:
+        raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps}: must be a positive number")
+    if cfg.model.embed_dim % cfg.model.n_heads:
+        raise ConfigError(f"model.n_heads={cfg.model.n_heads}: must divide model.embed_dim={cfg.model.embed_dim}")
+    if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
+        raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
     for field in ("eval_every", "checkpoint_every"):  # so that no checkpoint holds an unchecked loss
         if cfg.train[field] % cfg.train.log_every:
             raise ConfigError(f"train.{field}={cfg.train[field]}: must be a multiple of "
@@ -84,7 +90,7 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
     actions = torch.zeros(num_envs, max_len, model.act_dim, device=device)  # (N, T, act)
     returns_to_go = torch.zeros(num_envs, max_len, 1, device=device)  # (N, T, 1)
     timesteps = torch.arange(max_len, device=device).expand(num_envs, max_len)  # (N, T)
-    rtg = np.full(num_envs, target_return / reward_scale)
+    target_left = np.full(num_envs, target_return / reward_scale)  # the return still to collect, scaled
     episode_returns = np.zeros(num_envs)
     active = np.ones(num_envs, dtype=bool)
     frames = []
@@ -93,7 +99,7 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
         if record_video and active[0]:
             frames.append(envs.envs[0].render())
         states[:, t] = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        returns_to_go[:, t, 0] = torch.as_tensor(rtg, dtype=torch.float32, device=device)
+        returns_to_go[:, t, 0] = torch.as_tensor(target_left, dtype=torch.float32, device=device)
         rows, window = torch.as_tensor(np.flatnonzero(active), device=device), slice(max(0, t - K + 1), t + 1)
         # All envs are at step t, so the window needs no padding; finished envs are left out.
         action_preds, _, _ = model(states[rows, window], actions[rows, window],
@@ -101,7 +107,7 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
         actions[rows, t] = action_preds[:, -1].float()
         obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
         episode_returns += reward * active  # reward counts only until each env is done
-        rtg -= reward / reward_scale
+        target_left -= reward / reward_scale
         active &= ~(terminated | truncated)
         if not active.any():
             break
@@ -111,12 +117,12 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
 
 def evaluate(model, cfg, episodes, seed, vectorized=True):
     """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ..."""
-    run = partial(rollout, model, cfg.env.id, target_return=cfg.eval.target_return,
-                  reward_scale=cfg.buffer.reward_scale)
+    play = partial(rollout, model, cfg.env.id, target_return=cfg.eval.target_return,
+                   reward_scale=cfg.buffer.reward_scale)
     if vectorized:
-        returns, _ = run(num_envs=episodes, seed=seed)
+        returns, _ = play(num_envs=episodes, seed=seed)
     else:
-        returns = np.concatenate([run(num_envs=1, seed=seed + i)[0] for i in range(episodes)])
+        returns = np.concatenate([play(num_envs=1, seed=seed + i)[0] for i in range(episodes)])
     scores = utils.normalized_score(returns, cfg.env.ref_min_score, cfg.env.ref_max_score)
     return {"return_mean": returns.mean(), "return_std": returns.std(),
             "score_mean": scores.mean(), "score_std": scores.std()}
@@ -126,19 +132,27 @@ def evaluate(model, cfg, episodes, seed, vectorized=True):
 # Building blocks of a run
 
 
+def space_dims(env):
+    return env.observation_space.shape[0], env.action_space.shape[0]
+
+
+def locate_dataset(cfg):
+    """buffer.path, or the D4RL file of env + dataset (downloaded when missing)."""
+    return cfg.buffer.path or find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
+
+
 def load_data(cfg, env):
-    """The SequenceBuffer of the configured dataset, checked against the env's spaces."""
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    path = cfg.buffer.path or find_dataset(cfg.env.name, cfg.buffer.dataset, obs_dim, act_dim)
-    replay = ReplayBuffer.from_hdf5(path, obs_dim, act_dim)
+    """The SequenceBuffer of the run's dataset file, checked against the env's spaces."""
+    replay = ReplayBuffer.from_hdf5(cfg.buffer.file or locate_dataset(cfg), *space_dims(env))
     return SequenceBuffer(replay, cfg.buffer.context_len, cfg.buffer.reward_scale, cfg.env.max_episode_len,
                           cfg.buffer.sample_by, cfg.buffer.top_percent)
 
 
 def model_kwargs(cfg, data, env):
     """Everything needed to rebuild the model from a checkpoint alone."""
-    return dict(state_dim=env.observation_space.shape[0], act_dim=env.action_space.shape[0],
-                context_len=cfg.buffer.context_len, max_timestep=cfg.env.max_episode_len,
+    state_dim, act_dim = space_dims(env)
+    return dict(state_dim=state_dim, act_dim=act_dim, context_len=cfg.buffer.context_len,
+                max_timestep=cfg.env.max_episode_len,
                 embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
                 dropout=cfg.model.dropout, state_mean=data.state_mean.tolist(), state_std=data.state_std.tolist(),
                 action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist())
@@ -170,7 +184,7 @@ def save_training_state(path, model, optimizer, scheduler, rng, progress):
 
 def load_training_state(path, model, optimizer, scheduler, rng):
     """Restore what save_training_state wrote; return the progress dict."""
-    state = torch.load(path, map_location=model.state_mean.device, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -271,13 +285,16 @@ def finish(model, kwargs, cfg, env, seed, seed_dir, train_seconds):
     started = time.time()
     result = evaluate(model, cfg, cfg.eval.final_episodes, seed=1000 * seed + 100_000, vectorized=cfg.eval.vectorized)
     result = {k: float(v) for k, v in result.items()}
-    if cfg.eval.video:
-        _, frames = rollout(model, cfg.env.id, 1, 1000 * seed + 100_000, cfg.eval.target_return,
-                            cfg.buffer.reward_scale, record_video=True)
-        utils.save_video(frames, seed_dir / "video.mp4", fps=env.metadata["render_fps"])
     summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
     utils.atomic_write_bytes(seed_dir / "final.json", json.dumps(summary, indent=2).encode())
+    if cfg.eval.video:
+        try:
+            _, frames = rollout(model, cfg.env.id, 1, 1000 * seed + 100_000, cfg.eval.target_return,
+                                cfg.buffer.reward_scale, record_video=True)
+            utils.save_video(frames, seed_dir / "video.mp4", fps=env.metadata["render_fps"])
+        except Exception as e:  # the scores stand without the video
+            log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)
     log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f", seed,
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
              result["score_std"])

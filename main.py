@@ -41,6 +41,8 @@ def prepare(cfg):
     if "D4RL_DATASET_DIR" in os.environ:  # relative to where the user started, not the run folder
         os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
     core.check_config(cfg)
+    if not cfg.buffer.file:  # one download before the seeds start; the run records the file it read
+        cfg.buffer.file = str(core.locate_dataset(cfg))
     utils.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     return cfg, run_dir
 

@@ -22,6 +22,7 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
     """Body of one seed's process: its own log file; its error written to seed<seed>/error.txt."""
     seed_dir = Path(run_dir) / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
+    (seed_dir / "error.txt").unlink(missing_ok=True)  # from an earlier, resumed attempt
     logging.basicConfig(filename=seed_dir / "train.log", level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     utils.set_torch_threads(num_processes)

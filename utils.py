@@ -83,7 +83,7 @@ def read_csv(path):
 
 
 def mean_std_over_seeds(curves, key):
-    """Align seeds' curves on their common steps; return steps, mean, std (std is 0 for one seed)."""
+    """Align seeds' curves on their common steps; return steps, mean, std (0 for one seed), number of seeds."""
     curves = [c for c in curves if c]
     if not curves:
         return None

@@ -45,6 +45,26 @@ def test_a_later_step_never_changes_an_earlier_prediction(changed):
     assert not torch.allclose(after[0][:, t + 1:], before[0][:, t + 1:]), "later steps do see the change"
 
 
+def test_training_mode_attention_with_dropout_is_causal_too():
+    model = tiny_model(dropout=0.1).train()
+    states = tiny_inputs()[0].requires_grad_()
+    _, actions, returns_to_go, timesteps = tiny_inputs()
+    action_preds = model(states, actions, returns_to_go, timesteps)[0]
+    action_preds[:, 2].sum().backward()
+    assert states.grad[:, 3:].abs().sum() == 0, "no gradient from steps after t"
+    assert states.grad[:, 2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("changed", ["states", "returns_to_go"])
+def test_the_action_at_t_reads_the_state_and_return_to_go_at_t(changed):
+    model = tiny_model()
+    inputs = dict(zip(["states", "actions", "returns_to_go", "timesteps"], tiny_inputs()))
+    altered = inputs[changed].clone()
+    altered[:, 3] += 1.0
+    before, after = model(**inputs)[0], model(**{**inputs, changed: altered})[0]
+    assert not torch.allclose(after[:, 3], before[:, 3])
+
+
 def test_action_predictions_stay_inside_the_action_bounds():
     model = tiny_model()
     with torch.no_grad():
