@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 
@@ -27,14 +28,18 @@ def prepare(cfg):
     """The run's config (a resumed run's own, else this one), checked and saved; and the run folder.
 
     With hydra.job.chdir=true (the default) the current folder is the run folder runs/<date>/<time>;
-    a resumed run writes into its own folder.
+    a resumed run writes into its own folder and keeps its config, except for seeds given on the
+    command line (`resume=<run> seeds=[0,1,2]` adds seeds to a run).
     """
     run_dir = Path.cwd()
     if cfg.resume:
         run_dir = Path(to_absolute_path(cfg.resume))
         if not (run_dir / "config.yaml").exists():
             raise core.ConfigError(f"resume={cfg.resume}: no config.yaml there; give a folder under runs/")
+        seeds = cfg.seeds
         cfg = OmegaConf.load(run_dir / "config.yaml")
+        if any(override.startswith("seeds=") for override in HydraConfig.get().overrides.task):
+            cfg.seeds = seeds
     OmegaConf.resolve(cfg)
     if cfg.buffer.path:
         cfg.buffer.path = to_absolute_path(cfg.buffer.path)
