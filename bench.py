@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -140,11 +141,11 @@ def parallel_steps_per_second(steps, num_processes=3):
 
 
 def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "bf16_cpu": "avx512_bf16" in flags or "amx_bf16" in flags, "device": "cpu"}
+            "bf16_cpu": "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo, "device": "cpu"}
 
 
 def main():
