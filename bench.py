@@ -19,6 +19,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 import utils
+from buffer import ReplayBuffer, SequenceBuffer
 from core import rollout, train_step
 from models import DecisionTransformer
 
@@ -97,6 +98,23 @@ def train_step_flops(kw, batch_size=CFG.train.batch_size):
     per_token_layer = 2 * 12 * H * H  # qkv 3H^2, proj H^2, MLP 8H^2; 2 FLOPs per multiply-add
     attention = 2 * 2 * T * H  # scores and weighted sum, per token (full T; causal halves the useful part)
     return 3 * batch_size * T * L * (per_token_layer + attention)
+
+
+def sampling_seconds(state_dim, act_dim, reps=500, trajectories=1000, length=1000):
+    """Median host time of SequenceBuffer.sample for a default batch from a D4RL-sized buffer (1M steps)."""
+    rng = np.random.default_rng(0)
+    n = trajectories * length
+    ends = np.zeros(n, dtype=bool)
+    ends[length - 1::length] = True
+    replay = ReplayBuffer(rng.normal(size=(n, state_dim)).astype(np.float32),
+                          rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32), rng.random(n, np.float32), ends)
+    data = SequenceBuffer(replay, CFG.buffer.context_len, CFG.buffer.reward_scale, length)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        data.sample(CFG.train.batch_size, rng)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def matmul_gflops(dtype, n=1024, reps=30):
@@ -180,6 +198,7 @@ def main():
         results["train"][env] = {"reference_ms": ref_s * 1e3, **{f"{p}_ms": s * 1e3 for p, s in ours.items()},
                                  **{f"speedup_{p}": ref_s / s for p, s in ours.items()}, "gflop_per_step": flops / 1e9}
         rows.append((f"train step {env} reference", ref_s * 1e3, 1 / ref_s, 1.0, flops / ref_s / 1e9 / peak["fp32"]))
+    results["batch_sampling_ms"] = sampling_seconds(*SHAPES["hopper"]) * 1e3
 
     model = DecisionTransformer(**model_kwargs(17, 6))
     vec_rate, vec_s = eval_steps_per_second(model, args.episodes, vectorized=True)
@@ -194,6 +213,8 @@ def main():
     print(f"{'measurement':34s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
     for name, ms, rate, ratio, frac in rows:
         print(f"{name:34s} {ms:8.1f} {rate:8.2f} {ratio:6.2f}x {frac:7.0%}")
+    print(f"batch sampling (numpy, host): {results['batch_sampling_ms']:.2f} ms, "
+          f"{results['batch_sampling_ms'] / results['train']['hopper']['fp32_ms']:.1%} of the hopper fp32 step")
     e = results["eval"]
     print(f"eval {args.episodes} x 1000 steps: vectorized {e['vectorized_s']:.1f} s ({e['vectorized_steps_per_s']:.0f} "
           f"steps/s), sequential {e['sequential_s']:.1f} s; ratio {e['speedup']:.2f}x")

@@ -137,17 +137,14 @@ class DecisionTransformer(nn.Module):
         return action_preds, state_preds, return_preds
 
     def configure_optimizer(self, lr, weight_decay):
-        """AdamW with weight decay on Linear weights only (not biases, LayerNorms or embeddings)."""
+        """AdamW with weight decay on the weight matrices only (not biases, LayerNorms or embeddings)."""
         decay, no_decay = set(), set()
         for mn, m in self.named_modules():
             for pn, _ in m.named_parameters(recurse=False):
                 name = f"{mn}.{pn}" if mn else pn
-                if pn == "weight" and isinstance(m, nn.Linear):
-                    decay.add(name)
-                elif pn == "bias" or isinstance(m, (nn.LayerNorm, nn.Embedding)):
-                    no_decay.add(name)
+                exempt = pn.endswith("bias") or isinstance(m, (nn.LayerNorm, nn.Embedding))
+                (no_decay if exempt else decay).add(name)
         params = dict(self.named_parameters())
-        assert decay.isdisjoint(no_decay) and decay | no_decay == params.keys(), "every parameter in one group"
         groups = [{"params": [params[n] for n in sorted(decay)], "weight_decay": weight_decay},
                   {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), foreach=True)

@@ -1,0 +1,20 @@
+"""bench.py end to end, with a few steps: it prints its table and writes every measurement as JSON."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_writes_every_measurement(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--steps", "2", "--episodes", "1", "--out",
+                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    results = json.loads(out.read_text())
+    assert results["machine"]["cores"] >= 1 and results["matmul_gflops"]["fp32"] > 0
+    for env in ("hopper", "walker2d"):
+        train = results["train"][env]
+        assert train["reference_ms"] > 0 and train["speedup_fp32"] == train["reference_ms"] / train["fp32_ms"]
+    assert results["eval"]["vectorized_steps_per_s"] > 0 and results["eval"]["sequential_steps_per_s"] > 0
+    assert results["batch_sampling_ms"] > 0 and results["parallel_3_seeds_steps_per_s"] > 0
+    assert "train step hopper fp32" in result.stdout and "eval 1 x 1000 steps" in result.stdout
