@@ -65,15 +65,15 @@ def result_row(run):
         seeds += f" ({', '.join(map(str, summary['missing_seeds']))} missing)"
     episodes = sorted({f["episodes"] for f in summary["per_seed"]})
     score = summary["score_mean"]
-    final = "n/a" if score is None else \
-        f"{score:.1f} ± {summary['score_std']:.1f} ({'/'.join(map(str, episodes))} ep)"
+    spread = f" ± {summary['score_std']:.1f}" if len(summary["seeds"]) > 1 else ""  # no std over one seed
+    final = "n/a" if score is None else f"{score:.1f}{spread} ({'/'.join(map(str, episodes))} ep)"
     best = seed_curve(run, "eval.csv", "score_mean")
     best = "n/a" if best is None else f"{best[1].max():.1f} ({best[0][best[1].argmax()]:.0f})"
     bar = ASSIGNMENT_BARS.get(env)
     passes = "-" if bar is None else "yes" if score is not None and score > bar else "no"
     paper = DT_PAPER_SCORES.get(env) if dataset == "medium" else None
     return [run["label"], f"{env}-{dataset}", seeds, final, best, "-" if bar is None else f"> {bar:g}", passes,
-            "-" if paper is None else f"{paper:g}"]
+            "-" if paper is None else f"{paper:.1f}"]
 
 
 def config_differences(runs):

@@ -81,6 +81,13 @@ def test_each_run_has_a_row_with_its_final_score_mean_and_std_over_seeds(outputs
     assert row(md, "day/cheetah")[1:4] == ["halfcheetah-medium", "0, 1", "35.0 ± 1.0 (100 ep)"]
 
 
+def test_a_single_seed_shows_no_std_over_seeds(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "walker", {**HOPPER, "name": "walker2d"}, 1e-4, [71.0], [[60, 70]])
+    report.main([str(run), "--out", str(tmp_path / "report")])
+    assert row((tmp_path / "report.md").read_text(), "day/walker")[3:] == ["71.0 (100 ep)", "70.0 (200)", "> 70",
+                                                                           "yes", "74.0"]
+
+
 def test_best_eval_is_the_best_step_of_the_seed_mean(outputs):
     md = (outputs / "report.md").read_text()
     assert row(md, "day/hopper")[4] == "50.0 (200)"  # steps 100, 200: means 45 and 50 (not the single best, 55)
