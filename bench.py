@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 import utils
 from buffer import ReplayBuffer, SequenceBuffer
-from core import rollout, train_step
+from core import rollout, train_step, warmup_scheduler
 from models import DecisionTransformer
 
 CFG = OmegaConf.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cfgs", "config.yaml"))
@@ -63,7 +63,7 @@ class ReferenceDT(DecisionTransformer):
         return self
 
 
-def model_kwargs(state_dim, act_dim, **overrides):
+def default_model_kwargs(state_dim, act_dim, **overrides):
     """The default config's model (cfgs/config.yaml) for these space sizes, with unit normalization."""
     return dict(context_len=CFG.buffer.context_len, max_timestep=1000, **CFG.model, state_dim=state_dim,
                 act_dim=act_dim, state_mean=np.zeros(state_dim), state_std=np.ones(state_dim),
@@ -81,7 +81,7 @@ def time_train_step(model, batch, steps, bf16=False):
     """Median seconds of core.train_step (forward, backward, clip, AdamW) with the default config."""
     cfg = OmegaConf.merge(CFG, {"train": {"bf16": bf16}})
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.train.warmup_steps))
+    scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
     model.train()
     times = []
     for i in range(steps + 10):
@@ -136,12 +136,13 @@ def eval_steps_per_second(model, episodes, vectorized):
     else:
         for i in range(episodes):
             rollout(model, "HalfCheetah-v4", 1, i, 6000, 1000)
-    return episodes * 1000 / (time.perf_counter() - start), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return episodes * 1000 / seconds, seconds
 
 
 def _parallel_worker(steps, num_processes, queue):
     utils.set_torch_threads(num_processes)
-    model = DecisionTransformer(**model_kwargs(*SHAPES["hopper"]))
+    model = DecisionTransformer(**default_model_kwargs(*SHAPES["hopper"]))
     queue.put(1.0 / time_train_step(model, random_batch(*SHAPES["hopper"]), steps))
 
 
@@ -182,7 +183,7 @@ def main():
 
     rows = []
     for env, (state_dim, act_dim) in SHAPES.items():
-        kw = model_kwargs(state_dim, act_dim)
+        kw = default_model_kwargs(state_dim, act_dim)
         model = DecisionTransformer(**kw)
         reference = ReferenceDT(**kw).load_project_weights(model)
         batch = random_batch(state_dim, act_dim)
@@ -200,7 +201,7 @@ def main():
         rows.append((f"train step {env} reference", ref_s * 1e3, 1 / ref_s, 1.0, flops / ref_s / 1e9 / peak["fp32"]))
     results["batch_sampling_ms"] = sampling_seconds(*SHAPES["hopper"]) * 1e3
 
-    model = DecisionTransformer(**model_kwargs(17, 6))
+    model = DecisionTransformer(**default_model_kwargs(17, 6))
     vec_rate, vec_s = eval_steps_per_second(model, args.episodes, vectorized=True)
     seq_rate, seq_s = eval_steps_per_second(model, args.episodes, vectorized=False)
     results["eval"] = {"episodes": args.episodes, "vectorized_s": vec_s, "sequential_s": seq_s,

@@ -91,6 +91,9 @@ def download(url, path):
         raise DatasetError(
             f"could not download {url} ({e}). Download it by hand to {path}, or set "
             f"D4RL_DATASET_DIR to a folder that holds {path.name}") from e
+    except BaseException:  # Ctrl-C: no partial file of hundreds of MB left in the cache
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 

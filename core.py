@@ -18,6 +18,9 @@ from buffer import ReplayBuffer, SequenceBuffer, dataset_file, find_dataset
 from models import DecisionTransformer
 
 log = logging.getLogger(__name__)
+# Env seeds of the evals: seed s runs its periodic evals on episodes seeded 1000 s, 1000 s + 1, ... and its
+# final eval on 1000 s + 100 000, ...: other seeds' episodes, and no episode the periodic evals picked from.
+EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET = 1000, 100_000
 
 
 class ConfigError(ValueError):
@@ -34,15 +37,13 @@ def check_config(cfg):
                 "buffer.context_len": cfg.buffer.context_len, "eval.episodes": cfg.eval.episodes,
                 "eval.final_episodes": cfg.eval.final_episodes, "train.log_every": cfg.train.log_every,
                 "train.eval_every": cfg.train.eval_every, "train.checkpoint_every": cfg.train.checkpoint_every,
-                "buffer.reward_scale": cfg.buffer.reward_scale}
+                "buffer.reward_scale": cfg.buffer.reward_scale, "train.warmup_steps": cfg.train.warmup_steps}
     for field, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{field}={value}: must be a positive number")
     if cfg.buffer.context_len > cfg.env.max_episode_len:
         raise ConfigError(f"buffer.context_len={cfg.buffer.context_len}: must be at most the env's "
                           f"max_episode_len={cfg.env.max_episode_len}")
-    if not cfg.train.warmup_steps > 0:
-        raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps}: must be a positive number")
     if cfg.model.embed_dim % cfg.model.n_heads:
         raise ConfigError(f"model.n_heads={cfg.model.n_heads}: must divide model.embed_dim={cfg.model.embed_dim}")
     if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
@@ -68,7 +69,7 @@ def run_title(cfg):
 
 def masked_mse(pred, target, mask):
     """Mean squared error over the real (mask = 1) steps. pred, target (B, K, d); mask (B, K)."""
-    return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+    return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +90,8 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
     states = torch.zeros(num_envs, max_len, model.state_dim, device=device)  # histories, (N, T, obs)
     actions = torch.zeros(num_envs, max_len, model.act_dim, device=device)  # (N, T, act)
     returns_to_go = torch.zeros(num_envs, max_len, 1, device=device)  # (N, T, 1)
-    timesteps = torch.arange(max_len, device=device).expand(num_envs, max_len)  # (N, T)
+    last_timestep = model.embed_timestep.num_embeddings - 1  # clipped as in training
+    timesteps = torch.arange(max_len, device=device).clamp(max=last_timestep).expand(num_envs, max_len)  # (N, T)
     target_left = np.full(num_envs, target_return / reward_scale)  # the return still to collect, scaled
     episode_returns = np.zeros(num_envs)
     active = np.ones(num_envs, dtype=bool)
@@ -104,7 +106,7 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
         # All envs are at step t, so the window needs no padding; finished envs are left out.
         action_preds, _, _ = model(states[rows, window], actions[rows, window],
                                    returns_to_go[rows, window], timesteps[rows, window])  # (n, k, act)
-        actions[rows, t] = action_preds[:, -1].float()
+        actions[rows, t] = action_preds[:, -1]
         obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
         episode_returns += reward * active  # reward counts only until each env is done
         target_left -= reward / reward_scale
@@ -195,16 +197,26 @@ def load_training_state(path, model, optimizer, scheduler, rng):
     return state["progress"]
 
 
+def warmup_scheduler(optimizer, warmup_steps):
+    """Linear warmup from lr / warmup_steps to lr, then constant (the DT paper's schedule)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
+
+
+def plot_run(cfg, run_dir):
+    """The run's results.png from its seeds' metrics so far."""
+    utils.plot_results(run_dir, run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+
+
 def train_step(model, optimizer, scheduler, batch, cfg):
     """Forward, masked action MSE (+ the auxiliary losses), backward, clip, AdamW; returns the loss."""
     states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
     with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
         action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps)
     loss = masked_mse(action_preds, actions, mask)
-    if cfg.train.aux_state_coef:  # s_{t+1} from the a_t token
+    if cfg.train.aux_state_coef:  # s_{t+1} from the a_t token: (B, K-1, obs) against the next states
         loss = loss + cfg.train.aux_state_coef * masked_mse(
-            state_preds[:, :-1], model._norm_state(states[:, 1:]), mask[:, 1:])
-    if cfg.train.aux_rtg_coef:  # g_{t+1} from the a_t token
+            state_preds[:, :-1], model.norm_state(states[:, 1:]), mask[:, 1:])
+    if cfg.train.aux_rtg_coef:  # g_{t+1} from the a_t token: (B, K-1, 1)
         loss = loss + cfg.train.aux_rtg_coef * masked_mse(return_preds[:, :-1], returns_to_go[:, 1:], mask[:, 1:])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -228,7 +240,7 @@ def train(cfg, seed, run_dir):
     kwargs = model_kwargs(cfg, data, env)
     model = DecisionTransformer(**kwargs).to(device)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.train.warmup_steps))
+    scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
     rng = np.random.default_rng(seed)
     last_ckpt = seed_dir / "last.pt"
     progress = {"step": 0, "best_score": -np.inf, "train": [], "eval": [], "seconds": 0.0}
@@ -244,21 +256,23 @@ def train(cfg, seed, run_dir):
     bar = tqdm(total=cfg.train.steps, initial=progress["step"], desc=f"seed {seed}", mininterval=2, disable=None)
     for step in range(progress["step"] + 1, cfg.train.steps + 1):
         batch = [torch.from_numpy(x).to(device) for x in data.sample(cfg.train.batch_size, rng)]
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         loss_sum += train_step(model, optimizer, scheduler, batch, cfg)
         bar.update()
-        if step % cfg.train.log_every == 0:
-            mean_loss = loss_sum.item() / cfg.train.log_every  # one host sync per log interval
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:  # the last interval may be shorter
+            logged_before = progress["train"][-1]["step"] if progress["train"] else 0
+            mean_loss = loss_sum.item() / (step - logged_before)  # one host sync per log interval
             loss_sum.zero_()
             if not np.isfinite(mean_loss):
                 raise NonFiniteLossError(
                     f"seed {seed}: the loss became {mean_loss} before step {step}; the last good checkpoint "
                     f"is {last_ckpt}. Lower train.lr or train.grad_clip, or check the dataset for bad values")
-            progress["train"].append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
+            progress["train"].append({"step": step, "loss": mean_loss, "lr": lr})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
         evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
         if evaluated:
             model.eval()
-            result = evaluate(model, cfg, cfg.eval.episodes, seed=1000 * seed, vectorized=cfg.eval.vectorized)
+            result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
             model.train()
             progress["eval"].append({"step": step, **result})
             log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
@@ -272,8 +286,7 @@ def train(cfg, seed, run_dir):
             utils.write_csv(progress["train"], seed_dir / "train.csv")
             utils.write_csv(progress["eval"], seed_dir / "eval.csv")
             save_training_state(last_ckpt, model, optimizer, scheduler, rng, progress)
-            utils.plot_results(run_dir, run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score,
-                               cfg.env.ref_max_score)
+            plot_run(cfg, run_dir)
     bar.close()
     return finish(model, kwargs, cfg, env, seed, seed_dir, seconds_before + time.time() - started)
 
@@ -282,16 +295,16 @@ def finish(model, kwargs, cfg, env, seed, seed_dir, train_seconds):
     """The final 100-episode evaluation, final.pt, the video and final.json."""
     model.eval()
     save_policy(model, kwargs, cfg, seed_dir / "final.pt")
-    started = time.time()
-    result = evaluate(model, cfg, cfg.eval.final_episodes, seed=1000 * seed + 100_000, vectorized=cfg.eval.vectorized)
+    started, final_seed = time.time(), EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
+    result = evaluate(model, cfg, cfg.eval.final_episodes, seed=final_seed, vectorized=cfg.eval.vectorized)
     result = {k: float(v) for k, v in result.items()}
     summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
     utils.atomic_write_bytes(seed_dir / "final.json", json.dumps(summary, indent=2).encode())
     if cfg.eval.video:
         try:
-            _, frames = rollout(model, cfg.env.id, 1, 1000 * seed + 100_000, cfg.eval.target_return,
-                                cfg.buffer.reward_scale, record_video=True)
+            _, frames = rollout(model, cfg.env.id, 1, final_seed, cfg.eval.target_return, cfg.buffer.reward_scale,
+                                record_video=True)
             utils.save_video(frames, seed_dir / "video.mp4", fps=env.metadata["render_fps"])
         except Exception as e:  # the scores stand without the video
             log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)

@@ -27,18 +27,22 @@ OmegaConf.register_new_resolver("or", lambda a, b: a or b, replace=True)  # used
 def prepare(cfg):
     """The run's config (a resumed run's own, else this one), checked and saved; and the run folder.
 
-    With hydra.job.chdir=true (the default) the current folder is the run folder runs/<date>/<time>;
-    a resumed run writes into its own folder and keeps its config, except for seeds given on the
-    command line (`resume=<run> seeds=[0,1,2]` adds seeds to a run).
+    The run folder is Hydra's output folder runs/<date>/<time>; a resumed run writes into its own folder
+    and keeps its config, except for seeds given on the command line (`resume=<run> seeds=[0,1,2]` adds
+    seeds to a run).
     """
-    run_dir = Path.cwd()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.resume:
         run_dir = Path(to_absolute_path(cfg.resume))
         if not (run_dir / "config.yaml").exists():
             raise core.ConfigError(f"resume={cfg.resume}: no config.yaml there; give a folder under runs/")
+        overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
+        ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
+        if ignored:
+            log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
         seeds = cfg.seeds
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        if any(override.startswith("seeds=") for override in HydraConfig.get().overrides.task):
+        if any(o.startswith("seeds=") for o in overrides):
             cfg.seeds = seeds
     OmegaConf.resolve(cfg)
     if cfg.buffer.path:
@@ -46,8 +50,8 @@ def prepare(cfg):
     if "D4RL_DATASET_DIR" in os.environ:  # relative to where the user started, not the run folder
         os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
     core.check_config(cfg)
-    if not cfg.buffer.file:  # one download before the seeds start; the run records the file it read
-        cfg.buffer.file = str(core.locate_dataset(cfg))
+    if not cfg.buffer.get("file"):  # one download before the seeds start; the run records the file it read
+        cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())
     utils.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     return cfg, run_dir
 
@@ -60,14 +64,14 @@ def summarize(cfg, run_dir):
                "seeds": [f["seed"] for f in finals],
                "missing_seeds": sorted(set(cfg.seeds) - {f["seed"] for f in finals}),
                "score_mean": float(np.mean(scores)) if scores else None,
-               "score_std": float(np.std(scores)) if scores else None, "per_seed": finals}
+               "score_std": float(np.std(scores)) if len(scores) > 1 else None,  # no spread over one seed
+               "per_seed": finals}
     utils.atomic_write_bytes(Path(run_dir) / "summary.json", json.dumps(summary, indent=2).encode())
-    utils.plot_results(run_dir, core.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score,
-                       cfg.env.ref_max_score)
+    core.plot_run(cfg, run_dir)
     if scores:
-        log.info("%s-%s: normalized score %.1f +- %.1f over seeds %s (final evals of %d episodes)",
-                 summary["env"], summary["dataset"], summary["score_mean"], summary["score_std"],
-                 summary["seeds"], cfg.eval.final_episodes)
+        spread = f" +- {summary['score_std']:.1f}" if len(scores) > 1 else ""
+        log.info("%s-%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", summary["env"],
+                 summary["dataset"], summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
     return summary
 
 

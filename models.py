@@ -105,14 +105,15 @@ class DecisionTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def _norm_state(self, states):
+    def norm_state(self, states):
+        """Environment state -> the dataset's zero mean, unit std."""
         return (states - self.state_mean) / self.state_std
 
-    def _norm_action(self, actions):
+    def norm_action(self, actions):
         """Environment action -> [-1, 1]."""
         return 2 * (actions - self.action_low) / (self.action_high - self.action_low) - 1
 
-    def _unnorm_action(self, actions):
+    def unnorm_action(self, actions):
         """[-1, 1] -> environment action."""
         return self.action_low + (actions + 1) / 2 * (self.action_high - self.action_low)
 
@@ -125,13 +126,13 @@ class DecisionTransformer(nn.Module):
         B, K, _ = states.shape
         time = self.embed_timestep(timesteps)  # (B, K, H)
         g = self.embed_return(returns_to_go) + time  # (B, K, H)
-        s = self.embed_state(self._norm_state(states)) + time  # (B, K, H)
-        a = self.embed_action(self._norm_action(actions)) + time  # (B, K, H)
+        s = self.embed_state(self.norm_state(states)) + time  # (B, K, H)
+        a = self.embed_action(self.norm_action(actions)) + time  # (B, K, H)
         x = torch.stack((g, s, a), dim=2).reshape(B, 3 * K, -1)  # (B, 3K, H): g_1, s_1, a_1, g_2, ...
         x = self.drop(self.embed_ln(x))
         x = self.ln_f(self.blocks(x))  # (B, 3K, H)
         x = x.reshape(B, K, 3, -1)  # (B, K, [g, s, a], H)
-        action_preds = self._unnorm_action(torch.tanh(self.predict_action(x[:, :, 1])))  # (B, K, act)
+        action_preds = self.unnorm_action(torch.tanh(self.predict_action(x[:, :, 1])))  # (B, K, act)
         state_preds = self.predict_state(x[:, :, 2])  # (B, K, obs)
         return_preds = self.predict_return(x[:, :, 2])  # (B, K, 1)
         return action_preds, state_preds, return_preds

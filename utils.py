@@ -41,8 +41,8 @@ def atomic_write_bytes(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for sharing
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for sharing
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -131,6 +131,11 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
 def save_video(frames, path, fps=30):
     import imageio.v2 as imageio
 
-    tmp = Path(path).with_suffix(".tmp.mp4")
-    imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
-    os.replace(tmp, path)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")  # the encoder picks the format from the suffix
+    try:
+        imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

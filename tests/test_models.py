@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import ReferenceDT, model_kwargs, random_batch
+from bench import ReferenceDT, default_model_kwargs, random_batch
 from models import DecisionTransformer, Dropout
 
 STATE_DIM, ACT_DIM, K = 5, 2, 6
@@ -76,15 +76,15 @@ def test_action_predictions_stay_inside_the_action_bounds():
 def test_action_normalization_round_trips():
     model = tiny_model()
     actions = torch.rand(10, ACT_DIM) * torch.tensor([2.0, 4.0]) + torch.tensor([-1.0, 0.0])
-    normed = model._norm_action(actions)
+    normed = model.norm_action(actions)
     assert normed.min() >= -1 and normed.max() <= 1
-    torch.testing.assert_close(model._unnorm_action(normed), actions)
+    torch.testing.assert_close(model.unnorm_action(normed), actions)
 
 
 def test_state_normalization_uses_the_dataset_statistics():
     model = tiny_model()
     states = torch.arange(STATE_DIM, dtype=torch.float32) + 2.0  # mean + 1 std
-    torch.testing.assert_close(model._norm_state(states), torch.ones(STATE_DIM))
+    torch.testing.assert_close(model.norm_state(states), torch.ones(STATE_DIM))
 
 
 def test_weight_decay_applies_to_linear_weights_only():
@@ -99,8 +99,8 @@ def test_weight_decay_applies_to_linear_weights_only():
 @pytest.mark.parametrize("env_shape", [(11, 3), (17, 6)])
 def test_fp32_outputs_equal_the_plain_reference(env_shape):
     torch.manual_seed(0)
-    model = DecisionTransformer(**model_kwargs(*env_shape)).eval()
-    reference = ReferenceDT(**model_kwargs(*env_shape)).load_project_weights(model).eval()
+    model = DecisionTransformer(**default_model_kwargs(*env_shape)).eval()
+    reference = ReferenceDT(**default_model_kwargs(*env_shape)).load_project_weights(model).eval()
     states, actions, returns_to_go, timesteps, _ = random_batch(*env_shape, batch_size=8)
     with torch.no_grad():
         ours = model(states, actions, returns_to_go, timesteps)
@@ -110,8 +110,8 @@ def test_fp32_outputs_equal_the_plain_reference(env_shape):
 
 
 def test_fp32_gradients_equal_the_plain_reference_without_dropout():
-    model = DecisionTransformer(**model_kwargs(11, 3, dropout=0.0))
-    reference = ReferenceDT(**model_kwargs(11, 3, dropout=0.0)).load_project_weights(model)
+    model = DecisionTransformer(**default_model_kwargs(11, 3, dropout=0.0))
+    reference = ReferenceDT(**default_model_kwargs(11, 3, dropout=0.0)).load_project_weights(model)
     batch = random_batch(11, 3, batch_size=4)
     for m in (model, reference):
         m(*batch[:4])[0].square().sum().backward()

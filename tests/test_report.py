@@ -51,10 +51,11 @@ def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None):
 
 @pytest.fixture
 def runs(tmp_path):
-    """hopper at lr 1e-4 (final 60 +- 2: passes > 50); halfcheetah at lr 3e-4 (final 35 +- 1: fails > 40)."""
-    hopper = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, 1e-4, [58.0, 62.0], [[40.0, 55.0], [50.0, 45.0]])
-    cheetah = make_run(tmp_path / "runs" / "day" / "cheetah", HALFCHEETAH, 3e-4, [34.0, 36.0], [[30, 33], [32, 35]],
-                       resume="runs/day/cheetah")
+    """hopper at lr 1e-4 (final 60 +- 1.6: passes > 50); halfcheetah at lr 3e-4 (final 35 +- 0.8: fails > 40)."""
+    hopper = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, 1e-4, [58.0, 60.0, 62.0],
+                      [[40.0, 55.0], [50.0, 45.0], [45.0, 50.0]])
+    cheetah = make_run(tmp_path / "runs" / "day" / "cheetah", HALFCHEETAH, 3e-4, [34.0, 35.0, 36.0],
+                       [[30, 33], [32, 35], [31, 34]], resume="runs/day/cheetah")
     return hopper, cheetah
 
 
@@ -77,15 +78,15 @@ def test_pdf_and_loss_figure_are_written(outputs):
 
 def test_each_run_has_a_row_with_its_final_score_mean_and_std_over_seeds(outputs):
     md = (outputs / "report.md").read_text()
-    assert row(md, "day/hopper")[1:4] == ["hopper-medium", "0, 1", "60.0 ± 2.0 (100 ep)"]
-    assert row(md, "day/cheetah")[1:4] == ["halfcheetah-medium", "0, 1", "35.0 ± 1.0 (100 ep)"]
+    assert row(md, "day/hopper")[1:4] == ["hopper-medium", "0, 1, 2", "60.0 ± 1.6 (100 ep)"]
+    assert row(md, "day/cheetah")[1:4] == ["halfcheetah-medium", "0, 1, 2", "35.0 ± 0.8 (100 ep)"]
 
 
-def test_a_single_seed_shows_no_std_over_seeds(tmp_path):
+def test_a_single_seed_shows_no_std_and_does_not_settle_the_bar(tmp_path):
     run = make_run(tmp_path / "runs" / "day" / "walker", {**HOPPER, "name": "walker2d"}, 1e-4, [71.0], [[60, 70]])
     report.main([str(run), "--out", str(tmp_path / "report")])
     assert row((tmp_path / "report.md").read_text(), "day/walker")[3:] == ["71.0 (100 ep)", "70.0 (200)", "> 70",
-                                                                           "yes", "74.0"]
+                                                                           "n/a (1 seed)", "74.0"]
 
 
 def test_best_eval_is_the_best_step_of_the_seed_mean(outputs):
@@ -93,7 +94,7 @@ def test_best_eval_is_the_best_step_of_the_seed_mean(outputs):
     assert row(md, "day/hopper")[4] == "50.0 (200)"  # steps 100, 200: means 45 and 50 (not the single best, 55)
 
 
-def test_pass_is_the_final_score_against_the_assignment_bar(outputs):
+def test_pass_is_the_3_seed_final_score_against_the_assignment_bar(outputs):
     md = (outputs / "report.md").read_text()
     assert row(md, "day/hopper")[5:] == ["> 50", "yes", "67.6"]
     assert row(md, "day/cheetah")[5:] == ["> 40", "no", "42.6"]

@@ -116,11 +116,14 @@ def test_resume_with_more_seeds_keeps_the_finished_one_and_trains_the_new_one_as
     reference_dir, path = main_run  # seeds 0 and 1 in one run
     run_entry("main.py", tmp_path, f"buffer.path={path}", "seeds=[0]")
     final0 = read(tmp_path / "seed0" / "final.json")
-    run_entry("main.py", tmp_path / "unused", f"resume={tmp_path}", "seeds=[0,1]", "train.steps=5")
+    config = tmp_path / "config.yaml"  # as written before buffer.file existed
+    config.write_text("".join(line for line in read(config).splitlines(keepends=True) if "  file:" not in line))
+    result = run_entry("main.py", tmp_path / "unused", f"resume={tmp_path}", "seeds=[0,1]", "train.steps=5")
     assert read(tmp_path / "seed0" / "final.json") == final0
     assert read(tmp_path / "seed1" / "train.csv") == read(reference_dir / "seed1" / "train.csv")
     assert json.loads(read(tmp_path / "summary.json"))["seeds"] == [0, 1]
-    assert "train:\n  steps: 20\n" in read(tmp_path / "config.yaml"), "only seeds= overrides a resumed run"
+    assert "train:\n  steps: 20\n" in read(config), "only seeds= overrides a resumed run"
+    assert "ignoring" in result.stdout + result.stderr and "train.steps=5" in result.stdout + result.stderr
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file, tmp_path, monkeypatch):
