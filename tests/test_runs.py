@@ -48,6 +48,13 @@ def test_metrics_hold_every_logged_step_and_eval(main_run):
     assert evals[0].startswith("step,return_mean") and [r.split(",")[0] for r in evals[1:]] == ["10", "20"]
 
 
+def test_each_logged_lr_is_the_one_its_step_used_and_a_short_last_interval_is_logged(hopper_file, tmp_path):
+    run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=12",
+              "train.warmup_steps=10")
+    rows = [r.split(",") for r in read(tmp_path / "seed0" / "train.csv").splitlines()[1:]]
+    assert [(int(step), float(lr)) for step, _, lr in rows] == [(5, 0.5e-4), (10, 1e-4), (12, 1e-4)]  # lr * step / 10
+
+
 def test_same_seed_same_machine_gives_identical_metrics(main_run, tmp_path):
     run_dir, path = main_run
     run_entry("main.py", tmp_path / "again", f"buffer.path={path}", "seeds=[0]", "eval.video=true")
