@@ -69,7 +69,7 @@ def summarize(cfg, run_dir):
     utils.atomic_write_bytes(Path(run_dir) / "summary.json", json.dumps(summary, indent=2).encode())
     core.plot_run(cfg, run_dir)
     if scores:
-        spread = f" +- {summary['score_std']:.1f}" if len(scores) > 1 else ""
+        spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
         log.info("%s-%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", summary["env"],
                  summary["dataset"], summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
     return summary
