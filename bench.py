@@ -3,6 +3,9 @@
     python bench.py                     # prints a table, writes bench.json
     python bench.py --steps 100 --out /tmp/bench.json
 
+ReferenceDT is also a model main.py can train (`python main.py model.implementation=bench.ReferenceDT`): the
+default run as it would be without the speed work, for a score comparison.
+
 Every ratio compares two measurements taken in the same process on the same machine.
 """
 import argparse
@@ -18,9 +21,9 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+import core
 import utils
 from buffer import ReplayBuffer, SequenceBuffer
-from core import rollout, train_step, warmup_scheduler
 from models import DecisionTransformer
 
 CFG = OmegaConf.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cfgs", "config.yaml"))
@@ -34,6 +37,7 @@ class ReferenceBlock(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(embed_dim)
         self.attn = nn.MultiheadAttention(embed_dim, n_heads, dropout=dropout, batch_first=True)
+        self.resid_drop = nn.Dropout(dropout)
         self.ln_2 = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), nn.Dropout(dropout))
@@ -42,30 +46,41 @@ class ReferenceBlock(nn.Module):
         T = x.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
         h = self.ln_1(x)
-        x = x + self.attn(h, h, h, attn_mask=causal, need_weights=False)[0]
+        x = x + self.resid_drop(self.attn(h, h, h, attn_mask=causal, need_weights=False)[0])
         return x + self.mlp(self.ln_2(x))
 
 
+def reference_state_dict(project_state_dict):
+    """A DecisionTransformer's weights under ReferenceDT's names (fused qkv -> in_proj, proj -> out_proj)."""
+    return {k.replace("attn.qkv.", "attn.in_proj_").replace("attn.proj.", "attn.out_proj."): v
+            for k, v in project_state_dict.items()}
+
+
 class ReferenceDT(DecisionTransformer):
-    """The project's DT with its blocks swapped for ReferenceBlocks and torch's own dropout."""
+    """The project's DT with its blocks swapped for ReferenceBlocks and torch's own dropout.
+
+    It starts from the weights the project's model would start from (the DT/GPT-2 initialization).
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        project_init = self.state_dict()
         H, p = kwargs["embed_dim"], kwargs["dropout"]
         self.drop = nn.Dropout(p)
         self.blocks = nn.Sequential(*[ReferenceBlock(H, kwargs["n_heads"], p) for _ in range(kwargs["n_layers"])])
+        self.load_state_dict(reference_state_dict(project_init))
 
     def load_project_weights(self, model):
-        """Copy a DecisionTransformer's weights (fused qkv -> in_proj, proj -> out_proj)."""
-        renamed = {k.replace("attn.qkv.", "attn.in_proj_").replace("attn.proj.", "attn.out_proj."): v
-                   for k, v in model.state_dict().items()}
-        self.load_state_dict(renamed)
+        """Copy a DecisionTransformer's weights."""
+        self.load_state_dict(reference_state_dict(model.state_dict()))
         return self
 
 
 def default_model_kwargs(state_dim, act_dim, **overrides):
     """The default config's model (cfgs/config.yaml) for these space sizes, with unit normalization."""
-    return dict(context_len=CFG.buffer.context_len, max_timestep=1000, **CFG.model, state_dim=state_dim,
+    m = CFG.model
+    return dict(context_len=CFG.buffer.context_len, max_timestep=1000, embed_dim=m.embed_dim, n_layers=m.n_layers,
+                n_heads=m.n_heads, dropout=m.dropout, state_dim=state_dim,
                 act_dim=act_dim, state_mean=np.zeros(state_dim), state_std=np.ones(state_dim),
                 action_low=-np.ones(act_dim), action_high=np.ones(act_dim)) | overrides
 
@@ -81,12 +96,12 @@ def time_train_step(model, batch, steps, bf16=False):
     """Median seconds of core.train_step (forward, backward, clip, AdamW) with the default config."""
     cfg = OmegaConf.merge(CFG, {"train": {"bf16": bf16}})
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
-    scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
+    scheduler = core.warmup_scheduler(optimizer, cfg.train.warmup_steps)
     model.train()
     times = []
     for i in range(steps + 10):
         start = time.perf_counter()
-        train_step(model, optimizer, scheduler, batch, cfg).item()
+        core.train_step(model, optimizer, scheduler, batch, cfg).item()
         if i >= 10:  # warm-up
             times.append(time.perf_counter() - start)
     return float(np.median(times))
@@ -132,10 +147,10 @@ def eval_steps_per_second(model, episodes, vectorized):
     model.eval()
     start = time.perf_counter()
     if vectorized:
-        rollout(model, "HalfCheetah-v4", episodes, 0, 6000, 1000)
+        core.rollout(model, "HalfCheetah-v4", episodes, 0, 6000, 1000)
     else:
         for i in range(episodes):
-            rollout(model, "HalfCheetah-v4", 1, i, 6000, 1000)
+            core.rollout(model, "HalfCheetah-v4", 1, i, 6000, 1000)
     seconds = time.perf_counter() - start
     return episodes * 1000 / seconds, seconds
 

@@ -1,4 +1,5 @@
 """Training and evaluation of one seed: batches -> masked action MSE -> AdamW; periodic evals."""
+import importlib
 import json
 import logging
 import os
@@ -15,7 +16,6 @@ from tqdm import tqdm
 
 import utils
 from buffer import ReplayBuffer, SequenceBuffer, dataset_file, find_dataset
-from models import DecisionTransformer
 
 log = logging.getLogger(__name__)
 # Env seeds of the evals: seed s runs its periodic evals on episodes seeded 1000 s, 1000 s + 1, ... and its
@@ -60,6 +60,11 @@ def check_config(cfg):
         dataset_file(cfg.env.name, cfg.buffer.dataset)  # raises DatasetError listing the choices
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed, e.g. seeds=[0]")
+    try:
+        import_class(cfg.model.implementation)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"model.implementation={cfg.model.implementation}: {e}; use models.DecisionTransformer "
+                          f"(or bench.ReferenceDT)") from None
 
 
 def run_title(cfg):
@@ -160,17 +165,24 @@ def model_kwargs(cfg, data, env):
                 action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist())
 
 
+def import_class(path):
+    """'models.DecisionTransformer' -> the class."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def save_policy(model, kwargs, cfg, path):
-    utils.atomic_torch_save({"env_id": cfg.env.id, "model_kwargs": kwargs, "model": model.state_dict()}, path)
+    utils.atomic_torch_save({"env_id": cfg.env.id, "model_class": cfg.model.implementation, "model_kwargs": kwargs,
+                             "model": model.state_dict()}, path)
 
 
 def load_policy(path, env_id=None, device="cpu"):
-    """A DecisionTransformer from a best.pt / final.pt checkpoint, ready to evaluate."""
+    """The policy of a best.pt / final.pt checkpoint, ready to evaluate."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
     if env_id is not None and ckpt["env_id"] != env_id:
         raise ConfigError(f"checkpoint {path} was trained on {ckpt['env_id']}, not {env_id}: "
                           f"choose the matching env=<name>")
-    model = DecisionTransformer(**ckpt["model_kwargs"]).to(device)
+    model = import_class(ckpt.get("model_class", "models.DecisionTransformer"))(**ckpt["model_kwargs"]).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -207,6 +219,14 @@ def plot_run(cfg, run_dir):
     utils.plot_results(run_dir, run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
 
 
+def to_device(arrays, device):
+    """numpy arrays -> tensors on `device`; to a GPU from pinned memory, without waiting for its running steps."""
+    tensors = [torch.from_numpy(x) for x in arrays]
+    if device.type == "cuda":  # a plain copy would block the host until the GPU's queue is empty
+        return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+    return tensors
+
+
 def train_step(model, optimizer, scheduler, batch, cfg):
     """Forward, masked action MSE (+ the auxiliary losses), backward, clip, AdamW; returns the loss."""
     states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
@@ -238,7 +258,7 @@ def train(cfg, seed, run_dir):
     env = gym.make(cfg.env.id)
     data = load_data(cfg, env)
     kwargs = model_kwargs(cfg, data, env)
-    model = DecisionTransformer(**kwargs).to(device)
+    model = import_class(cfg.model.implementation)(**kwargs).to(device)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
     scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
     rng = np.random.default_rng(seed)
@@ -247,15 +267,15 @@ def train(cfg, seed, run_dir):
     if last_ckpt.exists():
         progress = load_training_state(last_ckpt, model, optimizer, scheduler, rng)
         log.info("seed %d: resumed from %s at step %d", seed, last_ckpt, progress["step"])
-    log.info("seed %d: %d trajectories, %d steps, %s, device %s", seed, data.num_trajectories,
-             len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device)
+    log.info("seed %d: %d trajectories, %d steps, %s, device %s, %d torch threads", seed, data.num_trajectories,
+             len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, torch.get_num_threads())
 
     started, seconds_before = time.time(), progress["seconds"]
     loss_sum = torch.zeros((), device=device)
     model.train()
     bar = tqdm(total=cfg.train.steps, initial=progress["step"], desc=f"seed {seed}", mininterval=2, disable=None)
     for step in range(progress["step"] + 1, cfg.train.steps + 1):
-        batch = [torch.from_numpy(x).to(device) for x in data.sample(cfg.train.batch_size, rng)]
+        batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
         loss_sum += train_step(model, optimizer, scheduler, batch, cfg)
         bar.update()

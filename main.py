@@ -28,8 +28,8 @@ def prepare(cfg):
     """The run's config (a resumed run's own, else this one), checked and saved; and the run folder.
 
     The run folder is Hydra's output folder runs/<date>/<time>; a resumed run writes into its own folder
-    and keeps its config, except for seeds given on the command line (`resume=<run> seeds=[0,1,2]` adds
-    seeds to a run).
+    and keeps its config (keys the project gained since take their defaults), except that seeds given on
+    the command line are added (`resume=<run> seeds=[0,1,2]` adds seeds 1 and 2 to a seed-0 run).
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.resume:
@@ -40,17 +40,19 @@ def prepare(cfg):
         ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
         if ignored:
             log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
-        seeds = cfg.seeds
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        saved = OmegaConf.load(run_dir / "config.yaml")
         if any(o.startswith("seeds=") for o in overrides):
-            cfg.seeds = seeds
+            saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
+        defaults = OmegaConf.to_container(cfg)
+        del defaults["env"]  # today's default env is not the run's: its env block stays as it was
+        cfg = OmegaConf.merge(defaults, saved)
     OmegaConf.resolve(cfg)
     if cfg.buffer.path:
         cfg.buffer.path = to_absolute_path(cfg.buffer.path)
     if "D4RL_DATASET_DIR" in os.environ:  # relative to where the user started, not the run folder
         os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
     core.check_config(cfg)
-    if not cfg.buffer.get("file"):  # one download before the seeds start; the run records the file it read
+    if not cfg.buffer.file:  # one download before the seeds start; the run records the file it read
         cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())
     utils.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     return cfg, run_dir

@@ -22,8 +22,9 @@ def seed_everything(seed):
 
 
 def set_torch_threads(num_processes):
-    """Share this machine's cores between `num_processes` training processes."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
+    """Share this machine's cores between `num_processes` training processes; OMP_NUM_THREADS, if set, wins."""
+    if not os.environ.get("OMP_NUM_THREADS"):  # torch itself starts with that many threads
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
 
 
 def pick_device(name):

@@ -1,9 +1,13 @@
-"""bench.py end to end, with a few steps: it prints its table and writes every measurement as JSON."""
+"""bench.py end to end, with a few steps: its table and JSON; and a main.py run of the reference model."""
 import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from omegaconf import OmegaConf
+
+import core
+from bench import ReferenceDT
+from conftest import ROOT, run_entry
 
 
 def test_bench_writes_every_measurement(tmp_path):
@@ -18,3 +22,10 @@ def test_bench_writes_every_measurement(tmp_path):
     assert results["eval"]["vectorized_steps_per_s"] > 0 and results["eval"]["sequential_steps_per_s"] > 0
     assert results["batch_sampling_ms"] > 0 and results["parallel_3_seeds_steps_per_s"] > 0
     assert "train step hopper fp32" in result.stdout and "eval 1 x 1000 steps" in result.stdout
+
+
+def test_main_trains_the_reference_model_and_its_checkpoint_loads_as_one(hopper_file, tmp_path):
+    run_entry("main.py", tmp_path, "model.implementation=bench.ReferenceDT", f"buffer.path={hopper_file}", "seeds=[0]")
+    assert OmegaConf.load(tmp_path / "config.yaml").model.implementation == "bench.ReferenceDT"
+    policy = core.load_policy(tmp_path / "seed0" / "final.pt")
+    assert isinstance(policy, ReferenceDT) and json.loads((tmp_path / "summary.json").read_text())["seeds"] == [0]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import ReferenceDT, default_model_kwargs, random_batch
+from bench import ReferenceDT, default_model_kwargs, random_batch, reference_state_dict
 from models import DecisionTransformer, Dropout
 
 STATE_DIM, ACT_DIM, K = 5, 2, 6
@@ -107,6 +107,16 @@ def test_fp32_outputs_equal_the_plain_reference(env_shape):
         theirs = reference(states, actions, returns_to_go, timesteps)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_reference_starts_from_the_projects_initial_weights():
+    torch.manual_seed(0)
+    model = DecisionTransformer(**default_model_kwargs(11, 3))
+    torch.manual_seed(0)
+    reference = ReferenceDT(**default_model_kwargs(11, 3))
+    theirs = reference.state_dict()
+    for name, weight in reference_state_dict(model.state_dict()).items():
+        torch.testing.assert_close(theirs[name], weight, rtol=0, atol=0, msg=name)
 
 
 def test_fp32_gradients_equal_the_plain_reference_without_dropout():

@@ -120,15 +120,18 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(hopper_file, tmp_path)
 
 
 def test_resume_with_more_seeds_keeps_the_finished_one_and_trains_the_new_one_as_from_scratch(main_run, tmp_path):
+    """Also: seeds=[1] adds seed 1 to the run's seeds, and an old config gains the newer keys' defaults."""
     reference_dir, path = main_run  # seeds 0 and 1 in one run
     run_entry("main.py", tmp_path, f"buffer.path={path}", "seeds=[0]")
     final0 = read(tmp_path / "seed0" / "final.json")
-    config = tmp_path / "config.yaml"  # as written before buffer.file existed
-    config.write_text("".join(line for line in read(config).splitlines(keepends=True) if "  file:" not in line))
-    result = run_entry("main.py", tmp_path / "unused", f"resume={tmp_path}", "seeds=[0,1]", "train.steps=5")
+    config = tmp_path / "config.yaml"  # as written before buffer.file and model.implementation existed
+    config.write_text("".join(line for line in read(config).splitlines(keepends=True)
+                              if not line.startswith(("  file:", "  implementation:"))))
+    result = run_entry("main.py", tmp_path / "unused", f"resume={tmp_path}", "seeds=[1]", "train.steps=5")
     assert read(tmp_path / "seed0" / "final.json") == final0
     assert read(tmp_path / "seed1" / "train.csv") == read(reference_dir / "seed1" / "train.csv")
     assert json.loads(read(tmp_path / "summary.json"))["seeds"] == [0, 1]
+    assert "seeds:\n- 0\n- 1\n" in read(config) and "implementation: models.DecisionTransformer" in read(config)
     assert "train:\n  steps: 20\n" in read(config), "only seeds= overrides a resumed run"
     assert "ignoring" in result.stdout + result.stderr and "train.steps=5" in result.stdout + result.stderr
 
@@ -160,6 +163,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file,
     ("buffer.dataset=mediocre", "unknown dataset 'mediocre': choose one of medium, medium-replay"),
     ("env=ant", "Could not find 'env/ant'"),
     ("resume=/nonexistent/run", "resume=/nonexistent/run: no config.yaml there"),
+    ("model.implementation=models.Nope", "model.implementation=models.Nope: module 'models' has no attribute"),
 ])
 def test_bad_config_fails_first_with_a_message_naming_the_field(override, message, tmp_path):
     result = run_entry("main.py", tmp_path / "run", override, check=False)
