@@ -140,12 +140,6 @@ class ReplayBuffer:
     def __len__(self):
         return len(self.rewards)
 
-    def sample(self, batch_size, rng):
-        """Uniform transitions (obs, action, reward), for methods that learn from single steps."""
-        i = rng.integers(len(self), size=batch_size)
-        return self.observations[i], self.actions[i], self.rewards[i]
-
-
 class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""
 

@@ -174,8 +174,7 @@ def test_missing_keys_and_nan_values_are_reported(hopper_file):
         ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
 
 
-def test_replay_buffer_samples_transitions(hopper_file):
+def test_replay_buffer_holds_every_transition_and_trajectory_end(hopper_file):
     replay = ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
-    obs, act, rew = replay.sample(32, np.random.default_rng(0))
-    assert obs.shape == (32, HOPPER_OBS) and act.shape == (32, HOPPER_ACT) and rew.shape == (32,)
+    assert replay.observations.shape == (len(replay), HOPPER_OBS) and replay.actions.shape == (len(replay), HOPPER_ACT)
     assert replay.ends.sum() == 5 and len(replay) == sum(n for n, _ in TRAJECTORIES)
