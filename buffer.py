@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
+SAMPLE_BY = ("length", "uniform", "return")  # how SequenceBuffer chooses a trajectory
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
 log = logging.getLogger(__name__)
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -55,6 +56,9 @@ def read_d4rl(path, obs_dim, act_dim):
     Raises DatasetError naming the fix for a missing, truncated, corrupt or mismatched file.
     """
     fix = "delete it and run again to re-download, or point buffer.path at a good copy"
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: no such file. Put the dataset there, or, for a resumed run whose file moved, "
+                           f"edit buffer.file in the run's config.yaml")
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in KEYS if k not in f]
@@ -175,7 +179,7 @@ class SequenceBuffer:
         elif sample_by == "return":
             weights = self.returns - self.returns.min() + 1e-3 * (np.ptp(self.returns) + 1.0)
         else:
-            raise ValueError(f"buffer.sample_by must be length, uniform or return, not '{sample_by}'")
+            raise ValueError(f"buffer.sample_by must be one of {', '.join(SAMPLE_BY)}, not '{sample_by}'")
         return weights / weights.sum()
 
     @property

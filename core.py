@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from buffer import ReplayBuffer, SequenceBuffer, dataset_file, find_dataset
+from buffer import SAMPLE_BY, ReplayBuffer, SequenceBuffer, dataset_file, find_dataset
 
 log = logging.getLogger(__name__)
 # Env seeds of the evals: seed s runs its periodic evals on episodes seeded 1000 s, 1000 s + 1, ... and its
@@ -37,7 +38,8 @@ def check_config(cfg):
                 "buffer.context_len": cfg.buffer.context_len, "eval.episodes": cfg.eval.episodes,
                 "eval.final_episodes": cfg.eval.final_episodes, "train.log_every": cfg.train.log_every,
                 "train.eval_every": cfg.train.eval_every, "train.checkpoint_every": cfg.train.checkpoint_every,
-                "buffer.reward_scale": cfg.buffer.reward_scale, "train.warmup_steps": cfg.train.warmup_steps}
+                "buffer.reward_scale": cfg.buffer.reward_scale, "train.warmup_steps": cfg.train.warmup_steps,
+                "model.n_heads": cfg.model.n_heads, "model.embed_dim": cfg.model.embed_dim}
     for field, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{field}={value}: must be a positive number")
@@ -54,12 +56,18 @@ def check_config(cfg):
                               f"train.log_every={cfg.train.log_every}")
     if not 0 < cfg.buffer.top_percent <= 100:
         raise ConfigError(f"buffer.top_percent={cfg.buffer.top_percent}: must be in (0, 100]")
-    if cfg.buffer.sample_by not in ("length", "uniform", "return"):
-        raise ConfigError(f"buffer.sample_by={cfg.buffer.sample_by}: choose length, uniform or return")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"model.dropout={cfg.model.dropout}: must be in [0, 1)")
+    if cfg.buffer.sample_by not in SAMPLE_BY:
+        raise ConfigError(f"buffer.sample_by={cfg.buffer.sample_by}: choose one of {', '.join(SAMPLE_BY)}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
+        raise ConfigError(f"device={cfg.device}: choose auto, cpu, cuda or cuda:<index>")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device}: torch sees no CUDA GPU here; use device=auto or device=cpu")
     if not cfg.buffer.path:
         dataset_file(cfg.env.name, cfg.buffer.dataset)  # raises DatasetError listing the choices
-    if not cfg.seeds:
-        raise ConfigError("seeds: give at least one seed, e.g. seeds=[0]")
+    if not isinstance(cfg.seeds, Sequence) or not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds):
+        raise ConfigError(f"seeds={cfg.seeds}: give a list of integer seeds, e.g. seeds=[0] or seeds=[0,1,2]")
     try:
         import_class(cfg.model.implementation)
     except (ImportError, AttributeError, ValueError) as e:
@@ -107,7 +115,8 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
             frames.append(envs.envs[0].render())
         states[:, t] = torch.as_tensor(obs, dtype=torch.float32, device=device)
         returns_to_go[:, t, 0] = torch.as_tensor(target_left, dtype=torch.float32, device=device)
-        rows, window = torch.as_tensor(np.flatnonzero(active), device=device), slice(max(0, t - K + 1), t + 1)
+        rows = torch.as_tensor(np.flatnonzero(active), device=device)  # (n,) the envs still running
+        window = slice(max(0, t - K + 1), t + 1)  # the last k <= K steps
         # All envs are at step t, so the window needs no padding; finished envs are left out.
         action_preds, _, _ = model(states[rows, window], actions[rows, window],
                                    returns_to_go[rows, window], timesteps[rows, window])  # (n, k, act)
@@ -284,9 +293,11 @@ def train(cfg, seed, run_dir):
             mean_loss = loss_sum.item() / (step - logged_before)  # one host sync per log interval
             loss_sum.zero_()
             if not np.isfinite(mean_loss):
+                kept = f"the last good state is in {last_ckpt}" if last_ckpt.exists() else "no checkpoint yet"
                 raise NonFiniteLossError(
-                    f"seed {seed}: the loss became {mean_loss} before step {step}; the last good checkpoint "
-                    f"is {last_ckpt}. Lower train.lr or train.grad_clip, or check the dataset for bad values")
+                    f"seed {seed}: the loss became {mean_loss} before step {step} ({kept}). Start a new run with "
+                    f"a lower train.lr or train.grad_clip (a resumed run keeps its config and would reach the "
+                    f"same loss), or check the dataset for bad values")
             progress["train"].append({"step": step, "loss": mean_loss, "lr": lr})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
         evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps

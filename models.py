@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class Dropout(nn.Module):
+class BitDropout(nn.Module):
     """nn.Dropout with 15 random bits per element instead of a float: ~2.5x cheaper on a CPU.
 
     The drop probability is rounded to a multiple of 2^-15 (0.1 -> 0.100006).
@@ -34,8 +34,8 @@ class MaskedCausalAttention(nn.Module):
         self.n_heads = n_heads
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)  # fused query, key, value projection
         self.proj = nn.Linear(embed_dim, embed_dim)
-        self.attn_drop = Dropout(dropout)
-        self.resid_drop = Dropout(dropout)
+        self.attn_drop = BitDropout(dropout)
+        self.resid_drop = BitDropout(dropout)
         self.register_buffer("causal", torch.ones(max_tokens, max_tokens).triu(1).bool(), persistent=False)
 
     def forward(self, x):
@@ -60,7 +60,7 @@ class Block(nn.Module):
         self.attn = MaskedCausalAttention(embed_dim, n_heads, dropout, max_tokens)
         self.ln_2 = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), Dropout(dropout))
+            nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), BitDropout(dropout))
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -83,7 +83,7 @@ class DecisionTransformer(nn.Module):
         self.embed_state = nn.Linear(state_dim, embed_dim)  # phi_s
         self.embed_action = nn.Linear(act_dim, embed_dim)  # phi_a
         self.embed_ln = nn.LayerNorm(embed_dim)
-        self.drop = Dropout(dropout)
+        self.drop = BitDropout(dropout)
         self.blocks = nn.Sequential(*[Block(embed_dim, n_heads, dropout, 3 * context_len) for _ in range(n_layers)])
         self.ln_f = nn.LayerNorm(embed_dim)
         self.predict_action = nn.Linear(embed_dim, act_dim)  # read from s_t tokens

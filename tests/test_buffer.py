@@ -157,6 +157,11 @@ def test_truncated_file_in_the_cache_is_reported_with_the_fix(hopper_file):
         ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
 
 
+def test_missing_file_is_reported_with_the_fix(tmp_path):
+    with pytest.raises(DatasetError, match="no such file.*edit buffer.file"):
+        ReplayBuffer.from_hdf5(tmp_path / "moved.hdf5", HOPPER_OBS, HOPPER_ACT)
+
+
 def test_another_envs_file_is_rejected_by_shape(tmp_path):
     walker = write_d4rl_file(tmp_path / "walker.hdf5", obs_dim=17, act_dim=6)
     with pytest.raises(DatasetError, match=r"'observations' has shape \(124, 17\), expected \(124, 11\)"):

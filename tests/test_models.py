@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench import ReferenceDT, default_model_kwargs, random_batch, reference_state_dict
-from models import DecisionTransformer, Dropout
+from models import BitDropout, DecisionTransformer
 
 STATE_DIM, ACT_DIM, K = 5, 2, 6
 
@@ -131,7 +131,7 @@ def test_fp32_gradients_equal_the_plain_reference_without_dropout():
 
 def test_dropout_drops_the_configured_share_and_keeps_the_mean():
     torch.manual_seed(0)
-    dropout = Dropout(0.1).train()
+    dropout = BitDropout(0.1).train()
     y = dropout(torch.ones(1000, 1000))
     assert abs((y == 0).float().mean().item() - 0.1) < 0.002
     assert abs(y.mean().item() - 1.0) < 0.005

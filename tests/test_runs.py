@@ -164,6 +164,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file,
     ("env=ant", "Could not find 'env/ant'"),
     ("resume=/nonexistent/run", "resume=/nonexistent/run: no config.yaml there"),
     ("model.implementation=models.Nope", "model.implementation=models.Nope: module 'models' has no attribute"),
+    ("model.n_heads=0", "model.n_heads=0: must be a positive number"),
+    ("model.dropout=1", "model.dropout=1: must be in [0, 1)"),
+    ("device=gpu", "device=gpu: choose auto, cpu, cuda or cuda:<index>"),
+    ("seeds=3", "seeds=3: give a list of integer seeds"),
 ])
 def test_bad_config_fails_first_with_a_message_naming_the_field(override, message, tmp_path):
     result = run_entry("main.py", tmp_path / "run", override, check=False)
