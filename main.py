@@ -21,7 +21,15 @@ import utils
 from buffer import DatasetError
 
 log = logging.getLogger(__name__)
-OmegaConf.register_new_resolver("or", lambda a, b: a or b, replace=True)  # used by hydra.run.dir
+
+
+def is_run(folder):
+    return bool(folder) and (Path(to_absolute_path(folder)) / "config.yaml").exists()
+
+
+# hydra.run.dir: a resumed run's own folder; a resume= path that holds no run is not created (prepare's error
+# goes to a fresh folder's main.log, like any other config error)
+OmegaConf.register_new_resolver("run_dir", lambda resume, fresh: resume if is_run(resume) else fresh, replace=True)
 
 
 def prepare(cfg):
@@ -34,7 +42,7 @@ def prepare(cfg):
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.resume:
         run_dir = Path(to_absolute_path(cfg.resume))
-        if not (run_dir / "config.yaml").exists():
+        if not is_run(cfg.resume):
             raise core.ConfigError(f"resume={cfg.resume}: no config.yaml there; give a folder under runs/")
         overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
         ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]

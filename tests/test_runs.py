@@ -174,3 +174,12 @@ def test_bad_config_fails_first_with_a_message_naming_the_field(override, messag
     assert result.returncode != 0 and message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "seed0").exists(), "no work started"
+
+
+def test_a_mistyped_resume_path_is_not_created(tmp_path):
+    cmd = [sys.executable, str(ROOT / "main.py"), "resume=runs/typo"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode != 0 and "resume=runs/typo: no config.yaml there" in result.stderr
+    assert not (tmp_path / "runs" / "typo").exists()
+    assert list((tmp_path / "runs").glob("*/*/main.log")), "the error goes to a fresh run folder's log"
