@@ -183,3 +183,15 @@ def test_a_mistyped_resume_path_is_not_created(tmp_path):
     assert result.returncode != 0 and "resume=runs/typo: no config.yaml there" in result.stderr
     assert not (tmp_path / "runs" / "typo").exists()
     assert list((tmp_path / "runs").glob("*/*/main.log")), "the error goes to a fresh run folder's log"
+
+
+def test_report_py_reads_a_run_folder_made_by_main_py(main_run, tmp_path):
+    run_dir, _ = main_run
+    cmd = [sys.executable, str(ROOT / "report.py"), str(run_dir), "--out", str(tmp_path / "report")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    md = (tmp_path / "report.md").read_text()
+    assert f"| {summary['score_mean']:.1f} ± {summary['score_std']:.1f} (2 ep) |" in md
+    assert "results.png)" in md, "the run's figure is in the report"
+    assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF")
