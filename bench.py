@@ -42,12 +42,14 @@ class ReferenceBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), nn.Dropout(dropout))
 
-    def forward(self, x):
+    def forward(self, x, rows=None):
+        """All tokens' outputs computed, then `rows` kept, as a plain implementation would."""
         T = x.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
         h = self.ln_1(x)
         x = x + self.resid_drop(self.attn(h, h, h, attn_mask=causal, need_weights=False)[0])
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x if rows is None else x[:, rows]
 
 
 def reference_state_dict(project_state_dict):
@@ -67,7 +69,7 @@ class ReferenceDT(DecisionTransformer):
         project_init = self.state_dict()
         H, p = kwargs["embed_dim"], kwargs["dropout"]
         self.drop = nn.Dropout(p)
-        self.blocks = nn.Sequential(*[ReferenceBlock(H, kwargs["n_heads"], p) for _ in range(kwargs["n_layers"])])
+        self.blocks = nn.ModuleList([ReferenceBlock(H, kwargs["n_heads"], p) for _ in range(kwargs["n_layers"])])
         self.load_state_dict(reference_state_dict(project_init))
 
     def load_project_weights(self, model):

@@ -240,7 +240,8 @@ def train_step(model, optimizer, scheduler, batch, cfg):
     """Forward, masked action MSE (+ the auxiliary losses), backward, clip, AdamW; returns the loss."""
     states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
     with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
-        action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps)
+        predict_next = bool(cfg.train.aux_state_coef or cfg.train.aux_rtg_coef)
+        action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps, predict_next)
     loss = masked_mse(action_preds, actions, mask)
     if cfg.train.aux_state_coef:  # s_{t+1} from the a_t token: (B, K-1, obs) against the next states
         loss = loss + cfg.train.aux_state_coef * masked_mse(

@@ -38,16 +38,26 @@ class MaskedCausalAttention(nn.Module):
         self.resid_drop = BitDropout(dropout)
         self.register_buffer("causal", torch.ones(max_tokens, max_tokens).triu(1).bool(), persistent=False)
 
-    def forward(self, x):
+    def forward(self, x, rows=None):
+        """x (B, T, H) -> (B, Tq, H): the outputs of the tokens `rows` (a slice; default all, Tq = T)."""
         B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, H // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        nh, hs = self.n_heads, H // self.n_heads
+        if rows is None:
+            q, k, v = self.qkv(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        else:  # queries of the kept tokens only; keys and values of all
+            q = F.linear(x[:, rows], self.qkv.weight[:H], self.qkv.bias[:H])  # (B, Tq, H)
+            q = q.view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, Tq, hs)
+            k, v = F.linear(x, self.qkv.weight[H:], self.qkv.bias[H:]).view(B, T, 2, nh, hs).permute(2, 0, 3, 1, 4)
+        causal = self.causal[:T, :T] if rows is None else self.causal[:T, :T][rows]  # (Tq, T), True: may not attend
         if self.training and self.attn_drop.threshold:  # dropout on the attention weights, as GPT-2
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
-            att = att.masked_fill(self.causal[:T, :T], float("-inf")).softmax(dim=-1)
-            y = self.attn_drop(att) @ v  # (B, nh, T, hs)
-        else:  # the same function, in one fused kernel
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, Tq, T)
+            att = att.masked_fill(causal, float("-inf")).softmax(dim=-1)
+            y = self.attn_drop(att) @ v  # (B, nh, Tq, hs)
+        elif rows is None:  # the same function, in one fused kernel
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=~causal)  # (B, nh, Tq, hs)
+        y = y.transpose(1, 2).reshape(B, -1, H)  # (B, Tq, H)
         return self.resid_drop(self.proj(y))
 
 
@@ -62,8 +72,11 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), BitDropout(dropout))
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, rows=None):
+        """x (B, T, H) -> (B, Tq, H): the outputs of the tokens `rows` (a slice; default all)."""
+        h = self.ln_1(x)
+        x = x if rows is None else x[:, rows]
+        x = x + self.attn(h, rows)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -84,7 +97,7 @@ class DecisionTransformer(nn.Module):
         self.embed_action = nn.Linear(act_dim, embed_dim)  # phi_a
         self.embed_ln = nn.LayerNorm(embed_dim)
         self.drop = BitDropout(dropout)
-        self.blocks = nn.Sequential(*[Block(embed_dim, n_heads, dropout, 3 * context_len) for _ in range(n_layers)])
+        self.blocks = nn.ModuleList([Block(embed_dim, n_heads, dropout, 3 * context_len) for _ in range(n_layers)])
         self.ln_f = nn.LayerNorm(embed_dim)
         self.predict_action = nn.Linear(embed_dim, act_dim)  # read from s_t tokens
         self.predict_state = nn.Linear(embed_dim, state_dim)  # s_{t+1} from a_t tokens (auxiliary)
@@ -117,11 +130,12 @@ class DecisionTransformer(nn.Module):
         """[-1, 1] -> environment action."""
         return self.action_low + (actions + 1) / 2 * (self.action_high - self.action_low)
 
-    def forward(self, states, actions, returns_to_go, timesteps):
+    def forward(self, states, actions, returns_to_go, timesteps, predict_next=False):
         """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K).
 
-        Returns action predictions (B, K, act) in the env's bounds, next-state predictions (B, K, obs)
-        in normalized state space, and next return-to-go predictions (B, K, 1).
+        Returns action predictions (B, K, act) in the env's bounds and, with predict_next (the auxiliary
+        losses), next-state predictions (B, K, obs) in normalized state space and next return-to-go
+        predictions (B, K, 1); else None for both, and the last block computes the s_t tokens only.
         """
         B, K, _ = states.shape
         time = self.embed_timestep(timesteps)  # (B, K, H)
@@ -130,8 +144,12 @@ class DecisionTransformer(nn.Module):
         a = self.embed_action(self.norm_action(actions)) + time  # (B, K, H)
         x = torch.stack((g, s, a), dim=2).reshape(B, 3 * K, -1)  # (B, 3K, H): g_1, s_1, a_1, g_2, ...
         x = self.drop(self.embed_ln(x))
-        x = self.ln_f(self.blocks(x))  # (B, 3K, H)
-        x = x.reshape(B, K, 3, -1)  # (B, K, [g, s, a], H)
+        for block in self.blocks[:-1]:
+            x = block(x)  # (B, 3K, H)
+        if not predict_next:  # only the s_t tokens are read: the last block skips the others' queries and MLP
+            x = self.ln_f(self.blocks[-1](x, rows=slice(1, None, 3)))  # (B, K, H)
+            return self.unnorm_action(torch.tanh(self.predict_action(x))), None, None  # (B, K, act)
+        x = self.ln_f(self.blocks[-1](x)).reshape(B, K, 3, -1)  # (B, K, [g, s, a], H)
         action_preds = self.unnorm_action(torch.tanh(self.predict_action(x[:, :, 1])))  # (B, K, act)
         state_preds = self.predict_state(x[:, :, 2])  # (B, K, obs)
         return_preds = self.predict_return(x[:, :, 2])  # (B, K, 1)

@@ -24,7 +24,7 @@ def tiny_inputs(B=3, seed=0):
 
 
 def test_outputs_have_one_prediction_per_step():
-    action_preds, state_preds, return_preds = tiny_model()(*tiny_inputs())
+    action_preds, state_preds, return_preds = tiny_model()(*tiny_inputs(), predict_next=True)
     assert action_preds.shape == (3, K, ACT_DIM)
     assert state_preds.shape == (3, K, STATE_DIM) and return_preds.shape == (3, K, 1)
 
@@ -33,11 +33,11 @@ def test_outputs_have_one_prediction_per_step():
 def test_a_later_step_never_changes_an_earlier_prediction(changed):
     model = tiny_model()
     inputs = dict(zip(["states", "actions", "returns_to_go", "timesteps"], tiny_inputs()))
-    before = model(**inputs)
+    before = model(**inputs, predict_next=True)
     t = 3
     altered = inputs[changed].clone()
     altered[:, t:] = altered[:, t:] + 7 if changed != "timesteps" else (altered[:, t:] + 7) % 100
-    after = model(**{**inputs, changed: altered})
+    after = model(**{**inputs, changed: altered}, predict_next=True)
     torch.testing.assert_close(after[0][:, :t], before[0][:, :t])  # actions at steps < t
     torch.testing.assert_close(after[1][:, :t], before[1][:, :t])  # next states at steps < t
     if changed == "actions":  # a_t is read after s_t: the action prediction at t must not see it
@@ -103,10 +103,22 @@ def test_fp32_outputs_equal_the_plain_reference(env_shape):
     reference = ReferenceDT(**default_model_kwargs(*env_shape)).load_project_weights(model).eval()
     states, actions, returns_to_go, timesteps, _ = random_batch(*env_shape, batch_size=8)
     with torch.no_grad():
-        ours = model(states, actions, returns_to_go, timesteps)
-        theirs = reference(states, actions, returns_to_go, timesteps)
+        ours = model(states, actions, returns_to_go, timesteps, predict_next=True)
+        theirs = reference(states, actions, returns_to_go, timesteps, predict_next=True)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_action_predictions_skip_nothing_when_the_last_block_computes_only_state_tokens(n_heads):
+    model = tiny_model(n_heads=n_heads)
+    for k in (K, 1):  # a full context, and the first step of an episode
+        inputs = [x[:, :k] for x in tiny_inputs()]
+        with torch.no_grad():
+            pruned, no_state_preds, no_return_preds = model(*inputs)
+            full = model(*inputs, predict_next=True)[0]
+        torch.testing.assert_close(pruned, full, rtol=1e-6, atol=1e-6)
+        assert no_state_preds is None and no_return_preds is None
 
 
 def test_the_reference_starts_from_the_projects_initial_weights():
