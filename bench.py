@@ -3,8 +3,7 @@
     python bench.py                     # prints a table, writes bench.json
     python bench.py --steps 100 --out /tmp/bench.json
 
-ReferenceDT is also a model main.py can train (`python main.py model.implementation=bench.ReferenceDT`): the
-default run as it would be without the speed work, for a score comparison.
+The reference is models.ReferenceDT (nn.MultiheadAttention, torch's dropout, every token through every block).
 
 Every ratio compares two measurements taken in the same process on the same machine.
 """
@@ -18,73 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from omegaconf import OmegaConf
 
 import core
 import utils
 from buffer import ReplayBuffer, SequenceBuffer
-from models import DecisionTransformer
+from cfgs.schema import Config
+from models import DecisionTransformer, DTConfig, ReferenceDT
 
-CFG = OmegaConf.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cfgs", "config.yaml"))
+CFG = OmegaConf.structured(Config)  # the defaults of cfgs/config.yaml (a test checks that they agree)
 SHAPES = {"hopper": (11, 3), "walker2d": (17, 6)}  # (state dim, action dim) of the -v4 envs
 
 
-class ReferenceBlock(nn.Module):
-    """The straightforward transformer block: nn.MultiheadAttention with an explicit causal mask."""
-
-    def __init__(self, embed_dim, n_heads, dropout):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(embed_dim)
-        self.attn = nn.MultiheadAttention(embed_dim, n_heads, dropout=dropout, batch_first=True)
-        self.resid_drop = nn.Dropout(dropout)
-        self.ln_2 = nn.LayerNorm(embed_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), nn.Dropout(dropout))
-
-    def forward(self, x, rows=None):
-        """All tokens' outputs computed, then `rows` kept, as a plain implementation would."""
-        T = x.shape[1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
-        h = self.ln_1(x)
-        x = x + self.resid_drop(self.attn(h, h, h, attn_mask=causal, need_weights=False)[0])
-        x = x + self.mlp(self.ln_2(x))
-        return x if rows is None else x[:, rows]
-
-
-def reference_state_dict(project_state_dict):
-    """A DecisionTransformer's weights under ReferenceDT's names (fused qkv -> in_proj, proj -> out_proj)."""
-    return {k.replace("attn.qkv.", "attn.in_proj_").replace("attn.proj.", "attn.out_proj."): v
-            for k, v in project_state_dict.items()}
-
-
-class ReferenceDT(DecisionTransformer):
-    """The project's DT with its blocks swapped for ReferenceBlocks and torch's own dropout.
-
-    It starts from the weights the project's model would start from (the DT/GPT-2 initialization).
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        project_init = self.state_dict()
-        H, p = kwargs["embed_dim"], kwargs["dropout"]
-        self.drop = nn.Dropout(p)
-        self.blocks = nn.ModuleList([ReferenceBlock(H, kwargs["n_heads"], p) for _ in range(kwargs["n_layers"])])
-        self.load_state_dict(reference_state_dict(project_init))
-
-    def load_project_weights(self, model):
-        """Copy a DecisionTransformer's weights."""
-        self.load_state_dict(reference_state_dict(model.state_dict()))
-        return self
-
-
-def default_model_kwargs(state_dim, act_dim, **overrides):
-    """The default config's model (cfgs/config.yaml) for these space sizes, with unit normalization."""
+def default_model_config(state_dim, act_dim, **overrides):
+    """The default config's model (cfgs/config.yaml) for these space sizes."""
     m = CFG.model
-    return dict(context_len=CFG.buffer.context_len, max_timestep=1000, embed_dim=m.embed_dim, n_layers=m.n_layers,
-                n_heads=m.n_heads, dropout=m.dropout, state_dim=state_dim,
-                act_dim=act_dim, state_mean=np.zeros(state_dim), state_std=np.ones(state_dim),
-                action_low=-np.ones(act_dim), action_high=np.ones(act_dim)) | overrides
+    return DTConfig(**{**dict(state_dim=state_dim, act_dim=act_dim, context_len=CFG.buffer.context_len,
+                              embed_dim=m.embed_dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout),
+                       **overrides})
 
 
 def random_batch(state_dim, act_dim, batch_size=CFG.train.batch_size, K=CFG.buffer.context_len, seed=0):
@@ -94,24 +44,23 @@ def random_batch(state_dim, act_dim, batch_size=CFG.train.batch_size, K=CFG.buff
             torch.ones(batch_size, K))
 
 
-def time_train_step(model, batch, steps, bf16=False):
+def time_train_step(model, batch, steps, precision="fp32"):
     """Median seconds of core.train_step (forward, backward, clip, AdamW) with the default config."""
-    cfg = OmegaConf.merge(CFG, {"train": {"bf16": bf16}})
-    optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
-    scheduler = core.warmup_scheduler(optimizer, cfg.train.warmup_steps)
+    optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
+    scheduler = core.warmup_scheduler(optimizer, CFG.train.warmup_steps)
     model.train()
     times = []
     for i in range(steps + 10):
         start = time.perf_counter()
-        core.train_step(model, optimizer, scheduler, batch, cfg).item()
+        core.train_step(model, optimizer, scheduler, batch, CFG.train, precision)[0].item()
         if i >= 10:  # warm-up
             times.append(time.perf_counter() - start)
     return float(np.median(times))
 
 
-def train_step_flops(kw, batch_size=CFG.train.batch_size):
-    """Matmul FLOPs of one training step (forward x 3 for forward + backward)."""
-    T, H, L = 3 * kw["context_len"], kw["embed_dim"], kw["n_layers"]
+def train_step_flops(config, batch_size=CFG.train.batch_size):
+    """Matmul FLOPs of one training step of the plain model (forward x 3 for forward + backward)."""
+    T, H, L = 3 * config.context_len, config.embed_dim, config.n_layers
     per_token_layer = 2 * 12 * H * H  # qkv 3H^2, proj H^2, MLP 8H^2; 2 FLOPs per multiply-add
     attention = 2 * 2 * T * H  # scores and weighted sum, per token (full T; causal halves the useful part)
     return 3 * batch_size * T * L * (per_token_layer + attention)
@@ -159,7 +108,7 @@ def eval_steps_per_second(model, episodes, vectorized):
 
 def _parallel_worker(steps, num_processes, queue):
     utils.set_torch_threads(num_processes)
-    model = DecisionTransformer(**default_model_kwargs(*SHAPES["hopper"]))
+    model = DecisionTransformer(default_model_config(*SHAPES["hopper"]))
     queue.put(1.0 / time_train_step(model, random_batch(*SHAPES["hopper"]), steps))
 
 
@@ -200,14 +149,14 @@ def main():
 
     rows = []
     for env, (state_dim, act_dim) in SHAPES.items():
-        kw = default_model_kwargs(state_dim, act_dim)
-        model = DecisionTransformer(**kw)
-        reference = ReferenceDT(**kw).load_project_weights(model)
+        kw = default_model_config(state_dim, act_dim)
+        model = DecisionTransformer(kw)
+        reference = ReferenceDT(kw).load_project_weights(model)
         batch = random_batch(state_dim, act_dim)
         ref_s = time_train_step(reference, batch, args.steps)
         ours = {"fp32": time_train_step(model, batch, args.steps)}
         if "bf16" in peak:
-            ours["bf16"] = time_train_step(model, batch, args.steps, bf16=True)
+            ours["bf16"] = time_train_step(model, batch, args.steps, precision="bf16")
         flops = train_step_flops(kw)
         for precision, seconds in ours.items():
             gflops = flops / seconds / 1e9
@@ -218,7 +167,7 @@ def main():
         rows.append((f"train step {env} reference", ref_s * 1e3, 1 / ref_s, 1.0, flops / ref_s / 1e9 / peak["fp32"]))
     results["batch_sampling_ms"] = sampling_seconds(*SHAPES["hopper"]) * 1e3
 
-    model = DecisionTransformer(**default_model_kwargs(17, 6))
+    model = DecisionTransformer(default_model_config(17, 6))
     vec_rate, vec_s = eval_steps_per_second(model, args.episodes, vectorized=True)
     seq_rate, seq_s = eval_steps_per_second(model, args.episodes, vectorized=False)
     results["eval"] = {"episodes": args.episodes, "vectorized_s": vec_s, "sequential_s": seq_s,

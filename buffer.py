@@ -9,9 +9,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-ENVS = ("hopper", "halfcheetah", "walker2d")
-DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
-SAMPLE_BY = ("length", "uniform", "return")  # how SequenceBuffer chooses a trajectory
+from cfgs.schema import DATASETS, ENVS, SAMPLE_BY
+
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
 log = logging.getLogger(__name__)
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -55,7 +54,7 @@ def read_d4rl(path, obs_dim, act_dim):
 
     Raises DatasetError naming the fix for a missing, truncated, corrupt or mismatched file.
     """
-    fix = "delete it and run again to re-download, or point buffer.path at a good copy"
+    fix = "replace it with a good copy"  # a cached download is fetched again by find_dataset
     if not Path(path).is_file():
         raise DatasetError(f"{path}: no such file. Put the dataset there, or, for a resumed run whose file moved, "
                            f"edit buffer.file in the run's config.yaml")
@@ -111,7 +110,11 @@ def find_dataset(env, dataset, obs_dim, act_dim):
             return path
         except DatasetError as e:
             log.warning("%s; downloading it again", e)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"D4RL_DATASET_DIR={path.parent} cannot be created ({e.strerror}): set "
+                           f"D4RL_DATASET_DIR to a folder you can write, or that holds {name}") from None
     tmp = download(D4RL_URL.format(file=name), path)
     try:
         read_d4rl(tmp, obs_dim, act_dim)
@@ -133,16 +136,44 @@ class ReplayBuffer:
     actions: np.ndarray  # (N, act_dim)
     rewards: np.ndarray  # (N,)
     ends: np.ndarray  # (N,) bool: terminal or timeout
+    source: str = "dataset"  # the file, for messages
 
     @classmethod
     def from_hdf5(cls, path, obs_dim, act_dim):
         data = read_d4rl(path, obs_dim, act_dim)
         ends = data["terminals"].astype(bool) | data["timeouts"].astype(bool)
         return cls(data["observations"].astype(np.float32), data["actions"].astype(np.float32),
-                   data["rewards"].astype(np.float32), ends)
+                   data["rewards"].astype(np.float32), ends, str(path))
 
     def __len__(self):
         return len(self.rewards)
+
+    def check(self, action_low, action_high, tolerance=1e-4):
+        """Refuse data a DT cannot learn from, saying what is wrong with numbers; warn about short trajectories."""
+        n = len(self)
+        if n == 0:
+            raise DatasetError(f"{self.source}: holds no transitions")
+        if not self.ends.any():
+            raise DatasetError(f"{self.source}: no complete trajectory: none of its {n} steps is marked in "
+                               f"'terminals' or 'timeouts'")
+        if self.ends.all():
+            raise DatasetError(f"{self.source}: every one of its {n} steps ends a trajectory ('terminals' or "
+                               f"'timeouts'): no trajectory longer than one step to learn from")
+        excess = np.maximum(action_low - self.actions, self.actions - action_high).max(-1)  # (N,) > 0: outside
+        outside = excess > tolerance
+        if outside.any():
+            raise DatasetError(f"{self.source}: {outside.sum()} of {n} actions lie outside the env's action bounds "
+                               f"[{action_low.min():g}, {action_high.max():g}], by up to {excess.max():.3g}: is it "
+                               f"another env's file, or are its actions not scaled to the env's bounds?")
+        with np.errstate(over="ignore"):  # an overflow is what this looks for
+            stats_finite = np.isfinite(self.observations.mean(0)).all() and np.isfinite(self.observations.std(0)).all()
+        if not stats_finite:
+            raise DatasetError(f"{self.source}: the state statistics overflow (|state| up to "
+                               f"{np.abs(self.observations).max():.3g}): the states cannot be normalized")
+        lengths = np.diff(np.flatnonzero(np.append(True, self.ends)))  # complete trajectories' lengths
+        if np.median(lengths) < 10:
+            log.warning("%s: %d trajectories of median length %.1f steps: a DT learns little from such short "
+                        "trajectories", self.source, len(lengths), np.median(lengths))
 
 class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""

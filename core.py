@@ -1,10 +1,8 @@
 """Training and evaluation of one seed: batches -> masked action MSE -> AdamW; periodic evals."""
-import importlib
-import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -16,68 +14,20 @@ import torch
 from tqdm import tqdm
 
 import utils
-from buffer import SAMPLE_BY, ReplayBuffer, SequenceBuffer, dataset_file, find_dataset
+from buffer import ReplayBuffer, SequenceBuffer, find_dataset
+from cfgs.schema import ConfigError
+from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
 
 log = logging.getLogger(__name__)
+# The assignment fixes gymnasium's -v4 envs: their advice to move to -v5 is no news on every run.
+warnings.filterwarnings("ignore", message=r".*The environment \w+-v4 is out of date", category=DeprecationWarning)
 # Env seeds of the evals: seed s runs its periodic evals on episodes seeded 1000 s, 1000 s + 1, ... and its
 # final eval on 1000 s + 100 000, ...: other seeds' episodes, and no episode the periodic evals picked from.
 EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET = 1000, 100_000
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the field and what is allowed."""
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-def check_config(cfg):
-    """Fail before any work starts on values that cannot work."""
-    positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
-                "buffer.context_len": cfg.buffer.context_len, "eval.episodes": cfg.eval.episodes,
-                "eval.final_episodes": cfg.eval.final_episodes, "train.log_every": cfg.train.log_every,
-                "train.eval_every": cfg.train.eval_every, "train.checkpoint_every": cfg.train.checkpoint_every,
-                "buffer.reward_scale": cfg.buffer.reward_scale, "train.warmup_steps": cfg.train.warmup_steps,
-                "model.n_heads": cfg.model.n_heads, "model.embed_dim": cfg.model.embed_dim}
-    for field, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{field}={value}: must be a positive number")
-    if cfg.buffer.context_len > cfg.env.max_episode_len:
-        raise ConfigError(f"buffer.context_len={cfg.buffer.context_len}: must be at most the env's "
-                          f"max_episode_len={cfg.env.max_episode_len}")
-    if cfg.model.embed_dim % cfg.model.n_heads:
-        raise ConfigError(f"model.n_heads={cfg.model.n_heads}: must divide model.embed_dim={cfg.model.embed_dim}")
-    if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
-        raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
-    for field in ("eval_every", "checkpoint_every"):  # so that no checkpoint holds an unchecked loss
-        if cfg.train[field] % cfg.train.log_every:
-            raise ConfigError(f"train.{field}={cfg.train[field]}: must be a multiple of "
-                              f"train.log_every={cfg.train.log_every}")
-    if not 0 < cfg.buffer.top_percent <= 100:
-        raise ConfigError(f"buffer.top_percent={cfg.buffer.top_percent}: must be in (0, 100]")
-    if not 0 <= cfg.model.dropout < 1:
-        raise ConfigError(f"model.dropout={cfg.model.dropout}: must be in [0, 1)")
-    if cfg.buffer.sample_by not in SAMPLE_BY:
-        raise ConfigError(f"buffer.sample_by={cfg.buffer.sample_by}: choose one of {', '.join(SAMPLE_BY)}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise ConfigError(f"device={cfg.device}: choose auto, cpu, cuda or cuda:<index>")
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device}: torch sees no CUDA GPU here; use device=auto or device=cpu")
-    if not cfg.buffer.path:
-        dataset_file(cfg.env.name, cfg.buffer.dataset)  # raises DatasetError listing the choices
-    if not isinstance(cfg.seeds, Sequence) or not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds):
-        raise ConfigError(f"seeds={cfg.seeds}: give a list of integer seeds, e.g. seeds=[0] or seeds=[0,1,2]")
-    try:
-        import_class(cfg.model.implementation)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"model.implementation={cfg.model.implementation}: {e}; use models.DecisionTransformer "
-                          f"(or bench.ReferenceDT)") from None
-
-
-def run_title(cfg):
-    """'hopper-medium', or the env and the file name for buffer.path."""
-    return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"
 
 
 def masked_mse(pred, target, mask):
@@ -140,8 +90,8 @@ def evaluate(model, cfg, episodes, seed, vectorized=True):
     else:
         returns = np.concatenate([play(num_envs=1, seed=seed + i)[0] for i in range(episodes)])
     scores = utils.normalized_score(returns, cfg.env.ref_min_score, cfg.env.ref_max_score)
-    return {"return_mean": returns.mean(), "return_std": returns.std(),
-            "score_mean": scores.mean(), "score_std": scores.std()}
+    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "score_mean": float(scores.mean()), "score_std": float(scores.std())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,74 +108,34 @@ def locate_dataset(cfg):
 
 
 def load_data(cfg, env):
-    """The SequenceBuffer of the run's dataset file, checked against the env's spaces."""
+    """The SequenceBuffer of the run's dataset file, checked against the env's spaces and action bounds."""
     replay = ReplayBuffer.from_hdf5(cfg.buffer.file or locate_dataset(cfg), *space_dims(env))
+    replay.check(env.action_space.low, env.action_space.high)
     return SequenceBuffer(replay, cfg.buffer.context_len, cfg.buffer.reward_scale, cfg.env.max_episode_len,
                           cfg.buffer.sample_by, cfg.buffer.top_percent)
 
 
-def model_kwargs(cfg, data, env):
-    """Everything needed to rebuild the model from a checkpoint alone."""
-    state_dim, act_dim = space_dims(env)
-    return dict(state_dim=state_dim, act_dim=act_dim, context_len=cfg.buffer.context_len,
-                max_timestep=cfg.env.max_episode_len,
-                embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
-                dropout=cfg.model.dropout, state_mean=data.state_mean.tolist(), state_std=data.state_std.tolist(),
-                action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist())
-
-
-def import_class(path):
-    """'models.DecisionTransformer' -> the class."""
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def save_policy(model, kwargs, cfg, path):
-    utils.atomic_torch_save({"env_id": cfg.env.id, "model_class": cfg.model.implementation, "model_kwargs": kwargs,
-                             "model": model.state_dict()}, path)
+def build_model(cfg, data, env):
+    """The configured model for this env's spaces, holding the dataset's state statistics and the action bounds."""
+    config = DTConfig(*space_dims(env), context_len=cfg.buffer.context_len, max_timestep=cfg.env.max_episode_len,
+                      embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
+                      dropout=cfg.model.dropout)
+    return MODELS[cfg.model.implementation](config, state_mean=data.state_mean, state_std=data.state_std,
+                                            action_low=env.action_space.low, action_high=env.action_space.high)
 
 
 def load_policy(path, env_id=None, device="cpu"):
-    """The policy of a best.pt / final.pt checkpoint, ready to evaluate."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if env_id is not None and ckpt["env_id"] != env_id:
-        raise ConfigError(f"checkpoint {path} was trained on {ckpt['env_id']}, not {env_id}: "
+    """The policy of a best.pt / final.pt checkpoint, ready to evaluate; loading it runs no code."""
+    checkpoint = utils.load_checkpoint(path)
+    if env_id is not None and checkpoint["env_id"] != env_id:
+        raise ConfigError(f"checkpoint {path} was trained on {checkpoint['env_id']}, not {env_id}: "
                           f"choose the matching env=<name>")
-    model = import_class(ckpt.get("model_class", "models.DecisionTransformer"))(**ckpt["model_kwargs"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
-def save_training_state(path, model, optimizer, scheduler, rng, progress):
-    """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, RNGs, progress."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "progress": progress}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    utils.atomic_torch_save(state, path)
-
-
-def load_training_state(path, model, optimizer, scheduler, rng):
-    """Restore what save_training_state wrote; return the progress dict."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    rng.bit_generator.state = state["numpy_rng"]
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return state["progress"]
+    return policy_from_checkpoint(checkpoint).to(device)
 
 
 def warmup_scheduler(optimizer, warmup_steps):
     """Linear warmup from lr / warmup_steps to lr, then constant (the DT paper's schedule)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
-
-
-def plot_run(cfg, run_dir):
-    """The run's results.png from its seeds' metrics so far."""
-    utils.plot_results(run_dir, run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
 
 
 def to_device(arrays, device):
@@ -236,71 +146,78 @@ def to_device(arrays, device):
     return tensors
 
 
-def train_step(model, optimizer, scheduler, batch, cfg):
-    """Forward, masked action MSE (+ the auxiliary losses), backward, clip, AdamW; returns the loss."""
+LOSSES = ("loss", "action_mse", "state_mse", "rtg_mse")  # what train_step returns, in this order
+
+
+def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
+    """Forward, masked action MSE (+ the auxiliary losses), backward, clip, AdamW.
+
+    Returns the detached losses (4,): the total, the action MSE, the next-state MSE and the next
+    return-to-go MSE (0 where that auxiliary loss is off).
+    """
     states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
-    with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
-        predict_next = bool(cfg.train.aux_state_coef or cfg.train.aux_rtg_coef)
-        action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps, predict_next)
-    loss = masked_mse(action_preds, actions, mask)
-    if cfg.train.aux_state_coef:  # s_{t+1} from the a_t token: (B, K-1, obs) against the next states
-        loss = loss + cfg.train.aux_state_coef * masked_mse(
-            state_preds[:, :-1], model.norm_state(states[:, 1:]), mask[:, 1:])
-    if cfg.train.aux_rtg_coef:  # g_{t+1} from the a_t token: (B, K-1, 1)
-        loss = loss + cfg.train.aux_rtg_coef * masked_mse(return_preds[:, :-1], returns_to_go[:, 1:], mask[:, 1:])
+    aux_state, aux_rtg = train_cfg.aux_state_coef, train_cfg.aux_rtg_coef
+    with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps,
+                                                        predict_next=bool(aux_state or aux_rtg))
+    action_mse = masked_mse(action_preds, actions, mask)
+    state_mse = rtg_mse = torch.zeros((), device=states.device)
+    loss = action_mse
+    if aux_state:  # s_{t+1} from the a_t token: (B, K-1, obs) against the next states
+        state_mse = masked_mse(state_preds[:, :-1], model.norm_state(states[:, 1:]), mask[:, 1:])
+        loss = loss + aux_state * state_mse
+    if aux_rtg:  # g_{t+1} from the a_t token: (B, K-1, 1)
+        rtg_mse = masked_mse(return_preds[:, :-1], returns_to_go[:, 1:], mask[:, 1:])
+        loss = loss + aux_rtg * rtg_mse
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
     optimizer.step()
     scheduler.step()
-    return loss.detach()
+    return torch.stack((loss, action_mse, state_mse, rtg_mse)).detach()
 
 
-def train(cfg, seed, run_dir):
-    """Train one seed; write seed<seed>/ (metrics, checkpoints, video) under run_dir; resume if stopped."""
-    seed_dir = Path(run_dir) / f"seed{seed}"
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    if (seed_dir / "final.json").exists():
-        log.info("seed %d already finished: %s", seed, seed_dir / "final.json")
-        return json.loads((seed_dir / "final.json").read_text())
+def train(cfg, seed, run):
+    """Train one seed of `run` and evaluate it; `run` keeps its metrics, checkpoints and final scores."""
+    if (final := run.final(seed)) is not None:
+        log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
+        return final
     utils.seed_everything(seed)
     device = utils.pick_device(cfg.device)
+    precision = utils.pick_precision(cfg.train.precision, device)
     env = gym.make(cfg.env.id)
     data = load_data(cfg, env)
-    kwargs = model_kwargs(cfg, data, env)
-    model = import_class(cfg.model.implementation)(**kwargs).to(device)
+    model = build_model(cfg, data, env).to(device)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
     scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
     rng = np.random.default_rng(seed)
-    last_ckpt = seed_dir / "last.pt"
-    progress = {"step": 0, "best_score": -np.inf, "train": [], "eval": [], "seconds": 0.0}
-    if last_ckpt.exists():
-        progress = load_training_state(last_ckpt, model, optimizer, scheduler, rng)
-        log.info("seed %d: resumed from %s at step %d", seed, last_ckpt, progress["step"])
-    log.info("seed %d: %d trajectories, %d steps, %s, device %s, %d torch threads", seed, data.num_trajectories,
-             len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, torch.get_num_threads())
+    progress = run.load_state(seed, model, optimizer, scheduler, rng)
+    if progress is None:
+        progress = {"step": 0, "best_score": -np.inf, "train": [], "eval": [], "seconds": 0.0}
+    else:
+        log.info("seed %d: resumed at step %d", seed, progress["step"])
+    # the losses summed since the last log line (a signal's checkpoint may fall inside a log interval)
+    loss_sums = torch.tensor(progress.get("loss_sums", [0.0] * len(LOSSES)), device=device)
+    log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
+             len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
+    logged = ("loss", "action_mse", "state_mse", "rtg_mse") if cfg.train.aux_state_coef or cfg.train.aux_rtg_coef \
+        else ("loss",)  # the total alone when it is the action MSE
 
     started, seconds_before = time.time(), progress["seconds"]
-    loss_sum = torch.zeros((), device=device)
     model.train()
     bar = tqdm(total=cfg.train.steps, initial=progress["step"], desc=f"seed {seed}", mininterval=2, disable=None)
     for step in range(progress["step"] + 1, cfg.train.steps + 1):
         batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        loss_sum += train_step(model, optimizer, scheduler, batch, cfg)
+        loss_sums += train_step(model, optimizer, scheduler, batch, cfg.train, precision)
         bar.update()
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:  # the last interval may be shorter
-            logged_before = progress["train"][-1]["step"] if progress["train"] else 0
-            mean_loss = loss_sum.item() / (step - logged_before)  # one host sync per log interval
-            loss_sum.zero_()
-            if not np.isfinite(mean_loss):
-                kept = f"the last good state is in {last_ckpt}" if last_ckpt.exists() else "no checkpoint yet"
-                raise NonFiniteLossError(
-                    f"seed {seed}: the loss became {mean_loss} before step {step} ({kept}). Start a new run with "
-                    f"a lower train.lr or train.grad_clip (a resumed run keeps its config and would reach the "
-                    f"same loss), or check the dataset for bad values")
-            progress["train"].append({"step": step, "loss": mean_loss, "lr": lr})
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            steps_logged = step - (progress["train"][-1]["step"] if progress["train"] else 0)
+            means = {k: v / steps_logged for k, v in zip(LOSSES, loss_sums.tolist())}  # one host sync per interval
+            loss_sums.zero_()
+            check_finite(means["loss"], seed, step, run)
+            progress["train"].append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
+            bar.set_postfix(loss=f"{means['loss']:.4f}")
         evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
         if evaluated:
             model.eval()
@@ -308,39 +225,51 @@ def train(cfg, seed, run_dir):
             model.train()
             progress["eval"].append({"step": step, **result})
             log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
-                     progress["train"][-1]["loss"] if progress["train"] else float("nan"),
-                     result["return_mean"], result["return_std"], result["score_mean"])
+                     progress["train"][-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
             if result["score_mean"] > progress["best_score"]:
                 progress["best_score"] = result["score_mean"]
-                save_policy(model, kwargs, cfg, seed_dir / "best.pt")
-        if evaluated or step % cfg.train.checkpoint_every == 0:
-            progress.update(step=step, seconds=seconds_before + time.time() - started)
-            utils.write_csv(progress["train"], seed_dir / "train.csv")
-            utils.write_csv(progress["eval"], seed_dir / "eval.csv")
-            save_training_state(last_ckpt, model, optimizer, scheduler, rng, progress)
-            plot_run(cfg, run_dir)
+                run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
+        stop = utils.stop_requested()
+        if evaluated or step % cfg.train.checkpoint_every == 0 or stop:
+            progress.update(step=step, seconds=seconds_before + time.time() - started, loss_sums=loss_sums.tolist())
+            run.save_state(seed, model, optimizer, scheduler, rng, progress)
+            run.plot(run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+        if stop:
+            raise utils.Interrupted(f"seed {seed} stopped by {stop} at step {step}; its checkpoint is written")
     bar.close()
-    return finish(model, kwargs, cfg, env, seed, seed_dir, seconds_before + time.time() - started)
+    return finish(model, cfg, env, seed, run, seconds_before + time.time() - started)
 
 
-def finish(model, kwargs, cfg, env, seed, seed_dir, train_seconds):
-    """The final 100-episode evaluation, final.pt, the video and final.json."""
+def check_finite(loss, seed, step, run):
+    """Stop on a NaN or inf loss: the checkpoint before it is kept, and a resumed run would reach it again."""
+    if not np.isfinite(loss):
+        raise NonFiniteLossError(
+            f"seed {seed}: the loss became {loss} before step {step}. Start a new run with a lower train.lr or "
+            f"train.grad_clip (resuming {run.name} would reach the same loss), or check the dataset for bad values")
+
+
+def finish(model, cfg, env, seed, run, train_seconds):
+    """The final evaluation of `eval.final_episodes` fresh episodes, final.pt, final.json and the video."""
     model.eval()
-    save_policy(model, kwargs, cfg, seed_dir / "final.pt")
+    run.save_policy(seed, "final.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
     started, final_seed = time.time(), EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
     result = evaluate(model, cfg, cfg.eval.final_episodes, seed=final_seed, vectorized=cfg.eval.vectorized)
-    result = {k: float(v) for k, v in result.items()}
     summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
-    utils.atomic_write_bytes(seed_dir / "final.json", json.dumps(summary, indent=2).encode())
+    run.save_final(seed, summary)
     if cfg.eval.video:
         try:
             _, frames = rollout(model, cfg.env.id, 1, final_seed, cfg.eval.target_return, cfg.buffer.reward_scale,
                                 record_video=True)
-            utils.save_video(frames, seed_dir / "video.mp4", fps=env.metadata["render_fps"])
+            run.save_video(seed, frames, fps=env.metadata["render_fps"])
         except Exception as e:  # the scores stand without the video
             log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)
     log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f", seed,
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
              result["score_std"])
     return summary
+
+
+def run_title(cfg):
+    """'hopper-medium', or the env and the file name for buffer.path."""
+    return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"

@@ -4,107 +4,171 @@
     python main.py env=walker2d buffer.dataset=medium-replay
     python main.py resume=runs/<date>/<time>         # continue an interrupted run
 """
-import json
 import logging
 import os
+import sys
+import time
 import traceback
 from pathlib import Path
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import to_absolute_path
+from hydra.errors import HydraException
+from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import core
 import utils
 from buffer import DatasetError
+from cfgs import schema
+from cfgs.schema import ConfigError
+from utils import Interrupted, Run, RunError
 
 log = logging.getLogger(__name__)
+FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
 
 
-def is_run(folder):
-    return bool(folder) and (Path(to_absolute_path(folder)) / "config.yaml").exists()
+def run_folder(resume):
+    """hydra.run.dir: the folder of the run that resume= names, else a new, unique runs/<date>/<time>."""
+    if resume:
+        if not Run(resume).holds_run():
+            raise ConfigError(f"resume={resume}: no run there (no config.yaml); give a run folder such as "
+                              f"resume=runs/<date>/<time>")
+        return resume
+    return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
 
 
-# hydra.run.dir: a resumed run's own folder; a resume= path that holds no run is not created (prepare's error
-# goes to a fresh folder's main.log, like any other config error)
-OmegaConf.register_new_resolver("run_dir", lambda resume, fresh: resume if is_run(resume) else fresh, replace=True)
+OmegaConf.register_new_resolver("run_dir", run_folder, use_cache=True, replace=True)
+
+
+def shown(path):
+    """`path` as the user would type it: relative to where they started, when it lies below."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path(get_original_cwd()).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def prepare(cfg):
-    """The run's config (a resumed run's own, else this one), checked and saved; and the run folder.
-
-    The run folder is Hydra's output folder runs/<date>/<time>; a resumed run writes into its own folder
-    and keeps its config (keys the project gained since take their defaults), except that seeds given on
-    the command line are added (`resume=<run> seeds=[0,1,2]` adds seeds 1 and 2 to a seed-0 run).
-    """
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
+    run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
+    overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
     if cfg.resume:
-        run_dir = Path(to_absolute_path(cfg.resume))
-        if not is_run(cfg.resume):
-            raise core.ConfigError(f"resume={cfg.resume}: no config.yaml there; give a folder under runs/")
-        overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
-        ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
-        if ignored:
-            log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
-        saved = OmegaConf.load(run_dir / "config.yaml")
-        if any(o.startswith("seeds=") for o in overrides):
-            saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
-        defaults = OmegaConf.to_container(cfg)
-        del defaults["env"]  # today's default env is not the run's: its env block stays as it was
-        cfg = OmegaConf.merge(defaults, saved)
-    OmegaConf.resolve(cfg)
+        cfg = resumed_config(cfg, run, overrides)
+    elif run.holds_run():
+        raise RunError(f"hydra.run.dir={shown(run.dir)} holds a run already: continue it with "
+                       f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
     if cfg.buffer.path:
         cfg.buffer.path = to_absolute_path(cfg.buffer.path)
     if "D4RL_DATASET_DIR" in os.environ:  # relative to where the user started, not the run folder
         os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
-    core.check_config(cfg)
-    if not cfg.buffer.file:  # one download before the seeds start; the run records the file it read
+    OmegaConf.resolve(cfg)
+    schema.check(cfg)
+    if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
+        raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
+    device = utils.pick_device(cfg.device)
+    cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
+    if not (cfg.resume and cfg.buffer.file):  # one download before the seeds; the run records the file it read
         cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())
-    utils.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    return cfg, run_dir
+    run.save_config(schema.to_yaml(cfg))
+    log.info("%s %s: %s-%s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
+             cfg.env.name, cfg.buffer.dataset, list(cfg.seeds), device, cfg.train.precision)
+    return cfg, run
 
 
-def summarize(cfg, run_dir):
-    """Gather the seeds' final.json into summary.json and the figure; return the summary."""
-    finals = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("seed*/final.json"))]
-    scores = [f["score_mean"] for f in finals]
-    summary = {"env": cfg.env.name, "dataset": cfg.buffer.path or cfg.buffer.dataset,
-               "seeds": [f["seed"] for f in finals],
-               "missing_seeds": sorted(set(cfg.seeds) - {f["seed"] for f in finals}),
-               "score_mean": float(np.mean(scores)) if scores else None,
-               "score_std": float(np.std(scores)) if len(scores) > 1 else None,  # no spread over one seed
-               "per_seed": finals}
-    utils.atomic_write_bytes(Path(run_dir) / "summary.json", json.dumps(summary, indent=2).encode())
-    core.plot_run(cfg, run_dir)
-    if scores:
+def resumed_config(cfg, run, overrides):
+    """The run's saved config in today's schema (newer keys take their defaults); seeds= adds seeds."""
+    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
+    if ignored:
+        log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
+    saved = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
+    if any(o.startswith("seeds=") for o in overrides):
+        saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
+    saved.resume = cfg.resume
+    return saved
+
+
+def summarize(cfg, run):
+    """summary.json and the figure from the seeds' final.json; the score line in the log."""
+    summary = run.summarize(cfg.env.name, cfg.buffer.path or cfg.buffer.dataset, list(cfg.seeds))
+    run.plot(core.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+    if summary["seeds"]:
         spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
-        log.info("%s-%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", summary["env"],
-                 summary["dataset"], summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
+        log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", core.run_title(cfg),
+                 summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
     return summary
+
+
+def fail(message, code=1):
+    """Log the one-line error (main.log keeps it), print it and exit."""
+    log.error(message)
+    print(message, file=sys.stderr)
+    raise SystemExit(code)
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
 def main(cfg):
+    utils.stop_on_signals()
     try:
-        cfg, run_dir = prepare(cfg)
-        utils.set_torch_threads(num_processes=1)
-        failed = []
-        for seed in cfg.seeds:
-            try:
-                core.train(cfg, seed, run_dir)
-            except (core.ConfigError, DatasetError):
-                raise  # the same for every seed: stop now
-            except Exception:  # a crashed seed keeps the others' results
-                log.error("seed %d failed:\n%s", seed, traceback.format_exc())
-                failed.append(seed)
-        summarize(cfg, run_dir)
-    except (core.ConfigError, DatasetError) as e:
+        cfg, run = prepare(cfg)
+    except RunError as e:  # the folder belongs to another run: write nothing there
         raise SystemExit(f"error: {e}")
-    if failed:
-        raise SystemExit(f"seeds {failed} failed; see {run_dir / 'main.log'}. Resume with resume={run_dir}")
+    except FATAL as e:
+        fail(f"error: {e}")
+    utils.set_torch_threads(num_processes=1)
+    resume = f"python main.py resume={shown(run.dir)}"
+    crashed, diverged = [], []
+    for seed in cfg.seeds:
+        try:
+            core.train(cfg, seed, run)
+        except FATAL as e:
+            fail(f"error: {e}")
+        except Interrupted as e:
+            summarize(cfg, run)
+            fail(f"interrupted: {e}. Resume with: {resume}", code=utils.interrupted_exit_code())
+        except core.NonFiniteLossError as e:
+            log.error("%s", e)
+            diverged.append(seed)
+        except Exception:  # a crashed seed keeps the others' results
+            log.error("seed %d failed:\n%s", seed, traceback.format_exc())
+            crashed.append(seed)
+    summarize(cfg, run)
+    if diverged:
+        fail(f"seeds {diverged} stopped on a NaN or inf loss (see main.log): start a new run with a lower train.lr "
+             f"or train.grad_clip" + (f"; seeds {crashed} crashed" if crashed else ""))
+    if crashed:
+        fail(f"seeds {crashed} failed; see {shown(run.dir / 'main.log')}. Resume with: {resume}")
+
+
+def cli(hydra_main):
+    """Call a @hydra.main function; a command line Hydra cannot compose ends in one line that names the key."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as e:
+        raise SystemExit(f"error: {composition_error(e)}") from None
+
+
+def composition_error(error):
+    """Hydra's or OmegaConf's error in one line, without the search path and the advice to append keys."""
+    chain = [error]
+    while chain[-1].__cause__:
+        chain.append(chain[-1].__cause__)
+    seen, todo = [], [error]
+    while todo:  # the run_dir resolver's own error, wherever Hydra and OmegaConf wrapped it
+        e = todo.pop()
+        if isinstance(e, ConfigError):
+            return str(e)
+        seen.append(e)
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None and c not in seen]
+    noise = ("Config search path", "provider=", "reference_type", "object_type", "Set the environment", "To append")
+    lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
+    kept = list(dict.fromkeys(line for line in lines if not line.startswith(noise)))  # Hydra repeats OmegaConf
+    text = "; ".join(kept).replace("Error merging override ", "").replace(".;", ";").replace(":;", ":")
+    return f"{text} (keys and types: cfgs/config.yaml, cfgs/schema.py)"
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -1,62 +1,106 @@
 """Train the Decision Transformer's seeds in parallel processes, one per seed.
 
     python main_mp.py env=walker2d buffer.dataset=medium
+    python main_mp.py resume=runs/<date>/<time>      # continue an interrupted run
 """
 import logging
 import multiprocessing as mp
+import os
+import signal
+import sys
 import traceback
-from pathlib import Path
 
 import hydra
 from omegaconf import OmegaConf
 
 import core
 import utils
-from buffer import DatasetError
-from main import prepare, summarize
+from main import FATAL, cli, fail, prepare, shown, summarize
+from utils import Interrupted, Run, RunError
 
 log = logging.getLogger(__name__)
+# How a seed's process ends (its exit code), besides 0 (finished) and 128 + signal (interrupted, checkpointed):
+CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, data or NaN error: resume would not help
 
 
 def train_seed(cfg_dict, seed, run_dir, num_processes):
-    """Body of one seed's process: its own log file; its error written to seed<seed>/error.txt."""
-    seed_dir = Path(run_dir) / f"seed{seed}"
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    (seed_dir / "error.txt").unlink(missing_ok=True)  # from an earlier, resumed attempt
-    logging.basicConfig(filename=seed_dir / "train.log", level=logging.INFO,
+    """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; the exit code says how."""
+    run = Run(run_dir)
+    error = run.seed_dir(seed) / "error.txt"
+    error.parent.mkdir(parents=True, exist_ok=True)
+    error.unlink(missing_ok=True)  # from an earlier, resumed attempt
+    logging.basicConfig(filename=run.seed_dir(seed) / "train.log", level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    utils.stop_on_signals()
     utils.set_torch_threads(num_processes)
     try:
-        core.train(OmegaConf.create(cfg_dict), seed, run_dir)
+        core.train(OmegaConf.create(cfg_dict), seed, run)
+    except Interrupted as e:
+        log.warning("%s", e)
+        sys.exit(utils.interrupted_exit_code())
+    except (*FATAL, core.NonFiniteLossError) as e:
+        utils.atomic_write_bytes(error, str(e).encode())
+        sys.exit(STOPPED)
     except BaseException:
-        utils.atomic_write_bytes(seed_dir / "error.txt", traceback.format_exc().encode())
-        raise
+        utils.atomic_write_bytes(error, traceback.format_exc().encode())
+        sys.exit(CRASHED)
+
+
+def wait(procs):
+    """Join the seeds' processes; a SIGINT or SIGTERM to this process is passed on to them (they checkpoint)."""
+    passed_on = False
+    while any(p.is_alive() for p in procs.values()):
+        if utils.stop_requested() and not passed_on:
+            for p in procs.values():
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGTERM)
+            passed_on = True
+        for p in procs.values():
+            p.join(timeout=0.2)
+
+
+def reason(run, seed, code):
+    """One line on how a seed's process ended."""
+    error = run.seed_dir(seed) / "error.txt"
+    if code in (CRASHED, STOPPED) and error.exists():
+        return error.read_text().strip().splitlines()[-1]
+    if code > 128:
+        return f"interrupted by {signal.Signals(code - 128).name}, checkpoint written"
+    return f"killed (exit code {code})"
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
 def main(cfg):
+    utils.stop_on_signals()
     try:
-        cfg, run_dir = prepare(cfg)
-    except (core.ConfigError, DatasetError) as e:
+        cfg, run = prepare(cfg)
+    except RunError as e:  # the folder belongs to another run: write nothing there
         raise SystemExit(f"error: {e}")
+    except FATAL as e:
+        fail(f"error: {e}")
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
-    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, run_dir, len(cfg.seeds)), name=f"seed{seed}")
-             for seed in cfg.seeds}
+    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), len(cfg.seeds)),
+                               name=f"seed{seed}") for seed in cfg.seeds}
     for p in procs.values():
         p.start()
-    for p in procs.values():
-        p.join()
-    failed = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
-    for seed, code in failed.items():
-        error = Path(run_dir) / f"seed{seed}" / "error.txt"
-        reason = error.read_text().strip().splitlines()[-1] if error.exists() else f"killed (exit code {code})"
-        log.error("seed %d failed: %s", seed, reason)
-    summarize(cfg, run_dir)
-    if failed:
-        raise SystemExit(f"seeds {sorted(failed)} failed; the figure and summary.json hold the others. "
-                         f"Resume with: python main_mp.py resume={run_dir}")
+    wait(procs)
+    ended = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
+    for seed, code in ended.items():
+        log.error("seed %d: %s", seed, reason(run, seed, code))
+    summarize(cfg, run)
+    resume = f"Resume with: python main_mp.py resume={shown(run.dir)}"
+    if utils.stop_requested() or any(code > 128 for code in ended.values()):
+        fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
+             code=utils.interrupted_exit_code() if utils.stop_requested() else 128 + signal.SIGTERM)
+    stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)
+    crashed = sorted(seed for seed, code in ended.items() if code != STOPPED)
+    if stopped:
+        fail(f"seeds {stopped} stopped: {reason(run, stopped[0], STOPPED)}" +
+             (f"; seeds {crashed} failed" if crashed else ""))
+    if crashed:
+        fail(f"seeds {crashed} failed; the figure and summary.json hold the others. {resume}")
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

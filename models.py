@@ -1,5 +1,9 @@
-"""A minGPT-style Decision Transformer (Chen et al., 2021): returns-to-go, states, actions -> actions."""
+"""A minGPT-style Decision Transformer (Chen et al., 2021): returns-to-go, states, actions -> actions.
+
+Also the plain eager reference (ReferenceDT): the test oracle for the model and the benchmark's baseline.
+"""
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -80,18 +84,33 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+@dataclass
+class DTConfig:
+    """Everything DecisionTransformer(config) needs; a policy checkpoint stores it beside the weights."""
+    state_dim: int
+    act_dim: int
+    context_len: int = 20  # K steps: 3K tokens
+    max_timestep: int = 1000  # size of the timestep embedding
+    embed_dim: int = 128
+    n_layers: int = 3
+    n_heads: int = 1
+    dropout: float = 0.1
+
+
 class DecisionTransformer(nn.Module):
     """GPT over interleaved (return-to-go, state, action) tokens; predicts a_t from the s_t token.
 
     Takes states and actions as the environment gives them: the model holds the dataset's state
-    mean/std and the action bounds, so a checkpoint is a complete policy.
+    mean/std and the action bounds (buffers, so in its state_dict), so a checkpoint is a complete policy.
     """
 
-    def __init__(self, state_dim, act_dim, context_len, max_timestep, embed_dim, n_layers, n_heads, dropout,
-                 state_mean, state_std, action_low, action_high):
+    def __init__(self, config, state_mean=None, state_std=None, action_low=None, action_high=None):
         super().__init__()
+        self.config = config
+        state_dim, act_dim, embed_dim, n_layers = config.state_dim, config.act_dim, config.embed_dim, config.n_layers
+        n_heads, dropout, context_len = config.n_heads, config.dropout, config.context_len
         self.state_dim, self.act_dim, self.context_len = state_dim, act_dim, context_len
-        self.embed_timestep = nn.Embedding(max_timestep, embed_dim)  # omega(t), added to all 3 tokens of step t
+        self.embed_timestep = nn.Embedding(config.max_timestep, embed_dim)  # omega(t), on all 3 tokens of step t
         self.embed_return = nn.Linear(1, embed_dim)  # phi_g
         self.embed_state = nn.Linear(state_dim, embed_dim)  # phi_s
         self.embed_action = nn.Linear(act_dim, embed_dim)  # phi_a
@@ -102,10 +121,11 @@ class DecisionTransformer(nn.Module):
         self.predict_action = nn.Linear(embed_dim, act_dim)  # read from s_t tokens
         self.predict_state = nn.Linear(embed_dim, state_dim)  # s_{t+1} from a_t tokens (auxiliary)
         self.predict_return = nn.Linear(embed_dim, 1)  # g_{t+1} from a_t tokens (auxiliary)
-        self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
-        self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
-        self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
-        self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
+        as_buffer = lambda x, default: torch.as_tensor(default if x is None else x, dtype=torch.float32)  # noqa: E731
+        self.register_buffer("state_mean", as_buffer(state_mean, torch.zeros(state_dim)))
+        self.register_buffer("state_std", as_buffer(state_std, torch.ones(state_dim)))
+        self.register_buffer("action_low", as_buffer(action_low, -torch.ones(act_dim)))
+        self.register_buffer("action_high", as_buffer(action_high, torch.ones(act_dim)))
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
@@ -167,3 +187,79 @@ class DecisionTransformer(nn.Module):
         groups = [{"params": [params[n] for n in sorted(decay)], "weight_decay": weight_decay},
                   {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), foreach=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain eager reference: the same DT with nn.MultiheadAttention blocks and torch's own dropout.
+# The tests check the project's model against it; bench.py times both; main.py can train it
+# (model.implementation=models.ReferenceDT) to show the speed work leaves the score alone.
+
+
+class ReferenceBlock(nn.Module):
+    """The straightforward transformer block: nn.MultiheadAttention with an explicit causal mask."""
+
+    def __init__(self, embed_dim, n_heads, dropout):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(embed_dim)
+        self.attn = nn.MultiheadAttention(embed_dim, n_heads, dropout=dropout, batch_first=True)
+        self.resid_drop = nn.Dropout(dropout)
+        self.ln_2 = nn.LayerNorm(embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), nn.Dropout(dropout))
+
+    def forward(self, x, rows=None):
+        """All tokens' outputs computed, then `rows` kept, as a plain implementation would."""
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
+        h = self.ln_1(x)
+        x = x + self.resid_drop(self.attn(h, h, h, attn_mask=causal, need_weights=False)[0])
+        x = x + self.mlp(self.ln_2(x))
+        return x if rows is None else x[:, rows]
+
+
+def reference_state_dict(project_state_dict):
+    """A DecisionTransformer's weights under ReferenceDT's names (fused qkv -> in_proj, proj -> out_proj)."""
+    return {k.replace("attn.qkv.", "attn.in_proj_").replace("attn.proj.", "attn.out_proj."): v
+            for k, v in project_state_dict.items()}
+
+
+class ReferenceDT(DecisionTransformer):
+    """The project's DT with its blocks swapped for ReferenceBlocks and torch's own dropout.
+
+    It starts from the weights the project's model would start from (the DT/GPT-2 initialization).
+    """
+
+    def __init__(self, config, **normalization):
+        super().__init__(config, **normalization)
+        project_init = self.state_dict()
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([ReferenceBlock(config.embed_dim, config.n_heads, config.dropout)
+                                     for _ in range(config.n_layers)])
+        self.load_state_dict(reference_state_dict(project_init))
+
+    def load_project_weights(self, model):
+        """Copy a DecisionTransformer's weights."""
+        self.load_state_dict(reference_state_dict(model.state_dict()))
+        return self
+
+
+MODELS = {"models.DecisionTransformer": DecisionTransformer, "models.ReferenceDT": ReferenceDT}  # model.implementation
+
+
+def policy_checkpoint(model, implementation, env_id):
+    """best.pt / final.pt: the model's config and weights, plain values and tensors only."""
+    return {"env_id": env_id, "model_class": implementation, "model_config": asdict(model.config),
+            "model": model.state_dict()}
+
+
+def policy_from_checkpoint(checkpoint):
+    """The model a policy_checkpoint dict describes (also the older format with model_kwargs), in eval mode."""
+    name = {"bench.ReferenceDT": "models.ReferenceDT"}.get(checkpoint.get("model_class"), checkpoint.get(
+        "model_class", "models.DecisionTransformer"))
+    if name not in MODELS:
+        raise ValueError(f"unknown model class {name!r}; this project builds {', '.join(MODELS)}")
+    fields = checkpoint.get("model_config") or {k: v for k, v in checkpoint["model_kwargs"].items()
+                                                if k in DTConfig.__dataclass_fields__}
+    model = MODELS[name](DTConfig(**fields))
+    model.load_state_dict(checkpoint["model"])  # the normalization buffers too
+    return model.eval()

@@ -32,10 +32,15 @@ def load_run(path):
     if missing:
         raise SystemExit(f"error: {path}: no {' and no '.join(missing)} there; "
                          "give a run folder that main.py has finished (it writes both)")
-    return {"dir": run_dir.resolve(), "label": "/".join(run_dir.resolve().parts[-2:]),
-            "config": flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))),
-            "summary": json.loads((run_dir / "summary.json").read_text()),
-            "seed_dirs": sorted(run_dir.glob("seed*"))}
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {run_dir / 'summary.json'} is empty or not JSON ({e}): python main.py "
+                         f"resume={path} writes it again") from None
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    config.pop("defaults", None)
+    return {"dir": run_dir.resolve(), "label": "/".join(run_dir.resolve().parts[-2:]), "config": flatten(config),
+            "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
 
 
 def flatten(tree, prefix=""):
@@ -188,14 +193,21 @@ def write_report(runs, out, standin=False):
     return pdf_path, md_path, loss_png
 
 
+def new_stem(stem):
+    """stem, or stem-1, stem-2, ...: the first whose outputs are all new files (nothing of the user's is replaced)."""
+    taken = lambda s: any(Path(f"{s}{end}").exists() for end in (".pdf", ".md", "_loss.png"))  # noqa: E731
+    return next(s for s in (f"{stem}-{i}" if i else stem for i in range(10_000)) if not taken(s))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders runs/<date>/<time> made by main.py or main_mp.py")
-    parser.add_argument("--out", default="report", help="path stem of the outputs: <out>.pdf, <out>.md, <out>_loss.png")
+    parser.add_argument("--out", help="path stem of the outputs: <out>.pdf, <out>.md, <out>_loss.png (default: "
+                                      "report, or report-1, report-2, ... where those files exist)")
     parser.add_argument("--standin", action="store_true", help="the runs used stand-in data: say so in the titles")
     args = parser.parse_args(argv)
     runs = [load_run(path) for path in args.runs]  # every folder checked before anything is written
-    for path in write_report(runs, args.out, args.standin):
+    for path in write_report(runs, args.out or new_stem("report"), args.standin):
         print(f"wrote {path}")
 
 

@@ -1,13 +1,19 @@
-"""Helpers below the training loop: scores, seeding, atomic files, metrics, the figure, the video."""
+"""Helpers below the training loop: scores, seeding, devices, signals, atomic files, the Run folder, figure, video."""
 import csv
 import io
+import json
+import logging
 import os
 import random
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def normalized_score(returns, ref_min, ref_max):
@@ -28,9 +34,60 @@ def set_torch_threads(num_processes):
 
 
 def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """auto: cuda, then Apple's mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def native_bf16(device):
+    """Does `device` compute bf16 matmuls natively (CUDA with bf16; a CPU with avx512_bf16 or AMX)?"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, check, lambda: False)()
+                   for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def pick_precision(precision, device):
+    """auto -> bf16 where `device` computes it natively, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM (a cluster's notice before preemption): the loop checkpoints and stops.
+
+_stop_signal = None
+
+
+def _note_signal(signum, frame):
+    global _stop_signal
+    _stop_signal = signal.Signals(signum).name
+
+
+def stop_on_signals():
+    """From now on SIGINT and SIGTERM only set a flag that the training loop reads (stop_requested)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _note_signal)
+
+
+def stop_requested():
+    """The name of the signal that asked this process to stop (SIGINT, SIGTERM), or None."""
+    return _stop_signal
+
+
+def interrupted_exit_code():
+    """128 + the signal's number, as a shell reports a process a signal ended."""
+    return 128 + signal.Signals[_stop_signal].value
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint of the current step: resume= continues it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,17 +137,162 @@ def read_csv(path):
 
 
 # ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked; the message names the folder and the fix."""
+
+
+class Run:
+    """A run folder and every file in it; nothing else writes there.
+
+        config.yaml, main.log       the resolved config; the log (main_mp.py: and seed<N>/train.log)
+        results.png, summary.json   the figure and the final scores over seeds
+        seed<N>/train.csv, eval.csv the metrics, rewritten at each checkpoint
+        seed<N>/last.pt             the training state resume= continues from
+        seed<N>/best.pt, final.pt   the policy at its best periodic eval and at the end
+        seed<N>/final.json          the final evaluation; video.mp4 one episode of it
+    """
+
+    def __init__(self, folder):
+        self.dir = Path(folder).resolve()
+
+    @property
+    def name(self):
+        """The folder's last two parts (runs/<date>/<time> -> <date>/<time>): a label without machine paths."""
+        return "/".join(self.dir.parts[-2:])
+
+    @staticmethod
+    def claim_new_folder(base):
+        """Create and return a folder no other run has: base, else base-1, base-2, ... (atomic mkdir)."""
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            folder = Path(f"{base}-{i}" if i else base)
+            try:
+                folder.mkdir()
+                return str(folder)
+            except FileExistsError:
+                continue
+        raise RunError(f"{base}: 1000 runs of that name already exist")
+
+    def holds_run(self):
+        return (self.dir / "config.yaml").is_file()
+
+    def seed_dir(self, seed):
+        return self.dir / f"seed{seed}"
+
+    # the config
+
+    def save_config(self, yaml_text):
+        atomic_write_bytes(self.dir / "config.yaml", yaml_text.encode())
+
+    def config_path(self):
+        return self.dir / "config.yaml"
+
+    # one seed's training state, metrics and checkpoints
+
+    def save_state(self, seed, model, optimizer, scheduler, rng, progress):
+        """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
+        write_csv(progress["train"], self.seed_dir(seed) / "train.csv")
+        write_csv(progress["eval"], self.seed_dir(seed) / "eval.csv")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "progress": progress}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        atomic_torch_save(state, self.seed_dir(seed) / "last.pt")
+
+    def load_state(self, seed, model, optimizer, scheduler, rng):
+        """Restore what save_state wrote and return the progress dict; None if the seed has no last.pt."""
+        path = self.seed_dir(seed) / "last.pt"
+        if not path.exists():
+            return None
+        try:
+            state = load_checkpoint(path)
+        except RunError as e:
+            raise RunError(f"{e}; delete it to train seed {seed} again from step 0") from None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state["progress"]
+
+    def save_policy(self, seed, name, policy):
+        """best.pt / final.pt: a dict of tensors and plain values (loads with weights_only=True)."""
+        atomic_torch_save(policy, self.seed_dir(seed) / name)
+
+    def policy_path(self, seed, name):
+        return self.seed_dir(seed) / name
+
+    def save_final(self, seed, result):
+        atomic_write_bytes(self.seed_dir(seed) / "final.json", json.dumps(result, indent=2).encode())
+
+    def final(self, seed):
+        """The seed's final.json as a dict, or None while it is unfinished."""
+        path = self.seed_dir(seed) / "final.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_video(self, seed, frames, fps):
+        save_video(frames, self.seed_dir(seed) / "video.mp4", fps)
+
+    # over seeds
+
+    def seeds(self):
+        """The seeds that have a folder here."""
+        return sorted(int(d.name[4:]) for d in self.dir.glob("seed*") if d.name[4:].isdigit())
+
+    def summarize(self, env, dataset, seeds):
+        """Gather the seeds' final.json into summary.json; return it."""
+        finals = [f for f in (self.final(s) for s in self.seeds()) if f is not None]
+        scores = [f["score_mean"] for f in finals]
+        summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
+                   "missing_seeds": sorted(set(seeds) - {f["seed"] for f in finals}),
+                   "score_mean": float(np.mean(scores)) if scores else None,
+                   "score_std": float(np.std(scores)) if len(scores) > 1 else None,  # no spread over one seed
+                   "per_seed": finals}
+        atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
+        return summary
+
+    def plot(self, title, target_return, ref_min, ref_max):
+        """results.png from the seeds' metrics so far."""
+        plot_results(self.dir, f"{title}   ({self.name})", target_return, ref_min, ref_max)
+
+
+def load_checkpoint(path):
+    """A .pt file of this project, loaded without running code (weights_only); RunError if it is damaged.
+
+    numpy scalars are allowed: training states written before the metrics were plain floats hold them.
+    """
+    numpy_scalars = [np.core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]
+    try:
+        with torch.serialization.safe_globals(numpy_scalars):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 torch raises many kinds for a damaged file
+        raise RunError(f"{path} cannot be read ({str(e).splitlines()[0]}): it is damaged or not this project's "
+                       f"checkpoint") from None
+
+
+# ---------------------------------------------------------------------------------------------
 # The results figure and the video
 
 
 def mean_std_over_seeds(curves, key):
-    """Align seeds' curves on their common steps; return steps, mean, std (0 for one seed), number of seeds."""
+    """Steps, mean, std and seed count of `key` over the seeds, at every step some seed has reached.
+
+    A seed still training counts only at the steps it has reached, so earlier seeds' curves stay whole.
+    """
     curves = [c for c in curves if c]
     if not curves:
         return None
-    steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
-    values = np.array([[dict(zip(c["step"], c[key]))[s] for s in steps] for c in curves])  # (seeds, steps)
-    return np.array(steps), values.mean(0), values.std(0), len(curves)
+    steps = sorted(set().union(*(set(c["step"]) for c in curves)))
+    by_step = [dict(zip(c["step"], c[key])) for c in curves]
+    values = [[b[s] for b in by_step if s in b] for s in steps]
+    return (np.array(steps), np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values]),
+            np.array([len(v) for v in values]))
 
 
 def plot_results(run_dir, title, target_return, ref_min, ref_max):
@@ -104,10 +306,11 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
     evals = mean_std_over_seeds([read_csv(d / "eval.csv") for d in seed_dirs], "return_mean")
     losses = mean_std_over_seeds([read_csv(d / "train.csv") for d in seed_dirs], "loss")
     fig, (ax_ret, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, curve, label, color in ((ax_ret, evals, "eval return", "C0"), (ax_loss, losses, "action MSE", "C1")):
+    for ax, curve, label, color in ((ax_ret, evals, "eval return", "C0"), (ax_loss, losses, "training loss", "C1")):
         if curve is None:
             continue
-        steps, mean, std, n = curve
+        steps, mean, std, counts = curve
+        n = counts.max()
         ax.plot(steps, mean, color=color, marker="o" if len(steps) < 30 else None,
                 label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})")
         if n > 1:
@@ -121,7 +324,7 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
     for ax in (ax_ret, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle(f"{title}   ({run_dir})", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=110)
@@ -133,7 +336,7 @@ def save_video(frames, path, fps=30):
     import imageio.v2 as imageio
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")  # the encoder picks the format from the suffix
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{time.monotonic_ns()}.tmp.mp4")  # format from the suffix
     try:
         imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
         os.replace(tmp, path)

@@ -5,8 +5,12 @@ import sys
 from pathlib import Path
 
 import h5py
+import hydra
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
+
+import cfgs.schema  # noqa: F401  registers the schema Hydra composes with
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER_OBS, HOPPER_ACT = 11, 3
@@ -45,11 +49,24 @@ TINY = ["env=hopper", "train.steps=20", "train.log_every=5", "train.eval_every=1
         "model.n_layers=1", "eval.episodes=2", "eval.final_episodes=2", "eval.video=false", "device=cpu"]
 
 
+def entry_env(extra=None):
+    """The environment of an entry point the tests start: one torch thread (tiny models), no warnings."""
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
 def run_entry(script, run_dir, *overrides, check=True, env=None):
     """Run main.py / main_mp.py with the tiny config into run_dir; return the CompletedProcess."""
     cmd = [sys.executable, str(ROOT / script), *TINY, f"hydra.run.dir={run_dir}", *overrides]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MUJOCO_GL": "egl", **(env or {})}
+    env = entry_env(env)
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def compose(*overrides, tiny=True):
+    """The resolved config main.py runs with (the tiny settings and) these overrides (Hydra's compose API)."""
+    with hydra.initialize_config_dir(str(ROOT / "cfgs"), version_base="1.3"):
+        cfg = hydra.compose("config", overrides=[*(TINY if tiny else []), *overrides])
+    OmegaConf.resolve(cfg)
+    return cfg

@@ -6,7 +6,7 @@ import sys
 from omegaconf import OmegaConf
 
 import core
-from bench import ReferenceDT
+from models import ReferenceDT
 from conftest import ROOT, run_entry
 
 
@@ -25,7 +25,7 @@ def test_bench_writes_every_measurement(tmp_path):
 
 
 def test_main_trains_the_reference_model_and_its_checkpoint_loads_as_one(hopper_file, tmp_path):
-    run_entry("main.py", tmp_path, "model.implementation=bench.ReferenceDT", f"buffer.path={hopper_file}", "seeds=[0]")
-    assert OmegaConf.load(tmp_path / "config.yaml").model.implementation == "bench.ReferenceDT"
+    run_entry("main.py", tmp_path, "model.implementation=models.ReferenceDT", f"buffer.path={hopper_file}", "seeds=[0]")
+    assert OmegaConf.load(tmp_path / "config.yaml").model.implementation == "models.ReferenceDT"
     policy = core.load_policy(tmp_path / "seed0" / "final.pt")
     assert isinstance(policy, ReferenceDT) and json.loads((tmp_path / "summary.json").read_text())["seeds"] == [0]

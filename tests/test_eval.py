@@ -6,16 +6,15 @@ import torch
 from omegaconf import OmegaConf
 
 from core import evaluate, rollout
-from models import DecisionTransformer
+from models import DecisionTransformer, DTConfig
 
 
 def fixed_policy(env_id):
     env = gym.make(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(0)
-    return DecisionTransformer(obs_dim, act_dim, context_len=4, max_timestep=1000, embed_dim=16, n_layers=1,
-                               n_heads=1, dropout=0.0, state_mean=np.zeros(obs_dim), state_std=np.ones(obs_dim),
-                               action_low=env.action_space.low, action_high=env.action_space.high).eval()
+    config = DTConfig(obs_dim, act_dim, context_len=4, embed_dim=16, n_layers=1, n_heads=1, dropout=0.0)
+    return DecisionTransformer(config, action_low=env.action_space.low, action_high=env.action_space.high).eval()
 
 
 def eval_cfg(env_id):

@@ -3,18 +3,18 @@ import numpy as np
 import pytest
 import torch
 
-from bench import ReferenceDT, default_model_kwargs, random_batch, reference_state_dict
-from models import BitDropout, DecisionTransformer
+from bench import default_model_config, random_batch
+from models import BitDropout, DecisionTransformer, DTConfig, ReferenceDT, reference_state_dict
 
 STATE_DIM, ACT_DIM, K = 5, 2, 6
 
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    kw = dict(state_dim=STATE_DIM, act_dim=ACT_DIM, context_len=K, max_timestep=100, embed_dim=32, n_layers=2,
-              n_heads=2, dropout=0.0, state_mean=np.arange(STATE_DIM), state_std=np.full(STATE_DIM, 2.0),
-              action_low=np.array([-1.0, 0.0]), action_high=np.array([1.0, 4.0]))
-    return DecisionTransformer(**{**kw, **overrides}).eval()
+    config = DTConfig(**{**dict(state_dim=STATE_DIM, act_dim=ACT_DIM, context_len=K, max_timestep=100, embed_dim=32,
+                                n_layers=2, n_heads=2, dropout=0.0), **overrides})
+    return DecisionTransformer(config, state_mean=np.arange(STATE_DIM), state_std=np.full(STATE_DIM, 2.0),
+                               action_low=np.array([-1.0, 0.0]), action_high=np.array([1.0, 4.0])).eval()
 
 
 def tiny_inputs(B=3, seed=0):
@@ -99,8 +99,8 @@ def test_weight_decay_applies_to_linear_weights_only():
 @pytest.mark.parametrize("env_shape", [(11, 3), (17, 6)])
 def test_fp32_outputs_equal_the_plain_reference(env_shape):
     torch.manual_seed(0)
-    model = DecisionTransformer(**default_model_kwargs(*env_shape)).eval()
-    reference = ReferenceDT(**default_model_kwargs(*env_shape)).load_project_weights(model).eval()
+    model = DecisionTransformer(default_model_config(*env_shape)).eval()
+    reference = ReferenceDT(default_model_config(*env_shape)).load_project_weights(model).eval()
     states, actions, returns_to_go, timesteps, _ = random_batch(*env_shape, batch_size=8)
     with torch.no_grad():
         ours = model(states, actions, returns_to_go, timesteps, predict_next=True)
@@ -123,17 +123,17 @@ def test_action_predictions_skip_nothing_when_the_last_block_computes_only_state
 
 def test_the_reference_starts_from_the_projects_initial_weights():
     torch.manual_seed(0)
-    model = DecisionTransformer(**default_model_kwargs(11, 3))
+    model = DecisionTransformer(default_model_config(11, 3))
     torch.manual_seed(0)
-    reference = ReferenceDT(**default_model_kwargs(11, 3))
+    reference = ReferenceDT(default_model_config(11, 3))
     theirs = reference.state_dict()
     for name, weight in reference_state_dict(model.state_dict()).items():
         torch.testing.assert_close(theirs[name], weight, rtol=0, atol=0, msg=name)
 
 
 def test_fp32_gradients_equal_the_plain_reference_without_dropout():
-    model = DecisionTransformer(**default_model_kwargs(11, 3, dropout=0.0))
-    reference = ReferenceDT(**default_model_kwargs(11, 3, dropout=0.0)).load_project_weights(model)
+    model = DecisionTransformer(default_model_config(11, 3, dropout=0.0))
+    reference = ReferenceDT(default_model_config(11, 3, dropout=0.0)).load_project_weights(model)
     batch = random_batch(11, 3, batch_size=4)
     for m in (model, reference):
         m(*batch[:4])[0].square().sum().backward()

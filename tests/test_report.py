@@ -127,3 +127,13 @@ def test_folder_without_summary_is_refused_with_its_name(runs, tmp_path):
         report.main([str(r) for r in runs] + ["--out", str(tmp_path / "report")])
     assert str(runs[1]) in str(error.value)
     assert not (tmp_path / "report.pdf").exists()
+
+
+def test_without_out_the_report_never_replaces_an_existing_file(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "a"
+    make_run(run, HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.md").write_text("my notes")
+    report.main([str(run)])
+    assert (tmp_path / "report.md").read_text() == "my notes"
+    assert (tmp_path / "report-1.md").exists() and (tmp_path / "report-1.pdf").exists()

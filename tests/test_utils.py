@@ -33,14 +33,14 @@ def test_csv_round_trip(tmp_path):
     assert utils.read_csv(tmp_path / "missing.csv") == {}
 
 
-def test_seed_curves_align_on_common_steps_with_a_std_from_two_seeds():
+def test_a_seed_still_training_does_not_cut_the_finished_seeds_curves():
     first = {"step": np.array([10, 20, 30]), "loss": np.array([1.0, 2.0, 3.0])}
     second = {"step": np.array([10, 20]), "loss": np.array([3.0, 4.0])}  # still running
-    steps, mean, std, n = utils.mean_std_over_seeds([first, second, {}], "loss")
-    np.testing.assert_array_equal(steps, [10, 20])
-    np.testing.assert_allclose(mean, [2.0, 3.0])
-    np.testing.assert_allclose(std, [1.0, 1.0])
-    assert n == 2
+    steps, mean, std, counts = utils.mean_std_over_seeds([first, second, {}], "loss")
+    np.testing.assert_array_equal(steps, [10, 20, 30])
+    np.testing.assert_allclose(mean, [2.0, 3.0, 3.0])  # step 30: the first seed alone
+    np.testing.assert_allclose(std, [1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(counts, [2, 2, 1])
 
 
 def test_results_figure_is_drawn_from_the_seed_folders(tmp_path):

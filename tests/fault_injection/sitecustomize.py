@@ -1,5 +1,6 @@
-"""Fault injection for the tests: with DT_CRASH=<seed>:<raise|kill> set and this folder on PYTHONPATH,
-every Python process (spawned seed processes too) wraps core.train so that this seed crashes."""
+"""Fault injection for the tests: with DT_CRASH=<seed>:<raise|kill|nan> set and this folder on PYTHONPATH,
+every Python process (spawned seed processes too) wraps core.train so that this seed crashes (nan: stops
+as on a NaN loss)."""
 import importlib.abc
 import importlib.util
 import os
@@ -19,12 +20,14 @@ class _WrapCoreTrain(importlib.abc.MetaPathFinder):
             exec_module(module)
             train, (seed, how) = module.train, os.environ["DT_CRASH"].split(":")
 
-            def crashing_train(cfg, s, run_dir):
+            def crashing_train(cfg, s, run):
                 if s == int(seed):
                     if how == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)
+                    if how == "nan":
+                        module.check_finite(float("nan"), s, 5, run)
                     raise RuntimeError(f"injected crash in seed {s}")
-                return train(cfg, s, run_dir)
+                return train(cfg, s, run)
 
             module.train = crashing_train
 

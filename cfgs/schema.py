@@ -1,0 +1,198 @@
+"""The config's schema: one dataclass per section of cfgs/config.yaml, and the rules its values must meet.
+
+OmegaConf rejects a value of the wrong type by itself (`train.batch_size=abc`); `check(cfg)` rejects a value
+of the right type that cannot work (`train.lr=-1`), naming the field and what is allowed. The YAML files in
+cfgs/ stay the place to read and override the values; the defaults below are the DT paper's (Table 8).
+"""
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ENVS = ("hopper", "halfcheetah", "walker2d")
+DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
+SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
+PRECISIONS = ("auto", "fp32", "bf16")
+MODELS = ("models.DecisionTransformer", "models.ReferenceDT")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field's value must be: a test and the words that say it."""
+    holds: Any  # value -> bool
+    says: str
+
+
+def finite(v):
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+POSITIVE = Rule(lambda v: finite(v) and v > 0, "must be > 0")
+NON_NEGATIVE = Rule(lambda v: finite(v) and v >= 0, "must be >= 0")
+FINITE = Rule(finite, "must be a finite number")
+AT_LEAST_ONE = Rule(lambda v: v >= 1, "must be at least 1")
+PERCENT = Rule(lambda v: finite(v) and 0 < v <= 100, "must be in (0, 100]")
+PROBABILITY = Rule(lambda v: finite(v) and 0 <= v < 1, "must be in [0, 1)")
+SEEDS = Rule(lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == len(v),
+             "give distinct seeds >= 0, e.g. seeds=[0] or seeds=[0,1,2]")
+DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()),
+              "choose auto, cpu, cuda, cuda:<index> or mps")
+
+
+def one_of(choices):
+    return Rule(lambda v: v in choices, f"choose one of {', '.join(choices)}")
+
+
+def ruled(default, rule):
+    """A field with its default and the rule its value must meet."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+@dataclass
+class EnvConfig:
+    """cfgs/env/<name>.yaml: the gymnasium env and the d4rl facts the score needs."""
+    name: str = ruled(MISSING, one_of(ENVS))
+    id: str = MISSING  # gymnasium id, e.g. Hopper-v4
+    target_return: float = ruled(MISSING, FINITE)  # the return-to-go the policy is conditioned on at eval
+    max_episode_len: int = ruled(1000, POSITIVE)
+    ref_min_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: random policy
+    ref_max_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: expert policy
+    assignment_bar: Dict[str, float] = field(default_factory=dict)  # per dataset: the 3-seed mean must exceed it
+    dt_paper_score: Dict[str, float] = field(default_factory=dict)  # per dataset: Chen et al. 2021, Table 2
+
+
+@dataclass
+class BufferConfig:
+    dataset: str = ruled("medium", one_of(DATASETS))
+    path: Optional[str] = None  # any D4RL-layout hdf5 file; overrides env + dataset
+    file: Optional[str] = None  # set at start: the file this run reads (kept for resume)
+    context_len: int = ruled(20, POSITIVE)  # K: steps of history the model sees
+    reward_scale: float = ruled(1000.0, POSITIVE)  # returns-to-go are divided by this
+    sample_by: str = ruled("length", one_of(SAMPLE_BY))  # length: every step equally likely
+    top_percent: float = ruled(100.0, PERCENT)  # percentile behaviour cloning: keep the top x% by return
+
+
+@dataclass
+class ModelConfig:
+    implementation: str = ruled("models.DecisionTransformer", one_of(MODELS))  # models.ReferenceDT: plain eager
+    embed_dim: int = ruled(128, POSITIVE)
+    n_layers: int = ruled(3, AT_LEAST_ONE)
+    n_heads: int = ruled(1, POSITIVE)
+    dropout: float = ruled(0.1, PROBABILITY)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = ruled(20_000, POSITIVE)
+    batch_size: int = ruled(64, POSITIVE)
+    lr: float = ruled(1e-4, POSITIVE)
+    weight_decay: float = ruled(1e-4, NON_NEGATIVE)
+    warmup_steps: int = ruled(10_000, POSITIVE)  # linear warmup of the lr, then constant
+    grad_clip: float = ruled(0.25, POSITIVE)  # max global gradient norm
+    aux_state_coef: float = ruled(0.0, NON_NEGATIVE)  # weight of the next-state prediction loss
+    aux_rtg_coef: float = ruled(0.0, NON_NEGATIVE)  # weight of the next return-to-go prediction loss
+    precision: str = ruled("auto", one_of(PRECISIONS))  # auto: bf16 where the hardware computes it natively
+    log_every: int = ruled(100, POSITIVE)
+    eval_every: int = ruled(2000, POSITIVE)
+    checkpoint_every: int = ruled(1000, POSITIVE)
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = ruled(10, POSITIVE)  # envs run in lockstep at each periodic eval
+    final_episodes: int = ruled(100, POSITIVE)  # the final score, as the DT paper and CORL report it
+    target_return: float = ruled("${env.target_return}", FINITE)
+    vectorized: bool = True  # false: episodes one after another in a single env (debugging)
+    video: bool = True  # mp4 of the final policy (MUJOCO_GL=egl when headless)
+
+
+@dataclass
+class Config:
+    env: EnvConfig = MISSING
+    seeds: List[int] = ruled([0, 1, 2], SEEDS)
+    device: str = ruled("auto", DEVICE)  # auto: cuda, then mps, then cpu
+    resume: Optional[str] = None  # runs/<date>/<time>: continue that run (with seeds=[...]: add seeds)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir
+# resolver). Both cfgs/config.yaml and every run's saved config.yaml name it in their defaults, so a saved
+# config re-runs as it is: python main.py --config-path runs/<date>/<time> --config-name config
+RUN_FOLDER = {"run": {"dir": "${run_dir:${resume}}"},
+              "job": {"name": "main",  # the log is main.log (main_mp.py: and each seed's seed<N>/train.log)
+                      "chdir": True},  # work inside the run folder (stray files such as MUJOCO_LOG.TXT land there)
+              "output_subdir": None}  # no .hydra/ copies: config.yaml is the run's record
+DEFAULTS = ["schema", "run_folder", "_self_"]  # the defaults list of a config file
+ConfigStore.instance().store(name="schema", node=Config)
+ConfigStore.instance().store(name="run_folder", node=RUN_FOLDER, package="hydra")
+
+
+def check(cfg):
+    """Raise ConfigError naming the first field whose value cannot work."""
+    check_fields(Config, cfg, "")
+    pairs = [("train.eval_every", "train.log_every"), ("train.checkpoint_every", "train.log_every")]
+    for field_name, unit in pairs:  # so that no checkpoint holds an unchecked loss
+        value, step = OmegaConf.select(cfg, field_name), OmegaConf.select(cfg, unit)
+        if value % step:
+            raise ConfigError(f"{field_name}={value}: must be a multiple of {unit}={step}")
+    if cfg.model.embed_dim % cfg.model.n_heads:
+        raise ConfigError(f"model.n_heads={cfg.model.n_heads}: must divide model.embed_dim={cfg.model.embed_dim}")
+    if cfg.buffer.context_len > cfg.env.max_episode_len:
+        raise ConfigError(f"buffer.context_len={cfg.buffer.context_len}: must be at most the env's "
+                          f"max_episode_len={cfg.env.max_episode_len}")
+    if cfg.env.ref_max_score <= cfg.env.ref_min_score:
+        raise ConfigError(f"env.ref_max_score={cfg.env.ref_max_score}: must exceed env.ref_min_score")
+
+
+def check_fields(schema, node, prefix):
+    for f in fields(schema):
+        value = node[f.name]
+        if is_dataclass(f.type):
+            check_fields(f.type, value, f"{prefix}{f.name}.")
+        elif "rule" in f.metadata and not f.metadata["rule"].holds(value):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"{prefix}{f.name}={shown}: {f.metadata['rule'].says}")
+
+
+def to_yaml(cfg):
+    """A run's config.yaml: the resolved config, with the defaults list that makes it a config file to re-run."""
+    return OmegaConf.to_yaml(OmegaConf.create({"defaults": DEFAULTS})) + OmegaConf.to_yaml(cfg)
+
+
+def upgrade(saved):
+    """A run's saved config in today's keys: train.bf16 -> train.precision; bench.ReferenceDT -> models."""
+    saved = OmegaConf.to_container(saved)
+    saved.pop("defaults", None)
+    train, model = saved.get("train", {}), saved.get("model", {})
+    if "bf16" in train:
+        train["precision"] = "bf16" if train.pop("bf16") else "fp32"
+    if model.get("implementation") == "bench.ReferenceDT":
+        model["implementation"] = "models.ReferenceDT"
+    return saved
+
+
+def typed(tree):
+    """A plain or loaded config on the schema: wrong types and unknown keys raise ConfigError."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), tree)
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def one_line(error):
+    """An OmegaConf error as 'key: what is wrong'."""
+    message = str(error).splitlines()[0]
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key else message
