@@ -106,17 +106,18 @@ def eval_steps_per_second(model, episodes, vectorized):
     return episodes * 1000 / seconds, seconds
 
 
-def _parallel_worker(steps, num_processes, queue):
+def _parallel_worker(steps, num_processes, batch_size, shape, queue):
     utils.set_torch_threads(num_processes)
-    model = DecisionTransformer(default_model_config(*SHAPES["hopper"]))
-    queue.put(1.0 / time_train_step(model, random_batch(*SHAPES["hopper"]), steps))
+    model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
+    queue.put(1.0 / time_train_step(model, random_batch(*SHAPES["hopper"], batch_size, shape["context_len"]), steps))
 
 
-def parallel_steps_per_second(steps, num_processes=3):
+def parallel_steps_per_second(steps, batch_size, shape, num_processes=3):
     """Total training steps/s of `num_processes` seeds trained side by side, as main_mp.py does."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_parallel_worker, args=(steps, num_processes, queue)) for _ in range(num_processes)]
+    procs = [ctx.Process(target=_parallel_worker, args=(steps, num_processes, batch_size, shape, queue))
+             for _ in range(num_processes)]
     for p in procs:
         p.start()
     rates = [queue.get() for _ in procs]
@@ -130,58 +131,65 @@ def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "bf16_cpu": "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo, "device": "cpu"}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_cpu": utils.native_bf16(torch.device("cpu")), "device": "cpu"}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200, help="timed training steps per measurement")
     parser.add_argument("--episodes", type=int, default=10, help="eval episodes (1000 steps each)")
+    parser.add_argument("--batch-size", type=int, default=CFG.train.batch_size)
+    parser.add_argument("--context-len", type=int, default=CFG.buffer.context_len)
+    parser.add_argument("--embed-dim", type=int, default=CFG.model.embed_dim)
+    parser.add_argument("--n-layers", type=int, default=CFG.model.n_layers)
+    parser.add_argument("--trajectories", type=int, default=1000, help="of 1000 steps, in the sampling benchmark")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
     utils.set_torch_threads(1)
     torch.manual_seed(0)
-    results = {"machine": machine(), "train": {}}
+    shape = dict(context_len=args.context_len, embed_dim=args.embed_dim, n_layers=args.n_layers)
+    default = utils.pick_precision(CFG.train.precision, torch.device("cpu"))  # what a default run uses here
+    results = {"machine": machine(), "shape": {"batch_size": args.batch_size, **shape}, "default_precision": default,
+               "train": {}}
     peak = {"fp32": matmul_gflops(torch.float32)}
-    if results["machine"]["bf16_cpu"]:
+    if utils.native_bf16(torch.device("cpu")):  # emulated bf16 is many times slower than fp32: not measured
         peak["bf16"] = matmul_gflops(torch.bfloat16)
     results["matmul_gflops"] = peak
 
     rows = []
     for env, (state_dim, act_dim) in SHAPES.items():
-        kw = default_model_config(state_dim, act_dim)
-        model = DecisionTransformer(kw)
-        reference = ReferenceDT(kw).load_project_weights(model)
-        batch = random_batch(state_dim, act_dim)
+        config = default_model_config(state_dim, act_dim, **shape)
+        model = DecisionTransformer(config)
+        reference = ReferenceDT(config).load_project_weights(model)
+        batch = random_batch(state_dim, act_dim, args.batch_size, args.context_len)
         ref_s = time_train_step(reference, batch, args.steps)
-        ours = {"fp32": time_train_step(model, batch, args.steps)}
-        if "bf16" in peak:
-            ours["bf16"] = time_train_step(model, batch, args.steps, precision="bf16")
-        flops = train_step_flops(kw)
+        ours = {p: time_train_step(model, batch, args.steps, precision=p) for p in peak}
+        flops = train_step_flops(config, args.batch_size)
         for precision, seconds in ours.items():
-            gflops = flops / seconds / 1e9
-            rows.append((f"train step {env} {precision}", seconds * 1e3, 1 / seconds, ref_s / seconds,
-                         gflops / peak[precision]))
+            label = f"train step {env} project {precision}" + (" (default)" if precision == default else "")
+            rows.append((label, seconds * 1e3, 1 / seconds, ref_s / seconds, flops / seconds / 1e9 / peak[precision]))
         results["train"][env] = {"reference_ms": ref_s * 1e3, **{f"{p}_ms": s * 1e3 for p, s in ours.items()},
-                                 **{f"speedup_{p}": ref_s / s for p, s in ours.items()}, "gflop_per_step": flops / 1e9}
-        rows.append((f"train step {env} reference", ref_s * 1e3, 1 / ref_s, 1.0, flops / ref_s / 1e9 / peak["fp32"]))
-    results["batch_sampling_ms"] = sampling_seconds(*SHAPES["hopper"]) * 1e3
+                                 **{f"speedup_{p}": ref_s / s for p, s in ours.items()},
+                                 "speedup_default": ref_s / ours[default], "gflop_per_step": flops / 1e9}
+        rows.append((f"train step {env} reference fp32", ref_s * 1e3, 1 / ref_s, 1.0, flops / ref_s / 1e9 / peak["fp32"]))
+    results["batch_sampling_ms"] = sampling_seconds(*SHAPES["hopper"], trajectories=args.trajectories) * 1e3
 
-    model = DecisionTransformer(default_model_config(17, 6))
+    model = DecisionTransformer(default_model_config(17, 6, **shape))
     vec_rate, vec_s = eval_steps_per_second(model, args.episodes, vectorized=True)
     seq_rate, seq_s = eval_steps_per_second(model, args.episodes, vectorized=False)
     results["eval"] = {"episodes": args.episodes, "vectorized_s": vec_s, "sequential_s": seq_s,
                        "vectorized_steps_per_s": vec_rate, "sequential_steps_per_s": seq_rate,
                        "speedup": vec_rate / seq_rate}
-    results["parallel_3_seeds_steps_per_s"] = parallel_steps_per_second(min(args.steps, 100))
+    results["parallel_3_seeds_steps_per_s"] = parallel_steps_per_second(min(args.steps, 100), args.batch_size, shape)
 
-    print(f"machine: {results['machine']}")
+    print(f"machine: {results['machine']}; default precision here: {default}")
     print("matmul peak (1024^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
-    print(f"{'measurement':34s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
+    print(f"{'measurement':42s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
     for name, ms, rate, ratio, frac in rows:
-        print(f"{name:34s} {ms:8.1f} {rate:8.2f} {ratio:6.2f}x {frac:7.0%}")
+        print(f"{name:42s} {ms:8.1f} {rate:8.2f} {ratio:6.2f}x {frac:7.0%}")
     print(f"batch sampling (numpy, host): {results['batch_sampling_ms']:.2f} ms, "
-          f"{results['batch_sampling_ms'] / results['train']['hopper']['fp32_ms']:.1%} of the hopper fp32 step")
+          f"{results['batch_sampling_ms'] / results['train']['hopper'][f'{default}_ms']:.1%} of the hopper step")
     e = results["eval"]
     print(f"eval {args.episodes} x 1000 steps: vectorized {e['vectorized_s']:.1f} s ({e['vectorized_steps_per_s']:.0f} "
           f"steps/s), sequential {e['sequential_s']:.1f} s; ratio {e['speedup']:.2f}x")

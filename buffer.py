@@ -1,4 +1,8 @@
-"""D4RL hdf5 files -> transitions -> trajectories -> (B, K, .) training batches."""
+"""D4RL hdf5 files -> transitions -> trajectories -> (B, K, .) training batches.
+
+    python buffer.py [files ...] [--out dataset_returns.png] [--standin]   # trajectory-return histograms
+                                                   # of the files (default: every file in $D4RL_DATASET_DIR)
+"""
 import logging
 import os
 import urllib.request
@@ -148,6 +152,14 @@ class ReplayBuffer:
     def __len__(self):
         return len(self.rewards)
 
+    def trajectories(self):
+        """Each trajectory's first step, length and return; the file's last, cut-off episode counts as one."""
+        ends = np.flatnonzero(self.ends)
+        if len(ends) == 0 or ends[-1] != len(self) - 1:
+            ends = np.append(ends, len(self) - 1)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        return starts, ends - starts + 1, np.add.reduceat(self.rewards.astype(np.float64), starts)
+
     def check(self, action_low, action_high, tolerance=1e-4):
         """Refuse data a DT cannot learn from, saying what is wrong with numbers; warn about short trajectories."""
         n = len(self)
@@ -179,12 +191,7 @@ class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""
 
     def __init__(self, replay, context_len, reward_scale, max_timestep, sample_by="length", top_percent=100.0):
-        ends = np.flatnonzero(replay.ends)
-        if len(ends) == 0 or ends[-1] != len(replay) - 1:
-            ends = np.append(ends, len(replay) - 1)  # the dataset's last, cut-off episode
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        lengths = ends - starts + 1
-        returns = np.add.reduceat(replay.rewards.astype(np.float64), starts)
+        starts, lengths, returns = replay.trajectories()
 
         keep = returns >= np.percentile(returns, 100.0 - top_percent)  # percentile behaviour cloning
         self.starts, self.lengths, self.returns = starts[keep], lengths[keep], returns[keep]
@@ -237,3 +244,38 @@ class SequenceBuffer:
                 np.where(m, self.returns_to_go[idx, None], 0.0).astype(np.float32),
                 np.where(mask, self.timesteps[idx], 0),
                 mask.astype(np.float32))
+
+
+def plot_returns(paths, out, label=""):
+    """The trajectory-return histogram of each D4RL file (its env read from the file name) on the score axis."""
+    from omegaconf import OmegaConf
+
+    import utils
+    datasets = []
+    for path in paths:
+        env = OmegaConf.load(Path(__file__).parent / "cfgs" / "env" / f"{Path(path).name.split('_')[0]}.yaml")
+        with h5py.File(path, "r") as f:
+            obs_dim, act_dim = f["observations"].shape[1], f["actions"].shape[1]
+        returns = ReplayBuffer.from_hdf5(path, obs_dim, act_dim).trajectories()[2]
+        to_score = lambda r: utils.normalized_score(r, env.ref_min_score, env.ref_max_score)  # noqa: E731
+        datasets.append((Path(path).stem + label, to_score(returns), float(to_score(env.target_return))))
+    utils.plot_dataset_returns(datasets, out)
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", help="D4RL-layout files named <env>_<dataset>-v2.hdf5")
+    parser.add_argument("--out", default="dataset_returns.png")
+    parser.add_argument("--standin", action="store_true", help="label the files stand-in data in the titles")
+    args = parser.parse_args()
+    files = args.files or sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
+    unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
+    if not files or unknown:
+        raise SystemExit(f"error: {'no .hdf5 files in ' + str(dataset_dir()) if not files else unknown[0]}: give "
+                         f"files named <env>_<dataset>-v2.hdf5 with env one of {', '.join(ENVS)}")
+    try:
+        plot_returns(files, args.out, " (stand-in)" if args.standin else "")
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"wrote {args.out}")

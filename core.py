@@ -40,14 +40,15 @@ def masked_mse(pred, target, mask):
 
 
 @torch.inference_mode()
-def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_video=False):
-    """Run `num_envs` episodes in lockstep, conditioning on `target_return`.
+def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=()):
+    """Run `num_envs` episodes in lockstep (env i seeded seed + i), each conditioned on its target return.
 
-    Returns per-episode returns (num_envs,) and, with record_video, the frames of env 0.
+    target_return: one number for all envs, or one per env (num_envs,). record: the envs to film, through the
+    env's tracking camera. Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
-    render = ["rgb_array" if record_video and i == 0 else None for i in range(num_envs)]
-    envs = gym.vector.SyncVectorEnv([partial(gym.make, env_id, render_mode=r) for r in render],
-                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    make = [partial(gym.make, env_id, render_mode="rgb_array", camera_name="track") if i in record
+            else partial(gym.make, env_id) for i in range(num_envs)]
+    envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     max_len = envs.envs[0].spec.max_episode_steps
     device, K = model.state_mean.device, model.context_len
     states = torch.zeros(num_envs, max_len, model.state_dim, device=device)  # histories, (N, T, obs)
@@ -55,14 +56,15 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
     returns_to_go = torch.zeros(num_envs, max_len, 1, device=device)  # (N, T, 1)
     last_timestep = model.embed_timestep.num_embeddings - 1  # clipped as in training
     timesteps = torch.arange(max_len, device=device).clamp(max=last_timestep).expand(num_envs, max_len)  # (N, T)
-    target_left = np.full(num_envs, target_return / reward_scale)  # the return still to collect, scaled
+    target_left = np.broadcast_to(np.asarray(target_return, dtype=np.float64), (num_envs,)) / reward_scale  # (N,)
     episode_returns = np.zeros(num_envs)
     active = np.ones(num_envs, dtype=bool)
-    frames = []
+    frames = {i: [] for i in record}
     obs, _ = envs.reset(seed=seed)
     for t in range(max_len):
-        if record_video and active[0]:
-            frames.append(envs.envs[0].render())
+        for i in frames:
+            if active[i]:
+                frames[i].append(envs.envs[i].render())
         states[:, t] = torch.as_tensor(obs, dtype=torch.float32, device=device)
         returns_to_go[:, t, 0] = torch.as_tensor(target_left, dtype=torch.float32, device=device)
         rows = torch.as_tensor(np.flatnonzero(active), device=device)  # (n,) the envs still running
@@ -73,7 +75,7 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record_v
         actions[rows, t] = action_preds[:, -1]
         obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
         episode_returns += reward * active  # reward counts only until each env is done
-        target_left -= reward / reward_scale
+        target_left = target_left - reward / reward_scale
         active &= ~(terminated | truncated)
         if not active.any():
             break
@@ -260,8 +262,8 @@ def finish(model, cfg, env, seed, run, train_seconds):
     if cfg.eval.video:
         try:
             _, frames = rollout(model, cfg.env.id, 1, final_seed, cfg.eval.target_return, cfg.buffer.reward_scale,
-                                record_video=True)
-            run.save_video(seed, frames, fps=env.metadata["render_fps"])
+                                record=[0])
+            run.save_video(seed, "video.mp4", frames[0], fps=env.metadata["render_fps"])
         except Exception as e:  # the scores stand without the video
             log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)
     log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f", seed,

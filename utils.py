@@ -236,8 +236,12 @@ class Run:
         path = self.seed_dir(seed) / "final.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def save_video(self, seed, frames, fps):
-        save_video(frames, self.seed_dir(seed) / "video.mp4", fps)
+    def save_video(self, seed, name, frames, fps):
+        save_video(frames, self.seed_dir(seed) / name, fps)
+
+    def save_table(self, name, rows):
+        """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
+        write_csv(rows, self.dir / name)
 
     # over seeds
 
@@ -330,6 +334,56 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
     fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(run_dir / "results.png", image.getvalue())
+
+
+def plot_sweep(rows, data_scores, to_score, title, path):
+    """The return-to-go sweep: achieved against target normalized score (mean +- std over seeds), the line
+    achieved = target, and the dataset's trajectories (their range shaded, the behaviour mean dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets, seeds = sorted({r["target"] for r in rows}), sorted({r["seed"] for r in rows})
+    per_seed = np.array([[np.mean([r["score"] for r in rows if r["seed"] == s and r["target"] == t])
+                          for t in targets] for s in seeds])  # (seeds, targets): each seed's mean over episodes
+    x, mean, std = to_score(np.array(targets)), per_seed.mean(0), per_seed.std(0)
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.axhspan(data_scores.min(), data_scores.max(), color="gray", alpha=0.15, label="dataset trajectories (min-max)")
+    ax.axhline(data_scores.mean(), color="gray", linestyle=":", label=f"behaviour mean {data_scores.mean():.1f}")
+    ax.plot(x, x, color="black", linestyle="--", linewidth=1, label="achieved = target")
+    ax.plot(x, mean, color="C0", marker="o", label=f"achieved (mean of {len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    if len(seeds) > 1:
+        ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.25, label="+- std over seeds")
+    ax.set(xlabel="target return (normalized score)", ylabel="achieved return (normalized score)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())
+
+
+def plot_dataset_returns(datasets, path):
+    """One histogram per dataset of its trajectories' returns on the normalized-score axis, with the behaviour
+    mean and the env's default target marked. datasets: [(title, scores, target_score)]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(7, 2.2 * len(datasets)), squeeze=False)
+    for ax, (title, scores, target) in zip(axes[:, 0], datasets):
+        ax.hist(scores, bins=50, color="C0", alpha=0.8)
+        ax.axvline(scores.mean(), color="black", linestyle=":", label=f"behaviour mean {scores.mean():.1f}")
+        ax.axvline(target, color="C3", linestyle="--", label=f"default target {target:.1f}")
+        ax.set(title=f"{title}: {len(scores)} trajectories, max {scores.max():.1f}", ylabel="trajectories")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("trajectory return (normalized score)")
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())
 
 
 def save_video(frames, path, fps=30):

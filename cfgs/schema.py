@@ -127,6 +127,17 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class EvaluateConfig:
+    """cfgs/evaluate.yaml: evaluate.py's sweep of target returns over a run's saved policies."""
+    run: str = MISSING  # the run folder, runs/<date>/<time>
+    checkpoint: str = ruled("final", one_of(("final", "best")))  # each seed's final.pt or best.pt
+    targets: Optional[List[float]] = None  # the returns to condition on; null: 0.25x..1.5x the env's and the best
+    episodes: int = ruled(10, POSITIVE)  # per target and seed, all in one vectorized pass per seed
+    video: bool = False  # one episode per target: seed<N>/sweep_<checkpoint>_<target>.mp4
+    device: str = ruled("cpu", DEVICE)
+
+
 # Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir
 # resolver). Both cfgs/config.yaml and every run's saved config.yaml name it in their defaults, so a saved
 # config re-runs as it is: python main.py --config-path runs/<date>/<time> --config-name config
@@ -137,11 +148,14 @@ RUN_FOLDER = {"run": {"dir": "${run_dir:${resume}}"},
 DEFAULTS = ["schema", "run_folder", "_self_"]  # the defaults list of a config file
 ConfigStore.instance().store(name="schema", node=Config)
 ConfigStore.instance().store(name="run_folder", node=RUN_FOLDER, package="hydra")
+ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
-def check(cfg):
+def check(cfg, schema=None):
     """Raise ConfigError naming the first field whose value cannot work."""
-    check_fields(Config, cfg, "")
+    check_fields(schema or Config, cfg, "")
+    if schema is not None:
+        return
     pairs = [("train.eval_every", "train.log_every"), ("train.checkpoint_every", "train.log_every")]
     for field_name, unit in pairs:  # so that no checkpoint holds an unchecked loss
         value, step = OmegaConf.select(cfg, field_name), OmegaConf.select(cfg, unit)

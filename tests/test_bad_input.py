@@ -178,7 +178,7 @@ def wait_for_training(run_dir, timeout=120):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_checkpoints_the_current_step_and_tells_how_to_resume(hopper_file, tmp_path, sig):
-    longer = [f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=100"]
+    longer = [f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=100", "train.eval_every=50"]
     run_entry("main.py", tmp_path / "whole", *longer)
     run_dir = tmp_path / "stopped"
     cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"hydra.run.dir={run_dir}", *longer]

@@ -7,21 +7,25 @@ from omegaconf import OmegaConf
 
 import core
 from models import ReferenceDT
-from conftest import ROOT, run_entry
+from conftest import ROOT, entry_env, run_entry
 
 
 def test_bench_writes_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--steps", "2", "--episodes", "1", "--out",
-                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    tiny = ["--steps", "2", "--episodes", "1", "--batch-size", "4", "--context-len", "5", "--embed-dim", "16",
+            "--n-layers", "1", "--trajectories", "10"]
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), *tiny, "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, check=True, env=entry_env())
     results = json.loads(out.read_text())
     assert results["machine"]["cores"] >= 1 and results["matmul_gflops"]["fp32"] > 0
     for env in ("hopper", "walker2d"):
         train = results["train"][env]
         assert train["reference_ms"] > 0 and train["speedup_fp32"] == train["reference_ms"] / train["fp32_ms"]
+        assert train["speedup_default"] == train[f"speedup_{results['default_precision']}"]
     assert results["eval"]["vectorized_steps_per_s"] > 0 and results["eval"]["sequential_steps_per_s"] > 0
     assert results["batch_sampling_ms"] > 0 and results["parallel_3_seeds_steps_per_s"] > 0
-    assert "train step hopper fp32" in result.stdout and "eval 1 x 1000 steps" in result.stdout
+    assert "train step hopper project fp32" in result.stdout and "eval 1 x 1000 steps" in result.stdout
+    assert results["shape"] == {"batch_size": 4, "context_len": 5, "embed_dim": 16, "n_layers": 1}
 
 
 def test_main_trains_the_reference_model_and_its_checkpoint_loads_as_one(hopper_file, tmp_path):

@@ -247,3 +247,14 @@ def test_replay_buffer_holds_every_transition_and_trajectory_end(hopper_file):
     replay = ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
     assert replay.observations.shape == (len(replay), HOPPER_OBS) and replay.actions.shape == (len(replay), HOPPER_ACT)
     assert replay.ends.sum() == 5 and len(replay) == sum(n for n, _ in TRAJECTORIES)
+
+
+def test_the_return_histogram_reads_the_env_from_the_file_name(hopper_file, tmp_path, monkeypatch):
+    plotted = {}
+    monkeypatch.setattr("utils.plot_dataset_returns", lambda datasets, out: plotted.update(datasets=datasets))
+    buffer.plot_returns([hopper_file], tmp_path / "returns.png", " (stand-in)")
+    (title, scores, target), = plotted["datasets"]
+    assert title == "hopper_medium-v2 (stand-in)" and len(scores) == 6
+    to_score = lambda r: 100 * (r + 20.272305) / (3234.3 + 20.272305)  # noqa: E731  hopper's d4rl constants
+    np.testing.assert_allclose(target, to_score(3600))
+    np.testing.assert_allclose(sorted(scores)[-1], to_score(50 * 3))  # trajectory 3: 50 steps of reward 3

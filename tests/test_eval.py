@@ -45,10 +45,37 @@ def test_normalized_score_uses_d4rl_reference_returns():
     assert result["score_mean"] == pytest.approx(expected)
 
 
-def test_video_shows_the_first_env_until_its_episode_ends():
+def test_video_shows_the_filmed_env_until_its_episode_ends():
     model = fixed_policy("Hopper-v4")
-    _, alone = rollout(model, "Hopper-v4", 1, 0, 3600, 1000, record_video=True)
-    _, beside_others = rollout(model, "Hopper-v4", 3, 0, 3600, 1000, record_video=True)
+    _, alone = rollout(model, "Hopper-v4", 1, 0, 3600, 1000, record=[0])
+    _, beside_others = rollout(model, "Hopper-v4", 3, 0, 3600, 1000, record=[0])
+    alone, beside_others = alone[0], beside_others[0]
     assert 1 < len(alone) < 1000, "this policy falls: the video stops with the episode"
     assert len(beside_others) == len(alone) and alone[0].ndim == 3 and alone[0].shape[2] == 3
     np.testing.assert_array_equal(beside_others[-1], alone[-1])
+
+
+def robot_share(frame):
+    """The share of the frame's middle that shows the robot: its orange-brown geoms (floor and sky are not)."""
+    h, w, _ = frame.shape
+    middle = frame[h // 4: 3 * h // 4, w // 4: 3 * w // 4].astype(int)
+    r, g, b = middle[..., 0], middle[..., 1], middle[..., 2]
+    return ((r > 100) & (r - b > 60) & (r > g)).mean()
+
+
+def test_the_tracking_camera_keeps_a_running_robot_in_the_middle_of_every_frame():
+    model = fixed_policy("HalfCheetah-v4")  # HalfCheetah never falls: 1000 steps, far from where it started
+    with torch.no_grad():
+        model.predict_action.bias.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]) * 5)  # a strong gait
+    _, frames = rollout(model, "HalfCheetah-v4", 1, 0, 6000, 1000, record=[0])
+    shares = np.array([robot_share(f) for f in frames[0]])
+    assert len(shares) == 1000 and shares.min() > 0.01, f"robot out of view in {np.sum(shares <= 0.01)} frames"
+
+
+@pytest.mark.parametrize("episodes", [1, 2])
+def test_one_pass_over_several_targets_equals_a_pass_per_target(episodes):
+    model, targets = fixed_policy("Hopper-v4"), np.array([500.0, 3600.0])
+    together, _ = rollout(model, "Hopper-v4", 2 * episodes, 7, np.repeat(targets, episodes), 1000)
+    for i, target in enumerate(targets):
+        alone, _ = rollout(model, "Hopper-v4", episodes, 7 + i * episodes, target, 1000)
+        np.testing.assert_allclose(together[i * episodes:(i + 1) * episodes], alone, rtol=1e-5)

@@ -5,11 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import core
+import utils
 from conftest import ROOT, TINY, compose, entry_env, run_entry
 from utils import Run
 
@@ -102,7 +104,7 @@ def test_main_keeps_going_after_a_crashed_seed(hopper_file, tmp_path):
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(hopper_file, tmp_path):
-    longer = [f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=60"]
+    longer = [f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=60", "train.eval_every=30"]
     run_entry("main.py", tmp_path / "whole", *longer)
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"hydra.run.dir={run_dir}", *longer]
@@ -166,3 +168,55 @@ def test_report_py_reads_a_run_folder_made_by_main_py(main_run, tmp_path):
     assert f"| {summary['score_mean']:.1f} ± {summary['score_std']:.1f} (2 ep) |" in md
     assert "results.png)" in md, "the run's figure is in the report"
     assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF")
+
+
+PRE_REFACTOR = "90006b3"  # the last commit before cfgs/schema.py and the Run class; a refactor keeps its numbers
+
+
+def test_the_refactor_left_the_metrics_byte_identical(main_run, tmp_path):
+    """The typed config and the Run changed no number: the old code's tiny run writes the same CSVs."""
+    old = tmp_path / "old"
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PRE_REFACTOR], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"commit {PRE_REFACTOR} is not in this clone ({archive.stderr.decode().strip()})")
+    old.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    run_dir, path = main_run
+    cmd = [sys.executable, str(old / "main.py"), *TINY, f"hydra.run.dir={tmp_path / 'run'}", f"buffer.path={path}",
+           "seeds=[0]", "eval.video=false"]
+    subprocess.run(cmd, cwd=old, env=entry_env(), capture_output=True, check=True, timeout=300)
+    for name in ["train.csv", "eval.csv"]:
+        assert read(tmp_path / "run" / "seed0" / name) == read(run_dir / "seed0" / name), name
+
+
+def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(main_run):
+    run_dir, _ = main_run
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", "targets=[500,3600]", "episodes=2"]
+    subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
+    rows = utils.read_csv(run_dir / "sweep_final.csv")
+    assert list(rows) == ["seed", "target", "episode", "return", "score"] and len(rows["seed"]) == 2 * 2 * 2
+    assert set(rows["target"]) == {500.0, 3600.0} and (run_dir / "sweep_final.png").stat().st_size > 0
+    assert "2 targets x 2 episodes x 2 seeds in" in read(run_dir / "evaluate.log")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run=/nonexistent/run", "error: run=/nonexistent/run: no run there (no config.yaml)"),
+    ("checkpoint=last", "checkpoint=last: choose one of final, best"),
+    ("targets=[]", "targets=[]: give finite returns"),
+    ("episodes=0", "episodes=0: must be > 0"),
+])
+def test_evaluate_py_names_a_bad_input_in_one_line(main_run, override, message):
+    run_dir, _ = main_run
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", override]
+    result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not Path("/nonexistent").exists()
+
+
+def test_evaluate_py_needs_a_checkpoint(hopper_file, tmp_path):
+    run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=5")
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={tmp_path}", "checkpoint=best"]
+    (tmp_path / "seed0" / "best.pt").unlink()
+    result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and f"run={tmp_path}: no seed<N>/best.pt there" in result.stderr

@@ -1,0 +1,117 @@
+"""Evaluate a run's saved policies over a sweep of target returns-to-go: does the return follow the target?
+
+    python evaluate.py run=runs/<date>/<time>                          # each seed's final.pt, default targets
+    python evaluate.py run=runs/<date>/<time> checkpoint=best targets=[1000,2000,3000] episodes=20 video=true
+
+All targets and episodes of a seed run in one vectorized pass (targets x episodes envs in lockstep, each with
+its own return-to-go). Writes into the run folder: sweep_<checkpoint>.csv (a row per seed, target and episode),
+sweep_<checkpoint>.png (achieved against target normalized score) and, with video=true, one episode per
+target: seed<N>/sweep_<checkpoint>_<target>.mp4.
+"""
+import logging
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import hydra
+import numpy as np
+from hydra.utils import to_absolute_path
+from omegaconf import OmegaConf
+
+import core
+import utils
+from buffer import DatasetError, ReplayBuffer
+from cfgs import schema
+from cfgs.schema import ConfigError, EvaluateConfig
+from main import cli
+from utils import Run, RunError
+
+log = logging.getLogger(__name__)
+SWEEP_SEED_OFFSET = 200_000  # env seeds of seed s's sweep: 1000 s + 200 000 + i, apart from its training evals
+DEFAULT_TARGETS = np.linspace(0.25, 1.5, 8)  # times the env's target return
+
+
+def existing_run(folder):
+    """hydra.run.dir of evaluate.py: the run folder itself, which must hold a run (nothing is created)."""
+    if not Run(folder).holds_run():
+        raise ConfigError(f"run={folder}: no run there (no config.yaml); give a run folder such as "
+                          f"run=runs/<date>/<time>")
+    return folder
+
+
+OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, replace=True)
+
+
+def dataset_returns(train_cfg, env):
+    """The returns of the run's dataset's trajectories (its recorded file, else the file env + dataset name)."""
+    path = train_cfg.buffer.file
+    if not (path and Path(path).is_file()):
+        path = core.locate_dataset(OmegaConf.merge(train_cfg, {"buffer": {"file": None}}))
+    return ReplayBuffer.from_hdf5(path, *core.space_dims(env)).trajectories()[2]
+
+
+def sweep_targets(cfg, train_cfg, data_returns):
+    """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return."""
+    if cfg.targets is not None:
+        return np.array(cfg.targets, dtype=np.float64)
+    return np.unique(np.append(DEFAULT_TARGETS * train_cfg.env.target_return, data_returns.max()).round(1))
+
+
+def sweep_seed(model, train_cfg, seed, targets, episodes, record):
+    """One vectorized pass: returns (len(targets), episodes) and the recorded envs' frames."""
+    conditions = np.repeat(targets, episodes)  # env j is conditioned on targets[j // episodes]
+    returns, frames = core.rollout(model, train_cfg.env.id, len(conditions),
+                                   core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET, conditions,
+                                   train_cfg.buffer.reward_scale, record=record)
+    return returns.reshape(len(targets), episodes), frames
+
+
+def evaluate_run(cfg):
+    """The sweep of cfg.run: its CSV and figure in the run folder; returns the rows."""
+    run = Run(to_absolute_path(cfg.run))
+    train_cfg = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
+    OmegaConf.resolve(train_cfg)
+    name = f"{cfg.checkpoint}.pt"
+    seeds = [s for s in run.seeds() if run.policy_path(s, name).exists()]
+    if not seeds:
+        raise ConfigError(f"run={cfg.run}: no seed<N>/{name} there; evaluate a run that has trained "
+                          f"(best.pt is written at its first eval, final.pt at its end)")
+    env = gym.make(train_cfg.env.id)
+    data_returns = dataset_returns(train_cfg, env)
+    targets = sweep_targets(cfg, train_cfg, data_returns)
+    score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
+    record = [i * cfg.episodes for i in range(len(targets))] if cfg.video else []  # each target's first episode
+    started, rows = time.time(), []
+    for seed in seeds:
+        model = core.load_policy(run.policy_path(seed, name), train_cfg.env.id, utils.pick_device(cfg.device))
+        returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
+        rows += [{"seed": seed, "target": float(target), "episode": episode, "return": float(r),
+                  "score": float(score(r))}
+                 for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
+        for i, env_frames in frames.items():
+            run.save_video(seed, f"sweep_{cfg.checkpoint}_{targets[i // cfg.episodes]:g}.mp4", env_frames,
+                           fps=env.metadata["render_fps"])
+        log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
+    seconds = time.time() - started
+    run.save_table(f"sweep_{cfg.checkpoint}.csv", rows)
+    utils.plot_sweep(rows, score(data_returns), score, f"{core.run_title(train_cfg)}   ({run.name}, {name})",
+                     run.dir / f"sweep_{cfg.checkpoint}.png")
+    log.info("%d targets x %d episodes x %d seeds in %.0f s: %s", len(targets), cfg.episodes, len(seeds), seconds,
+             run.dir / f"sweep_{cfg.checkpoint}.csv")
+    return rows
+
+
+@hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
+def main(cfg):
+    try:
+        schema.check(cfg, EvaluateConfig)
+        if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
+            raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
+        evaluate_run(cfg)
+    except (ConfigError, DatasetError, RunError) as e:
+        log.error("%s", e)
+        raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli(main)
