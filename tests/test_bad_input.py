@@ -176,10 +176,19 @@ def wait_for_training(run_dir, timeout=120):
     raise AssertionError("training did not start")
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 100-step run, and the settings that made it."""
+    path = write_d4rl_file(tmp_path_factory.mktemp("data") / "hopper_medium-v2.hdf5")
+    longer = [f"buffer.path={path}", "seeds=[0]", "train.steps=100", "train.eval_every=50"]
+    run_dir = tmp_path_factory.mktemp("runs") / "whole"
+    run_entry("main.py", run_dir, *longer)
+    return run_dir, longer
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_checkpoints_the_current_step_and_tells_how_to_resume(hopper_file, tmp_path, sig):
-    longer = [f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=100", "train.eval_every=50"]
-    run_entry("main.py", tmp_path / "whole", *longer)
+def test_a_signal_checkpoints_the_current_step_and_tells_how_to_resume(uninterrupted, tmp_path, sig):
+    whole, longer = uninterrupted
     run_dir = tmp_path / "stopped"
     cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"hydra.run.dir={run_dir}", *longer]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=entry_env(), text=True,
@@ -196,7 +205,7 @@ def test_a_signal_checkpoints_the_current_step_and_tells_how_to_resume(hopper_fi
     assert torch.load(run_dir / "seed0" / "last.pt", weights_only=True)["progress"]["step"] == step
     run_entry("main.py", tmp_path / "unused", f"resume={run_dir}")
     for name in ["train.csv", "eval.csv"]:
-        assert (run_dir / "seed0" / name).read_text() == (tmp_path / "whole" / "seed0" / name).read_text(), name
+        assert (run_dir / "seed0" / name).read_text() == (whole / "seed0" / name).read_text(), name
 
 
 def test_main_mp_passes_sigterm_on_to_its_seeds_which_checkpoint(hopper_file, tmp_path):

@@ -8,6 +8,8 @@ from omegaconf import OmegaConf
 from core import evaluate, rollout
 from models import DecisionTransformer, DTConfig
 
+MAKE = gym.make  # before any test replaces it
+
 
 def fixed_policy(env_id):
     env = gym.make(env_id)
@@ -45,7 +47,9 @@ def test_normalized_score_uses_d4rl_reference_returns():
     assert result["score_mean"] == pytest.approx(expected)
 
 
-def test_video_shows_the_filmed_env_until_its_episode_ends():
+def test_video_shows_the_filmed_env_until_its_episode_ends(monkeypatch):
+    small = lambda *args, **kw: MAKE(*args, **kw, width=96, height=96) if "render_mode" in kw else MAKE(*args, **kw)  # noqa
+    monkeypatch.setattr(gym, "make", small)
     model = fixed_policy("Hopper-v4")
     _, alone = rollout(model, "Hopper-v4", 1, 0, 3600, 1000, record=[0])
     _, beside_others = rollout(model, "Hopper-v4", 3, 0, 3600, 1000, record=[0])
@@ -63,13 +67,38 @@ def robot_share(frame):
     return ((r > 100) & (r - b > 60) & (r > g)).mean()
 
 
-def test_the_tracking_camera_keeps_a_running_robot_in_the_middle_of_every_frame():
-    model = fixed_policy("HalfCheetah-v4")  # HalfCheetah never falls: 1000 steps, far from where it started
-    with torch.no_grad():
-        model.predict_action.bias.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]) * 5)  # a strong gait
-    _, frames = rollout(model, "HalfCheetah-v4", 1, 0, 6000, 1000, record=[0])
-    shares = np.array([robot_share(f) for f in frames[0]])
-    assert len(shares) == 1000 and shares.min() > 0.01, f"robot out of view in {np.sum(shares <= 0.01)} frames"
+class Gait(torch.nn.Module):
+    """A stand-in policy for rollout: a fixed rhythm of torques by timestep, which runs HalfCheetah backwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.state_dim, self.act_dim, self.context_len = 17, 6, 1
+        self.register_buffer("state_mean", torch.zeros(17))
+        self.embed_timestep = torch.nn.Embedding(1000, 1)
+
+    def forward(self, states, actions, returns_to_go, timesteps):
+        phase = torch.tensor([0.0, 1.5, 3.0, 0.0, 1.5, 3.0])
+        return torch.sin(0.8 * timesteps[..., None].float() + phase), None, None  # (n, k, 6)
+
+
+def filmed_shares(monkeypatch, camera):
+    """The robot's share of each frame's middle over a 150-step run, filmed by `camera` (None: the default)."""
+    def short_and_small(*args, **kw):
+        if "render_mode" in kw:
+            kw = {k: v for k, v in kw.items() if k != "camera_name"} | ({"camera_name": camera} if camera else {})
+            kw |= {"width": 96, "height": 96}  # the camera is what is tested, not the resolution
+        return MAKE(*args, **kw, max_episode_steps=150)
+
+    monkeypatch.setattr(gym, "make", short_and_small)
+    returns, frames = rollout(Gait(), "HalfCheetah-v4", 1, 0, 6000, 1000, record=[0])
+    assert returns[0] < -150, "the gait ran several metres (backwards)"
+    return np.array([robot_share(f) for f in frames[0]])
+
+
+def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_camera_loses_it(monkeypatch):
+    tracked = filmed_shares(monkeypatch, "track")  # what rollout films with
+    assert len(tracked) == 150 and tracked.min() > 0.01, f"robot out of view in {np.sum(tracked <= 0.01)} frames"
+    assert filmed_shares(monkeypatch, None)[-1] <= 0.01, "without tracking the robot leaves the picture"
 
 
 @pytest.mark.parametrize("episodes", [1, 2])
