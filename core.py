@@ -151,11 +151,11 @@ def to_device(arrays, device):
 LOSSES = ("loss", "action_mse", "state_mse", "rtg_mse")  # what train_step returns, in this order
 
 
-def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
-    """Forward, masked action MSE (+ the auxiliary losses), backward, clip, AdamW.
+def losses(model, batch, train_cfg, precision):
+    """The losses (4,): total, action MSE, next-state MSE and next return-to-go MSE (0 where that loss is off).
 
-    Returns the detached losses (4,): the total, the action MSE, the next-state MSE and the next
-    return-to-go MSE (0 where that auxiliary loss is off).
+    The auxiliary targets are the next step's state (normalized) and return-to-go, read from the a_t token:
+    step t's prediction counts where step t + 1 is real (mask[:, 1:]), not where it is padding.
     """
     states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
     aux_state, aux_rtg = train_cfg.aux_state_coef, train_cfg.aux_rtg_coef
@@ -171,12 +171,18 @@ def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
     if aux_rtg:  # g_{t+1} from the a_t token: (B, K-1, 1)
         rtg_mse = masked_mse(return_preds[:, :-1], returns_to_go[:, 1:], mask[:, 1:])
         loss = loss + aux_rtg * rtg_mse
+    return torch.stack((loss, action_mse, state_mse, rtg_mse))
+
+
+def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
+    """Forward, the losses, backward, clip, AdamW; returns the detached losses (4,) of `losses`."""
+    step_losses = losses(model, batch, train_cfg, precision)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    step_losses[0].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
     optimizer.step()
     scheduler.step()
-    return torch.stack((loss, action_mse, state_mse, rtg_mse)).detach()
+    return step_losses.detach()
 
 
 def train(cfg, seed, run):

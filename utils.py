@@ -308,9 +308,18 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
     run_dir = Path(run_dir)
     seed_dirs = sorted(run_dir.glob("seed*"))
     evals = mean_std_over_seeds([read_csv(d / "eval.csv") for d in seed_dirs], "return_mean")
-    losses = mean_std_over_seeds([read_csv(d / "train.csv") for d in seed_dirs], "loss")
+    train = [read_csv(d / "train.csv") for d in seed_dirs]
+    columns = [c for c in ("loss", "action_mse", "state_mse", "rtg_mse")  # each loss that is on, apart
+               if any(c in t and t[c].any() for t in train)]
+    labels = {"loss": "training loss" if len(columns) == 1 else "total loss", "action_mse": "action MSE",
+              "state_mse": "next-state MSE", "rtg_mse": "next return-to-go MSE"}
+    curves = [("return", evals, "eval return", "C0")]
+    curves += [("loss", mean_std_over_seeds([t for t in train if c in t], c), labels[c], f"C{i + 1}")
+               for i, c in enumerate(columns)]
     fig, (ax_ret, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, curve, label, color in ((ax_ret, evals, "eval return", "C0"), (ax_loss, losses, "training loss", "C1")):
+    axes = {"return": ax_ret, "loss": ax_loss}
+    for ax_key, curve, label, color in curves:
+        ax = axes[ax_key]
         if curve is None:
             continue
         steps, mean, std, counts = curve

@@ -148,3 +148,36 @@ def test_dropout_drops_the_configured_share_and_keeps_the_mean():
     assert abs((y == 0).float().mean().item() - 0.1) < 0.002
     assert abs(y.mean().item() - 1.0) < 0.005
     assert torch.equal(dropout.eval()(torch.ones(3)), torch.ones(3))
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in model whose predictions are given: the true next step where it is real, 99 elsewhere."""
+
+    def __init__(self, state_preds, return_preds):
+        super().__init__()
+        self.state_preds, self.return_preds = state_preds, return_preds
+
+    def norm_state(self, states):
+        return states / 2.0
+
+    def forward(self, states, actions, returns_to_go, timesteps, predict_next=False):
+        assert predict_next, "the auxiliary losses ask for the a_t tokens"
+        return actions, self.state_preds, self.return_preds
+
+
+def test_the_auxiliary_targets_are_the_next_step_shifted_by_one_and_masked_past_the_end():
+    from omegaconf import OmegaConf
+
+    import core
+    B, T = 2, 5
+    states, returns_to_go = torch.randn(B, T, 3), torch.randn(B, T, 1)
+    mask = torch.tensor([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 1]])  # the first trajectory ends at step 2
+    state_preds, return_preds = torch.full((B, T, 3), 99.0), torch.full((B, T, 1), 99.0)
+    for b, last in ((0, 2), (1, 4)):  # step t predicts step t + 1, for every t whose t + 1 is real
+        state_preds[b, :last], return_preds[b, :last] = states[b, 1:last + 1] / 2.0, returns_to_go[b, 1:last + 1]
+    batch = (states, torch.rand(B, T, 2), returns_to_go, torch.zeros(B, T, dtype=torch.long), mask)
+    train_cfg = OmegaConf.create({"aux_state_coef": 0.5, "aux_rtg_coef": 2.0})
+    loss, action_mse, state_mse, rtg_mse = core.losses(Oracle(state_preds, return_preds), batch, train_cfg, "fp32")
+    assert action_mse == 0 and state_mse == 0 and rtg_mse == 0 and loss == 0
+    return_preds[0, 1] += 1.0  # a real next step (step 2) predicted wrong: one of the 6 counted steps
+    assert core.losses(Oracle(state_preds, return_preds), batch, train_cfg, "fp32")[3] == pytest.approx(1 / 6)

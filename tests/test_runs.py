@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,3 +221,20 @@ def test_evaluate_py_needs_a_checkpoint(hopper_file, tmp_path):
     (tmp_path / "seed0" / "best.pt").unlink()
     result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and f"run={tmp_path}: no seed<N>/best.pt there" in result.stderr
+
+
+def test_a_runs_own_config_yaml_runs_again_as_a_new_run(main_run, tmp_path):
+    run_dir, _ = main_run
+    cmd = [sys.executable, str(ROOT / "main.py"), "--config-path", str(run_dir), "--config-name", "config",
+           f"hydra.run.dir={tmp_path / 'again'}", "seeds=[0]"]
+    subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
+    assert read(tmp_path / "again" / "seed0" / "train.csv") == read(run_dir / "seed0" / "train.csv")
+
+
+def test_each_auxiliary_loss_is_logged_in_its_own_column(hopper_file, tmp_path):
+    run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=10",
+              "train.aux_state_coef=0.5", "train.aux_rtg_coef=2")
+    rows = utils.read_csv(tmp_path / "seed0" / "train.csv")
+    assert list(rows) == ["step", "loss", "action_mse", "state_mse", "rtg_mse", "lr"]
+    np.testing.assert_allclose(rows["loss"], rows["action_mse"] + 0.5 * rows["state_mse"] + 2 * rows["rtg_mse"],
+                               rtol=1e-5)
