@@ -18,10 +18,9 @@ import main
 import report
 from cfgs import schema
 from cfgs.schema import ConfigError
-from conftest import ROOT, TINY, compose, entry_env, run_entry, write_d4rl_file
+from conftest import CRASH_ENV, ROOT, TINY, compose, entry_env, run_entry, write_d4rl_file
 from utils import Run, RunError
 
-CRASH_ENV = {"PYTHONPATH": str(ROOT / "tests" / "fault_injection")}
 
 
 def error_line(result):
