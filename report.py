@@ -39,6 +39,8 @@ def load_run(path):
                          f"resume={path} writes it again") from None
     config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     config.pop("defaults", None)
+    if config.get("buffer", {}).get("file"):  # the file's name: its folder is the machine's, not the run's
+        config["buffer"]["file"] = Path(config["buffer"]["file"]).name
     return {"dir": run_dir.resolve(), "label": "/".join(run_dir.resolve().parts[-2:]), "config": flatten(config),
             "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
 

@@ -137,3 +137,15 @@ def test_without_out_the_report_never_replaces_an_existing_file(tmp_path, monkey
     report.main([str(run)])
     assert (tmp_path / "report.md").read_text() == "my notes"
     assert (tmp_path / "report-1.md").exists() and (tmp_path / "report-1.pdf").exists()
+
+
+def test_the_report_names_the_dataset_file_without_the_machines_folders(tmp_path):
+    first, second = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    make_run(first, HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
+    make_run(second, HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
+    for run, folder in ((first, "/home/me/data"), (second, "/scratch/data")):
+        config = OmegaConf.load(run / "config.yaml")
+        config.buffer.file = f"{folder}/hopper_medium-v2.hdf5"
+        OmegaConf.save(config, run / "config.yaml")
+    report.main([str(first), str(second), "--out", str(tmp_path / "report")])
+    assert "/home/me" not in (tmp_path / "report.md").read_text() and "/scratch" not in (tmp_path / "report.md").read_text()
