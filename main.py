@@ -39,7 +39,13 @@ def run_folder(resume):
     return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
 
 
+def sweep_folder():
+    """hydra.sweep.dir of a multirun (a study): a new, unique runs/<date>/<time>-sweep; its jobs are run folders."""
+    return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S-sweep"))
+
+
 OmegaConf.register_new_resolver("run_dir", run_folder, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("sweep_dir", sweep_folder, use_cache=True, replace=True)
 
 
 def shown(path):
@@ -73,8 +79,8 @@ def prepare(cfg):
     if not (cfg.resume and cfg.buffer.file):  # one download before the seeds; the run records the file it read
         cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())
     run.save_config(schema.to_yaml(cfg))
-    log.info("%s %s: %s-%s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
-             cfg.env.name, cfg.buffer.dataset, list(cfg.seeds), device, cfg.train.precision)
+    log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
+             core.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
     return cfg, run
 
 

@@ -138,10 +138,12 @@ class EvaluateConfig:
     device: str = ruled("cpu", DEVICE)
 
 
-# Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir
-# resolver). Both cfgs/config.yaml and every run's saved config.yaml name it in their defaults, so a saved
+# Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir and
+# sweep_dir resolvers). Both cfgs/config.yaml and every run's saved config.yaml name it in their defaults, so a saved
 # config re-runs as it is: python main.py --config-path runs/<date>/<time> --config-name config
 RUN_FOLDER = {"run": {"dir": "${run_dir:${resume}}"},
+              # a multirun (-m, a study): runs/<date>/<time>-sweep/<job number>/, each a run folder
+              "sweep": {"dir": "${sweep_dir:}", "subdir": "${hydra.job.num}"},
               "job": {"name": "main",  # the log is main.log (main_mp.py: and each seed's seed<N>/train.log)
                       "chdir": True},  # work inside the run folder (stray files such as MUJOCO_LOG.TXT land there)
               "output_subdir": None}  # no .hydra/ copies: config.yaml is the run's record

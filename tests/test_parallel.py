@@ -1,9 +1,13 @@
-"""main_mp.py: the seeds in parallel processes write what main.py writes; a crashed seed keeps the others."""
+"""Parallel work: main_mp.py's seed processes write what main.py writes, a crashed seed keeps the others; a
+multirun study puts one run folder per setting under runs/."""
 import json
+import subprocess
+import sys
 
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import CRASH_ENV, run_entry
+from conftest import CRASH_ENV, ROOT, TINY, entry_env, run_entry
 
 SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
 
@@ -28,3 +32,13 @@ def test_main_mp_reports_a_crashed_seed_and_keeps_the_others(hopper_file, tmp_pa
     log = read(tmp_path / "main.log")
     assert ("injected crash in seed 1" if how == "raise" else "killed (exit code -9)") in log
     assert json.loads(read(tmp_path / "summary.json"))["missing_seeds"] == [1] and (tmp_path / "results.png").exists()
+
+
+def test_a_multirun_study_puts_one_run_folder_per_setting_under_runs(hopper_file, tmp_path):
+    cmd = [sys.executable, str(ROOT / "main.py"), "-m", *TINY, f"buffer.path={hopper_file}", "seeds=[0]",
+           "train.steps=5", "buffer.top_percent=50,100"]
+    subprocess.run(cmd, cwd=tmp_path, env=entry_env(), capture_output=True, check=True, timeout=300)
+    (sweep,) = tmp_path.glob("runs/*/*-sweep")
+    percents = [OmegaConf.load(sweep / job / "config.yaml").buffer.top_percent for job in ("0", "1")]
+    assert percents == [50.0, 100.0] and all((sweep / job / "summary.json").exists() for job in ("0", "1"))
+    assert not (tmp_path / "multirun").exists()
