@@ -208,8 +208,8 @@ def train(cfg, seed, run):
     loss_sums = torch.tensor(progress.get("loss_sums", [0.0] * len(LOSSES)), device=device)
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
              len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
-    logged = ("loss", "action_mse", "state_mse", "rtg_mse") if cfg.train.aux_state_coef or cfg.train.aux_rtg_coef \
-        else ("loss",)  # the total alone when it is the action MSE
+    aux = cfg.train.aux_state_coef or cfg.train.aux_rtg_coef
+    logged = LOSSES if aux else LOSSES[:1]  # without auxiliary losses the total is the action MSE
 
     started, seconds_before = time.time(), progress["seconds"]
     model.train()
