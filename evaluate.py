@@ -104,7 +104,7 @@ def evaluate_run(cfg):
 @hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
 def main(cfg):
     try:
-        schema.check(cfg, EvaluateConfig)
+        schema.check_fields(EvaluateConfig, cfg)
         if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
         evaluate_run(cfg)

@@ -153,11 +153,9 @@ ConfigStore.instance().store(name="run_folder", node=RUN_FOLDER, package="hydra"
 ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
-def check(cfg, schema=None):
-    """Raise ConfigError naming the first field whose value cannot work."""
-    check_fields(schema or Config, cfg, "")
-    if schema is not None:
-        return
+def check(cfg):
+    """Raise ConfigError naming the first field of a training config whose value cannot work."""
+    check_fields(Config, cfg)
     pairs = [("train.eval_every", "train.log_every"), ("train.checkpoint_every", "train.log_every")]
     for field_name, unit in pairs:  # so that no checkpoint holds an unchecked loss
         value, step = OmegaConf.select(cfg, field_name), OmegaConf.select(cfg, unit)
@@ -172,7 +170,8 @@ def check(cfg, schema=None):
         raise ConfigError(f"env.ref_max_score={cfg.env.ref_max_score}: must exceed env.ref_min_score")
 
 
-def check_fields(schema, node, prefix):
+def check_fields(schema, node, prefix=""):
+    """Raise ConfigError naming the first field of `node` that breaks its rule in the dataclass `schema`."""
     for f in fields(schema):
         value = node[f.name]
         if is_dataclass(f.type):
