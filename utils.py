@@ -2,7 +2,6 @@
 import csv
 import io
 import json
-import logging
 import os
 import random
 import signal
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
 
 
 def normalized_score(returns, ref_min, ref_max):
