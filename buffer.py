@@ -1,4 +1,4 @@
-"""D4RL hdf5 files -> transitions -> trajectories -> (B, K, .) training batches.
+"""D4RL hdf5 files or Minari datasets -> transitions -> trajectories -> (B, K, .) training batches.
 
     python buffer.py [files ...] [--out dataset_returns.png] [--standin]   # trajectory-return histograms
                                                    # of the files (default: every file in $D4RL_DATASET_DIR)
@@ -130,6 +130,30 @@ def find_dataset(env, dataset, obs_dim, act_dim):
 
 
 # ---------------------------------------------------------------------------------------------
+# Minari datasets (D4RL's maintained successor): ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's -v5 envs
+
+
+def minari_facts(dataset_id):
+    """What a run takes from a local Minari dataset: its data folder, its env's id and its reference scores.
+
+    The normalized score then uses Minari's scale (0: a random policy, 100: Minari's expert policy, both in -v5).
+    """
+    import minari
+    try:
+        dataset = minari.load_dataset(dataset_id)
+    except FileNotFoundError:
+        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        raise DatasetError(f"Minari dataset {dataset_id} is not in {root} (MINARI_DATASETS_PATH): fetch it with "
+                           f"`minari download {dataset_id}`") from None
+    metadata, spec = dataset.storage.metadata, dataset.spec.env_spec
+    if spec is None or "ref_min_score" not in metadata or "ref_max_score" not in metadata:
+        raise DatasetError(f"Minari dataset {dataset_id} lacks its env spec or reference scores (ref_min_score, "
+                           f"ref_max_score): the normalized score needs them")
+    return {"file": str(dataset.storage.data_path), "env_id": spec.id,
+            "ref_min_score": float(metadata["ref_min_score"]), "ref_max_score": float(metadata["ref_max_score"])}
+
+
+# ---------------------------------------------------------------------------------------------
 # Transitions and trajectories
 
 
@@ -148,6 +172,20 @@ class ReplayBuffer:
         ends = data["terminals"].astype(bool) | data["timeouts"].astype(bool)
         return cls(data["observations"].astype(np.float32), data["actions"].astype(np.float32),
                    data["rewards"].astype(np.float32), ends, str(path))
+
+    @classmethod
+    def from_minari(cls, folder, obs_dim, act_dim):
+        """The episodes of a Minari dataset's data folder back to back (each episode's final observation dropped)."""
+        import minari
+        episodes = list(minari.MinariDataset(folder).iterate_episodes())
+        observations = np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32)  # (N, obs)
+        actions = np.concatenate([e.actions for e in episodes]).astype(np.float32)  # (N, act)
+        if observations.shape[1:] != (obs_dim,) or actions.shape[1:] != (act_dim,):
+            raise DatasetError(f"{folder}: observations {observations.shape[1:]} and actions {actions.shape[1:]} do "
+                               f"not fit this env (observation dim {obs_dim}, action dim {act_dim})")
+        ends = np.concatenate([np.arange(len(e.rewards)) == len(e.rewards) - 1 for e in episodes])  # (N,)
+        rewards = np.concatenate([e.rewards for e in episodes]).astype(np.float32)
+        return cls(observations, actions, rewards, ends, str(folder))
 
     def __len__(self):
         return len(self.rewards)

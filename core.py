@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from buffer import ReplayBuffer, SequenceBuffer, find_dataset
+from buffer import ReplayBuffer, SequenceBuffer, find_dataset, minari_facts
 from cfgs.schema import ConfigError
 from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
 
@@ -40,14 +40,15 @@ def masked_mse(pred, target, mask):
 
 
 @torch.inference_mode()
-def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=()):
+def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(), max_steps=None):
     """Run `num_envs` episodes in lockstep (env i seeded seed + i), each conditioned on its target return.
 
     target_return: one number for all envs, or one per env (num_envs,). record: the envs to film, through the
-    env's tracking camera. Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
+    env's tracking camera. max_steps: the episodes' time limit (default: the env's, 1000 for D4RL's envs).
+    Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
-    make = [partial(gym.make, env_id, render_mode="rgb_array", camera_name="track") if i in record
-            else partial(gym.make, env_id) for i in range(num_envs)]
+    make = [partial(gym.make, env_id, max_episode_steps=max_steps, render_mode="rgb_array", camera_name="track")
+            if i in record else partial(gym.make, env_id, max_episode_steps=max_steps) for i in range(num_envs)]
     envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     max_len = envs.envs[0].spec.max_episode_steps
     device, K = model.state_mean.device, model.context_len
@@ -86,7 +87,7 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
 def evaluate(model, cfg, episodes, seed, vectorized=True):
     """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ..."""
     play = partial(rollout, model, cfg.env.id, target_return=cfg.eval.target_return,
-                   reward_scale=cfg.buffer.reward_scale)
+                   reward_scale=cfg.buffer.reward_scale, max_steps=cfg.env.max_episode_len)
     if vectorized:
         returns, _ = play(num_envs=episodes, seed=seed)
     else:
@@ -105,23 +106,34 @@ def space_dims(env):
 
 
 def locate_dataset(cfg):
-    """buffer.path, or the D4RL file of env + dataset (downloaded when missing)."""
-    return cfg.buffer.path or find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
+    """buffer.path, the Minari dataset's folder, or the D4RL file of env + dataset (downloaded when missing)."""
+    if cfg.buffer.path:
+        return cfg.buffer.path
+    if cfg.buffer.source == "minari":
+        return minari_facts(cfg.buffer.dataset)["file"]
+    return find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
+
+
+def load_replay(cfg, env):
+    """The transitions of the run's dataset (its recorded file, else the one env + dataset name), checked."""
+    source = cfg.buffer.file or locate_dataset(cfg)
+    read = ReplayBuffer.from_minari if cfg.buffer.source == "minari" else ReplayBuffer.from_hdf5
+    replay = read(source, *space_dims(env))
+    replay.check(env.action_space.low, env.action_space.high)
+    return replay
 
 
 def load_data(cfg, env):
-    """The SequenceBuffer of the run's dataset file, checked against the env's spaces and action bounds."""
-    replay = ReplayBuffer.from_hdf5(cfg.buffer.file or locate_dataset(cfg), *space_dims(env))
-    replay.check(env.action_space.low, env.action_space.high)
-    return SequenceBuffer(replay, cfg.buffer.context_len, cfg.buffer.reward_scale, cfg.env.max_episode_len,
-                          cfg.buffer.sample_by, cfg.buffer.top_percent)
+    """The SequenceBuffer of the run's dataset, checked against the env's spaces and action bounds."""
+    return SequenceBuffer(load_replay(cfg, env), cfg.buffer.context_len, cfg.buffer.reward_scale,
+                          cfg.env.max_episode_len, cfg.buffer.sample_by, cfg.buffer.top_percent)
 
 
 def build_model(cfg, data, env):
     """The configured model for this env's spaces, holding the dataset's state statistics and the action bounds."""
     config = DTConfig(*space_dims(env), context_len=cfg.buffer.context_len, max_timestep=cfg.env.max_episode_len,
                       embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
-                      dropout=cfg.model.dropout)
+                      dropout=cfg.model.dropout, condition_on_return=cfg.model.condition_on_return)
     return MODELS[cfg.model.implementation](config, state_mean=data.state_mean, state_std=data.state_std,
                                             action_low=env.action_space.low, action_high=env.action_space.high)
 
@@ -212,40 +224,48 @@ def train(cfg, seed, run):
     logged = LOSSES if aux else LOSSES[:1]  # without auxiliary losses the total is the action MSE
 
     started, seconds_before = time.time(), progress["seconds"]
-    model.train()
-    bar = tqdm(total=cfg.train.steps, initial=progress["step"], desc=f"seed {seed}", mininterval=2, disable=None)
-    for step in range(progress["step"] + 1, cfg.train.steps + 1):
-        batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
-        lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        loss_sums += train_step(model, optimizer, scheduler, batch, cfg.train, precision)
-        bar.update()
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:  # the last interval may be shorter
-            steps_logged = step - (progress["train"][-1]["step"] if progress["train"] else 0)
-            means = {k: v / steps_logged for k, v in zip(LOSSES, loss_sums.tolist())}  # one host sync per interval
-            loss_sums.zero_()
-            check_finite(means["loss"], seed, step, run)
-            progress["train"].append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
-            bar.set_postfix(loss=f"{means['loss']:.4f}")
-        evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
-        if evaluated:
-            model.eval()
-            result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
-            model.train()
-            progress["eval"].append({"step": step, **result})
-            log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
-                     progress["train"][-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
-            if result["score_mean"] > progress["best_score"]:
-                progress["best_score"] = result["score_mean"]
-                run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
-        stop = utils.stop_requested()
-        if evaluated or step % cfg.train.checkpoint_every == 0 or stop:
-            progress.update(step=step, seconds=seconds_before + time.time() - started, loss_sums=loss_sums.tolist())
-            run.save_state(seed, model, optimizer, scheduler, rng, progress)
-            run.plot(run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
-        if stop:
-            raise utils.Interrupted(f"seed {seed} stopped by {stop} at step {step}; its checkpoint is written")
-    bar.close()
-    return finish(model, cfg, env, seed, run, seconds_before + time.time() - started)
+    with run.tracker(seed, cfg, progress["step"]) as tracker:
+        model.train()
+        bar = tqdm(total=cfg.train.steps, initial=progress["step"], desc=f"seed {seed}", mininterval=2, disable=None)
+        for step in range(progress["step"] + 1, cfg.train.steps + 1):
+            batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
+            loss_sums += train_step(model, optimizer, scheduler, batch, cfg.train, precision)
+            bar.update()
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:  # the last interval may be shorter
+                steps_logged = step - (progress["train"][-1]["step"] if progress["train"] else 0)
+                means = {k: v / steps_logged for k, v in zip(LOSSES, loss_sums.tolist())}  # one sync per interval
+                loss_sums.zero_()
+                check_finite(means["loss"], seed, step, run)
+                progress["train"].append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
+                tracker.log("train", progress["train"][-1])
+                bar.set_postfix(loss=f"{means['loss']:.4f}")
+            evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
+            if evaluated:
+                model.eval()
+                result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
+                model.train()
+                progress["eval"].append({"step": step, **result})
+                tracker.log("eval", progress["eval"][-1])
+                log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
+                         progress["train"][-1]["loss"], result["return_mean"], result["return_std"],
+                         result["score_mean"])
+                if result["score_mean"] > progress["best_score"]:
+                    progress["best_score"] = result["score_mean"]
+                    run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
+            stop = utils.stop_requested()
+            if evaluated or step % cfg.train.checkpoint_every == 0 or stop:
+                progress.update(step=step, seconds=seconds_before + time.time() - started,
+                                loss_sums=loss_sums.tolist())
+                run.save_state(seed, model, optimizer, scheduler, rng, progress)
+            if evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
+                run.plot(run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+            if stop:
+                raise utils.Interrupted(f"seed {seed} stopped by {stop} at step {step}; its checkpoint is written")
+        bar.close()
+        summary = finish(model, cfg, env, seed, run, seconds_before + time.time() - started)
+        tracker.log("final", {"step": cfg.train.steps, **summary})
+    return summary
 
 
 def check_finite(loss, seed, step, run):
@@ -268,7 +288,7 @@ def finish(model, cfg, env, seed, run, train_seconds):
     if cfg.eval.video:
         try:
             _, frames = rollout(model, cfg.env.id, 1, final_seed, cfg.eval.target_return, cfg.buffer.reward_scale,
-                                record=[0])
+                                record=[0], max_steps=cfg.env.max_episode_len)
             run.save_video(seed, "video.mp4", frames[0], fps=env.metadata["render_fps"])
         except Exception as e:  # the scores stand without the video
             log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)
@@ -279,5 +299,7 @@ def finish(model, cfg, env, seed, run, train_seconds):
 
 
 def run_title(cfg):
-    """'hopper-medium', or the env and the file name for buffer.path."""
+    """'hopper-medium', 'hopper-medium-v0 (minari)', or the env and the file name for buffer.path."""
+    if cfg.buffer.source == "minari":
+        return f"{cfg.buffer.dataset.split('/')[-1]} (minari, {cfg.env.id})"
     return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"

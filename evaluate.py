@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 import core
 import utils
-from buffer import DatasetError, ReplayBuffer
+from buffer import DatasetError
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from main import cli
@@ -44,10 +44,9 @@ OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, re
 
 def dataset_returns(train_cfg, env):
     """The returns of the run's dataset's trajectories (its recorded file, else the file env + dataset name)."""
-    path = train_cfg.buffer.file
-    if not (path and Path(path).is_file()):
-        path = core.locate_dataset(OmegaConf.merge(train_cfg, {"buffer": {"file": None}}))
-    return ReplayBuffer.from_hdf5(path, *core.space_dims(env)).trajectories()[2]
+    if train_cfg.buffer.file and not Path(train_cfg.buffer.file).exists():
+        train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": None}})
+    return core.load_replay(train_cfg, env).trajectories()[2]
 
 
 def sweep_targets(cfg, train_cfg, data_returns):
@@ -62,7 +61,7 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     conditions = np.repeat(targets, episodes)  # env j is conditioned on targets[j // episodes]
     returns, frames = core.rollout(model, train_cfg.env.id, len(conditions),
                                    core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET, conditions,
-                                   train_cfg.buffer.reward_scale, record=record)
+                                   train_cfg.buffer.reward_scale, record, train_cfg.env.max_episode_len)
     return returns.reshape(len(targets), episodes), frames
 
 

@@ -14,18 +14,22 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
 import utils
-from buffer import DatasetError
+from buffer import DatasetError, minari_facts
 from cfgs import schema
 from cfgs.schema import ConfigError
 from utils import Interrupted, Run, RunError
 
 log = logging.getLogger(__name__)
+# A launcher's job (submitit: Slurm, or local) unpickles this module in a new interpreter: it finds the project here
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).resolve().parent),
+                                                         os.environ.get("PYTHONPATH"))))
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
 
 
@@ -61,6 +65,9 @@ def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
+    if not cfg.resume and run.holds_run() and requeued_job(cfg, run):
+        log.info("%s: this job's own folder (its launcher requeued it): resuming it", shown(run.dir))
+        cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
     elif run.holds_run():
@@ -68,10 +75,15 @@ def prepare(cfg):
                        f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
     if cfg.buffer.path:
         cfg.buffer.path = to_absolute_path(cfg.buffer.path)
-    if "D4RL_DATASET_DIR" in os.environ:  # relative to where the user started, not the run folder
-        os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
+    for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):  # relative to where the user started
+        if variable in os.environ:
+            os.environ[variable] = to_absolute_path(os.environ[variable])
     OmegaConf.resolve(cfg)
     schema.check(cfg)
+    if cfg.buffer.source == "minari" and not cfg.resume:  # the env and the score's scale are the dataset's
+        facts = minari_facts(cfg.buffer.dataset)
+        cfg.env.id, cfg.env.ref_min_score, cfg.env.ref_max_score = (facts["env_id"], facts["ref_min_score"],
+                                                                    facts["ref_max_score"])
     if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
         raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
     device = utils.pick_device(cfg.device)
@@ -82,6 +94,26 @@ def prepare(cfg):
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              core.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
     return cfg, run
+
+
+def requeued_job(cfg, run):
+    """Is `run` this multirun job's own earlier attempt (submitit requeues a preempted job into its folder)?"""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    saved, fresh = schema.upgrade(OmegaConf.load(run.config_path())), OmegaConf.to_container(cfg, resolve=True)
+    if fresh["buffer"]["path"]:
+        fresh["buffer"]["path"] = to_absolute_path(fresh["buffer"]["path"])
+    for config in (saved, fresh):  # what prepare() fills in
+        config["buffer"]["file"] = config["train"]["precision"] = config["resume"] = None
+        config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
+    return saved == fresh
+
+
+def parallel_jobs():
+    """How many jobs of this multirun share the machine (Hydra's joblib launcher: n_jobs); else 1."""
+    hydra_cfg = HydraConfig.get()
+    n_jobs = hydra_cfg.launcher.get("n_jobs", 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
+    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib: -1 = every core
 
 
 def resumed_config(cfg, run, overrides):
@@ -123,7 +155,7 @@ def main(cfg):
         raise SystemExit(f"error: {e}")
     except FATAL as e:
         fail(f"error: {e}")
-    utils.set_torch_threads(num_processes=1)
+    utils.set_torch_threads(num_processes=parallel_jobs())
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
     for seed in cfg.seeds:
@@ -133,6 +165,7 @@ def main(cfg):
             fail(f"error: {e}")
         except Interrupted as e:
             summarize(cfg, run)
+            utils.requeue_if_preempted()
             fail(f"interrupted: {e}. Resume with: {resume}", code=utils.interrupted_exit_code())
         except core.NonFiniteLossError as e:
             log.error("%s", e)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 import core
 import utils
-from main import FATAL, cli, fail, prepare, shown, summarize
+from main import FATAL, cli, fail, parallel_jobs, prepare, shown, summarize
 from utils import Interrupted, Run, RunError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def main(cfg):
         fail(f"error: {e}")
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
-    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), len(cfg.seeds)),
+    processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
+    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes),
                                name=f"seed{seed}") for seed in cfg.seeds}
     for p in procs.values():
         p.start()
@@ -91,6 +92,7 @@ def main(cfg):
     summarize(cfg, run)
     resume = f"Resume with: python main_mp.py resume={shown(run.dir)}"
     if utils.stop_requested() or any(code > 128 for code in ended.values()):
+        utils.requeue_if_preempted()
         fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
              code=utils.interrupted_exit_code() if utils.stop_requested() else 128 + signal.SIGTERM)
     stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)

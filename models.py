@@ -95,6 +95,7 @@ class DTConfig:
     n_layers: int = 3
     n_heads: int = 1
     dropout: float = 0.1
+    condition_on_return: bool = True  # False: the return-to-go input is zeroed, a behaviour-cloning transformer
 
 
 class DecisionTransformer(nn.Module):
@@ -158,6 +159,8 @@ class DecisionTransformer(nn.Module):
         predictions (B, K, 1); else None for both, and the last block computes the s_t tokens only.
         """
         B, K, _ = states.shape
+        if not self.config.condition_on_return:  # plain BC: every g_t token is the same, it carries no return
+            returns_to_go = torch.zeros_like(returns_to_go)
         time = self.embed_timestep(timesteps)  # (B, K, H)
         g = self.embed_return(returns_to_go) + time  # (B, K, H)
         s = self.embed_state(self.norm_state(states)) + time  # (B, K, H)

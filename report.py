@@ -1,26 +1,44 @@
-"""Gather finished runs into one report: report.pdf and its markdown twin report.md.
+"""Gather finished runs into one report: report.pdf (typeset with typst) and its markdown twin report.md.
 
-    python report.py runs/2026-11-24/07-49-18 runs/2026-11-24/09-12-03
-    python report.py runs/<date>/<time> --out results/hopper      # results/hopper.pdf, .md, _loss.png
-    python report.py runs/<date>/<time> --standin                 # scores on stand-in data, labelled so
+    python report.py runs/<date>/<time> [runs/<date>/<time> ...] --standin --out gallery/report
+    python report.py runs/<date>/<time>-sweep/*                   # a study: a table and a figure per task
+    python report.py ... --datasets gallery/dataset_returns.png --findings gallery/findings.md
+
+The report holds: the results table against the assignment's bars and the DT paper; what differs between the
+runs' configs; each run's figure; the datasets' return histograms (--datasets); each run's return-to-go sweep
+(evaluate.py's sweep_final.csv/png); each study (runs of one task whose configs differ: the score per setting
+beside the default one, with what the numbers say); and the findings (--findings: a markdown file of
+headings, paragraphs and bullet lists). It names runs by <date>/<time>, never by a path of the machine.
 """
 import argparse
 import io
 import json
 import os
+import re
+import shutil
+import tempfile
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 import utils  # noqa: E402
+from cfgs import schema  # noqa: E402
 
 ENV_CONFIGS = Path(__file__).resolve().parent / "cfgs" / "env"  # assignment_bar, dt_paper_score per dataset
 RESULT_COLUMNS = ["run", "env-dataset", "seeds", "final score", "best eval (step)", "bar", "pass", "DT paper"]
+# config keys that do not make a study's setting: bookkeeping, and the env's facts the report compares with
+NOT_A_SETTING = ("resume", "seeds", "buffer.file", "device", "eval.video", "logger", "wandb.", "env.assignment_bar",
+                 "env.dt_paper_score")
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
 
 
 def load_run(path):
@@ -37,8 +55,11 @@ def load_run(path):
     except json.JSONDecodeError as e:
         raise SystemExit(f"error: {run_dir / 'summary.json'} is empty or not JSON ({e}): python main.py "
                          f"resume={path} writes it again") from None
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    config.pop("defaults", None)
+    config = schema.upgrade(OmegaConf.load(run_dir / "config.yaml"))
+    try:  # in today's keys, so that runs of older code differ only where their settings do
+        config = OmegaConf.to_container(schema.typed(config))
+    except schema.ConfigError:
+        pass
     if config.get("buffer", {}).get("file"):  # the file's name: its folder is the machine's, not the run's
         config["buffer"]["file"] = Path(config["buffer"]["file"]).name
     return {"dir": run_dir.resolve(), "label": "/".join(run_dir.resolve().parts[-2:]), "config": flatten(config),
@@ -56,10 +77,29 @@ def flatten(tree, prefix=""):
     return flat
 
 
+def task(run):
+    return f"{run['summary']['env']}-{Path(run['summary']['dataset']).stem}"
+
+
+def env_facts(env):
+    path = ENV_CONFIGS / f"{env}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
+
+
 def seed_curve(run, csv_name, key):
     """steps, mean over seeds of column `key` of seed*/csv_name; None if no seed has it."""
-    curve = utils.mean_std_over_seeds([utils.read_csv(d / csv_name) for d in run["seed_dirs"]], key)
+    tables = [utils.read_csv(d / csv_name) for d in run["seed_dirs"]]
+    curve = utils.mean_std_over_seeds([t for t in tables if key in t], key)
     return None if curve is None else curve[:2]
+
+
+def score_text(scores):
+    """'60.0 ± 1.6' over seeds; no std over one seed."""
+    return f"{np.mean(scores):.1f}" + (f" ± {np.std(scores):.1f}" if len(scores) > 1 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The results table
 
 
 def result_row(run):
@@ -71,11 +111,11 @@ def result_row(run):
         seeds += f" ({', '.join(map(str, summary['missing_seeds']))} missing)"
     episodes = sorted({f["episodes"] for f in summary["per_seed"]})
     score = summary["score_mean"]
-    spread = f" ± {summary['score_std']:.1f}" if len(summary["seeds"]) > 1 else ""  # no std over one seed
-    final = "n/a" if score is None else f"{score:.1f}{spread} ({'/'.join(map(str, episodes))} ep)"
+    final = "n/a" if score is None else f"{score_text([f['score_mean'] for f in summary['per_seed']])} " \
+                                        f"({'/'.join(map(str, episodes))} ep)"
     best = seed_curve(run, "eval.csv", "score_mean")
     best = "n/a" if best is None else f"{best[1].max():.1f} ({best[0][best[1].argmax()]:.0f})"
-    facts = OmegaConf.load(ENV_CONFIGS / f"{env}.yaml") if (ENV_CONFIGS / f"{env}.yaml").exists() else {}
+    facts = env_facts(env)
     bar = facts.get("assignment_bar", {}).get(dataset)
     paper = facts.get("dt_paper_score", {}).get(dataset)
     if bar is None or score is None:
@@ -84,13 +124,15 @@ def result_row(run):
         passes = f"n/a ({len(summary['seeds'])} seed{'s' if len(summary['seeds']) > 1 else ''})"
     else:
         passes = "yes" if score > bar else "no"
-    return [run["label"], f"{env}-{dataset}", seeds, final, best, "-" if bar is None else f"> {bar:g}", passes,
+    return [run["label"], task(run), seeds, final, best, "-" if bar is None else f"> {bar:g}", passes,
             "-" if paper is None else f"{paper:.1f}"]
 
 
 def config_differences(runs):
-    """Rows [key, value in run 1, value in run 2, ...] for the config keys whose values differ (resume ignored)."""
-    keys = sorted(set().union(*(run["config"] for run in runs)) - {"resume"})
+    """Rows [key, value in run 1, value in run 2, ...] for the config keys whose values differ (not resume and
+    the env's bars and paper scores)."""
+    keys = sorted(k for k in set().union(*(run["config"] for run in runs))
+                  if not k.startswith(("resume", "env.assignment_bar", "env.dt_paper_score")))
     rows = [[key, *(str(run["config"].get(key, "(absent)")) for run in runs)] for key in keys]
     return [row for row in rows if len(set(row[1:])) > 1]
 
@@ -99,14 +141,147 @@ def loss_figure(runs):
     """Training loss of every run (mean over seeds) on one log-scale axis."""
     fig, ax = plt.subplots(figsize=(11, 5))
     for run in runs:
-        curve = seed_curve(run, "train.csv", "loss")
+        curve = seed_curve(run, "train.csv", "action_mse") or seed_curve(run, "train.csv", "loss")
         if curve is not None:
-            ax.plot(*curve, label=f"{run['label']} ({run['summary']['env']}-{Path(run['summary']['dataset']).stem})")
+            ax.plot(*curve, label=f"{run['label']} ({task(run)})")
     ax.set(xlabel="training step", ylabel="action MSE (mean over seeds)", yscale="log", title="training loss")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The return-to-go sweep (evaluate.py) and the studies
+
+
+def sweep_summary(run):
+    """A run's sweep_final.csv as rows [target score, achieved score] and what it shows; None without one."""
+    rows = utils.read_csv(run["dir"] / "sweep_final.csv")
+    if not rows:
+        return None
+    ref_min, ref_max = run["config"]["env.ref_min_score"], run["config"]["env.ref_max_score"]
+    targets = np.unique(rows["target"])
+    per_seed = [[rows["score"][(rows["target"] == t) & (rows["seed"] == s)].mean() for s in np.unique(rows["seed"])]
+                for t in targets]  # (targets, seeds): each seed's mean over its episodes
+    target_scores = utils.normalized_score(targets, ref_min, ref_max)
+    means = np.array([np.mean(p) for p in per_seed])
+    best = int(means.argmax())
+    seeds = len(per_seed[0])
+    episodes = len(rows["score"]) // (len(targets) * seeds)
+    table = [[f"{t:g}", f"{ts:.1f}", score_text(p)] for t, ts, p in zip(targets, target_scores, per_seed)]
+    below = target_scores <= means.max()  # where the achieved score could still follow the target
+    slope = np.polyfit(target_scores[below], means[below], 1)[0] if below.sum() >= 2 else float("nan")
+    text = (f"{run['label']} ({task(run)}, {seeds} seed{'s' * (seeds > 1)}, {episodes} episodes per target and "
+            f"seed): the achieved score goes from {means[0]:.1f} at the lowest target ({target_scores[0]:.1f}) "
+            f"to {means[-1]:.1f} at the highest ({target_scores[-1]:.1f}); the best, {means[best]:.1f}, at target "
+            f"{targets[best]:g} (normalized {target_scores[best]:.1f}). Over the targets up to that best score, "
+            f"achieved rises {slope:.2f} points per point of target (1 would follow it exactly).")
+    return table, text
+
+
+def defaults():
+    """The default value of every config key (the schema's dataclasses; env's keys have none)."""
+    return flatten(OmegaConf.to_container(OmegaConf.structured(schema.Config)))
+
+
+def studies(runs):
+    """Runs of one task whose configs differ: [(task, keys, [(setting, run)], baseline run or None)]."""
+    found, default = [], defaults()
+    for name in dict.fromkeys(task(r) for r in runs):
+        members = [r for r in runs if task(r) == name]
+        keys = [row[0] for row in config_differences(members) if not row[0].startswith(NOT_A_SETTING)]
+        if len(members) < 2 or not keys:
+            continue
+        settings = [(", ".join(f"{k}={r['config'].get(k)}" for k in keys), r) for r in members]
+        baseline = next((r for r in members if all(r["config"].get(k) == default.get(k) for k in keys
+                                                    if default.get(k) != "auto")), None)  # auto: resolved at start
+        found.append((name, keys, settings, baseline))
+    return found
+
+
+def finals(run):
+    return [f["score_mean"] for f in run["summary"]["per_seed"]]
+
+
+def study_table(settings, baseline):
+    rows = []
+    for setting, run in settings:
+        scores = finals(run)
+        delta = "-" if baseline is None or run is baseline or not scores else \
+            f"{np.mean(scores) - np.mean(finals(baseline)):+.1f}"
+        rows.append([setting + (" (default)" if run is baseline else ""), run["label"], str(len(scores)),
+                     score_text(scores) if scores else "n/a", delta, ", ".join(f"{s:.1f}" for s in scores)])
+    return rows
+
+
+def study_findings(settings, baseline):
+    """One sentence per setting against the default: the difference and whether it exceeds the seeds' spread."""
+    if baseline is None or not finals(baseline):
+        return ["No run has the default setting: nothing to compare with."]
+    base = finals(baseline)
+    lines = []
+    for setting, run in settings:
+        scores = finals(run)
+        if run is baseline or not scores:
+            continue
+        delta, spread = np.mean(scores) - np.mean(base), np.std(scores) + np.std(base)
+        if min(len(scores), len(base)) < 2:
+            verdict = "one seed on a side: no spread to judge it by"
+        elif abs(delta) > spread:
+            verdict = f"{'better' if delta > 0 else 'worse'}, beyond the seeds' spread ({spread:.1f})"
+        else:
+            verdict = f"within the seeds' spread ({spread:.1f}): no clear effect"
+        lines.append(f"{setting}: {score_text(scores)} against {score_text(base)} for the default, "
+                     f"{delta:+.1f}: {verdict}.")
+    return lines
+
+
+def study_figure(found):
+    """Per task, the final score of each setting (seeds as dots, mean ± std as a bar), the default in grey."""
+    fig, axes = plt.subplots(len(found), 1, figsize=(9, 2.2 + 0.45 * max(len(s) for _, _, s, _ in found)
+                                                     * len(found)), squeeze=False)
+    for ax, (name, keys, settings, baseline) in zip(axes[:, 0], found):
+        for y, (setting, run) in enumerate(settings):
+            scores = finals(run)
+            if not scores:
+                continue
+            color = "gray" if run is baseline else "C0"
+            ax.barh(y, np.mean(scores), xerr=np.std(scores) if len(scores) > 1 else None, color=color, alpha=0.5)
+            ax.plot(scores, [y] * len(scores), "o", color=color, markersize=4)
+        bar = env_facts(name.split("-")[0]).get("assignment_bar", {}).get(name.split("-", 1)[1])
+        if bar is not None:
+            ax.axvline(bar, color="C3", linestyle="--", linewidth=1, label=f"assignment bar {bar:g}")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_yticks(range(len(settings)), [textwrap.fill(s, 45) for s, _ in settings], fontsize=8)
+        ax.set(xlabel="final normalized score (seeds as dots, mean ± std)", title=f"{name}: {', '.join(keys)}")
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The document: blocks, rendered to markdown and to typst
+
+
+def heading(level, text):
+    return ("heading", level, text)
+
+
+def paragraph(text):
+    return ("paragraph", text)
+
+
+def bullets(items):
+    return ("bullets", list(items))
+
+
+def table(header, rows):
+    return ("table", header, rows)
+
+
+def image(path, caption):
+    return ("image", Path(path), caption)
 
 
 def titles(standin):
@@ -129,75 +304,161 @@ def notes(standin):
     return lines
 
 
-def markdown(runs, standin, differences, md_path, loss_png):
-    """The report as markdown; image links are relative to the report's folder."""
-    def table(header, rows):
-        return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *(f"| {' | '.join(r)} |" for r in rows)]
-
-    here, (title, heading) = md_path.resolve().parent, titles(standin)
-    lines = [f"# {title}", "", f"## {heading}", "", *table(RESULT_COLUMNS, [result_row(r) for r in runs]), "",
-             *(f"- {line}" for line in notes(standin)), "", "## Config differences", ""]
-    lines += table(["key", *(r["label"] for r in runs)], differences) if differences else \
-        ["No differences among the runs (resume ignored)."]
-    lines += ["", "## Training loss", "", f"![training loss]({loss_png.name})", "", "## Per-run figures"]
-    for run in runs:
-        png = run["dir"] / "results.png"
-        link = f"![{run['label']}]({Path(os.path.relpath(png, here)).as_posix()})" if png.exists() else "no results.png"
-        lines += ["", f"### {run['label']}", "", link]
-    return "\n".join(lines) + "\n"
-
-
-def table_page(pdf, title, header, rows, lines=()):
-    """One landscape page: a title, a table and notes below it."""
-    fig = plt.figure(figsize=(11.7, 8.3))
-    fig.text(0.5, 0.97, title, ha="center", va="top", fontsize=14, weight="bold")
-    for i, line in enumerate(lines):
-        fig.text(0.04, 0.12 - 0.025 * i, line, fontsize=9)
-    ax = fig.add_axes([0.03, 0.15, 0.94, 0.72])
-    ax.axis("off")
-    table = ax.table(cellText=rows or [["-"] * len(header)], colLabels=header, loc="upper center", cellLoc="left")
-    table.auto_set_font_size(False)
-    table.set_fontsize(10)
-    table.scale(1, 1.6)
-    table.auto_set_column_width(range(len(header)))
-    pdf.savefig(fig)
-    plt.close(fig)
+def read_findings(path):
+    """A markdown file of '## headings', paragraphs and '- ' bullet lists -> blocks."""
+    blocks, lines = [], Path(path).read_text().splitlines() + [""]
+    text, items = [], []
+    for line in lines:
+        stripped = line.strip()
+        if (not stripped or stripped.startswith(("#", "- "))) and text:
+            blocks.append(paragraph(" ".join(text)))
+            text = []
+        if items and not (stripped.startswith("- ") or (stripped and line.startswith("  "))):
+            blocks.append(bullets(items))
+            items = []
+        if stripped.startswith("#"):
+            blocks.append(heading(min(3, len(stripped) - len(stripped.lstrip("#"))), stripped.lstrip("# ")))
+        elif stripped.startswith("- "):
+            items.append(stripped[2:])
+        elif stripped and items:
+            items[-1] += " " + stripped
+        elif stripped:
+            text.append(stripped)
+    return blocks
 
 
-def image_page(pdf, png, title):
-    fig, ax = plt.subplots(figsize=(11.7, 8.3))
-    ax.imshow(plt.imread(png))
-    ax.set_title(title)
-    ax.axis("off")
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def write_report(runs, out, standin=False):
-    """Write <out>.pdf, <out>.md and <out>_loss.png, each atomically; return their paths."""
-    title, heading = titles(standin)
-    pdf_path, md_path, loss_png = Path(f"{out}.pdf"), Path(f"{out}.md"), Path(f"{out}_loss.png")
+def document(runs, standin, figures, datasets_png=None, findings=None):
+    """The report's blocks. figures: {"loss": png, "study": png or None}."""
+    title, heading_text = titles(standin)
+    blocks = [heading(1, title)]
+    if standin:
+        blocks.append(paragraph("Every score here is on stand-in datasets made by D4RL's protocol in gymnasium's -v4 "
+                                "envs, not on the D4RL release: they compare with D4RL's in spirit, not number for "
+                                "number."))
+    blocks += [heading(2, heading_text), table(RESULT_COLUMNS, [result_row(r) for r in runs]), bullets(notes(standin))]
     differences = config_differences(runs)
-    fig, image = loss_figure(runs), io.BytesIO()
+    blocks += [heading(2, "What differs between the runs' configs"),
+               table(["key", *(r["label"] for r in runs)], differences) if differences
+               else paragraph("No differences among the runs (resume ignored).")]
+    blocks += [heading(2, "Training"), image(figures["loss"], "Training loss (action MSE), mean over seeds.")]
+    blocks += [image(r["dir"] / "results.png", f"{r['label']} ({task(r)}): evaluation return and normalized score "
+                                               f"over training (mean ± std over seeds), and the losses.")
+               for r in runs if (r["dir"] / "results.png").exists()]
+    if datasets_png:
+        blocks += [heading(2, "The datasets' returns"),
+                   image(datasets_png, "Trajectory returns of each dataset file on the normalized-score axis, with "
+                                       "the behaviour mean and the env's default target.")]
+    swept = [(r, sweep_summary(r)) for r in runs]
+    swept = [(r, s) for r, s in swept if s is not None]
+    if swept:
+        blocks.append(heading(2, "Does the return follow the target? (evaluate.py)"))
+        for run, (rows, text) in swept:
+            blocks += [paragraph(text), table(["target return", "target (normalized)", "achieved (normalized)"], rows)]
+            if (run["dir"] / "sweep_final.png").exists():
+                blocks.append(image(run["dir"] / "sweep_final.png", f"{run['label']}: achieved against target, "
+                                                                    f"mean ± std over seeds."))
+    found = studies(runs)
+    if found:
+        blocks.append(heading(2, "Studies"))
+        for name, keys, settings, baseline in found:
+            blocks += [heading(3, f"{name}: {', '.join(keys)}"),
+                       table(["setting", "run", "seeds", "final score", "vs default", "seeds' scores"],
+                             study_table(settings, baseline)),
+                       bullets(study_findings(settings, baseline))]
+        blocks.append(image(figures["study"], "Final score per setting: seeds as dots, mean ± std as bars, the "
+                                              "default setting in grey."))
+    if findings:
+        blocks += read_findings(findings)
+    return blocks
+
+
+def markdown(blocks, here):
+    """The blocks as markdown; images linked relative to the report's folder `here`."""
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "heading":
+            out.append(f"{'#' * block[1]} {block[2]}")
+        elif kind == "paragraph":
+            out.append(block[1])
+        elif kind == "bullets":
+            out.append("\n".join(f"- {item}" for item in block[1]))
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out.append("\n".join([f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
+                                  *(f"| {' | '.join(r)} |" for r in rows)]))
+        elif kind == "image":
+            out.append(f"![{block[2]}]({Path(os.path.relpath(block[1].resolve(), here)).as_posix()})")
+    return "\n\n".join(out) + "\n"
+
+
+def typst_text(text):
+    """Plain text for typst markup: its special characters escaped."""
+    return re.sub(r"([\\#$*_@<>\[\]`~=/-])", r"\\\1", str(text))
+
+
+def breakable(text):
+    """Table cell text that may break after . / _ = (zero-width spaces), so long names wrap inside the cell."""
+    return re.sub(r"([./_=])", "\\1\u200b", str(text))
+
+
+def typst(blocks, images):
+    """The blocks as a typst document; images: {png path: name in the build folder}."""
+    out = ['#set page(paper: "a4", margin: 1.8cm, numbering: "1")', '#set text(size: 9.5pt)',
+           '#set par(justify: true)', '#show table.cell.where(y: 0): strong']
+    for block in blocks:
+        kind = block[0]
+        if kind == "heading":
+            out.append(f"{'=' * block[1]} {typst_text(block[2])}")
+        elif kind == "paragraph":
+            out.append(typst_text(block[1]))
+        elif kind == "bullets":
+            out.append("\n".join(f"- {typst_text(item)}" for item in block[1]))
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            cells = ", ".join(f"[{typst_text(breakable(c))}]" for r in [header, *rows] for c in r)
+            out.append(f"#table(columns: {len(header)}, inset: 4pt, stroke: 0.4pt + gray, {cells})")
+        elif kind == "image":
+            out.append(f'#figure(image("{images[block[1]]}", width: 100%), caption: [{typst_text(block[2])}])')
+    return "\n\n".join(out) + "\n"
+
+
+def compile_pdf(blocks):
+    """The typst document of the blocks compiled to PDF bytes, its images copied beside it (no machine paths)."""
+    import typst as typst_compiler
+    with tempfile.TemporaryDirectory() as build:
+        paths = list(dict.fromkeys(b[1] for b in blocks if b[0] == "image"))
+        images = {path: f"figure{i}.png" for i, path in enumerate(paths)}
+        for path, name in images.items():
+            shutil.copyfile(path, Path(build, name))
+        Path(build, "report.typ").write_text(typst(blocks, images))
+        return typst_compiler.compile(str(Path(build, "report.typ")), root=build)
+
+
+def save_png(fig, path):
+    image = io.BytesIO()
     fig.savefig(image, format="png", dpi=110)
-    utils.atomic_write_bytes(loss_png, image.getvalue())
-    document = io.BytesIO()  # the whole pdf in memory, then written atomically (temp file + os.replace)
-    with PdfPages(document) as pdf:
-        table_page(pdf, f"{title}\n{heading}", RESULT_COLUMNS, [result_row(r) for r in runs], notes(standin))
-        table_page(pdf, "Config differences (resume ignored)", ["key", *(r["label"] for r in runs)], differences)
-        pdf.savefig(fig)
-        for run in runs:
-            if (run["dir"] / "results.png").exists():
-                image_page(pdf, run["dir"] / "results.png", run["label"])
     plt.close(fig)
-    utils.atomic_write_bytes(pdf_path, document.getvalue())
-    utils.atomic_write_bytes(md_path, markdown(runs, standin, differences, md_path, loss_png).encode())
-    return pdf_path, md_path, loss_png
+    utils.atomic_write_bytes(path, image.getvalue())
+    return path
+
+
+def write_report(runs, out, standin=False, datasets_png=None, findings=None):
+    """Write <out>.pdf, <out>.md, <out>_loss.png (and <out>_study.png for studies), each atomically."""
+    pdf_path, md_path = Path(f"{out}.pdf"), Path(f"{out}.md")
+    figures = {"loss": save_png(loss_figure(runs), Path(f"{out}_loss.png")), "study": None}
+    found = studies(runs)
+    if found:
+        figures["study"] = save_png(study_figure(found), Path(f"{out}_study.png"))
+    blocks = document(runs, standin, figures, datasets_png, findings)
+    utils.atomic_write_bytes(pdf_path, compile_pdf(blocks))
+    utils.atomic_write_bytes(md_path, markdown(blocks, md_path.resolve().parent).encode())
+    return [pdf_path, md_path, *(p for p in figures.values() if p)]
 
 
 def new_stem(stem):
     """stem, or stem-1, stem-2, ...: the first whose outputs are all new files (nothing of the user's is replaced)."""
-    taken = lambda s: any(Path(f"{s}{end}").exists() for end in (".pdf", ".md", "_loss.png"))  # noqa: E731
+    taken = lambda s: any(Path(f"{s}{end}").exists() for end in (".pdf", ".md", "_loss.png", "_study.png"))  # noqa
     return next(s for s in (f"{stem}-{i}" if i else stem for i in range(10_000)) if not taken(s))
 
 
@@ -207,9 +468,14 @@ def main(argv=None):
     parser.add_argument("--out", help="path stem of the outputs: <out>.pdf, <out>.md, <out>_loss.png (default: "
                                       "report, or report-1, report-2, ... where those files exist)")
     parser.add_argument("--standin", action="store_true", help="the runs used stand-in data: say so in the titles")
+    parser.add_argument("--datasets", help="a figure of the datasets' returns (python buffer.py --out ...)")
+    parser.add_argument("--findings", help="a markdown file of what was found: headings, paragraphs, bullets")
     args = parser.parse_args(argv)
+    for option, path in (("--datasets", args.datasets), ("--findings", args.findings)):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"error: {option} {path}: no such file")
     runs = [load_run(path) for path in args.runs]  # every folder checked before anything is written
-    for path in write_report(runs, args.out or new_stem("report"), args.standin):
+    for path in write_report(runs, args.out or new_stem("report"), args.standin, args.datasets, args.findings):
         print(f"wrote {path}")
 
 

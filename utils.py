@@ -1,7 +1,9 @@
 """Helpers below the training loop: scores, seeding, devices, signals, atomic files, the Run folder, figure, video."""
 import csv
+import hashlib
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 
 
 def normalized_score(returns, ref_min, ref_max):
@@ -58,9 +61,12 @@ def pick_precision(precision, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Ctrl-C and SIGTERM (a cluster's notice before preemption): the loop checkpoints and stops.
+# Ctrl-C, SIGTERM and a scheduler's preemption notice: the loop checkpoints and stops.
 
+# submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (preemption or time limit)
+PREEMPTION_SIGNAL = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
 _stop_signal = None
+_requeue = None  # submitit's handler of the preemption signal: it resubmits the job (which then resumes)
 
 
 def _note_signal(signum, frame):
@@ -69,14 +75,28 @@ def _note_signal(signum, frame):
 
 
 def stop_on_signals():
-    """From now on SIGINT and SIGTERM only set a flag that the training loop reads (stop_requested)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    """From now on SIGINT, SIGTERM and the preemption signal only set a flag that the training loop reads."""
+    global _requeue
+    previous = signal.getsignal(PREEMPTION_SIGNAL)
+    if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
+        _requeue = previous
+    for sig in (signal.SIGINT, signal.SIGTERM, PREEMPTION_SIGNAL):
         signal.signal(sig, _note_signal)
 
 
 def stop_requested():
-    """The name of the signal that asked this process to stop (SIGINT, SIGTERM), or None."""
+    """The name of the signal that asked this process to stop (SIGINT, SIGTERM, SIGUSR2), or None."""
     return _stop_signal
+
+
+def requeue_if_preempted():
+    """In a submitit job stopped by its preemption notice, after the checkpoint: let submitit requeue the job.
+
+    submitit resubmits the same job (same overrides, same folder); main.py resumes that folder. Exits when requeued.
+    """
+    if _requeue is not None and _stop_signal == PREEMPTION_SIGNAL.name:
+        log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
+        _requeue(PREEMPTION_SIGNAL.value, None)
 
 
 def interrupted_exit_code():
@@ -151,6 +171,7 @@ class Run:
         seed<N>/last.pt             the training state resume= continues from
         seed<N>/best.pt, final.pt   the policy at its best periodic eval and at the end
         seed<N>/final.json          the final evaluation; video.mp4 one episode of it
+        seed<N>/events.out.tfevents.*, seed<N>/wandb/   with logger=[csv,tensorboard] / [csv,wandb]
     """
 
     def __init__(self, folder):
@@ -226,6 +247,10 @@ class Run:
     def policy_path(self, seed, name):
         return self.seed_dir(seed) / name
 
+    def tracker(self, seed, cfg, step):
+        """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
+        return Tracker(cfg, self.seed_dir(seed), f"{self.name}/seed{seed}", step)
+
     def save_final(self, seed, result):
         atomic_write_bytes(self.seed_dir(seed) / "final.json", json.dumps(result, indent=2).encode())
 
@@ -262,6 +287,48 @@ class Run:
     def plot(self, title, target_return, ref_min, ref_max):
         """results.png from the seeds' metrics so far."""
         plot_results(self.dir, f"{title}   ({self.name})", target_return, ref_min, ref_max)
+
+
+class Tracker:
+    """A seed's metrics, also in TensorBoard and/or Weights & Biases (cfg.logger); the CSVs stay the record.
+
+    Each is imported only when chosen. A resumed seed continues its own TensorBoard events (those after the
+    checkpoint are dropped) and its own W&B run (its id comes from the folder and the seed).
+    """
+
+    def __init__(self, cfg, folder, name, step):
+        from omegaconf import OmegaConf
+        self.tensorboard = self.wandb = None
+        config = OmegaConf.to_container(cfg)
+        if "tensorboard" in cfg.logger:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(folder, purge_step=step + 1 if step else None)
+            self.tensorboard.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "), step)
+        if "wandb" in cfg.logger:
+            import wandb
+            run_id = f"{hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]}-{Path(folder).name}"
+            self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
+                                    dir=folder, id=run_id, resume="allow", name=name, group=name.rsplit("/", 1)[0],
+                                    config=config)
+
+    def log(self, section, row):
+        """One row of train.csv / eval.csv / final.json as `<section>/<column>` at its step."""
+        step = int(row["step"])
+        metrics = {f"{section}/{k}": float(v) for k, v in row.items() if k not in ("step", "seed")}
+        if self.tensorboard:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.wandb:
+            self.wandb.finish(exit_code=1 if exc[0] else 0)
 
 
 def load_checkpoint(path):

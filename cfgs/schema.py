@@ -4,6 +4,7 @@ OmegaConf rejects a value of the wrong type by itself (`train.batch_size=abc`); 
 of the right type that cannot work (`train.lr=-1`), naming the field and what is allowed. The YAML files in
 cfgs/ stay the place to read and override the values; the defaults below are the DT paper's (Table 8).
 """
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
@@ -14,9 +15,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
+SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<name>-v<N>, -v5 envs)
 SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
 PRECISIONS = ("auto", "fp32", "bf16")
 MODELS = ("models.DecisionTransformer", "models.ReferenceDT")
+LOGGERS = ("csv", "tensorboard", "wandb")  # csv: the run's own record (resume, the figure and report.py read it)
 
 
 class ConfigError(ValueError):
@@ -42,6 +45,9 @@ PERCENT = Rule(lambda v: finite(v) and 0 < v <= 100, "must be in (0, 100]")
 PROBABILITY = Rule(lambda v: finite(v) and 0 <= v < 1, "must be in [0, 1)")
 SEEDS = Rule(lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == len(v),
              "give distinct seeds >= 0, e.g. seeds=[0] or seeds=[0,1,2]")
+LOGGER = Rule(lambda v: "csv" in v and set(v) <= set(LOGGERS),
+              "choose from csv, tensorboard, wandb, with csv (resume and the figure read it): e.g. "
+              "logger=[csv,tensorboard]")
 DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()),
               "choose auto, cpu, cuda, cuda:<index> or mps")
 
@@ -63,7 +69,7 @@ class EnvConfig:
     name: str = ruled(MISSING, one_of(ENVS))
     id: str = MISSING  # gymnasium id, e.g. Hopper-v4
     target_return: float = ruled(MISSING, FINITE)  # the return-to-go the policy is conditioned on at eval
-    max_episode_len: int = ruled(1000, POSITIVE)
+    max_episode_len: int = ruled(1000, POSITIVE)  # the episodes' time limit at eval (D4RL: 1000)
     ref_min_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: random policy
     ref_max_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: expert policy
     assignment_bar: Dict[str, float] = field(default_factory=dict)  # per dataset: the 3-seed mean must exceed it
@@ -72,7 +78,8 @@ class EnvConfig:
 
 @dataclass
 class BufferConfig:
-    dataset: str = ruled("medium", one_of(DATASETS))
+    source: str = ruled("d4rl", one_of(SOURCES))
+    dataset: str = "medium"  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0
     path: Optional[str] = None  # any D4RL-layout hdf5 file; overrides env + dataset
     file: Optional[str] = None  # set at start: the file this run reads (kept for resume)
     context_len: int = ruled(20, POSITIVE)  # K: steps of history the model sees
@@ -88,6 +95,7 @@ class ModelConfig:
     n_layers: int = ruled(3, AT_LEAST_ONE)
     n_heads: int = ruled(1, POSITIVE)
     dropout: float = ruled(0.1, PROBABILITY)
+    condition_on_return: bool = True  # false: the return-to-go input is zeroed (plain BC, the DT paper's %BC)
 
 
 @dataclass
@@ -116,11 +124,21 @@ class EvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases, when logger=[csv,wandb]: one W&B run per seed, grouped by the run folder."""
+    project: str = "decision-transformer"
+    entity: Optional[str] = None  # your W&B user or team; null: the default of `wandb login`
+    mode: str = ruled("online", one_of(("online", "offline")))  # offline: `wandb sync` the files later
+
+
+@dataclass
 class Config:
     env: EnvConfig = MISSING
     seeds: List[int] = ruled([0, 1, 2], SEEDS)
     device: str = ruled("auto", DEVICE)  # auto: cuda, then mps, then cpu
     resume: Optional[str] = None  # runs/<date>/<time>: continue that run (with seeds=[...]: add seeds)
+    logger: List[str] = ruled(["csv"], LOGGER)  # where the metrics go: csv, and tensorboard, wandb
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -156,6 +174,8 @@ ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 def check(cfg):
     """Raise ConfigError naming the first field of a training config whose value cannot work."""
     check_fields(Config, cfg)
+    check_env(cfg)
+    check_dataset(cfg)
     pairs = [("train.eval_every", "train.log_every"), ("train.checkpoint_every", "train.log_every")]
     for field_name, unit in pairs:  # so that no checkpoint holds an unchecked loss
         value, step = OmegaConf.select(cfg, field_name), OmegaConf.select(cfg, unit)
@@ -168,6 +188,38 @@ def check(cfg):
                           f"max_episode_len={cfg.env.max_episode_len}")
     if cfg.env.ref_max_score <= cfg.env.ref_min_score:
         raise ConfigError(f"env.ref_max_score={cfg.env.ref_max_score}: must exceed env.ref_min_score")
+    for package in ("tensorboard", "wandb"):
+        if package in cfg.logger and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"logger={list(cfg.logger)}: {package} is not installed: pip install {package}")
+
+
+def check_env(cfg):
+    """env.id: a registered gymnasium id of env.name's robot (Hopper-v4, or Hopper-v5 where the spaces match)."""
+    import gymnasium as gym
+    if cfg.env.id not in gym.registry or not cfg.env.id.lower().startswith(f"{cfg.env.name}-v"):
+        versions = [i for i in gym.registry if i.lower().startswith(f"{cfg.env.name}-v")]
+        raise ConfigError(f"env.id={cfg.env.id}: not a gymnasium id of {cfg.env.name}: choose one of "
+                          f"{', '.join(sorted(versions)[-2:])}")
+
+
+def check_dataset(cfg):
+    """buffer.dataset: a D4RL dataset name, or with buffer.source=minari a Minari id of env.name's robot."""
+    buffer = cfg.buffer
+    if buffer.source == "d4rl":
+        if buffer.dataset not in DATASETS:
+            raise ConfigError(f"buffer.dataset={buffer.dataset}: choose one of {', '.join(DATASETS)} (or a Minari "
+                              f"id such as mujoco/{cfg.env.name}/medium-v0 with buffer.source=minari)")
+        return
+    parts = buffer.dataset.split("/")
+    if len(parts) != 3 or parts[0] != "mujoco":
+        raise ConfigError(f"buffer.dataset={buffer.dataset}: give a Minari id such as mujoco/{cfg.env.name}/medium-v0")
+    if parts[1] != cfg.env.name:
+        raise ConfigError(f"buffer.dataset={buffer.dataset}: a {parts[1]} dataset: choose env={parts[1]}"
+                          if parts[1] in ENVS else f"buffer.dataset={buffer.dataset}: choose one of {', '.join(ENVS)}")
+    if buffer.path:
+        raise ConfigError(f"buffer.path={buffer.path}: a D4RL-layout file; leave it out with buffer.source=minari")
+    if importlib.util.find_spec("minari") is None:
+        raise ConfigError("buffer.source=minari: minari is not installed: pip install minari")
 
 
 def check_fields(schema, node, prefix=""):

@@ -45,7 +45,7 @@ def hopper_file(tmp_path):
 
 
 CRASH_ENV = {"PYTHONPATH": str(ROOT / "tests" / "fault_injection")}  # with DT_CRASH=<seed>:<raise|kill|nan>
-TINY = ["env=hopper", "train.steps=20", "train.log_every=5", "train.eval_every=10", "train.checkpoint_every=5",
+TINY = ["env=hopper", "env.max_episode_len=100", "train.steps=20", "train.log_every=5", "train.eval_every=10", "train.checkpoint_every=5",
         "train.warmup_steps=5", "train.batch_size=8", "buffer.context_len=5", "model.embed_dim=16",
         "model.n_layers=1", "eval.episodes=2", "eval.final_episodes=2", "eval.video=false", "device=cpu"]
 

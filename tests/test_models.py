@@ -181,3 +181,17 @@ def test_the_auxiliary_targets_are_the_next_step_shifted_by_one_and_masked_past_
     assert action_mse == 0 and state_mse == 0 and rtg_mse == 0 and loss == 0
     return_preds[0, 1] += 1.0  # a real next step (step 2) predicted wrong: one of the 6 counted steps
     assert core.losses(Oracle(state_preds, return_preds), batch, train_cfg, "fp32")[3] == pytest.approx(1 / 6)
+
+
+def test_without_return_conditioning_the_policy_ignores_the_return_to_go_also_when_reloaded():
+    from models import policy_checkpoint, policy_from_checkpoint
+    states, actions, returns_to_go, timesteps = tiny_inputs()
+    other_returns = returns_to_go + 3.0
+    conditioned = tiny_model()
+    assert not torch.allclose(conditioned(states, actions, returns_to_go, timesteps)[0],
+                              conditioned(states, actions, other_returns, timesteps)[0])
+    behaviour_cloning = policy_from_checkpoint(policy_checkpoint(tiny_model(condition_on_return=False),
+                                                                 "models.DecisionTransformer", "Hopper-v4"))
+    assert behaviour_cloning.config.condition_on_return is False
+    assert torch.equal(behaviour_cloning(states, actions, returns_to_go, timesteps)[0],
+                       behaviour_cloning(states, actions, other_returns, timesteps)[0])

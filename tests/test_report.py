@@ -1,4 +1,5 @@
 """report.py on two small fake run folders: the pdf, the markdown table, the config differences, the bars."""
+import importlib.util
 import json
 
 import matplotlib
@@ -21,13 +22,14 @@ def write_csv(path, header, rows):
     path.write_text("\n".join([",".join(header), *(",".join(map(str, r)) for r in rows)]) + "\n")
 
 
-def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None):
+def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None, top_percent=100.0):
     """A finished run: config.yaml, summary.json, results.png and per seed train.csv, eval.csv, final.json.
 
     eval_scores[seed] are the periodic eval scores at steps 100 and 200.
     """
     run_dir.mkdir(parents=True)
-    config = {"env": env, "buffer": {"dataset": "medium", "context_len": 20}, "model": {"embed_dim": 128},
+    config = {"env": env, "buffer": {"dataset": "medium", "context_len": 20, "top_percent": top_percent},
+              "model": {"embed_dim": 128},
               "train": {"steps": 200, "lr": lr}, "eval": {"episodes": 10, "final_episodes": 100},
               "seeds": list(range(len(final_scores))), "device": "cpu", "resume": resume}
     OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
@@ -101,7 +103,8 @@ def test_pass_is_the_3_seed_final_score_against_the_assignment_bar(outputs):
 
 
 def test_config_differences_list_changed_keys_only(outputs):
-    differences = (outputs / "report.md").read_text().split("## Config differences")[1].split("##")[0]
+    differences = (outputs / "report.md").read_text().split("## What differs between the runs' configs")[1]
+    differences = differences.split("##")[0]
     assert "| train.lr | 0.0001 | 0.0003 |" in differences
     assert "| env.name | hopper | halfcheetah |" in differences
     for unchanged in ("train.steps", "model.embed_dim", "buffer.dataset", "resume"):
@@ -148,4 +151,55 @@ def test_the_report_names_the_dataset_file_without_the_machines_folders(tmp_path
         config.buffer.file = f"{folder}/hopper_medium-v2.hdf5"
         OmegaConf.save(config, run / "config.yaml")
     report.main([str(first), str(second), "--out", str(tmp_path / "report")])
-    assert "/home/me" not in (tmp_path / "report.md").read_text() and "/scratch" not in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "/home/me" not in md and "/scratch" not in md
+
+
+def pdf_text(path):
+    from pypdf import PdfReader
+    return " ".join(page.extract_text() for page in PdfReader(path).pages).replace("\u200b", "")
+
+
+def test_the_pdf_is_typeset_with_the_tables_notes_and_every_figure(outputs):
+    pytest.importorskip("pypdf")
+    text = pdf_text(outputs / "report.pdf")
+    for words in ("Results", "hopper-medium", "60.0 ± 1.6 (100 ep)", "What differs", "train.lr", "Training loss"):
+        assert words in text, words
+    assert text.count("Figure") == 3, "the loss figure and each run's results.png"
+
+
+def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_say(tmp_path):
+    day = tmp_path / "runs" / "day"
+    base = make_run(day / "p100", HOPPER, 1e-4, [60.0, 61.0, 62.0], [[50, 60]] * 3)
+    better = make_run(day / "p10", HOPPER, 1e-4, [70.0, 71.0, 72.0], [[50, 70]] * 3, top_percent=10.0)
+    same = make_run(day / "p25", HOPPER, 1e-4, [59.0, 62.0, 63.0], [[50, 60]] * 3, top_percent=25.0)
+    findings = tmp_path / "findings.md"
+    findings.write_text("## Findings\n\nKeeping the top 10% helps here.\n\n- a bullet\n  that goes on\n")
+    report.main([str(r) for r in (better, same, base)] + ["--out", str(tmp_path / "report"), "--findings",
+                                                          str(findings)])
+    md = (tmp_path / "report.md").read_text()
+    assert row(md, "buffer.top_percent=100.0 (default)")[1:5] == ["day/p100", "3", "61.0 ± 0.8", "-"]
+    assert row(md, "buffer.top_percent=10.0")[3:5] == ["71.0 ± 0.8", "+10.0"]
+    assert "buffer.top_percent=10.0: 71.0 ± 0.8 against 61.0 ± 0.8 for the default, +10.0: better, beyond the " \
+           "seeds' spread (1.6)." in md
+    assert "buffer.top_percent=25.0: 61.3 ± 1.7 against 61.0 ± 0.8 for the default, +0.3: within the seeds' " \
+           "spread (2.5): no clear effect." in md
+    assert "](report_study.png)" in md and (tmp_path / "report_study.png").stat().st_size > 0
+    assert "## Findings\n\nKeeping the top 10% helps here.\n\n- a bullet that goes on" in md
+    if importlib.util.find_spec("pypdf"):
+        assert "Keeping the top 10% helps here." in pdf_text(tmp_path / "report.pdf")
+
+
+def test_a_runs_return_to_go_sweep_is_summarized_with_its_best_target(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "swept", HOPPER, 1e-4, [60.0, 62.0], [[50, 60]] * 2)
+    targets = [1000.0, 2000.0, 3000.0]
+    rows = ["seed,target,episode,return,score"]
+    for seed in (0, 1):
+        for target, achieved in zip(targets, (30.0, 60.0, 58.0)):
+            rows += [f"{seed},{target},{episode},0,{achieved + seed + episode}" for episode in (0, 1)]
+    (run / "sweep_final.csv").write_text("\n".join(rows) + "\n")
+    report.main([str(run), "--out", str(tmp_path / "report")])
+    md = (tmp_path / "report.md").read_text()
+    assert "day/swept (hopper-medium, 2 seeds, 2 episodes per target and seed): the achieved score goes from " \
+           "31.0 at the lowest target (31.3) to 59.0 at the highest (92.8); the best, 61.0, at target 2000" in md
+    assert row(md, "2000")[1:] == ["62.1", "61.0 ± 0.5"]

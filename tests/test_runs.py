@@ -152,7 +152,7 @@ def test_report_py_reads_a_run_folder_made_by_main_py(main_run, tmp_path):
 PRE_REFACTOR = "90006b3"  # the last commit before cfgs/schema.py and the Run class; a refactor keeps its numbers
 
 
-def test_the_refactor_left_the_metrics_byte_identical(main_run, tmp_path):
+def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
     """The typed config and the Run changed no number: the old code's tiny run writes the same CSVs."""
     old = tmp_path / "old"
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", PRE_REFACTOR], capture_output=True)
@@ -160,12 +160,12 @@ def test_the_refactor_left_the_metrics_byte_identical(main_run, tmp_path):
         pytest.skip(f"commit {PRE_REFACTOR} is not in this clone ({archive.stderr.decode().strip()})")
     old.mkdir()
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-    run_dir, path = main_run
-    cmd = [sys.executable, str(old / "main.py"), *TINY, f"hydra.run.dir={tmp_path / 'run'}", f"buffer.path={path}",
-           "seeds=[0]", "eval.video=false"]
+    same = [f"buffer.path={hopper_file}", "seeds=[0]", "env.max_episode_len=1000"]  # the old code's episodes
+    run_entry("main.py", tmp_path / "new", *same)
+    cmd = [sys.executable, str(old / "main.py"), *TINY, f"hydra.run.dir={tmp_path / 'run'}", *same]
     subprocess.run(cmd, cwd=old, env=entry_env(), capture_output=True, check=True, timeout=300)
     for name in ["train.csv", "eval.csv"]:
-        assert read(tmp_path / "run" / "seed0" / name) == read(run_dir / "seed0" / name), name
+        assert read(tmp_path / "run" / "seed0" / name) == read(tmp_path / "new" / "seed0" / name), name
 
 
 def test_a_runs_own_config_yaml_runs_again_as_a_new_run(main_run, tmp_path):

@@ -1,0 +1,162 @@
+"""Beyond one process: Hydra's launchers, a preempted job that requeues and resumes, TensorBoard and W&B logging,
+Minari datasets and -v5 envs. No cluster, no network: submitit_local, offline wandb, a Minari dataset on disk."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+import core
+import utils
+from cfgs import schema
+from conftest import ROOT, TINY, compose, entry_env, run_entry, write_d4rl_file
+
+SHORT_MULTIRUN = [*TINY, "seeds=[0]", "eval.final_episodes=1", "eval.episodes=1"]
+
+
+def multirun(cwd, *overrides, script="main.py", env=None, wait=True):
+    """python main.py -m ... in `cwd` (its runs/ folder), on the tiny D4RL file in cwd."""
+    cmd = [sys.executable, str(ROOT / script), "-m", *SHORT_MULTIRUN, *overrides]
+    process = subprocess.Popen(cmd, cwd=cwd, env=entry_env({"D4RL_DATASET_DIR": str(cwd), **(env or {})}),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
+    return tmp_path
+
+
+def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(data_dir):
+    result = multirun(data_dir, "hydra/launcher=parallel", "buffer.top_percent=50,100")
+    assert result.returncode == 0, result.stderr
+    (sweep,) = data_dir.glob("runs/*/*-sweep")
+    percents = sorted(OmegaConf.load(sweep / job / "config.yaml").buffer.top_percent for job in ("0", "1"))
+    assert percents == [50.0, 100.0] and all((sweep / job / "seed0" / "final.json").exists() for job in ("0", "1"))
+    assert not (data_dir / "multirun").exists()
+
+    again = multirun(data_dir, f"hydra.sweep.dir={sweep}", "buffer.top_percent=30")  # another config, same folder
+    assert again.returncode != 0 and "holds a run already" in again.stderr
+    assert OmegaConf.load(sweep / "0" / "config.yaml").buffer.top_percent == 50.0
+
+
+def submitit_tasks(folder):
+    """The pids of the submitit job processes whose command line names `folder`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"submitit.core._submit" in cmdline and str(folder).encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="submitit's preemption signal")
+def test_a_preempted_submitit_job_checkpoints_requeues_and_resumes_its_own_folder(data_dir):
+    process = multirun(data_dir, "hydra/launcher=submitit_local", "train.steps=60", "train.eval_every=60",
+                       wait=False)
+    deadline = time.time() + 300
+    while not list(data_dir.glob("runs/*/*-sweep/0/seed0/last.pt")):  # a first checkpoint: mid-way
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    (sweep,) = data_dir.glob("runs/*/*-sweep")
+    for pid in submitit_tasks(sweep):
+        os.kill(pid, signal.SIGUSR2)  # what submitit sends before Slurm's time limit or a preemption
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+
+    log = (sweep / "0" / "main.log").read_text()
+    assert "this job's own folder (its launcher requeued it): resuming it" in log
+    assert "resumed at step" in log and "Requeued job" in log
+    steps = utils.read_csv(sweep / "0" / "seed0" / "train.csv")["step"]
+    assert list(steps) == list(range(5, 61, 5)), "every step trained once, none lost or repeated in the record"
+    assert (sweep / "0" / "seed0" / "final.json").exists()
+    assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == ["0", "multirun.yaml"]
+
+
+def test_tensorboard_and_offline_wandb_get_the_csvs_metrics_and_the_config(hopper_file, tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_entry("main.py", tmp_path / "run", f"buffer.path={hopper_file}", "seeds=[0]", "logger=[csv,tensorboard,wandb]",
+              "wandb.mode=offline", env={"WANDB_SILENT": "true"})
+    seed_dir = tmp_path / "run" / "seed0"
+    train, evals = utils.read_csv(seed_dir / "train.csv"), utils.read_csv(seed_dir / "eval.csv")
+
+    events = EventAccumulator(str(seed_dir))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(train["step"]) and np.allclose([e.value for e in loss], train["loss"])
+    assert [e.value for e in events.Scalars("eval/score_mean")] == pytest.approx(list(evals["score_mean"]))
+    assert "final/score_mean" in events.Tags()["scalars"] and "config/text_summary" in events.Tags()["tensors"]
+
+    (wandb_file,) = seed_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_file.read_bytes()
+    for key in (b"train/loss", b"train/lr", b"eval/score_mean", b"final/score_mean", b"top_percent"):
+        assert key in records, key
+
+
+def write_minari_dataset(root, dataset_id, env_id="Hopper-v5", lengths=(30, 12, 40, 25), seed=0):
+    """A Minari dataset on disk (its hdf5 storage and metadata), written without Minari's collector."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+    from minari.dataset.minari_storage import MinariStorage
+    env = gym.make(env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    rng = np.random.default_rng(seed)
+    Path(root, dataset_id).mkdir(parents=True)
+    storage = MinariStorage.new(Path(root, dataset_id, "data"), env_spec=env.spec)
+    storage.update_episodes([
+        EpisodeBuffer(id=i, observations=rng.normal(size=(n + 1, obs_dim)), actions=rng.uniform(-1, 1, (n, act_dim)),
+                      rewards=np.full(n, i + 1.0), terminations=np.arange(n) == n - 1, truncations=np.zeros(n, bool))
+        for i, n in enumerate(lengths)])
+    storage.update_metadata({"dataset_id": dataset_id, "ref_min_score": -20.0, "ref_max_score": 3000.0,
+                             "minari_version": minari.__version__, "algorithm_name": "test fixture"})
+
+
+def test_a_minari_dataset_trains_in_its_own_v5_env_and_scores_on_its_reference_scores(tmp_path, monkeypatch):
+    pytest.importorskip("minari")
+    root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    write_minari_dataset(root, "mujoco/hopper/tiny-v0")
+    run_entry("main.py", tmp_path / "run", "buffer.source=minari", "buffer.dataset=mujoco/hopper/tiny-v0",
+              "seeds=[0]", env={"MINARI_DATASETS_PATH": str(root)})
+    cfg = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert (cfg.env.id, cfg.env.ref_min_score, cfg.env.ref_max_score) == ("Hopper-v5", -20.0, 3000.0)
+    final = utils.read_csv(tmp_path / "run" / "seed0" / "eval.csv")
+    assert np.allclose(final["score_mean"], utils.normalized_score(final["return_mean"], -20.0, 3000.0))
+
+    replay = core.load_replay(cfg, gym.make("Hopper-v5"))
+    starts, lengths, returns = replay.trajectories()
+    assert list(lengths) == [30, 12, 40, 25] and list(returns) == [30.0, 24.0, 120.0, 100.0]
+
+
+def test_a_minari_dataset_not_on_disk_names_the_command_that_fetches_it(tmp_path):
+    pytest.importorskip("minari")
+    result = run_entry("main.py", tmp_path / "run", "buffer.source=minari", "buffer.dataset=mujoco/hopper/medium-v0",
+                       check=False, env={"MINARI_DATASETS_PATH": str(tmp_path / "empty")})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].endswith("fetch it with `minari download mujoco/hopper/medium-v0`")
+
+
+def test_a_d4rl_file_reads_into_a_v5_env_whose_spaces_match(hopper_file):
+    cfg = compose(f"buffer.path={hopper_file}", "env.id=Hopper-v5")
+    schema.check(cfg)
+    env = gym.make("Hopper-v5")
+    data = core.load_data(cfg, env)
+    model = core.build_model(cfg, data, env)
+    returns, _ = core.rollout(model.eval(), "Hopper-v5", 2, 0, 3600, 1000)
+    assert data.num_trajectories == 6 and returns.shape == (2,)
