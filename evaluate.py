@@ -95,8 +95,8 @@ def evaluate_run(cfg):
     run.save_table(f"sweep_{cfg.checkpoint}.csv", rows)
     utils.plot_sweep(rows, score(data_returns), score, f"{core.run_title(train_cfg)}   ({run.name}, {name})",
                      run.dir / f"sweep_{cfg.checkpoint}.png")
-    log.info("%d targets x %d episodes x %d seeds in %.0f s: %s", len(targets), cfg.episodes, len(seeds), seconds,
-             run.dir / f"sweep_{cfg.checkpoint}.csv")
+    log.info("%d targets x %d episodes x %d seeds in %.0f s: %s/sweep_%s.csv", len(targets), cfg.episodes, len(seeds),
+             seconds, run.name, cfg.checkpoint)
     return rows
 
 

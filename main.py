@@ -54,9 +54,9 @@ OmegaConf.register_new_resolver("sweep_dir", sweep_folder, use_cache=True, repla
 
 def shown(path):
     """`path` as the user would type it: relative to where they started, when it lies below."""
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))
     try:
-        return str(path.relative_to(Path(get_original_cwd()).resolve()))
+        return str(path.relative_to(os.path.abspath(get_original_cwd())))
     except ValueError:
         return str(path)
 

@@ -3,6 +3,7 @@
     python report.py runs/<date>/<time> [runs/<date>/<time> ...] --standin --out gallery/report
     python report.py runs/<date>/<time>-sweep/*                   # a study: a table and a figure per task
     python report.py ... --datasets gallery/dataset_returns.png --findings gallery/findings.md
+    python report.py runs/<date>/<time> --publish gallery/hopper-medium   # a run folder to share (see publish)
 
 The report holds: the results table against the assignment's bars and the DT paper; what differs between the
 runs' configs; each run's figure; the datasets' return histograms (--datasets); each run's return-to-go sweep
@@ -62,7 +63,8 @@ def load_run(path):
         pass
     if config.get("buffer", {}).get("file"):  # the file's name: its folder is the machine's, not the run's
         config["buffer"]["file"] = Path(config["buffer"]["file"]).name
-    return {"dir": run_dir.resolve(), "label": "/".join(run_dir.resolve().parts[-2:]), "config": flatten(config),
+    run_dir = Path(os.path.abspath(run_dir))
+    return {"dir": run_dir, "label": "/".join(run_dir.parts[-2:]), "config": flatten(config),
             "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
 
 
@@ -388,7 +390,7 @@ def markdown(blocks, here):
             out.append("\n".join([f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
                                   *(f"| {' | '.join(r)} |" for r in rows)]))
         elif kind == "image":
-            out.append(f"![{block[2]}]({Path(os.path.relpath(block[1].resolve(), here)).as_posix()})")
+            out.append(f"![{block[2]}]({Path(os.path.relpath(os.path.abspath(block[1]), here)).as_posix()})")
     return "\n\n".join(out) + "\n"
 
 
@@ -452,8 +454,30 @@ def write_report(runs, out, standin=False, datasets_png=None, findings=None):
         figures["study"] = save_png(study_figure(found), Path(f"{out}_study.png"))
     blocks = document(runs, standin, figures, datasets_png, findings)
     utils.atomic_write_bytes(pdf_path, compile_pdf(blocks))
-    utils.atomic_write_bytes(md_path, markdown(blocks, md_path.resolve().parent).encode())
+    utils.atomic_write_bytes(md_path, markdown(blocks, os.path.abspath(md_path.parent)).encode())
     return [pdf_path, md_path, *(p for p in figures.values() if p)]
+
+
+def publish(run_dir, dest):
+    """Copy a run folder to share it: the policies final.pt but not the training state (last.pt) or best.pt, and
+    this machine's paths in its text files made relative to the project (runs/..., ../shared/...)."""
+    root = Path(__file__).resolve().parent
+    local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
+    dest = Path(dest)
+    if dest.exists():
+        raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
+    for path in sorted(Path(run_dir).rglob("*")):
+        relative = path.relative_to(run_dir)
+        if path.is_dir() or path.name in ("last.pt", "best.pt") or any(p.startswith(".") for p in relative.parts):
+            continue  # .hydra/ (older runs): Hydra's own copies, full of the machine's paths
+        data = path.read_bytes()
+        if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
+            text = data.decode()
+            for machine, shared in local:
+                text = text.replace(machine, shared)
+            data = text.encode()
+        utils.atomic_write_bytes(dest / relative, data)
+    return dest
 
 
 def new_stem(stem):
@@ -470,7 +494,14 @@ def main(argv=None):
     parser.add_argument("--standin", action="store_true", help="the runs used stand-in data: say so in the titles")
     parser.add_argument("--datasets", help="a figure of the datasets' returns (python buffer.py --out ...)")
     parser.add_argument("--findings", help="a markdown file of what was found: headings, paragraphs, bullets")
+    parser.add_argument("--publish", metavar="DEST", help="instead of a report: copy the one run folder given to DEST "
+                                                          "for sharing (final.pt kept; no last.pt, best.pt, paths)")
     args = parser.parse_args(argv)
+    if args.publish:
+        if len(args.runs) != 1:
+            raise SystemExit("error: --publish copies one run folder: give one")
+        print(f"wrote {publish(load_run(args.runs[0])['dir'], args.publish)}")
+        return
     for option, path in (("--datasets", args.datasets), ("--findings", args.findings)):
         if path and not Path(path).is_file():
             raise SystemExit(f"error: {option} {path}: no such file")

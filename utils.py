@@ -175,7 +175,7 @@ class Run:
     """
 
     def __init__(self, folder):
-        self.dir = Path(folder).resolve()
+        self.dir = Path(os.path.abspath(folder))  # as the user named it (a symlinked runs/ stays runs/)
 
     @property
     def name(self):

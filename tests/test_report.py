@@ -203,3 +203,22 @@ def test_a_runs_return_to_go_sweep_is_summarized_with_its_best_target(tmp_path):
     assert "day/swept (hopper-medium, 2 seeds, 2 episodes per target and seed): the achieved score goes from " \
            "31.0 at the lowest target (31.3) to 59.0 at the highest (92.8); the best, 61.0, at target 2000" in md
     assert row(md, "2000")[1:] == ["62.1", "61.0 ± 0.5"]
+
+
+def test_publish_copies_a_run_to_share_without_training_state_or_the_machines_paths(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "run", HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
+    config = OmegaConf.load(run / "config.yaml")
+    config.buffer.file = str(report.Path(report.__file__).resolve().parents[1] / "shared" / "hopper_medium-v2.hdf5")
+    OmegaConf.save(config, run / "config.yaml")
+    (run / "main.log").write_text(f"resumed {report.Path(report.__file__).resolve().parent}/runs/day/run\n")
+    for name in ("last.pt", "best.pt", "final.pt"):
+        (run / "seed0" / name).write_bytes(b"weights")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "hydra.yaml").write_text("/home/me")
+    report.main([str(run), "--publish", str(tmp_path / "shared")])
+    shared = tmp_path / "shared"
+    assert sorted(p.name for p in (shared / "seed0").iterdir()) == ["eval.csv", "final.json", "final.pt", "train.csv"]
+    assert OmegaConf.load(shared / "config.yaml").buffer.file == "../shared/hopper_medium-v2.hdf5"
+    assert (shared / "main.log").read_text() == "resumed runs/day/run\n" and not (shared / ".hydra").exists()
+    with pytest.raises(SystemExit, match="exists already"):
+        report.main([str(run), "--publish", str(shared)])

@@ -1,5 +1,6 @@
 """Beyond one process: Hydra's launchers, a preempted job that requeues and resumes, TensorBoard and W&B logging,
 Minari datasets and -v5 envs. No cluster, no network: submitit_local, offline wandb, a Minari dataset on disk."""
+import importlib.util
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import core
+import report
 import utils
 from cfgs import schema
 from conftest import ROOT, TINY, compose, entry_env, run_entry, write_d4rl_file
@@ -44,6 +46,14 @@ def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(da
     percents = sorted(OmegaConf.load(sweep / job / "config.yaml").buffer.top_percent for job in ("0", "1"))
     assert percents == [50.0, 100.0] and all((sweep / job / "seed0" / "final.json").exists() for job in ("0", "1"))
     assert not (data_dir / "multirun").exists()
+
+    report.main([str(sweep / "0"), str(sweep / "1"), "--out", str(data_dir / "study")])  # the study's table
+    study = (data_dir / "study.md").read_text().split("## Studies")[1]
+    assert "| buffer.top_percent=100.0 (default) |" in study and "- buffer.top_percent=50.0: " in study
+    if importlib.util.find_spec("pypdf"):
+        from pypdf import PdfReader
+        pdf = " ".join(page.extract_text() for page in PdfReader(data_dir / "study.pdf").pages)
+        assert "Studies" in pdf and "against" in pdf and str(data_dir) not in pdf.replace("\u200b", "")
 
     again = multirun(data_dir, f"hydra.sweep.dir={sweep}", "buffer.top_percent=30")  # another config, same folder
     assert again.returncode != 0 and "holds a run already" in again.stderr
