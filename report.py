@@ -399,6 +399,13 @@ def typst_text(text):
     return re.sub(r"([\\#$*_@<>\[\]`~=/-])", r"\\\1", str(text))
 
 
+def typst_inline(text):
+    """Markdown-ish text for typst: `code` spans as raw text, **bold** as strong, the rest escaped."""
+    parts = re.split(r"(`[^`]+`|\*\*[^*]+\*\*)", str(text))
+    return "".join(part if part.startswith("`") else f"*{typst_text(part[2:-2])}*" if part.startswith("**")
+                   else typst_text(part) for part in parts)
+
+
 def breakable(text):
     """Table cell text that may break after . / _ = (zero-width spaces), so long names wrap inside the cell."""
     return re.sub(r"([./_=])", "\\1\u200b", str(text))
@@ -413,9 +420,9 @@ def typst(blocks, images):
         if kind == "heading":
             out.append(f"{'=' * block[1]} {typst_text(block[2])}")
         elif kind == "paragraph":
-            out.append(typst_text(block[1]))
+            out.append(typst_inline(block[1]))
         elif kind == "bullets":
-            out.append("\n".join(f"- {typst_text(item)}" for item in block[1]))
+            out.append("\n".join(f"- {typst_inline(item)}" for item in block[1]))
         elif kind == "table":
             header, rows = block[1], block[2]
             cells = ", ".join(f"[{typst_text(breakable(c))}]" for r in [header, *rows] for c in r)

@@ -174,7 +174,8 @@ def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_
     better = make_run(day / "p10", HOPPER, 1e-4, [70.0, 71.0, 72.0], [[50, 70]] * 3, top_percent=10.0)
     same = make_run(day / "p25", HOPPER, 1e-4, [59.0, 62.0, 63.0], [[50, 60]] * 3, top_percent=25.0)
     findings = tmp_path / "findings.md"
-    findings.write_text("## Findings\n\nKeeping the top 10% helps here.\n\n- a bullet\n  that goes on\n")
+    findings.write_text("## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** "
+                        "bullet\n  that goes on\n")
     report.main([str(r) for r in (better, same, base)] + ["--out", str(tmp_path / "report"), "--findings",
                                                           str(findings)])
     md = (tmp_path / "report.md").read_text()
@@ -185,9 +186,11 @@ def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_
     assert "buffer.top_percent=25.0: 61.3 ± 1.7 against 61.0 ± 0.8 for the default, +0.3: within the seeds' " \
            "spread (2.5): no clear effect." in md
     assert "](report_study.png)" in md and (tmp_path / "report_study.png").stat().st_size > 0
-    assert "## Findings\n\nKeeping the top 10% helps here.\n\n- a bullet that goes on" in md
+    assert "## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** bullet that " \
+           "goes on" in md
     if importlib.util.find_spec("pypdf"):
-        assert "Keeping the top 10% helps here." in pdf_text(tmp_path / "report.pdf")
+        text = pdf_text(tmp_path / "report.pdf")
+        assert "Keeping the top 10% (buffer.top_percent=10) helps here." in text and "a bold bullet" in text
 
 
 def test_a_runs_return_to_go_sweep_is_summarized_with_its_best_target(tmp_path):
