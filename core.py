@@ -242,17 +242,8 @@ def train(cfg, seed, run):
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
             evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
             if evaluated:
-                model.eval()
-                result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
-                model.train()
-                progress["eval"].append({"step": step, **result})
+                progress["eval"].append(periodic_eval(model, cfg, seed, step, progress, run))
                 tracker.log("eval", progress["eval"][-1])
-                log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
-                         progress["train"][-1]["loss"], result["return_mean"], result["return_std"],
-                         result["score_mean"])
-                if result["score_mean"] > progress["best_score"]:
-                    progress["best_score"] = result["score_mean"]
-                    run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
             stop = utils.stop_requested()
             if evaluated or step % cfg.train.checkpoint_every == 0 or stop:
                 progress.update(step=step, seconds=seconds_before + time.time() - started,
@@ -266,6 +257,19 @@ def train(cfg, seed, run):
         summary = finish(model, cfg, env, seed, run, seconds_before + time.time() - started)
         tracker.log("final", {"step": cfg.train.steps, **summary})
     return summary
+
+
+def periodic_eval(model, cfg, seed, step, progress, run):
+    """Evaluate `cfg.eval.episodes` episodes; best.pt when the score beats the best so far. Returns the eval row."""
+    model.eval()
+    result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
+    model.train()
+    log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
+             progress["train"][-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
+    if result["score_mean"] > progress["best_score"]:
+        progress["best_score"] = result["score_mean"]
+        run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
+    return {"step": step, **result}
 
 
 def check_finite(loss, seed, step, run):
@@ -299,7 +303,7 @@ def finish(model, cfg, env, seed, run, train_seconds):
 
 
 def run_title(cfg):
-    """'hopper-medium', 'hopper-medium-v0 (minari)', or the env and the file name for buffer.path."""
+    """'hopper-medium', 'medium-v0 (minari, Hopper-v5)', or the env and the file name for buffer.path."""
     if cfg.buffer.source == "minari":
         return f"{cfg.buffer.dataset.split('/')[-1]} (minari, {cfg.env.id})"
     return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"

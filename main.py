@@ -65,14 +65,17 @@ def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
-    if not cfg.resume and run.holds_run() and requeued_job(cfg, run):
-        log.info("%s: this job's own folder (its launcher requeued it): resuming it", shown(run.dir))
+    job = submitit_job()
+    if not cfg.resume and run.holds_run() and requeued_job(cfg, run, job):
+        log.info("%s: this job's own folder (submitit requeued job %s): resuming it", shown(run.dir), job)
         cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
     elif run.holds_run():
         raise RunError(f"hydra.run.dir={shown(run.dir)} holds a run already: continue it with "
                        f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
+    elif job:
+        run.save_job(job)
     if cfg.buffer.path:
         cfg.buffer.path = to_absolute_path(cfg.buffer.path)
     for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):  # relative to where the user started
@@ -82,23 +85,35 @@ def prepare(cfg):
     schema.check(cfg)
     if cfg.buffer.source == "minari" and not cfg.resume:  # the env and the score's scale are the dataset's
         facts = minari_facts(cfg.buffer.dataset)
-        cfg.env.id, cfg.env.ref_min_score, cfg.env.ref_max_score = (facts["env_id"], facts["ref_min_score"],
-                                                                    facts["ref_max_score"])
+        cfg.env.id, cfg.env.ref_min_score, cfg.env.ref_max_score, cfg.buffer.file = (
+            facts["env_id"], facts["ref_min_score"], facts["ref_max_score"], facts["file"])
+        schema.check(cfg)  # its reference scores too
     if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
         raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
-    if not (cfg.resume and cfg.buffer.file):  # one download before the seeds; the run records the file it read
-        cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())
+    if not (cfg.resume and cfg.buffer.file or cfg.buffer.source == "minari"):  # the run records the file it read
+        cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())  # one download, before the seeds
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              core.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
     return cfg, run
 
 
-def requeued_job(cfg, run):
-    """Is `run` this multirun job's own earlier attempt (submitit requeues a preempted job into its folder)?"""
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+def submitit_job():
+    """This process's submitit job id (kept when submitit requeues the job), or None outside a submitit job."""
+    if "submitit" not in sys.modules:  # a submitit launcher's job runs inside submitit, which imported it
+        return None
+    import submitit
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:  # submitit is imported, but this is no job of it
+        return None
+
+
+def requeued_job(cfg, run, job):
+    """Is `run` this submitit job's own earlier attempt (submitit requeues a preempted job into its folder)?"""
+    if job is None or run.job() != job:
         return False
     saved, fresh = schema.upgrade(OmegaConf.load(run.config_path())), OmegaConf.to_container(cfg, resolve=True)
     if fresh["buffer"]["path"]:
@@ -112,8 +127,8 @@ def requeued_job(cfg, run):
 def parallel_jobs():
     """How many jobs of this multirun share the machine (Hydra's joblib launcher: n_jobs); else 1."""
     hydra_cfg = HydraConfig.get()
-    n_jobs = hydra_cfg.launcher.get("n_jobs", 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
-    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib: -1 = every core
+    n_jobs = (hydra_cfg.launcher.get("n_jobs") or 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
+    return n_jobs if n_jobs > 0 else max(1, utils.usable_cores() + 1 + n_jobs)  # joblib: -1 = every core
 
 
 def resumed_config(cfg, run, overrides):

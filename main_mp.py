@@ -91,7 +91,7 @@ def main(cfg):
         log.error("seed %d: %s", seed, reason(run, seed, code))
     summarize(cfg, run)
     resume = f"Resume with: python main_mp.py resume={shown(run.dir)}"
-    if utils.stop_requested() or any(code > 128 for code in ended.values()):
+    if ended and (utils.stop_requested() or any(code > 128 for code in ended.values())):
         utils.requeue_if_preempted()
         fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
              code=utils.interrupted_exit_code() if utils.stop_requested() else 128 + signal.SIGTERM)

@@ -1,7 +1,7 @@
 """Gather finished runs into one report: report.pdf (typeset with typst) and its markdown twin report.md.
 
     python report.py runs/<date>/<time> [runs/<date>/<time> ...] --standin --out gallery/report
-    python report.py runs/<date>/<time>-sweep/*                   # a study: a table and a figure per task
+    python report.py runs/<date>/<time>-sweep                     # a study's job folders: a table and figure per task
     python report.py ... --datasets gallery/dataset_returns.png --findings gallery/findings.md
     python report.py runs/<date>/<time> --publish gallery/hopper-medium   # a run folder to share (see publish)
 
@@ -33,9 +33,8 @@ from cfgs import schema  # noqa: E402
 
 ENV_CONFIGS = Path(__file__).resolve().parent / "cfgs" / "env"  # assignment_bar, dt_paper_score per dataset
 RESULT_COLUMNS = ["run", "env-dataset", "seeds", "final score", "best eval (step)", "bar", "pass", "DT paper"]
-# config keys that do not make a study's setting: bookkeeping, and the env's facts the report compares with
-NOT_A_SETTING = ("resume", "seeds", "buffer.file", "device", "eval.video", "logger", "wandb.", "env.assignment_bar",
-                 "env.dt_paper_score")
+NOT_COMPARED = ("resume", "env.assignment_bar", "env.dt_paper_score")  # bookkeeping; what the report compares with
+NOT_A_SETTING = NOT_COMPARED + ("seeds", "buffer.file", "device", "eval.video", "logger", "wandb.")  # of a study
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +67,16 @@ def load_run(path):
             "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
 
 
+def expand_sweeps(paths):
+    """A multirun's runs/<date>/<time>-sweep folder stands for its job folders 0, 1, ... (each a run)."""
+    expanded = []
+    for path in map(Path, paths):
+        jobs = sorted((d for d in path.glob("*") if d.name.isdigit() and (d / "config.yaml").is_file()),
+                      key=lambda d: int(d.name)) if path.is_dir() and not (path / "config.yaml").exists() else []
+        expanded += jobs or [path]
+    return expanded
+
+
 def flatten(tree, prefix=""):
     """Nested dicts -> {"dotted.key": value}; lists stay values."""
     flat = {}
@@ -79,8 +88,17 @@ def flatten(tree, prefix=""):
     return flat
 
 
+def on_d4rl_scale(run):
+    """A run on D4RL files in the assignment's -v4 envs: its score compares with the bars and the DT paper."""
+    return run["config"].get("buffer.source", "d4rl") == "d4rl" and run["config"].get("env.id", "-v4").endswith("-v4")
+
+
 def task(run):
-    return f"{run['summary']['env']}-{Path(run['summary']['dataset']).stem}"
+    """env-dataset, and the source and env when the score is not on D4RL's scale (Minari, -v5 envs)."""
+    name = f"{run['summary']['env']}-{Path(run['summary']['dataset']).stem}"
+    if on_d4rl_scale(run):
+        return name
+    return f"{name} ({run['config'].get('buffer.source')}, {run['config'].get('env.id')})"
 
 
 def env_facts(env):
@@ -117,7 +135,7 @@ def result_row(run):
                                         f"({'/'.join(map(str, episodes))} ep)"
     best = seed_curve(run, "eval.csv", "score_mean")
     best = "n/a" if best is None else f"{best[1].max():.1f} ({best[0][best[1].argmax()]:.0f})"
-    facts = env_facts(env)
+    facts = env_facts(env) if on_d4rl_scale(run) else {}  # Minari's or -v5's scores are not D4RL's
     bar = facts.get("assignment_bar", {}).get(dataset)
     paper = facts.get("dt_paper_score", {}).get(dataset)
     if bar is None or score is None:
@@ -133,8 +151,7 @@ def result_row(run):
 def config_differences(runs):
     """Rows [key, value in run 1, value in run 2, ...] for the config keys whose values differ (not resume and
     the env's bars and paper scores)."""
-    keys = sorted(k for k in set().union(*(run["config"] for run in runs))
-                  if not k.startswith(("resume", "env.assignment_bar", "env.dt_paper_score")))
+    keys = sorted(k for k in set().union(*(run["config"] for run in runs)) if not k.startswith(NOT_COMPARED))
     rows = [[key, *(str(run["config"].get(key, "(absent)")) for run in runs)] for key in keys]
     return [row for row in rows if len(set(row[1:])) > 1]
 
@@ -187,45 +204,59 @@ def defaults():
     return flatten(OmegaConf.to_container(OmegaConf.structured(schema.Config)))
 
 
+AUTO_REFERENCE = {"train.precision": "fp32"}  # the value a default of `auto` (resolved at start) counts as
+
+
+def is_default(run, keys, default):
+    return all(run["config"].get(k) == (AUTO_REFERENCE.get(k) if default.get(k) == "auto" else default.get(k))
+               for k in keys)
+
+
 def studies(runs):
-    """Runs of one task whose configs differ: [(task, keys, [(setting, run)], baseline run or None)]."""
+    """Runs of one task whose configs differ: [(task, keys, [(setting, runs)], default setting or None)].
+
+    Runs with the same setting are pooled: their seeds count together.
+    """
     found, default = [], defaults()
     for name in dict.fromkeys(task(r) for r in runs):
         members = [r for r in runs if task(r) == name]
         keys = [row[0] for row in config_differences(members) if not row[0].startswith(NOT_A_SETTING)]
         if len(members) < 2 or not keys:
             continue
-        settings = [(", ".join(f"{k}={r['config'].get(k)}" for k in keys), r) for r in members]
-        baseline = next((r for r in members if all(r["config"].get(k) == default.get(k) for k in keys
-                                                    if default.get(k) != "auto")), None)  # auto: resolved at start
-        found.append((name, keys, settings, baseline))
+        settings = {}
+        for run in members:
+            settings.setdefault(", ".join(f"{k}={run['config'].get(k)}" for k in keys), []).append(run)
+        baseline = next((s for s, rs in settings.items() if is_default(rs[0], keys, default)), None)
+        found.append((name, keys, list(settings.items()), baseline))
     return found
 
 
-def finals(run):
-    return [f["score_mean"] for f in run["summary"]["per_seed"]]
+def finals(runs):
+    """The final scores of every seed of `runs`."""
+    return [f["score_mean"] for run in runs for f in run["summary"]["per_seed"]]
 
 
 def study_table(settings, baseline):
+    base = finals(dict(settings)[baseline]) if baseline else []
     rows = []
-    for setting, run in settings:
-        scores = finals(run)
-        delta = "-" if baseline is None or run is baseline or not scores else \
-            f"{np.mean(scores) - np.mean(finals(baseline)):+.1f}"
-        rows.append([setting + (" (default)" if run is baseline else ""), run["label"], str(len(scores)),
-                     score_text(scores) if scores else "n/a", delta, ", ".join(f"{s:.1f}" for s in scores)])
+    for setting, runs in settings:
+        scores = finals(runs)
+        delta = "-" if not base or setting == baseline or not scores else f"{np.mean(scores) - np.mean(base):+.1f}"
+        rows.append([setting + (" (default)" if setting == baseline else ""), ", ".join(r["label"] for r in runs),
+                     str(len(scores)), score_text(scores) if scores else "n/a", delta,
+                     ", ".join(f"{s:.1f}" for s in scores)])
     return rows
 
 
 def study_findings(settings, baseline):
     """One sentence per setting against the default: the difference and whether it exceeds the seeds' spread."""
-    if baseline is None or not finals(baseline):
+    base = finals(dict(settings)[baseline]) if baseline else []
+    if not base:
         return ["No run has the default setting: nothing to compare with."]
-    base = finals(baseline)
     lines = []
-    for setting, run in settings:
-        scores = finals(run)
-        if run is baseline or not scores:
+    for setting, runs in settings:
+        scores = finals(runs)
+        if setting == baseline or not scores:
             continue
         delta, spread = np.mean(scores) - np.mean(base), np.std(scores) + np.std(base)
         if min(len(scores), len(base)) < 2:
@@ -244,11 +275,11 @@ def study_figure(found):
     fig, axes = plt.subplots(len(found), 1, figsize=(9, 2.2 + 0.45 * max(len(s) for _, _, s, _ in found)
                                                      * len(found)), squeeze=False)
     for ax, (name, keys, settings, baseline) in zip(axes[:, 0], found):
-        for y, (setting, run) in enumerate(settings):
-            scores = finals(run)
+        for y, (setting, runs) in enumerate(settings):
+            scores = finals(runs)
             if not scores:
                 continue
-            color = "gray" if run is baseline else "C0"
+            color = "gray" if setting == baseline else "C0"
             ax.barh(y, np.mean(scores), xerr=np.std(scores) if len(scores) > 1 else None, color=color, alpha=0.5)
             ax.plot(scores, [y] * len(scores), "o", color=color, markersize=4)
         bar = env_facts(name.split("-")[0]).get("assignment_bar", {}).get(name.split("-", 1)[1])
@@ -467,7 +498,8 @@ def write_report(runs, out, standin=False, datasets_png=None, findings=None):
 
 def publish(run_dir, dest):
     """Copy a run folder to share it: the policies final.pt but not the training state (last.pt) or best.pt, and
-    this machine's paths in its text files made relative to the project (runs/..., ../shared/...)."""
+    this machine's paths in its text files made relative to the project (runs/..., ../shared/...). Tracker logs
+    (TensorBoard events, wandb/) are left out: their copies of the config hold the machine's paths."""
     root = Path(__file__).resolve().parent
     local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
     dest = Path(dest)
@@ -475,8 +507,10 @@ def publish(run_dir, dest):
         raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
     for path in sorted(Path(run_dir).rglob("*")):
         relative = path.relative_to(run_dir)
-        if path.is_dir() or path.name in ("last.pt", "best.pt") or any(p.startswith(".") for p in relative.parts):
-            continue  # .hydra/ (older runs): Hydra's own copies, full of the machine's paths
+        left_out = path.name in ("last.pt", "best.pt", "submitit_job") or path.name.startswith("events.out.tfevents") or \
+            any(part.startswith(".") or part == "wandb" for part in relative.parts)  # .hydra/ of older runs too
+        if path.is_dir() or left_out:
+            continue
         data = path.read_bytes()
         if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
             text = data.decode()
@@ -512,7 +546,7 @@ def main(argv=None):
     for option, path in (("--datasets", args.datasets), ("--findings", args.findings)):
         if path and not Path(path).is_file():
             raise SystemExit(f"error: {option} {path}: no such file")
-    runs = [load_run(path) for path in args.runs]  # every folder checked before anything is written
+    runs = [load_run(path) for path in expand_sweeps(args.runs)]  # every folder checked before anything is written
     for path in write_report(runs, args.out or new_stem("report"), args.standin, args.datasets, args.findings):
         print(f"wrote {path}")
 

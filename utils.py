@@ -28,10 +28,15 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def usable_cores():
+    """The cores this process may run on (a Slurm job's allocation, not the whole node)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_torch_threads(num_processes):
-    """Share this machine's cores between `num_processes` training processes; OMP_NUM_THREADS, if set, wins."""
+    """Share the usable cores between `num_processes` training processes; OMP_NUM_THREADS, if set, wins."""
     if not os.environ.get("OMP_NUM_THREADS"):  # torch itself starts with that many threads
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
+        torch.set_num_threads(max(1, usable_cores() // num_processes))
 
 
 def pick_device(name):
@@ -63,45 +68,46 @@ def pick_precision(precision, device):
 # ---------------------------------------------------------------------------------------------
 # Ctrl-C, SIGTERM and a scheduler's preemption notice: the loop checkpoints and stops.
 
-# submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (preemption or time limit)
-PREEMPTION_SIGNAL = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
-_stop_signal = None
+# submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (its time limit, or a
+# preemption where the cluster sends the job's signal); Slurm's own notice is SIGTERM, which submitit ignores.
+PREEMPTION_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, PREEMPTION_SIGNAL) if s is not None]
+_signals = []  # the stop signals received, in order
 _requeue = None  # submitit's handler of the preemption signal: it resubmits the job (which then resumes)
 
 
 def _note_signal(signum, frame):
-    global _stop_signal
-    _stop_signal = signal.Signals(signum).name
+    _signals.append(signal.Signals(signum).name)
 
 
 def stop_on_signals():
     """From now on SIGINT, SIGTERM and the preemption signal only set a flag that the training loop reads."""
     global _requeue
-    previous = signal.getsignal(PREEMPTION_SIGNAL)
+    previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
     if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
         _requeue = previous
-    for sig in (signal.SIGINT, signal.SIGTERM, PREEMPTION_SIGNAL):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _note_signal)
 
 
 def stop_requested():
-    """The name of the signal that asked this process to stop (SIGINT, SIGTERM, SIGUSR2), or None."""
-    return _stop_signal
+    """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGUSR2), or None."""
+    return _signals[0] if _signals else None
 
 
 def requeue_if_preempted():
-    """In a submitit job stopped by its preemption notice, after the checkpoint: let submitit requeue the job.
+    """In a submitit job that got its preemption notice, after the checkpoint: let submitit requeue the job.
 
     submitit resubmits the same job (same overrides, same folder); main.py resumes that folder. Exits when requeued.
     """
-    if _requeue is not None and _stop_signal == PREEMPTION_SIGNAL.name:
+    if _requeue is not None and PREEMPTION_SIGNAL.name in _signals:
         log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
         _requeue(PREEMPTION_SIGNAL.value, None)
 
 
 def interrupted_exit_code():
     """128 + the signal's number, as a shell reports a process a signal ended."""
-    return 128 + signal.Signals[_stop_signal].value
+    return 128 + signal.Signals[stop_requested()].value
 
 
 class Interrupted(Exception):
@@ -166,6 +172,7 @@ class Run:
     """A run folder and every file in it; nothing else writes there.
 
         config.yaml, main.log       the resolved config; the log (main_mp.py: and seed<N>/train.log)
+        submitit_job                the submitit job that made the folder (Hydra's submitit launchers only)
         results.png, summary.json   the figure and the final scores over seeds
         seed<N>/train.csv, eval.csv the metrics, rewritten at each checkpoint
         seed<N>/last.pt             the training state resume= continues from
@@ -208,6 +215,14 @@ class Run:
 
     def config_path(self):
         return self.dir / "config.yaml"
+
+    def save_job(self, job_id):
+        """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""
+        atomic_write_bytes(self.dir / "submitit_job", job_id.encode())
+
+    def job(self):
+        path = self.dir / "submitit_job"
+        return path.read_text() if path.exists() else None
 
     # one seed's training state, metrics and checkpoints
 
@@ -300,16 +315,16 @@ class Tracker:
         from omegaconf import OmegaConf
         self.tensorboard = self.wandb = None
         config = OmegaConf.to_container(cfg)
-        if "tensorboard" in cfg.logger:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(folder, purge_step=step + 1 if step else None)
-            self.tensorboard.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "), step)
-        if "wandb" in cfg.logger:
+        if "wandb" in cfg.logger:  # first: if it cannot start, nothing else is open yet
             import wandb
             run_id = f"{hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]}-{Path(folder).name}"
             self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
                                     dir=folder, id=run_id, resume="allow", name=name, group=name.rsplit("/", 1)[0],
                                     config=config)
+        if "tensorboard" in cfg.logger:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(folder, purge_step=step + 1 if step else None)
+            self.tensorboard.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "), step)
 
     def log(self, section, row):
         """One row of train.csv / eval.csv / final.json as `<section>/<column>` at its step."""

@@ -173,18 +173,19 @@ def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_
     base = make_run(day / "p100", HOPPER, 1e-4, [60.0, 61.0, 62.0], [[50, 60]] * 3)
     better = make_run(day / "p10", HOPPER, 1e-4, [70.0, 71.0, 72.0], [[50, 70]] * 3, top_percent=10.0)
     same = make_run(day / "p25", HOPPER, 1e-4, [59.0, 62.0, 63.0], [[50, 60]] * 3, top_percent=25.0)
+    again = make_run(day / "p100-again", HOPPER, 1e-4, [61.0], [[50, 60]])  # the same setting: pooled
     findings = tmp_path / "findings.md"
     findings.write_text("## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** "
                         "bullet\n  that goes on\n")
-    report.main([str(r) for r in (better, same, base)] + ["--out", str(tmp_path / "report"), "--findings",
-                                                          str(findings)])
+    report.main([str(r) for r in (better, same, base, again)] + ["--out", str(tmp_path / "report"), "--findings",
+                                                                 str(findings)])
     md = (tmp_path / "report.md").read_text()
-    assert row(md, "buffer.top_percent=100.0 (default)")[1:5] == ["day/p100", "3", "61.0 ± 0.8", "-"]
+    assert row(md, "buffer.top_percent=100.0 (default)")[1:5] == ["day/p100, day/p100-again", "4", "61.0 ± 0.7", "-"]
     assert row(md, "buffer.top_percent=10.0")[3:5] == ["71.0 ± 0.8", "+10.0"]
-    assert "buffer.top_percent=10.0: 71.0 ± 0.8 against 61.0 ± 0.8 for the default, +10.0: better, beyond the " \
-           "seeds' spread (1.6)." in md
-    assert "buffer.top_percent=25.0: 61.3 ± 1.7 against 61.0 ± 0.8 for the default, +0.3: within the seeds' " \
-           "spread (2.5): no clear effect." in md
+    assert "buffer.top_percent=10.0: 71.0 ± 0.8 against 61.0 ± 0.7 for the default, +10.0: better, beyond the " \
+           "seeds' spread (1.5)." in md
+    assert "buffer.top_percent=25.0: 61.3 ± 1.7 against 61.0 ± 0.7 for the default, +0.3: within the seeds' " \
+           "spread (2.4): no clear effect." in md
     assert "](report_study.png)" in md and (tmp_path / "report_study.png").stat().st_size > 0
     assert "## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** bullet that " \
            "goes on" in md

@@ -88,7 +88,7 @@ def test_a_preempted_submitit_job_checkpoints_requeues_and_resumes_its_own_folde
     assert process.returncode == 0, err
 
     log = (sweep / "0" / "main.log").read_text()
-    assert "this job's own folder (its launcher requeued it): resuming it" in log
+    assert "this job's own folder (submitit requeued job " in log and "): resuming it" in log
     assert "resumed at step" in log and "Requeued job" in log
     steps = utils.read_csv(sweep / "0" / "seed0" / "train.csv")["step"]
     assert list(steps) == list(range(5, 61, 5)), "every step trained once, none lost or repeated in the record"
@@ -151,6 +151,11 @@ def test_a_minari_dataset_trains_in_its_own_v5_env_and_scores_on_its_reference_s
     replay = core.load_replay(cfg, gym.make("Hopper-v5"))
     starts, lengths, returns = replay.trajectories()
     assert list(lengths) == [30, 12, 40, 25] and list(returns) == [30.0, 24.0, 120.0, 100.0]
+
+    sweep = [sys.executable, str(ROOT / "evaluate.py"), f"run={tmp_path / 'run'}", "targets=[500]", "episodes=1"]
+    subprocess.run(sweep, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
+    rows = utils.read_csv(tmp_path / "run" / "sweep_final.csv")  # in Hopper-v5, on the Minari scale
+    assert np.allclose(rows["score"], utils.normalized_score(rows["return"], -20.0, 3000.0))
 
 
 def test_a_minari_dataset_not_on_disk_names_the_command_that_fetches_it(tmp_path):

@@ -56,7 +56,7 @@ def test_results_figure_is_drawn_from_the_seed_folders(tmp_path):
 def test_torch_threads_share_the_cores_unless_omp_num_threads_is_set(monkeypatch, omp_num_threads):
     import torch
     before = torch.get_num_threads()
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(utils, "usable_cores", lambda: 8)
     if omp_num_threads is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
