@@ -47,7 +47,7 @@ def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(da
     assert percents == [50.0, 100.0] and all((sweep / job / "seed0" / "final.json").exists() for job in ("0", "1"))
     assert not (data_dir / "multirun").exists()
 
-    report.main([str(sweep / "0"), str(sweep / "1"), "--out", str(data_dir / "study")])  # the study's table
+    report.main([str(sweep), "--out", str(data_dir / "study")])  # the sweep folder stands for its jobs 0, 1
     study = (data_dir / "study.md").read_text().split("## Studies")[1]
     assert "| buffer.top_percent=100.0 (default) |" in study and "- buffer.top_percent=50.0: " in study
     if importlib.util.find_spec("pypdf"):
