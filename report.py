@@ -371,6 +371,8 @@ def document(runs, standin, figures, datasets_png=None, findings=None):
     blocks += [heading(2, heading_text), table(RESULT_COLUMNS, [result_row(r) for r in runs]), bullets(notes(standin))]
     differences = config_differences(runs)
     blocks += [heading(2, "What differs between the runs' configs"),
+               paragraph("Every value a run used is in its config.yaml (the defaults are the DT paper's, in cfgs/); "
+                         "python main.py --config-path <run folder> --config-name config trains it again."),
                table(["key", *(r["label"] for r in runs)], differences) if differences
                else paragraph("No differences among the runs (resume ignored).")]
     blocks += [heading(2, "Training"), image(figures["loss"], "Training loss (action MSE), mean over seeds.")]
