@@ -131,8 +131,7 @@ def result_row(run):
         seeds += f" ({', '.join(map(str, summary['missing_seeds']))} missing)"
     episodes = sorted({f["episodes"] for f in summary["per_seed"]})
     score = summary["score_mean"]
-    final = "n/a" if score is None else f"{score_text([f['score_mean'] for f in summary['per_seed']])} " \
-                                        f"({'/'.join(map(str, episodes))} ep)"
+    final = "n/a" if score is None else f"{score_text(finals([run]))} ({'/'.join(map(str, episodes))} ep)"
     best = seed_curve(run, "eval.csv", "score_mean")
     best = "n/a" if best is None else f"{best[1].max():.1f} ({best[0][best[1].argmax()]:.0f})"
     facts = env_facts(env) if on_d4rl_scale(run) else {}  # Minari's or -v5's scores are not D4RL's
