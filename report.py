@@ -499,16 +499,21 @@ def write_report(runs, out, standin=False, datasets_png=None, findings=None):
 
 def publish(run_dir, dest):
     """Copy a run folder to share it: the policies final.pt but not the training state (last.pt) or best.pt, and
-    this machine's paths in its text files made relative to the project (runs/..., ../shared/...). Tracker logs
-    (TensorBoard events, wandb/) are left out: their copies of the config hold the machine's paths."""
+    this machine's paths in its text files made relative to the project (runs/..., ../shared/...). Seeds that have
+    not finished (no final.json) and tracker logs (TensorBoard events, wandb/: their copies of the config hold the
+    machine's paths) are left out. Returns the seed folders left out."""
     root = Path(__file__).resolve().parent
     local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
     dest = Path(dest)
     if dest.exists():
         raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
+    unfinished = [d.name for d in sorted(Path(run_dir).glob("seed*")) if not (d / "final.json").is_file()]
+    if unfinished and len(unfinished) == len(list(Path(run_dir).glob("seed*"))):
+        raise SystemExit(f"error: --publish {run_dir}: no seed has finished (no final.json); resume it first")
     for path in sorted(Path(run_dir).rglob("*")):
         relative = path.relative_to(run_dir)
         left_out = path.name in ("last.pt", "best.pt", "submitit_job") or path.name.startswith("events.out.tfevents") or \
+            relative.parts[0] in unfinished or \
             any(part.startswith(".") or part == "wandb" for part in relative.parts)  # .hydra/ of older runs too
         if path.is_dir() or left_out:
             continue
@@ -519,7 +524,7 @@ def publish(run_dir, dest):
                 text = text.replace(machine, shared)
             data = text.encode()
         utils.atomic_write_bytes(dest / relative, data)
-    return dest
+    return unfinished
 
 
 def new_stem(stem):
@@ -542,7 +547,8 @@ def main(argv=None):
     if args.publish:
         if len(args.runs) != 1:
             raise SystemExit("error: --publish copies one run folder: give one")
-        print(f"wrote {publish(load_run(args.runs[0])['dir'], args.publish)}")
+        unfinished = publish(load_run(args.runs[0])["dir"], args.publish)
+        print(f"wrote {args.publish}" + (f" (left out, not finished: {', '.join(unfinished)})" if unfinished else ""))
         return
     for option, path in (("--datasets", args.datasets), ("--findings", args.findings)):
         if path and not Path(path).is_file():
