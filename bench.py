@@ -172,7 +172,8 @@ def main():
         results["train"][env] = {"reference_ms": ref_s * 1e3, **{f"{p}_ms": s * 1e3 for p, s in ours.items()},
                                  **{f"speedup_{p}": ref_s / s for p, s in ours.items()},
                                  "speedup_default": ref_s / ours[default], "gflop_per_step": flops / 1e9}
-        rows.append((f"train step {env} reference fp32", ref_s * 1e3, 1 / ref_s, 1.0, flops / ref_s / 1e9 / peak["fp32"]))
+        rows.append((f"train step {env} reference fp32", ref_s * 1e3, 1 / ref_s, 1.0,
+                     flops / ref_s / 1e9 / peak["fp32"]))
     results["batch_sampling_ms"] = sampling_seconds(*SHAPES["hopper"], trajectories=args.trajectories) * 1e3
 
     model = DecisionTransformer(default_model_config(17, 6, **shape))

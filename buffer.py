@@ -225,6 +225,7 @@ class ReplayBuffer:
             log.warning("%s: %d trajectories of median length %.1f steps: a DT learns little from such short "
                         "trajectories", self.source, len(lengths), np.median(lengths))
 
+
 class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""
 

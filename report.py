@@ -512,9 +512,9 @@ def publish(run_dir, dest):
         raise SystemExit(f"error: --publish {run_dir}: no seed has finished (no final.json); resume it first")
     for path in sorted(Path(run_dir).rglob("*")):
         relative = path.relative_to(run_dir)
-        left_out = path.name in ("last.pt", "best.pt", "submitit_job") or path.name.startswith("events.out.tfevents") or \
-            relative.parts[0] in unfinished or \
-            any(part.startswith(".") or part == "wandb" for part in relative.parts)  # .hydra/ of older runs too
+        left_out = (path.name in ("last.pt", "best.pt", "submitit_job") or relative.parts[0] in unfinished
+                    or path.name.startswith("events.out.tfevents")
+                    or any(part.startswith(".") or part == "wandb" for part in relative.parts))  # .hydra/ of old runs
         if path.is_dir() or left_out:
             continue
         data = path.read_bytes()

@@ -1,5 +1,6 @@
 """Fixtures: tiny D4RL-layout hdf5 files and a helper that runs the entry points on them."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import h5py
 import hydra
 import numpy as np
 import pytest
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 import cfgs.schema  # noqa: F401  registers the schema Hydra composes with
@@ -45,9 +47,43 @@ def hopper_file(tmp_path):
 
 
 CRASH_ENV = {"PYTHONPATH": str(ROOT / "tests" / "fault_injection")}  # with DT_CRASH=<seed>:<raise|kill|nan>
-TINY = ["env=hopper", "env.max_episode_len=100", "train.steps=20", "train.log_every=5", "train.eval_every=10", "train.checkpoint_every=5",
-        "train.warmup_steps=5", "train.batch_size=8", "buffer.context_len=5", "model.embed_dim=16",
-        "model.n_layers=1", "eval.episodes=2", "eval.final_episodes=2", "eval.video=false", "device=cpu"]
+TINY = ["env=hopper", "env.max_episode_len=100", "train.steps=20", "train.log_every=5", "train.eval_every=10",
+        "train.checkpoint_every=5", "train.warmup_steps=5", "train.batch_size=8", "buffer.context_len=5",
+        "model.embed_dim=16", "model.n_layers=1", "eval.episodes=2", "eval.final_episodes=2", "eval.video=false",
+        "device=cpu"]
+
+
+def shared_run(tmp_path_factory, worker_id, name, *overrides):
+    """A tiny run on its own dataset file, trained once per test session (the pytest-xdist workers share it).
+    Returns its folder and the overrides that made it; read it, or copy it (copy_run) to change it."""
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # this session's folder, above the workers' own
+    run_dir, path = root / name, root / f"{name}_data" / "hopper_medium-v2.hdf5"
+    overrides = [f"buffer.path={path}", *overrides]
+    with FileLock(root / f"{name}.lock"):
+        if not (run_dir / "summary.json").is_file():
+            path.parent.mkdir(exist_ok=True)
+            write_d4rl_file(path)
+            run_entry("main.py", run_dir, *overrides)
+    return run_dir, overrides
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, worker_id):
+    """A finished tiny run of seeds 0 and 1, and its dataset file."""
+    run_dir, overrides = shared_run(tmp_path_factory, worker_id, "tiny_run", "seeds=[0,1]")
+    return run_dir, overrides[0].split("=", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def long_run(tmp_path_factory, worker_id):
+    """A 100-step run of seed 0 (two evals), and the overrides that made it: an interrupted one resumes to it."""
+    return shared_run(tmp_path_factory, worker_id, "long_run", "seeds=[0]", "train.steps=100", "train.eval_every=50")
+
+
+def copy_run(run_dir, dest):
+    """A copy of a run folder to change (the shared tiny_run stays as trained)."""
+    return Path(shutil.copytree(run_dir, dest))
 
 
 def entry_env(extra=None):

@@ -1,13 +1,12 @@
-"""bench.py end to end, with a few steps: its table and JSON; and a main.py run of the reference model."""
+"""bench.py end to end, with a few steps: its table and JSON; and a training run of the reference model."""
 import json
 import subprocess
 import sys
 
-from omegaconf import OmegaConf
-
 import core
+from conftest import ROOT, compose, entry_env
 from models import ReferenceDT
-from conftest import ROOT, entry_env, run_entry
+from utils import Run
 
 
 def test_bench_writes_every_measurement(tmp_path):
@@ -28,8 +27,7 @@ def test_bench_writes_every_measurement(tmp_path):
     assert results["shape"] == {"batch_size": 4, "context_len": 5, "embed_dim": 16, "n_layers": 1}
 
 
-def test_main_trains_the_reference_model_and_its_checkpoint_loads_as_one(hopper_file, tmp_path):
-    run_entry("main.py", tmp_path, "model.implementation=models.ReferenceDT", f"buffer.path={hopper_file}", "seeds=[0]")
-    assert OmegaConf.load(tmp_path / "config.yaml").model.implementation == "models.ReferenceDT"
-    policy = core.load_policy(tmp_path / "seed0" / "final.pt")
-    assert isinstance(policy, ReferenceDT) and json.loads((tmp_path / "summary.json").read_text())["seeds"] == [0]
+def test_the_reference_model_trains_and_its_checkpoint_loads_as_one(hopper_file, tmp_path):
+    cfg = compose("model.implementation=models.ReferenceDT", f"buffer.path={hopper_file}")
+    core.train(cfg, 0, Run(tmp_path))
+    assert isinstance(core.load_policy(tmp_path / "seed0" / "final.pt"), ReferenceDT)

@@ -6,24 +6,15 @@ from pathlib import Path
 import pytest
 
 import utils
-from conftest import ROOT, entry_env, run_entry, write_d4rl_file
+from conftest import ROOT, copy_run, entry_env, run_entry, write_d4rl_file
 
 
 def read(path):
     return path.read_text()
 
 
-@pytest.fixture(scope="module")
-def main_run(tmp_path_factory):
-    """A finished tiny run of two seeds, and its dataset file."""
-    path = write_d4rl_file(tmp_path_factory.mktemp("data") / "hopper_medium-v2.hdf5")
-    run_dir = tmp_path_factory.mktemp("runs") / "main"
-    run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0,1]")
-    return run_dir, path
-
-
-def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(main_run):
-    run_dir, _ = main_run
+def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", "targets=[500,3600]", "episodes=2"]
     subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
     rows = utils.read_csv(run_dir / "sweep_final.csv")
@@ -31,26 +22,29 @@ def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(main_r
     assert set(rows["target"]) == {500.0, 3600.0} and (run_dir / "sweep_final.png").stat().st_size > 0
     assert "2 targets x 2 episodes x 2 seeds in" in read(run_dir / "evaluate.log")
 
+
 @pytest.mark.parametrize("override, message", [
     ("run=/nonexistent/run", "error: run=/nonexistent/run: no run there (no config.yaml)"),
     ("checkpoint=last", "checkpoint=last: choose one of final, best"),
     ("targets=[]", "targets=[]: give finite returns"),
     ("episodes=0", "episodes=0: must be > 0"),
 ])
-def test_evaluate_py_names_a_bad_input_in_one_line(main_run, override, message):
-    run_dir, _ = main_run
+def test_evaluate_py_names_a_bad_input_in_one_line(tiny_run, override, message):
+    run_dir, _ = tiny_run
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", override]
     result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1 and message in lines[0], result.stderr
     assert not Path("/nonexistent").exists()
 
-def test_evaluate_py_needs_a_checkpoint(hopper_file, tmp_path):
-    run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=5")
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={tmp_path}", "checkpoint=best"]
-    (tmp_path / "seed0" / "best.pt").unlink()
+
+def test_evaluate_py_needs_a_checkpoint(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    for best in run_dir.glob("seed*/best.pt"):
+        best.unlink()
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", "checkpoint=best"]
     result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and f"run={tmp_path}: no seed<N>/best.pt there" in result.stderr
+    assert result.returncode != 0 and f"run={run_dir}: no seed<N>/best.pt there" in result.stderr
 
 
 def test_a_run_films_one_episode_of_each_seeds_final_policy(tmp_path):

@@ -23,6 +23,7 @@ def test_main_mp_runs_seeds_in_parallel_and_writes_the_same_artifacts(hopper_fil
             assert (tmp_path / f"seed{seed}" / name).exists(), f"seed{seed}/{name}"
     assert (tmp_path / "results.png").exists() and json.loads(read(tmp_path / "summary.json"))["seeds"] == [0, 1]
 
+
 @pytest.mark.parametrize("how", ["raise", "kill"])
 def test_main_mp_reports_a_crashed_seed_and_keeps_the_others(hopper_file, tmp_path, how):
     result = run_entry("main_mp.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0,1]", check=False,

@@ -1,5 +1,6 @@
 """End to end: main.py and main_mp.py on a tiny dataset write every artifact; faults lose nothing."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 
 import core
 import utils
-from conftest import CRASH_ENV, ROOT, TINY, compose, entry_env, run_entry
+from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, entry_env, run_entry
 from utils import Run
 
 SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
@@ -21,18 +22,8 @@ def read(path):
     return path.read_text()
 
 
-@pytest.fixture(scope="module")
-def main_run(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    from conftest import write_d4rl_file
-    path = write_d4rl_file(data / "hopper_medium-v2.hdf5")
-    run_dir = tmp_path_factory.mktemp("runs") / "main"
-    run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0,1]")
-    return run_dir, path
-
-
-def test_main_writes_config_log_figure_summary_and_seed_artifacts(main_run):
-    run_dir, _ = main_run
+def test_main_writes_config_log_figure_summary_and_seed_artifacts(tiny_run):
+    run_dir, _ = tiny_run
     for name in ["config.yaml", "main.log", "results.png", "summary.json"]:
         assert (run_dir / name).stat().st_size > 0, name
     for seed in (0, 1):
@@ -41,8 +32,8 @@ def test_main_writes_config_log_figure_summary_and_seed_artifacts(main_run):
     assert "normalized score" in read(run_dir / "main.log")
 
 
-def test_metrics_hold_every_logged_step_and_eval(main_run):
-    run_dir, _ = main_run
+def test_metrics_hold_every_logged_step_and_eval(tiny_run):
+    run_dir, _ = tiny_run
     train = read(run_dir / "seed0" / "train.csv").splitlines()
     assert train[0] == "step,loss,lr" and [r.split(",")[0] for r in train[1:]] == ["5", "10", "15", "20"]
     evals = read(run_dir / "seed0" / "eval.csv").splitlines()
@@ -50,14 +41,13 @@ def test_metrics_hold_every_logged_step_and_eval(main_run):
 
 
 def test_each_logged_lr_is_the_one_its_step_used_and_a_short_last_interval_is_logged(hopper_file, tmp_path):
-    run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=12",
-              "train.warmup_steps=10")
+    core.train(compose(f"buffer.path={hopper_file}", "train.steps=12", "train.warmup_steps=10"), 0, Run(tmp_path))
     rows = [r.split(",") for r in read(tmp_path / "seed0" / "train.csv").splitlines()[1:]]
     assert [(int(step), float(lr)) for step, _, lr in rows] == [(5, 0.5e-4), (10, 1e-4), (12, 1e-4)]  # lr * step / 10
 
 
-def test_same_seed_same_machine_gives_identical_metrics(main_run, tmp_path):
-    run_dir, path = main_run
+def test_same_seed_same_machine_gives_identical_metrics(tiny_run, tmp_path):
+    run_dir, path = tiny_run
     run_entry("main.py", tmp_path / "again", f"buffer.path={path}", "seeds=[0]")
     for name in ["train.csv", "eval.csv"]:
         assert read(run_dir / "seed0" / name) == read(tmp_path / "again" / "seed0" / name), name
@@ -66,25 +56,26 @@ def test_same_seed_same_machine_gives_identical_metrics(main_run, tmp_path):
         {k: v for k, v in second.items() if "seconds" not in k}
 
 
-def test_checkpoint_alone_evaluates_and_refuses_another_env(main_run):
-    run_dir, _ = main_run
+def test_checkpoint_alone_evaluates_and_refuses_another_env(tiny_run):
+    run_dir, _ = tiny_run
     model = core.load_policy(run_dir / "seed0" / "final.pt", env_id="Hopper-v4")
     assert model.state_mean.shape == (11,) and not model.training
     with pytest.raises(core.ConfigError, match="trained on Hopper-v4, not Walker2d-v4"):
         core.load_policy(run_dir / "seed0" / "final.pt", env_id="Walker2d-v4")
 
 
-def test_main_keeps_going_after_a_crashed_seed(hopper_file, tmp_path):
+def test_main_keeps_going_after_a_crashed_seed_and_advises_to_resume(hopper_file, tmp_path):
     result = run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0,1]", check=False,
                        env={**CRASH_ENV, "DT_CRASH": "0:raise"})
-    assert result.returncode != 0 and "seeds [0] failed" in result.stderr
-    assert (tmp_path / "seed1" / "final.json").exists()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and lines == [f"seeds [0] failed; see {tmp_path}/main.log. Resume with: "
+                                                f"python main.py resume={tmp_path}"]
+    assert (tmp_path / "seed1" / "final.json").exists() and json.loads(read(tmp_path / "summary.json"))["seeds"] == [1]
     assert "injected crash in seed 0" in read(tmp_path / "main.log")
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(hopper_file, tmp_path):
-    longer = [f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=60", "train.eval_every=30"]
-    run_entry("main.py", tmp_path / "whole", *longer)
+def test_resume_after_sigkill_equals_an_uninterrupted_run(long_run, tmp_path):
+    whole, longer = long_run
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"hydra.run.dir={run_dir}", *longer]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=entry_env(),
@@ -98,22 +89,26 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(hopper_file, tmp_path)
     assert not (run_dir / "seed0" / "final.json").exists(), "killed before it finished"
     run_entry("main.py", tmp_path / "unused", f"resume={run_dir}")
     for name in ["train.csv", "eval.csv"]:
-        assert read(run_dir / "seed0" / name) == read(tmp_path / "whole" / "seed0" / name), name
+        assert read(run_dir / "seed0" / name) == read(whole / "seed0" / name), name
 
 
-def test_resume_with_more_seeds_keeps_the_finished_one_and_trains_the_new_one_as_from_scratch(main_run, tmp_path):
+def test_resume_with_more_seeds_keeps_the_finished_one_and_trains_the_new_one_as_from_scratch(tiny_run, tmp_path):
     """Also: seeds=[1] adds seed 1 to the run's seeds, and an old config gains the newer keys' defaults."""
-    reference_dir, path = main_run  # seeds 0 and 1 in one run
-    run_entry("main.py", tmp_path, f"buffer.path={path}", "seeds=[0]")
-    final0 = read(tmp_path / "seed0" / "final.json")
-    config = tmp_path / "config.yaml"  # as written before buffer.file, model.implementation, the defaults list
-    old = [line for line in read(config).splitlines(keepends=True)[4:] if not line.startswith(("  file:",
-                                                                                               "  implementation:"))]
-    config.write_text("".join(line.replace("precision: fp32", "bf16: false") for line in old))
-    result = run_entry("main.py", tmp_path / "unused", f"resume={tmp_path}", "seeds=[1]", "train.steps=5")
-    assert read(tmp_path / "seed0" / "final.json") == final0
-    assert read(tmp_path / "seed1" / "train.csv") == read(reference_dir / "seed1" / "train.csv")
-    assert json.loads(read(tmp_path / "summary.json"))["seeds"] == [0, 1]
+    reference_dir, _ = tiny_run  # seeds 0 and 1 in one run
+    run_dir = copy_run(reference_dir, tmp_path / "run")
+    shutil.rmtree(run_dir / "seed1")
+    final0 = read(run_dir / "seed0" / "final.json")
+    # config.yaml of seed 0 alone, as older code wrote it: no defaults list, buffer.file or model.implementation
+    config = run_dir / "config.yaml"
+    lines = [line for line in read(config).splitlines(keepends=True)[4:]
+             if not line.startswith(("  file:", "  implementation:"))]
+    old = "".join(lines).replace("precision: fp32", "bf16: false")
+    assert "seeds:\n- 0\n- 1\n" in old
+    config.write_text(old.replace("seeds:\n- 0\n- 1\n", "seeds:\n- 0\n"))
+    result = run_entry("main.py", tmp_path / "unused", f"resume={run_dir}", "seeds=[1]", "train.steps=5")
+    assert read(run_dir / "seed0" / "final.json") == final0
+    assert read(run_dir / "seed1" / "train.csv") == read(reference_dir / "seed1" / "train.csv")
+    assert json.loads(read(run_dir / "summary.json"))["seeds"] == [0, 1]
     assert "seeds:\n- 0\n- 1\n" in read(config) and "implementation: models.DecisionTransformer" in read(config)
     assert "precision: fp32" in read(config) and "bf16" not in read(config), "train.bf16 became train.precision"
     assert "train:\n  steps: 20\n" in read(config), "only seeds= overrides a resumed run"
@@ -137,8 +132,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file,
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_report_py_reads_a_run_folder_made_by_main_py(main_run, tmp_path):
-    run_dir, _ = main_run
+def test_report_py_reads_a_run_folder_made_by_main_py(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
     cmd = [sys.executable, str(ROOT / "report.py"), str(run_dir), "--out", str(tmp_path / "report")]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -168,8 +163,8 @@ def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
         assert read(tmp_path / "run" / "seed0" / name) == read(tmp_path / "new" / "seed0" / name), name
 
 
-def test_a_runs_own_config_yaml_runs_again_as_a_new_run(main_run, tmp_path):
-    run_dir, _ = main_run
+def test_a_runs_own_config_yaml_runs_again_as_a_new_run(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
     cmd = [sys.executable, str(ROOT / "main.py"), "--config-path", str(run_dir), "--config-name", "config",
            f"hydra.run.dir={tmp_path / 'again'}", "seeds=[0]"]
     subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
@@ -177,8 +172,8 @@ def test_a_runs_own_config_yaml_runs_again_as_a_new_run(main_run, tmp_path):
 
 
 def test_each_auxiliary_loss_is_logged_in_its_own_column(hopper_file, tmp_path):
-    run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=10",
-              "train.aux_state_coef=0.5", "train.aux_rtg_coef=2")
+    core.train(compose(f"buffer.path={hopper_file}", "train.steps=10", "train.aux_state_coef=0.5",
+                       "train.aux_rtg_coef=2"), 0, Run(tmp_path))
     rows = utils.read_csv(tmp_path / "seed0" / "train.csv")
     assert list(rows) == ["step", "loss", "action_mse", "state_mse", "rtg_mse", "lr"]
     np.testing.assert_allclose(rows["loss"], rows["action_mse"] + 0.5 * rows["state_mse"] + 2 * rows["rtg_mse"],
