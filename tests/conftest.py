@@ -53,11 +53,13 @@ TINY = ["env=hopper", "env.max_episode_len=100", "train.steps=20", "train.log_ev
         "device=cpu"]
 
 
-def shared_run(tmp_path_factory, worker_id, name, *overrides):
+def shared_run(tmp_path_factory, name, *overrides):
     """A tiny run on its own dataset file, trained once per test session (the pytest-xdist workers share it).
-    Returns its folder and the overrides that made it; read it, or copy it (copy_run) to change it."""
+    Returns its folder, its dataset file and the overrides that made it; read it, or copy it (copy_run) to change
+    it."""
     root = tmp_path_factory.getbasetemp()
-    root = root if worker_id == "master" else root.parent  # this session's folder, above the workers' own
+    if "PYTEST_XDIST_WORKER" in os.environ:  # a worker's folder: this session's is above
+        root = root.parent
     run_dir, path = root / name, root / f"{name}_data" / "hopper_medium-v2.hdf5"
     overrides = [f"buffer.path={path}", *overrides]
     with FileLock(root / f"{name}.lock"):
@@ -65,20 +67,22 @@ def shared_run(tmp_path_factory, worker_id, name, *overrides):
             path.parent.mkdir(exist_ok=True)
             write_d4rl_file(path)
             run_entry("main.py", run_dir, *overrides)
-    return run_dir, overrides
+    return run_dir, path, overrides
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, worker_id):
+def tiny_run(tmp_path_factory):
     """A finished tiny run of seeds 0 and 1, and its dataset file."""
-    run_dir, overrides = shared_run(tmp_path_factory, worker_id, "tiny_run", "seeds=[0,1]")
-    return run_dir, overrides[0].split("=", 1)[1]
+    run_dir, path, _ = shared_run(tmp_path_factory, "tiny_run", "seeds=[0,1]")
+    return run_dir, path
 
 
 @pytest.fixture(scope="session")
-def long_run(tmp_path_factory, worker_id):
+def long_run(tmp_path_factory):
     """A 100-step run of seed 0 (two evals), and the overrides that made it: an interrupted one resumes to it."""
-    return shared_run(tmp_path_factory, worker_id, "long_run", "seeds=[0]", "train.steps=100", "train.eval_every=50")
+    run_dir, _, overrides = shared_run(tmp_path_factory, "long_run", "seeds=[0]", "train.steps=100",
+                                       "train.eval_every=50")
+    return run_dir, overrides
 
 
 def copy_run(run_dir, dest):

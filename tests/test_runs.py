@@ -46,16 +46,6 @@ def test_each_logged_lr_is_the_one_its_step_used_and_a_short_last_interval_is_lo
     assert [(int(step), float(lr)) for step, _, lr in rows] == [(5, 0.5e-4), (10, 1e-4), (12, 1e-4)]  # lr * step / 10
 
 
-def test_same_seed_same_machine_gives_identical_metrics(tiny_run, tmp_path):
-    run_dir, path = tiny_run
-    run_entry("main.py", tmp_path / "again", f"buffer.path={path}", "seeds=[0]")
-    for name in ["train.csv", "eval.csv"]:
-        assert read(run_dir / "seed0" / name) == read(tmp_path / "again" / "seed0" / name), name
-    first, second = (json.loads(read(d / "seed0" / "final.json")) for d in (run_dir, tmp_path / "again"))
-    assert {k: v for k, v in first.items() if "seconds" not in k} == \
-        {k: v for k, v in second.items() if "seconds" not in k}
-
-
 def test_checkpoint_alone_evaluates_and_refuses_another_env(tiny_run):
     run_dir, _ = tiny_run
     model = core.load_policy(run_dir / "seed0" / "final.pt", env_id="Hopper-v4")
@@ -163,12 +153,17 @@ def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
         assert read(tmp_path / "run" / "seed0" / name) == read(tmp_path / "new" / "seed0" / name), name
 
 
-def test_a_runs_own_config_yaml_runs_again_as_a_new_run(tiny_run, tmp_path):
-    run_dir, _ = tiny_run
+def test_a_runs_own_config_yaml_runs_again_into_identical_metrics(tiny_run, tmp_path):
+    """Determinism: the same config and seed on the same machine give the same curves and final score."""
+    run_dir, again = tiny_run[0], tmp_path / "again"
     cmd = [sys.executable, str(ROOT / "main.py"), "--config-path", str(run_dir), "--config-name", "config",
-           f"hydra.run.dir={tmp_path / 'again'}", "seeds=[0]"]
+           f"hydra.run.dir={again}", "seeds=[0]"]
     subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
-    assert read(tmp_path / "again" / "seed0" / "train.csv") == read(run_dir / "seed0" / "train.csv")
+    for name in ["train.csv", "eval.csv"]:
+        assert read(again / "seed0" / name) == read(run_dir / "seed0" / name), name
+    first, second = (json.loads(read(d / "seed0" / "final.json")) for d in (run_dir, again))
+    assert {k: v for k, v in first.items() if "seconds" not in k} == \
+        {k: v for k, v in second.items() if "seconds" not in k}
 
 
 def test_each_auxiliary_loss_is_logged_in_its_own_column(hopper_file, tmp_path):
