@@ -57,7 +57,7 @@ def load_run(path):
                          f"resume={path} writes it again") from None
     config = schema.upgrade(OmegaConf.load(run_dir / "config.yaml"))
     try:  # in today's keys, so that runs of older code differ only where their settings do
-        config = OmegaConf.to_container(schema.typed(config))
+        config = OmegaConf.to_container(schema.typed(config), resolve=True)
     except schema.ConfigError:
         pass
     if config.get("buffer", {}).get("file"):  # the file's name: its folder is the machine's, not the run's
@@ -497,12 +497,13 @@ def write_report(runs, out, standin=False, datasets_png=None, findings=None):
     return [pdf_path, md_path, *(p for p in figures.values() if p)]
 
 
-def publish(run_dir, dest):
+def publish(run, dest):
     """Copy a run folder to share it: the policies final.pt but not the training state (last.pt) or best.pt, and
     this machine's paths in its text files made relative to the project (runs/..., ../shared/...). Seeds that have
     not finished (no final.json) and tracker logs (TensorBoard events, wandb/: their copies of the config hold the
-    machine's paths) are left out. Returns the seed folders left out."""
-    root = Path(__file__).resolve().parent
+    machine's paths) are left out; results.png is then drawn again from the seeds copied. Returns the seed
+    folders left out."""
+    run_dir, root = run["dir"], Path(__file__).resolve().parent
     local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
     dest = Path(dest)
     if dest.exists():
@@ -524,6 +525,10 @@ def publish(run_dir, dest):
                 text = text.replace(machine, shared)
             data = text.encode()
         utils.atomic_write_bytes(dest / relative, data)
+    if unfinished:
+        c = run["config"]
+        utils.plot_results(dest, f"{task(run)}   ({run['label']})", c["eval.target_return"], c["env.ref_min_score"],
+                           c["env.ref_max_score"])
     return unfinished
 
 
@@ -547,7 +552,7 @@ def main(argv=None):
     if args.publish:
         if len(args.runs) != 1:
             raise SystemExit("error: --publish copies one run folder: give one")
-        unfinished = publish(load_run(args.runs[0])["dir"], args.publish)
+        unfinished = publish(load_run(args.runs[0]), args.publish)
         print(f"wrote {args.publish}" + (f" (left out, not finished: {', '.join(unfinished)})" if unfinished else ""))
         return
     for option, path in (("--datasets", args.datasets), ("--findings", args.findings)):

@@ -404,8 +404,8 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
             continue
         steps, mean, std, counts = curve
         n = counts.max()
-        ax.plot(steps, mean, color=color, marker="o" if len(steps) < 30 else None,
-                label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})")
+        seeds = f"{counts.min()}-{n} seeds" if counts.min() < n else f"{n} seed{'s' if n > 1 else ''}"  # some training
+        ax.plot(steps, mean, color=color, marker="o" if len(steps) < 30 else None, label=f"{label} (mean of {seeds})")
         if n > 1:
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.25, label="+- std over seeds")
     ax_ret.axhline(target_return, color="gray", linestyle="--", label=f"target return {target_return:g}")

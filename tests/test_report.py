@@ -219,12 +219,12 @@ def test_publish_copies_a_run_to_share_without_training_state_or_the_machines_pa
         (run / "seed0" / name).write_bytes(b"weights")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "hydra.yaml").write_text("/home/me")
-    (run / "seed1").mkdir()  # a seed still training: left out
-    (run / "seed1" / "train.csv").write_text("")
+    (run / "seed1").mkdir()  # a seed still training: left out, and out of the figure drawn again
+    write_csv(run / "seed1" / "train.csv", ["step", "loss", "lr"], [(100, 0.5, 1e-4)])
     report.main([str(run), "--publish", str(tmp_path / "shared")])
     shared = tmp_path / "shared"
     assert sorted(p.name for p in (shared / "seed0").iterdir()) == ["eval.csv", "final.json", "final.pt", "train.csv"]
-    assert not (shared / "seed1").exists()
+    assert not (shared / "seed1").exists() and plt.imread(shared / "results.png").shape[0] > 8
     assert OmegaConf.load(shared / "config.yaml").buffer.file == "../shared/hopper_medium-v2.hdf5"
     assert (shared / "main.log").read_text() == "resumed runs/day/run\n" and not (shared / ".hydra").exists()
     with pytest.raises(SystemExit, match="exists already"):
