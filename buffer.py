@@ -226,13 +226,17 @@ class ReplayBuffer:
                         "trajectories", self.source, len(lengths), np.median(lengths))
 
 
+def top_trajectories(returns, top_percent):
+    """Percentile behaviour cloning: which trajectories have a return in the top `top_percent` % (a mask)."""
+    return returns >= np.percentile(returns, 100.0 - top_percent)
+
+
 class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""
 
     def __init__(self, replay, context_len, reward_scale, max_timestep, sample_by="length", top_percent=100.0):
         starts, lengths, returns = replay.trajectories()
-
-        keep = returns >= np.percentile(returns, 100.0 - top_percent)  # percentile behaviour cloning
+        keep = top_trajectories(returns, top_percent)
         self.starts, self.lengths, self.returns = starts[keep], lengths[keep], returns[keep]
         steps = np.concatenate([np.arange(s, s + n) for s, n in zip(self.starts, self.lengths)])
         self.states = replay.observations[steps]

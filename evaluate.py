@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 import core
 import utils
-from buffer import DatasetError
+from buffer import DatasetError, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from main import cli
@@ -93,8 +93,9 @@ def evaluate_run(cfg):
         log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
     seconds = time.time() - started
     run.save_table(f"sweep_{cfg.checkpoint}.csv", rows)
+    trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)
     utils.plot_sweep(rows, score(data_returns), score, f"{core.run_title(train_cfg)}   ({run.name}, {name})",
-                     run.dir / f"sweep_{cfg.checkpoint}.png")
+                     run.dir / f"sweep_{cfg.checkpoint}.png", None if trained.all() else score(data_returns[trained]))
     log.info("%d targets x %d episodes x %d seeds in %.0f s: %s/sweep_%s.csv", len(targets), cfg.episodes, len(seeds),
              seconds, run.name, cfg.checkpoint)
     return rows
