@@ -4,7 +4,6 @@ import os
 import time
 import warnings
 from functools import partial
-from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 
@@ -250,7 +249,7 @@ def train(cfg, seed, run):
                                 loss_sums=loss_sums.tolist())
                 run.save_state(seed, model, optimizer, scheduler, rng, progress)
             if evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
-                run.plot(run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+                run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
             if stop:
                 raise utils.Interrupted(f"seed {seed} stopped by {stop} at step {step}; its checkpoint is written")
         bar.close()
@@ -300,10 +299,3 @@ def finish(model, cfg, env, seed, run, train_seconds):
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
              result["score_std"])
     return summary
-
-
-def run_title(cfg):
-    """'hopper-medium', 'medium-v0 (minari, Hopper-v5)', or the env and the file name for buffer.path."""
-    if cfg.buffer.source == "minari":
-        return f"{cfg.buffer.dataset.split('/')[-1]} (minari, {cfg.env.id})"
-    return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"

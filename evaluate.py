@@ -94,7 +94,7 @@ def evaluate_run(cfg):
     seconds = time.time() - started
     run.save_table(f"sweep_{cfg.checkpoint}.csv", rows)
     trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)
-    utils.plot_sweep(rows, score(data_returns), score, f"{core.run_title(train_cfg)}   ({run.name}, {name})",
+    utils.plot_sweep(rows, score(data_returns), score, f"{utils.run_title(train_cfg)}   ({run.name}, {name})",
                      run.dir / f"sweep_{cfg.checkpoint}.png", None if trained.all() else score(data_returns[trained]))
     log.info("%d targets x %d episodes x %d seeds in %.0f s: %s/sweep_%s.csv", len(targets), cfg.episodes, len(seeds),
              seconds, run.name, cfg.checkpoint)

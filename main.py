@@ -96,7 +96,7 @@ def prepare(cfg):
         cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())  # one download, before the seeds
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
-             core.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
+             utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
     return cfg, run
 
 
@@ -146,10 +146,10 @@ def resumed_config(cfg, run, overrides):
 def summarize(cfg, run):
     """summary.json and the figure from the seeds' final.json; the score line in the log."""
     summary = run.summarize(cfg.env.name, cfg.buffer.path or cfg.buffer.dataset, list(cfg.seeds))
-    run.plot(core.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+    run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
     if summary["seeds"]:
         spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
-        log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", core.run_title(cfg),
+        log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", utils.run_title(cfg),
                  summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
     return summary
 

@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 import utils  # noqa: E402
 from cfgs import schema  # noqa: E402
@@ -55,15 +56,16 @@ def load_run(path):
     except json.JSONDecodeError as e:
         raise SystemExit(f"error: {run_dir / 'summary.json'} is empty or not JSON ({e}): python main.py "
                          f"resume={path} writes it again") from None
-    config = schema.upgrade(OmegaConf.load(run_dir / "config.yaml"))
+    config, cfg = schema.upgrade(OmegaConf.load(run_dir / "config.yaml")), None
     try:  # in today's keys, so that runs of older code differ only where their settings do
-        config = OmegaConf.to_container(schema.typed(config), resolve=True)
-    except schema.ConfigError:
-        pass
+        cfg = schema.typed(config)
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except (schema.ConfigError, OmegaConfBaseException):
+        cfg = None
     if config.get("buffer", {}).get("file"):  # the file's name: its folder is the machine's, not the run's
         config["buffer"]["file"] = Path(config["buffer"]["file"]).name
     run_dir = Path(os.path.abspath(run_dir))
-    return {"dir": run_dir, "label": "/".join(run_dir.parts[-2:]), "config": flatten(config),
+    return {"dir": run_dir, "label": "/".join(run_dir.parts[-2:]), "config": flatten(config), "cfg": cfg,
             "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
 
 
@@ -498,18 +500,15 @@ def write_report(runs, out, standin=False, datasets_png=None, findings=None):
 
 
 def publish(run, dest):
-    """Copy a run folder to share it: the policies final.pt but not the training state (last.pt) or best.pt, and
-    this machine's paths in its text files made relative to the project (runs/..., ../shared/...). Seeds that have
-    not finished (no final.json) and tracker logs (TensorBoard events, wandb/: their copies of the config hold the
-    machine's paths) are left out; results.png is then drawn again from the seeds copied. Returns the seed
-    folders left out."""
+    """Copy a run folder to share: final.pt but not last.pt or best.pt, this machine's paths made relative; no
+    unfinished seeds (results.png drawn again without them) or tracker logs. Returns the seeds left out."""
     run_dir, root = run["dir"], Path(__file__).resolve().parent
     local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
     dest = Path(dest)
     if dest.exists():
         raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
-    unfinished = [d.name for d in sorted(Path(run_dir).glob("seed*")) if not (d / "final.json").is_file()]
-    if unfinished and len(unfinished) == len(list(Path(run_dir).glob("seed*"))):
+    unfinished = [d.name for d in run["seed_dirs"] if not (d / "final.json").is_file()]
+    if unfinished and len(unfinished) == len(run["seed_dirs"]):
         raise SystemExit(f"error: --publish {run_dir}: no seed has finished (no final.json); resume it first")
     for path in sorted(Path(run_dir).rglob("*")):
         relative = path.relative_to(run_dir)
@@ -525,10 +524,12 @@ def publish(run, dest):
                 text = text.replace(machine, shared)
             data = text.encode()
         utils.atomic_write_bytes(dest / relative, data)
-    if unfinished:
-        c = run["config"]
-        utils.plot_results(dest, f"{task(run)}   ({run['label']})", c["eval.target_return"], c["env.ref_min_score"],
-                           c["env.ref_max_score"])
+    cfg = run["cfg"]
+    if unfinished and cfg is not None:
+        utils.plot_results(dest, f"{utils.run_title(cfg)}   ({run['label']})", cfg.eval.target_return,
+                           cfg.env.ref_min_score, cfg.env.ref_max_score)
+    elif unfinished:  # a config of unknown keys: no figure rather than one of seeds that are not here
+        (dest / "results.png").unlink(missing_ok=True)
     return unfinished
 
 

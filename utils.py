@@ -364,6 +364,13 @@ def load_checkpoint(path):
 # The results figure and the video
 
 
+def run_title(cfg):
+    """'hopper-medium', 'medium-v0 (minari, Hopper-v5)', or the env and the file name for buffer.path."""
+    if cfg.buffer.source == "minari":
+        return f"{cfg.buffer.dataset.split('/')[-1]} (minari, {cfg.env.id})"
+    return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"
+
+
 def mean_std_over_seeds(curves, key):
     """Steps, mean, std and seed count of `key` over the seeds, at every step some seed has reached.
 

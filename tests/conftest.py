@@ -61,12 +61,14 @@ def shared_run(tmp_path_factory, name, *overrides):
     if "PYTEST_XDIST_WORKER" in os.environ:  # a worker's folder: this session's is above
         root = root.parent
     run_dir, path = root / name, root / f"{name}_data" / "hopper_medium-v2.hdf5"
-    overrides = [f"buffer.path={path}", *overrides]
+    overrides, trained = [f"buffer.path={path}", *overrides], root / f"{name}.trained"
     with FileLock(root / f"{name}.lock"):
-        if not (run_dir / "summary.json").is_file():
+        if not trained.exists():  # not yet, or a failed try: its folder goes
+            shutil.rmtree(run_dir, ignore_errors=True)
             path.parent.mkdir(exist_ok=True)
             write_d4rl_file(path)
             run_entry("main.py", run_dir, *overrides)
+            trained.touch()
     return run_dir, path, overrides
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import core
+from cfgs import schema
 from conftest import ROOT, compose, entry_env
 from models import ReferenceDT
 from utils import Run
@@ -29,5 +30,6 @@ def test_bench_writes_every_measurement(tmp_path):
 
 def test_the_reference_model_trains_and_its_checkpoint_loads_as_one(hopper_file, tmp_path):
     cfg = compose("model.implementation=models.ReferenceDT", f"buffer.path={hopper_file}")
+    schema.check(cfg)  # what main.py checks before it trains
     core.train(cfg, 0, Run(tmp_path))
     assert isinstance(core.load_policy(tmp_path / "seed0" / "final.pt"), ReferenceDT)

@@ -82,6 +82,12 @@ def test_uniform_and_return_weighting(hopper_file):
     assert np.argmax(by_return.traj_probs) == np.argmax(by_return.returns)
 
 
+def test_top_trajectories_are_those_at_or_above_the_percentile():
+    returns = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 10.0])
+    assert returns[buffer.top_trajectories(returns, 30)].tolist() == [9.0, 8.0, 10.0]
+    assert buffer.top_trajectories(returns, 100).all()
+
+
 def test_top_percent_keeps_the_best_trajectories(hopper_file):
     data = make_sequences(hopper_file, top_percent=50)
     assert sorted(data.returns.tolist()) == sorted(make_sequences(hopper_file).returns.tolist())[3:]

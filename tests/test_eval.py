@@ -48,9 +48,15 @@ def test_normalized_score_uses_d4rl_reference_returns():
     assert result["score_mean"] == pytest.approx(expected)
 
 
-def test_video_shows_the_filmed_env_until_its_episode_ends(monkeypatch):
-    small = lambda *args, **kw: MAKE(*args, **kw, width=96, height=96) if "render_mode" in kw else MAKE(*args, **kw)  # noqa
-    monkeypatch.setattr(gym, "make", small)
+@pytest.fixture
+def small_frames(monkeypatch):
+    """Rendering envs film 96 x 96 frames: what is filmed is tested, not the resolution."""
+    def make(*args, **kw):
+        return MAKE(*args, **kw, width=96, height=96) if "render_mode" in kw else MAKE(*args, **kw)
+    monkeypatch.setattr(gym, "make", make)
+
+
+def test_video_shows_the_filmed_env_until_its_episode_ends(small_frames):
     model = fixed_policy("Hopper-v4")
     _, alone = rollout(model, "Hopper-v4", 1, 0, 3600, 1000, record=[0])
     _, beside_others = rollout(model, "Hopper-v4", 3, 0, 3600, 1000, record=[0])
@@ -85,20 +91,19 @@ class Gait(torch.nn.Module):
         return self.torques(timesteps), None, None  # (n, k, 6)
 
 
-def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_camera_loses_it(monkeypatch):
-    small = lambda *args, **kw: MAKE(*args, **kw, width=96, height=96) if "render_mode" in kw else MAKE(*args, **kw)  # noqa
-    monkeypatch.setattr(gym, "make", small)  # the camera is what is tested, not the resolution
+def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_camera_loses_it(small_frames):
     returns, frames = rollout(Gait(), "HalfCheetah-v4", 1, 0, 6000, 1000, record=[0], max_steps=150)
     tracked = np.array([robot_share(f) for f in frames[0]])  # filmed by rollout's camera
     assert returns[0] < -150, "the gait ran several metres (backwards)"
     assert len(tracked) == 150 and tracked.min() > 0.01, f"robot out of view in {np.sum(tracked <= 0.01)} frames"
 
-    env = MAKE("HalfCheetah-v4", render_mode="rgb_array", width=96, height=96)  # the default camera
+    env = gym.make("HalfCheetah-v4", render_mode="rgb_array")  # the default camera
     env.reset(seed=0)
     assert robot_share(env.render()) > 0.01, "the default camera starts on the robot"
     for t in range(150):  # the same gait, filmed at its start and its end only
         env.step(Gait.torques(torch.tensor(t)).numpy())
     assert robot_share(env.render()) <= 0.01, "without tracking the robot leaves the picture"
+    env.close()
 
 
 @pytest.mark.parametrize("episodes", [1, 2])

@@ -29,8 +29,8 @@ def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_r
     ("targets=[]", "targets=[]: give finite returns"),
     ("episodes=0", "episodes=0: must be > 0"),
 ])
-def test_evaluate_py_names_a_bad_input_in_one_line(tiny_run, override, message):
-    run_dir, _ = tiny_run
+def test_evaluate_py_names_a_bad_input_in_one_line(tiny_run, tmp_path, override, message):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")  # evaluate.py logs into the run folder
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", override]
     result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
