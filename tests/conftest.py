@@ -1,8 +1,6 @@
 """Fixtures: tiny D4RL-layout hdf5 files and a helper that runs the entry points on them."""
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -13,6 +11,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 import cfgs.schema  # noqa: F401  registers the schema Hydra composes with
+import entry
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER_OBS, HOPPER_ACT = 11, 3
@@ -94,17 +93,26 @@ def copy_run(run_dir, dest):
 
 def entry_env(extra=None):
     """The environment of an entry point the tests start: one torch thread (tiny models), no warnings."""
-    return {**os.environ, "PYTHONWARNINGS": "ignore", "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", **(extra or {})}
+    return {**os.environ, **entry.STARTUP_ENV, **(extra or {})}
+
+
+def start_script(script, *args, cwd=ROOT, env=None, new_session=False):
+    """`python <script> <args>` (a project entry point) started in cwd with entry_env(env): a Popen-like Entry."""
+    return entry.start(ROOT / script, *args, cwd=cwd, env=entry_env(env), new_session=new_session)
+
+
+def run_script(script, *args, cwd=ROOT, env=None, check=False):
+    """`python <script> <args>` in cwd with entry_env(env), to its end: a CompletedProcess. check: fail the
+    test, with the output, if it failed."""
+    result = entry.run(ROOT / script, *args, cwd=cwd, env=entry_env(env))
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 def run_entry(script, run_dir, *overrides, check=True, env=None):
     """Run main.py / main_mp.py with the tiny config into run_dir; return the CompletedProcess."""
-    cmd = [sys.executable, str(ROOT / script), *TINY, f"hydra.run.dir={run_dir}", *overrides]
-    env = entry_env(env)
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
+    return run_script(script, *TINY, f"hydra.run.dir={run_dir}", *overrides, check=check, env=env)
 
 
 def compose(*overrides, tiny=True):

@@ -3,7 +3,6 @@ training on a value that cannot work, never a write into another run's folder.""
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
@@ -17,7 +16,8 @@ import main
 import report
 from cfgs import schema
 from cfgs.schema import ConfigError
-from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, entry_env, run_entry, write_d4rl_file
+from conftest import (CRASH_ENV, TINY, compose, copy_run, run_entry, run_script, start_script,
+                      write_d4rl_file)
 from utils import Run, RunError
 
 
@@ -99,18 +99,14 @@ def test_the_command_line_prints_one_line_and_starts_nothing_on_a_wrong_type(tmp
 
 
 def test_a_start_that_fails_on_a_value_keeps_its_error_in_main_log(hopper_file, tmp_path):
-    cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"buffer.path={hopper_file}", "train.lr=-1"]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env=entry_env())
+    result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "train.lr=-1", cwd=tmp_path)
     assert error_line(result) == "error: train.lr=-1.0: must be > 0"
     (log,) = tmp_path.glob("runs/*/*/main.log")
     assert "train.lr=-1.0: must be > 0" in log.read_text() and not list(log.parent.glob("seed*"))
 
 
 def test_a_mistyped_resume_path_creates_nothing(tmp_path):
-    cmd = [sys.executable, str(ROOT / "main.py"), "resume=runs/typo"]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env=entry_env())
+    result = run_script("main.py", "resume=runs/typo", cwd=tmp_path)
     assert error_line(result) == ("error: resume=runs/typo: no run there (no config.yaml); give a run folder such "
                                   "as resume=runs/<date>/<time>")
     assert not (tmp_path / "runs").exists()
@@ -186,13 +182,11 @@ def wait_for_training(run_dir, timeout=120):
 def test_a_signal_checkpoints_the_current_step_and_tells_how_to_resume(long_run, tmp_path, sig):
     whole, longer = long_run
     run_dir = tmp_path / "stopped"
-    cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"hydra.run.dir={run_dir}", *longer]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=entry_env(), text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = start_script("main.py", *TINY, f"hydra.run.dir={run_dir}", *longer, new_session=True)
     wait_for_training(run_dir)
     os.killpg(proc.pid, sig)  # as Ctrl-C does: to the whole process group
     _, stderr = proc.communicate(timeout=120)
-    result = subprocess.CompletedProcess(cmd, proc.returncode, "", stderr)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
     line = error_line(result)
     assert proc.returncode == 128 + sig and f"stopped by {sig.name} at step" in line
     assert line.endswith(f"Resume with: python main.py resume={run_dir}")
@@ -206,14 +200,12 @@ def test_a_signal_checkpoints_the_current_step_and_tells_how_to_resume(long_run,
 
 def test_main_mp_passes_sigterm_on_to_its_seeds_which_checkpoint(hopper_file, tmp_path):
     run_dir = tmp_path / "stopped"
-    cmd = [sys.executable, str(ROOT / "main_mp.py"), *TINY, f"hydra.run.dir={run_dir}", f"buffer.path={hopper_file}",
-           "seeds=[0,1]", "train.steps=100000", "train.eval_every=100000", "train.checkpoint_every=5"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=entry_env(), text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_script("main_mp.py", *TINY, f"hydra.run.dir={run_dir}", f"buffer.path={hopper_file}", "seeds=[0,1]",
+                        "train.steps=100000", "train.eval_every=100000", "train.checkpoint_every=5")
     wait_for_training(run_dir)
     proc.send_signal(signal.SIGTERM)  # to the parent only, as `kill` does
     _, stderr = proc.communicate(timeout=120)
-    line = error_line(subprocess.CompletedProcess(cmd, proc.returncode, "", stderr))
+    line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr))
     assert proc.returncode == 128 + signal.SIGTERM
     assert line == (f"interrupted: seeds [0, 1] stopped with a checkpoint. "
                     f"Resume with: python main_mp.py resume={run_dir}")

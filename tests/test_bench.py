@@ -1,11 +1,9 @@
 """bench.py end to end, with a few steps: its table and JSON; and a training run of the reference model."""
 import json
-import subprocess
-import sys
 
 import core
 from cfgs import schema
-from conftest import ROOT, compose, entry_env
+from conftest import compose, run_script
 from models import ReferenceDT
 from utils import Run
 
@@ -14,8 +12,7 @@ def test_bench_writes_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
     tiny = ["--steps", "2", "--episodes", "1", "--batch-size", "4", "--context-len", "5", "--embed-dim", "16",
             "--n-layers", "1", "--trajectories", "10"]
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), *tiny, "--out", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600, check=True, env=entry_env())
+    result = run_script("bench.py", *tiny, "--out", str(out), check=True)
     results = json.loads(out.read_text())
     assert results["machine"]["cores"] >= 1 and results["matmul_gflops"]["fp32"] > 0
     for env in ("hopper", "walker2d"):

@@ -1,12 +1,10 @@
 """evaluate.py on a tiny trained run: the sweep's CSV, figure and log; bad inputs in one line."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import utils
-from conftest import ROOT, copy_run, entry_env, run_entry, write_d4rl_file
+from conftest import copy_run, run_entry, run_script, write_d4rl_file
 
 
 def read(path):
@@ -15,8 +13,7 @@ def read(path):
 
 def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run[0], tmp_path / "run")
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", "targets=[500,3600]", "episodes=2"]
-    subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
+    run_script("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2", check=True)
     rows = utils.read_csv(run_dir / "sweep_final.csv")
     assert list(rows) == ["seed", "target", "episode", "return", "score"] and len(rows["seed"]) == 2 * 2 * 2
     assert set(rows["target"]) == {500.0, 3600.0} and (run_dir / "sweep_final.png").stat().st_size > 0
@@ -31,8 +28,7 @@ def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_r
 ])
 def test_evaluate_py_names_a_bad_input_in_one_line(tiny_run, tmp_path, override, message):
     run_dir = copy_run(tiny_run[0], tmp_path / "run")  # evaluate.py logs into the run folder
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", override]
-    result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
+    result = run_script("evaluate.py", f"run={run_dir}", override)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1 and message in lines[0], result.stderr
     assert not Path("/nonexistent").exists()
@@ -42,8 +38,7 @@ def test_evaluate_py_needs_a_checkpoint(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run[0], tmp_path / "run")
     for best in run_dir.glob("seed*/best.pt"):
         best.unlink()
-    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run_dir}", "checkpoint=best"]
-    result = subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, text=True, timeout=300)
+    result = run_script("evaluate.py", f"run={run_dir}", "checkpoint=best")
     assert result.returncode != 0 and f"run={run_dir}: no seed<N>/best.pt there" in result.stderr
 
 

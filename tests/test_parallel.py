@@ -1,13 +1,11 @@
 """Parallel work: main_mp.py's seed processes write what main.py writes, a crashed seed keeps the others; a
 multirun study puts one run folder per setting under runs/."""
 import json
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CRASH_ENV, ROOT, TINY, entry_env, run_entry
+from conftest import CRASH_ENV, TINY, run_entry, run_script
 
 SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
 
@@ -36,9 +34,8 @@ def test_main_mp_reports_a_crashed_seed_and_keeps_the_others(hopper_file, tmp_pa
 
 
 def test_a_multirun_study_puts_one_run_folder_per_setting_under_runs(hopper_file, tmp_path):
-    cmd = [sys.executable, str(ROOT / "main.py"), "-m", *TINY, f"buffer.path={hopper_file}", "seeds=[0]",
-           "train.steps=5", "buffer.top_percent=50,100"]
-    subprocess.run(cmd, cwd=tmp_path, env=entry_env(), capture_output=True, check=True, timeout=300)
+    run_script("main.py", "-m", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=5",
+               "buffer.top_percent=50,100", cwd=tmp_path, check=True)
     (sweep,) = tmp_path.glob("runs/*/*-sweep")
     percents = [OmegaConf.load(sweep / job / "config.yaml").buffer.top_percent for job in ("0", "1")]
     assert percents == [50.0, 100.0] and all((sweep / job / "summary.json").exists() for job in ("0", "1"))

@@ -3,7 +3,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 import core
 import utils
-from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, entry_env, run_entry
+from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, run_entry, run_script, start_script
 from utils import Run
 
 SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
@@ -67,9 +66,7 @@ def test_main_keeps_going_after_a_crashed_seed_and_advises_to_resume(hopper_file
 def test_resume_after_sigkill_equals_an_uninterrupted_run(long_run, tmp_path):
     whole, longer = long_run
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "main.py"), *TINY, f"hydra.run.dir={run_dir}", *longer]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=entry_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_script("main.py", *TINY, f"hydra.run.dir={run_dir}", *longer)
     train_csv = run_dir / "seed0" / "train.csv"
     deadline = time.time() + 120
     while not (train_csv.exists() and len(read(train_csv).splitlines()) > 5) and time.time() < deadline:
@@ -126,8 +123,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file,
 
 def test_report_py_reads_a_run_folder_made_by_main_py(tiny_run, tmp_path):
     run_dir, _ = tiny_run
-    cmd = [sys.executable, str(ROOT / "report.py"), str(run_dir), "--out", str(tmp_path / "report")]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script("report.py", str(run_dir), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     md = (tmp_path / "report.md").read_text()
@@ -149,8 +145,7 @@ def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     same = [f"buffer.path={hopper_file}", "seeds=[0]", "env.max_episode_len=1000"]  # the old code's episodes
     run_entry("main.py", tmp_path / "new", *same)
-    cmd = [sys.executable, str(old / "main.py"), *TINY, f"hydra.run.dir={tmp_path / 'run'}", *same]
-    subprocess.run(cmd, cwd=old, env=entry_env(), capture_output=True, check=True, timeout=300)
+    run_script(old / "main.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}", *same, cwd=old, check=True)
     for name in ["train.csv", "eval.csv"]:
         assert read(tmp_path / "run" / "seed0" / name) == read(tmp_path / "new" / "seed0" / name), name
 
@@ -158,9 +153,8 @@ def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
 def test_a_runs_own_config_yaml_runs_again_into_identical_metrics(tiny_run, tmp_path):
     """Determinism: the same config and seed on the same machine give the same curves and final score."""
     run_dir, again = tiny_run[0], tmp_path / "again"
-    cmd = [sys.executable, str(ROOT / "main.py"), "--config-path", str(run_dir), "--config-name", "config",
-           f"hydra.run.dir={again}", "seeds=[0]"]
-    subprocess.run(cmd, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
+    run_script("main.py", "--config-path", str(run_dir), "--config-name", "config", f"hydra.run.dir={again}",
+               "seeds=[0]", check=True)
     for name in ["train.csv", "eval.csv"]:
         assert read(again / "seed0" / name) == read(run_dir / "seed0" / name), name
     first, second = (json.loads(read(d / "seed0" / "final.json")) for d in (run_dir, again))

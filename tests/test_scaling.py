@@ -4,7 +4,6 @@ import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,20 +16,19 @@ import core
 import report
 import utils
 from cfgs import schema
-from conftest import ROOT, TINY, compose, entry_env, run_entry, write_d4rl_file
+from conftest import TINY, compose, run_entry, run_script, start_script, write_d4rl_file
 
 SHORT_MULTIRUN = [*TINY, "seeds=[0]", "eval.final_episodes=1", "eval.episodes=1"]
 
 
 def multirun(cwd, *overrides, script="main.py", env=None, wait=True):
     """python main.py -m ... in `cwd` (its runs/ folder), on the tiny D4RL file in cwd."""
-    cmd = [sys.executable, str(ROOT / script), "-m", *SHORT_MULTIRUN, *overrides]
-    process = subprocess.Popen(cmd, cwd=cwd, env=entry_env({"D4RL_DATASET_DIR": str(cwd), **(env or {})}),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_script(script, "-m", *SHORT_MULTIRUN, *overrides, cwd=cwd,
+                           env={"D4RL_DATASET_DIR": str(cwd), **(env or {})})
     if not wait:
         return process
     out, err = process.communicate(timeout=600)
-    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 @pytest.fixture
@@ -152,8 +150,7 @@ def test_a_minari_dataset_trains_in_its_own_v5_env_and_scores_on_its_reference_s
     starts, lengths, returns = replay.trajectories()
     assert list(lengths) == [30, 12, 40, 25] and list(returns) == [30.0, 24.0, 120.0, 100.0]
 
-    sweep = [sys.executable, str(ROOT / "evaluate.py"), f"run={tmp_path / 'run'}", "targets=[500]", "episodes=1"]
-    subprocess.run(sweep, cwd=ROOT, env=entry_env(), capture_output=True, check=True, timeout=300)
+    run_script("evaluate.py", f"run={tmp_path / 'run'}", "targets=[500]", "episodes=1", check=True)
     rows = utils.read_csv(tmp_path / "run" / "sweep_final.csv")  # in Hopper-v5, on the Minari scale
     assert np.allclose(rows["score"], utils.normalized_score(rows["return"], -20.0, 3000.0))
 
