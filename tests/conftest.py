@@ -92,8 +92,9 @@ def copy_run(run_dir, dest):
 
 
 def entry_env(extra=None):
-    """The environment of an entry point the tests start: one torch thread (tiny models), no warnings."""
-    return {**os.environ, **entry.STARTUP_ENV, **(extra or {})}
+    """The environment of an entry point the tests start: the tests' own, one torch thread (tiny models), no
+    warnings (entry.STARTUP_ENV), and extra."""
+    return {**entry.WARM_ENV, **(extra or {})}
 
 
 def start_script(script, *args, cwd=ROOT, env=None, new_session=False):
@@ -101,13 +102,20 @@ def start_script(script, *args, cwd=ROOT, env=None, new_session=False):
     return entry.start(ROOT / script, *args, cwd=cwd, env=entry_env(env), new_session=new_session)
 
 
-def run_script(script, *args, cwd=ROOT, env=None, check=False):
+def run_script(script, *args, cwd=ROOT, env=None, check=False, fresh=False):
     """`python <script> <args>` in cwd with entry_env(env), to its end: a CompletedProcess. check: fail the
-    test, with the output, if it failed."""
-    result = entry.run(ROOT / script, *args, cwd=cwd, env=entry_env(env))
+    test, with the output, if it failed. fresh: in a new interpreter (tests/entry.py says when that matters)."""
+    result = entry.run(ROOT / script, *args, cwd=cwd, env=entry_env(env), fresh=fresh)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture(autouse=True)
+def no_entry_left_running():
+    """After each test, the entry points it left running (it failed midway) are killed."""
+    yield
+    entry.kill_leftovers()
 
 
 def run_entry(script, run_dir, *overrides, check=True, env=None):

@@ -106,7 +106,7 @@ def test_a_start_that_fails_on_a_value_keeps_its_error_in_main_log(hopper_file, 
 
 
 def test_a_mistyped_resume_path_creates_nothing(tmp_path):
-    result = run_script("main.py", "resume=runs/typo", cwd=tmp_path)
+    result = run_script("main.py", "resume=runs/typo", cwd=tmp_path, fresh=True)
     assert error_line(result) == ("error: resume=runs/typo: no run there (no config.yaml); give a run folder such "
                                   "as resume=runs/<date>/<time>")
     assert not (tmp_path / "runs").exists()

@@ -12,7 +12,7 @@ def test_bench_writes_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
     tiny = ["--steps", "2", "--episodes", "1", "--batch-size", "4", "--context-len", "5", "--embed-dim", "16",
             "--n-layers", "1", "--trajectories", "10"]
-    result = run_script("bench.py", *tiny, "--out", str(out), check=True)
+    result = run_script("bench.py", *tiny, "--out", str(out), check=True, fresh=True)
     results = json.loads(out.read_text())
     assert results["machine"]["cores"] >= 1 and results["matmul_gflops"]["fp32"] > 0
     for env in ("hopper", "walker2d"):

@@ -11,11 +11,24 @@ from conftest import entry_env
 
 SCRIPTS = {
     "runs": "import json, os, sys\nprint(json.dumps([sys.argv[1:], os.getcwd(), sys.path[0], os.environ['X'], "
-            "__name__, 'torch' in sys.modules]))\nprint('to stderr', file=sys.stderr)",
-    "exits": "import sys\nprint('partial output')\nsys.exit('error: a one-line message')",
+            "__name__]))\nprint('to stderr', file=sys.stderr)",
+    "exits with a message, then atexit": "import atexit, sys\natexit.register(print, 'at exit', file=sys.stderr)\n"
+                                         "print('partial output')\nsys.exit('error: a one-line message')",
     "raises": "def fail():\n    raise ValueError('boom')\n\nfail()",
     "exits with a code": "raise SystemExit(3)",
+    "is interrupted": "raise KeyboardInterrupt",
+    "pickles a __main__ function at exit": "import atexit, pickle\ndef f():\n    pass\n\n"
+                                           "atexit.register(lambda: print(len(pickle.dumps(f)) > 0))",
+    "joins its threads": "import threading, time\n"
+                         "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()",
 }
+
+
+def run_both(script, env, *args):
+    """The script run by a new interpreter and by tests/entry.py: two CompletedProcesses."""
+    real = subprocess.run([sys.executable, str(script), *args], cwd=script.parent.parent, env=env,
+                          capture_output=True, text=True)
+    return real, entry.run(script, *args, cwd=script.parent.parent, env=env)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -23,12 +36,18 @@ def test_a_forked_script_prints_and_ends_as_a_new_interpreter(tmp_path, name):
     (tmp_path / "code").mkdir()
     script = tmp_path / "code" / "script.py"
     script.write_text(SCRIPTS[name] + "\n")
-    env = entry_env({"X": "x"})
-    real = subprocess.run([sys.executable, str(script), "a", "b=1"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)
-    forked = entry.run(script, "a", "b=1", cwd=tmp_path, env=env)
-    assert forked.stdout.replace("true]", "false]") == real.stdout  # the warm interpreter has imported torch
-    assert (forked.stderr, forked.returncode) == (real.stderr, real.returncode)
+    real, forked = run_both(script, entry_env({"X": "x"}), "a", "b=1")
+    assert (forked.stdout, forked.stderr, forked.returncode) == (real.stdout, real.stderr, real.returncode)
+
+
+def test_an_environment_read_at_start_gets_a_new_interpreter(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text("import builtins\nbuiltins.CUSTOMIZED = True\n")
+    script = tmp_path / "code" / "script.py"
+    script.write_text("print(CUSTOMIZED)\n")
+    real, started = run_both(script, entry_env({"PYTHONPATH": str(tmp_path / "site")}))
+    assert started.stdout == real.stdout == "True\n"
 
 
 def test_a_signal_ends_a_forked_script_as_it_ends_a_new_interpreter(tmp_path):

@@ -13,7 +13,7 @@ def read(path):
 
 def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run[0], tmp_path / "run")
-    run_script("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2", check=True)
+    run_script("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2", check=True, fresh=True)
     rows = utils.read_csv(run_dir / "sweep_final.csv")
     assert list(rows) == ["seed", "target", "episode", "return", "score"] and len(rows["seed"]) == 2 * 2 * 2
     assert set(rows["target"]) == {500.0, 3600.0} and (run_dir / "sweep_final.png").stat().st_size > 0

@@ -123,7 +123,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file,
 
 def test_report_py_reads_a_run_folder_made_by_main_py(tiny_run, tmp_path):
     run_dir, _ = tiny_run
-    result = run_script("report.py", str(run_dir), "--out", str(tmp_path / "report"))
+    result = run_script("report.py", str(run_dir), "--out", str(tmp_path / "report"), fresh=True)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     md = (tmp_path / "report.md").read_text()
@@ -145,7 +145,7 @@ def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     same = [f"buffer.path={hopper_file}", "seeds=[0]", "env.max_episode_len=1000"]  # the old code's episodes
     run_entry("main.py", tmp_path / "new", *same)
-    run_script(old / "main.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}", *same, cwd=old, check=True)
+    run_script(old / "main.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}", *same, cwd=old, check=True, fresh=True)
     for name in ["train.csv", "eval.csv"]:
         assert read(tmp_path / "run" / "seed0" / name) == read(tmp_path / "new" / "seed0" / name), name
 
@@ -154,7 +154,7 @@ def test_a_runs_own_config_yaml_runs_again_into_identical_metrics(tiny_run, tmp_
     """Determinism: the same config and seed on the same machine give the same curves and final score."""
     run_dir, again = tiny_run[0], tmp_path / "again"
     run_script("main.py", "--config-path", str(run_dir), "--config-name", "config", f"hydra.run.dir={again}",
-               "seeds=[0]", check=True)
+               "seeds=[0]", check=True, fresh=True)  # another interpreter: its hash seed too
     for name in ["train.csv", "eval.csv"]:
         assert read(again / "seed0" / name) == read(run_dir / "seed0" / name), name
     first, second = (json.loads(read(d / "seed0" / "final.json")) for d in (run_dir, again))
