@@ -8,8 +8,8 @@ would: SystemExit's code or message, the traceback of an uncaught exception, thr
 death by SIGINT on an uncaught Ctrl-C. What it shares with the warm interpreter: the modules already imported, the
 hash seed, multiprocessing's process identity, and no interpreter finalization (objects are not collected at exit).
 So a run gets a real `python <script>` where that could matter: `fresh=True` (the tests of determinism and one
-run of each entry point), an environment that differs in what is read at start (PYTHONPATH of the fault injection,
-thread counts), or ENTRY_FRESH=1 for the whole suite.
+run of each entry point), or an environment that differs in what is read at start (PYTHONPATH of the fault
+injection, thread counts).
 """
 import atexit
 import functools
@@ -38,9 +38,9 @@ started = []  # the entries of the current test
 
 
 def needs_new_interpreter(env):
-    """Whether env differs from the warm interpreter's in a variable read at start, or ENTRY_FRESH=1 is set."""
+    """Whether env differs from the warm interpreter's in a variable read at start."""
     read_at_start = lambda e: {k: v for k, v in e.items() if k.startswith(READ_AT_START)}  # noqa: E731
-    return os.environ.get("ENTRY_FRESH") == "1" or read_at_start(env) != read_at_start(WARM_ENV)
+    return read_at_start(env) != read_at_start(WARM_ENV)
 
 
 @functools.cache
