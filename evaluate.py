@@ -6,7 +6,8 @@
 All targets and episodes of a seed run in one vectorized pass (targets x episodes envs in lockstep, each with
 its own return-to-go). Writes into the run folder: sweep_<checkpoint>.csv (a row per seed, target and episode),
 sweep_<checkpoint>.png (achieved against target normalized score) and, with video=true, one episode per
-target: seed<N>/sweep_<checkpoint>_<target>.mp4.
+target: seed<N>/sweep_<checkpoint>_<target>.mp4. Each seed's rows are kept as soon as its pass ends
+(seed<N>/sweep_<checkpoint>.json): a stopped sweep, started again, reuses the seeds it finished.
 """
 import logging
 import time
@@ -65,6 +66,12 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     return returns.reshape(len(targets), episodes), frames
 
 
+def sweep_settings(policy_path, targets, episodes):
+    """What a seed's sweep depends on: its policy file's bytes, the targets and the episodes."""
+    return {"policy_sha256": utils.file_sha256(policy_path), "targets": [float(t) for t in targets],
+            "episodes": int(episodes)}
+
+
 def evaluate_run(cfg):
     """The sweep of cfg.run: its CSV and figure in the run folder; returns the rows."""
     run = Run(to_absolute_path(cfg.run))
@@ -80,24 +87,35 @@ def evaluate_run(cfg):
     targets = sweep_targets(cfg, train_cfg, data_returns)
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
     record = [i * cfg.episodes for i in range(len(targets))] if cfg.video else []  # each target's first episode
-    started, rows = time.time(), []
+    started, rows, reused = time.time(), [], []
     for seed in seeds:
-        model = core.load_policy(run.policy_path(seed, name), train_cfg.env.id, utils.pick_device(cfg.device))
+        path = run.policy_path(seed, name)
+        settings = sweep_settings(path, targets, cfg.episodes)
+        videos = [f"sweep_{cfg.checkpoint}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
+        done = run.sweep_part(seed, cfg.checkpoint)
+        if done and done["settings"] == settings and run.has_files(seed, videos):
+            rows += done["rows"]
+            reused.append(seed)
+            log.info("seed %d: reused seed%d/sweep_%s.json (same policy, targets and episodes)", seed, seed,
+                     cfg.checkpoint)
+            continue
+        model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
         returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
-        rows += [{"seed": seed, "target": float(target), "episode": episode, "return": float(r),
-                  "score": float(score(r))}
-                 for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
-        for i, env_frames in frames.items():
-            run.save_video(seed, f"sweep_{cfg.checkpoint}_{targets[i // cfg.episodes]:g}.mp4", env_frames,
-                           fps=env.metadata["render_fps"])
+        seed_rows = [{"seed": seed, "target": float(target), "episode": episode, "return": float(r),
+                      "score": float(score(r))}
+                     for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
+        for i, video in zip(record, videos):
+            run.save_video(seed, video, frames[i], fps=env.metadata["render_fps"])
+        run.save_sweep_part(seed, cfg.checkpoint, {"settings": settings, "rows": seed_rows})
+        rows += seed_rows
         log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
     seconds = time.time() - started
     run.save_table(f"sweep_{cfg.checkpoint}.csv", rows)
     trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)
     utils.plot_sweep(rows, score(data_returns), score, f"{utils.run_title(train_cfg)}   ({run.name}, {name})",
                      run.dir / f"sweep_{cfg.checkpoint}.png", None if trained.all() else score(data_returns[trained]))
-    log.info("%d targets x %d episodes x %d seeds in %.0f s: %s/sweep_%s.csv", len(targets), cfg.episodes, len(seeds),
-             seconds, run.name, cfg.checkpoint)
+    log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s/sweep_%s.csv", len(targets), cfg.episodes,
+             len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "", run.name, cfg.checkpoint)
     return rows
 
 

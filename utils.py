@@ -134,6 +134,11 @@ def atomic_write_bytes(path, data):
         raise
 
 
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def atomic_torch_save(obj, path):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -178,6 +183,7 @@ class Run:
         seed<N>/last.pt             the training state resume= continues from
         seed<N>/best.pt, final.pt   the policy at its best periodic eval and at the end
         seed<N>/final.json          the final evaluation; video.mp4 one episode of it
+        sweep_<ckpt>.csv/.png       evaluate.py's sweep of target returns; seed<N>/sweep_<ckpt>.json each seed's part
         seed<N>/events.out.tfevents.*, seed<N>/wandb/   with logger=[csv,tensorboard] / [csv,wandb]
     """
 
@@ -280,6 +286,18 @@ class Run:
     def save_table(self, name, rows):
         """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
         write_csv(rows, self.dir / name)
+
+    def save_sweep_part(self, seed, checkpoint, part):
+        """One seed's finished sweep (its settings and rows): what a stopped evaluate.py keeps."""
+        atomic_write_bytes(self.seed_dir(seed) / f"sweep_{checkpoint}.json", json.dumps(part).encode())
+
+    def sweep_part(self, seed, checkpoint):
+        """What save_sweep_part kept, or None."""
+        path = self.seed_dir(seed) / f"sweep_{checkpoint}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def has_files(self, seed, names):
+        return all((self.seed_dir(seed) / name).exists() for name in names)
 
     # over seeds
 

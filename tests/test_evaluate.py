@@ -20,6 +20,22 @@ def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_r
     assert "2 targets x 2 episodes x 2 seeds in" in read(run_dir / "evaluate.log")
 
 
+def test_a_stopped_sweep_started_again_reuses_the_seeds_it_finished(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    sweep = ("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2")
+    run_script(*sweep, check=True)
+    whole = (run_dir / "sweep_final.csv").read_bytes()
+    (run_dir / "seed1" / "sweep_final.json").unlink()  # as if stopped during seed 1's pass
+    (run_dir / "sweep_final.csv").unlink()
+    run_script(*sweep, check=True)
+    log = read(run_dir / "evaluate.log")
+    assert "seed 0: reused seed0/sweep_final.json" in log and "x 1 seeds in" in log and "(1 reused)" in log
+    assert (run_dir / "sweep_final.csv").read_bytes() == whole  # the same rows as the sweep in one go
+    run_script(*sweep[:-1], "episodes=3", check=True)  # other settings: every seed again
+    assert len(utils.read_csv(run_dir / "sweep_final.csv")["seed"]) == 2 * 2 * 3
+    assert read(run_dir / "evaluate.log").count("reused seed") == 1
+
+
 @pytest.mark.parametrize("override, message", [
     ("run=/nonexistent/run", "error: run=/nonexistent/run: no run there (no config.yaml)"),
     ("checkpoint=last", "checkpoint=last: choose one of final, best"),
