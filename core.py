@@ -245,6 +245,8 @@ def train(cfg, seed, run):
                 tracker.log("eval", progress["eval"][-1])
             stop = utils.stop_requested()
             if evaluated or step % cfg.train.checkpoint_every == 0 or stop:
+                if stop:  # between log steps: no checkpoint of weights whose loss is unchecked
+                    check_finite(loss_sums.sum().item(), seed, step, run)
                 progress.update(step=step, seconds=seconds_before + time.time() - started,
                                 loss_sums=loss_sums.tolist())
                 run.save_state(seed, model, optimizer, scheduler, rng, progress)

@@ -2,12 +2,13 @@
 
     python evaluate.py run=runs/<date>/<time>                          # each seed's final.pt, default targets
     python evaluate.py run=runs/<date>/<time> checkpoint=best targets=[1000,2000,3000] episodes=20 video=true
+    python evaluate.py run=runs/<date>/<time> targets=[3000] episodes=100 name=target_3000   # beside the sweep
 
 All targets and episodes of a seed run in one vectorized pass (targets x episodes envs in lockstep, each with
-its own return-to-go). Writes into the run folder: sweep_<checkpoint>.csv (a row per seed, target and episode),
-sweep_<checkpoint>.png (achieved against target normalized score) and, with video=true, one episode per
-target: seed<N>/sweep_<checkpoint>_<target>.mp4. Each seed's rows are kept as soon as its pass ends
-(seed<N>/sweep_<checkpoint>.json): a stopped sweep, started again, reuses the seeds it finished.
+its own return-to-go). Writes into the run folder, as <name> (default sweep_<checkpoint>): <name>.csv (a row per
+seed, target and episode), <name>.png (achieved against target normalized score) and, with video=true, one
+episode per target: seed<N>/<name>_<target>.mp4. Each seed's rows are kept as soon as its pass ends
+(seed<N>/<name>.json): a stopped sweep, started again, reuses the seeds it finished.
 """
 import logging
 import time
@@ -46,6 +47,8 @@ OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, re
 def dataset_returns(train_cfg, env):
     """The returns of the run's dataset's trajectories (its recorded file, else the file env + dataset name)."""
     if train_cfg.buffer.file and not Path(train_cfg.buffer.file).exists():
+        log.warning("%s (the run's dataset file) is not here: the data's returns come from the file of %s-%s",
+                    train_cfg.buffer.file, train_cfg.env.name, train_cfg.buffer.dataset)
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": None}})
     return core.load_replay(train_cfg, env).trajectories()[2]
 
@@ -66,10 +69,10 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     return returns.reshape(len(targets), episodes), frames
 
 
-def sweep_settings(policy_path, targets, episodes):
-    """What a seed's sweep depends on: its policy file's bytes, the targets and the episodes."""
+def sweep_settings(policy_path, targets, cfg, videos):
+    """What a seed's sweep depends on: its policy file's bytes, the targets, episodes, device and videos."""
     return {"policy_sha256": utils.file_sha256(policy_path), "targets": [float(t) for t in targets],
-            "episodes": int(episodes)}
+            "episodes": cfg.episodes, "device": cfg.device, "videos": videos}
 
 
 def evaluate_run(cfg):
@@ -90,14 +93,13 @@ def evaluate_run(cfg):
     started, rows, reused = time.time(), [], []
     for seed in seeds:
         path = run.policy_path(seed, name)
-        settings = sweep_settings(path, targets, cfg.episodes)
-        videos = [f"sweep_{cfg.checkpoint}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
-        done = run.sweep_part(seed, cfg.checkpoint)
-        if done and done["settings"] == settings and run.has_files(seed, videos):
-            rows += done["rows"]
+        videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
+        settings = sweep_settings(path, targets, cfg, videos)
+        kept = run.sweep_part(seed, cfg.name)
+        if kept and kept["settings"] == settings and run.has_files(seed, videos):
+            rows += kept["rows"]
             reused.append(seed)
-            log.info("seed %d: reused seed%d/sweep_%s.json (same policy, targets and episodes)", seed, seed,
-                     cfg.checkpoint)
+            log.info("seed %d: reused seed%d/%s.json (same policy, targets and episodes)", seed, seed, cfg.name)
             continue
         model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
         returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
@@ -106,16 +108,16 @@ def evaluate_run(cfg):
                      for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
         for i, video in zip(record, videos):
             run.save_video(seed, video, frames[i], fps=env.metadata["render_fps"])
-        run.save_sweep_part(seed, cfg.checkpoint, {"settings": settings, "rows": seed_rows})
+        run.save_sweep_part(seed, cfg.name, {"settings": settings, "rows": seed_rows})
         rows += seed_rows
         log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
     seconds = time.time() - started
-    run.save_table(f"sweep_{cfg.checkpoint}.csv", rows)
+    run.save_table(f"{cfg.name}.csv", rows)
     trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)
     utils.plot_sweep(rows, score(data_returns), score, f"{utils.run_title(train_cfg)}   ({run.name}, {name})",
-                     run.dir / f"sweep_{cfg.checkpoint}.png", None if trained.all() else score(data_returns[trained]))
-    log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s/sweep_%s.csv", len(targets), cfg.episodes,
-             len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "", run.name, cfg.checkpoint)
+                     run.dir / f"{cfg.name}.png", None if trained.all() else score(data_returns[trained]))
+    log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s/%s.csv", len(targets), cfg.episodes,
+             len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "", run.name, cfg.name)
     return rows
 
 

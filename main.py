@@ -161,15 +161,21 @@ def fail(message, code=1):
     raise SystemExit(code)
 
 
-@hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
-def main(cfg):
+def start(cfg):
+    """Signals caught from here on, the config checked and the run folder prepared: (cfg, run); a one-line
+    error and exit on a value or folder that cannot work. main_mp.py starts the same way."""
     utils.stop_on_signals()
     try:
-        cfg, run = prepare(cfg)
+        return prepare(cfg)
     except RunError as e:  # the folder belongs to another run: write nothing there
         raise SystemExit(f"error: {e}")
     except FATAL as e:
         fail(f"error: {e}")
+
+
+@hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
+def main(cfg):
+    cfg, run = start(cfg)
     utils.set_torch_threads(num_processes=parallel_jobs())
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []

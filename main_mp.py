@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 import core
 import utils
-from main import FATAL, cli, fail, parallel_jobs, prepare, shown, summarize
-from utils import Interrupted, Run, RunError
+from main import FATAL, cli, fail, parallel_jobs, shown, start, summarize
+from utils import Interrupted, Run
 
 log = logging.getLogger(__name__)
 # How a seed's process ends (its exit code), besides 0 (finished) and 128 + signal (interrupted, checkpointed):
@@ -26,11 +26,9 @@ CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, dat
 def train_seed(cfg_dict, seed, run_dir, num_processes):
     """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; the exit code says how."""
     run = Run(run_dir)
-    error = run.seed_dir(seed) / "error.txt"
-    error.parent.mkdir(parents=True, exist_ok=True)
-    error.unlink(missing_ok=True)  # from an earlier, resumed attempt
-    logging.basicConfig(filename=run.seed_dir(seed) / "train.log", level=logging.INFO,
+    logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    run.save_error(seed, None)  # from an earlier, resumed attempt
     utils.stop_on_signals()
     utils.set_torch_threads(num_processes)
     try:
@@ -39,10 +37,10 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
         log.warning("%s", e)
         sys.exit(utils.interrupted_exit_code())
     except (*FATAL, core.NonFiniteLossError) as e:
-        utils.atomic_write_bytes(error, str(e).encode())
+        run.save_error(seed, str(e))
         sys.exit(STOPPED)
     except BaseException:
-        utils.atomic_write_bytes(error, traceback.format_exc().encode())
+        run.save_error(seed, traceback.format_exc())
         sys.exit(CRASHED)
 
 
@@ -61,9 +59,9 @@ def wait(procs):
 
 def reason(run, seed, code):
     """One line on how a seed's process ended."""
-    error = run.seed_dir(seed) / "error.txt"
-    if code in (CRASHED, STOPPED) and error.exists():
-        return error.read_text().strip().splitlines()[-1]
+    error = run.error(seed)
+    if code in (CRASHED, STOPPED) and error:
+        return error.strip().splitlines()[-1]
     if code > 128:
         return f"interrupted by {signal.Signals(code - 128).name}, checkpoint written"
     return f"killed (exit code {code})"
@@ -71,13 +69,7 @@ def reason(run, seed, code):
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
 def main(cfg):
-    utils.stop_on_signals()
-    try:
-        cfg, run = prepare(cfg)
-    except RunError as e:  # the folder belongs to another run: write nothing there
-        raise SystemExit(f"error: {e}")
-    except FATAL as e:
-        fail(f"error: {e}")
+    cfg, run = start(cfg)
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
     processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once

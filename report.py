@@ -12,7 +12,6 @@ beside the default one, with what the numbers say); and the findings (--findings
 headings, paragraphs and bullet lists). It names runs by <date>/<time>, never by a path of the machine.
 """
 import argparse
-import io
 import json
 import os
 import re
@@ -21,17 +20,14 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+import utils
+from cfgs import schema
 
-import utils  # noqa: E402
-from cfgs import schema  # noqa: E402
-
+plt = utils.pyplot()
 ENV_CONFIGS = Path(__file__).resolve().parent / "cfgs" / "env"  # assignment_bar, dt_paper_score per dataset
 RESULT_COLUMNS = ["run", "env-dataset", "seeds", "final score", "best eval (step)", "bar", "pass", "DT paper"]
 NOT_COMPARED = ("resume", "env.assignment_bar", "env.dt_paper_score")  # bookkeeping; what the report compares with
@@ -478,21 +474,13 @@ def compile_pdf(blocks):
         return typst_compiler.compile(str(Path(build, "report.typ")), root=build)
 
 
-def save_png(fig, path):
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
-    plt.close(fig)
-    utils.atomic_write_bytes(path, image.getvalue())
-    return path
-
-
 def write_report(runs, out, standin=False, datasets_png=None, findings=None):
     """Write <out>.pdf, <out>.md, <out>_loss.png (and <out>_study.png for studies), each atomically."""
     pdf_path, md_path = Path(f"{out}.pdf"), Path(f"{out}.md")
-    figures = {"loss": save_png(loss_figure(runs), Path(f"{out}_loss.png")), "study": None}
+    figures = {"loss": utils.save_png(loss_figure(runs), Path(f"{out}_loss.png")), "study": None}
     found = studies(runs)
     if found:
-        figures["study"] = save_png(study_figure(found), Path(f"{out}_study.png"))
+        figures["study"] = utils.save_png(study_figure(found), Path(f"{out}_study.png"))
     blocks = document(runs, standin, figures, datasets_png, findings)
     utils.atomic_write_bytes(pdf_path, compile_pdf(blocks))
     utils.atomic_write_bytes(md_path, markdown(blocks, os.path.abspath(md_path.parent)).encode())

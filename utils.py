@@ -176,14 +176,14 @@ class RunError(RuntimeError):
 class Run:
     """A run folder and every file in it; nothing else writes there.
 
-        config.yaml, main.log       the resolved config; the log (main_mp.py: and seed<N>/train.log)
+        config.yaml, main.log       the resolved config; the log (main_mp.py: and seed<N>/train.log, error.txt)
         submitit_job                the submitit job that made the folder (Hydra's submitit launchers only)
         results.png, summary.json   the figure and the final scores over seeds
         seed<N>/train.csv, eval.csv the metrics, rewritten at each checkpoint
         seed<N>/last.pt             the training state resume= continues from
         seed<N>/best.pt, final.pt   the policy at its best periodic eval and at the end
         seed<N>/final.json          the final evaluation; video.mp4 one episode of it
-        sweep_<ckpt>.csv/.png       evaluate.py's sweep of target returns; seed<N>/sweep_<ckpt>.json each seed's part
+        sweep_final.csv/.png        evaluate.py's sweep of target returns; seed<N>/sweep_final.json each seed's part
         seed<N>/events.out.tfevents.*, seed<N>/wandb/   with logger=[csv,tensorboard] / [csv,wandb]
     """
 
@@ -268,6 +268,23 @@ class Run:
     def policy_path(self, seed, name):
         return self.seed_dir(seed) / name
 
+    def seed_log(self, seed):
+        """seed<N>/train.log, the log of the seed's own process (main_mp.py); its folder is made."""
+        self.seed_dir(seed).mkdir(parents=True, exist_ok=True)
+        return self.seed_dir(seed) / "train.log"
+
+    def save_error(self, seed, text):
+        """seed<N>/error.txt: why the seed's process stopped (main_mp.py); None removes an earlier one."""
+        path = self.seed_dir(seed) / "error.txt"
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(path, text.encode())
+
+    def error(self, seed):
+        path = self.seed_dir(seed) / "error.txt"
+        return path.read_text() if path.exists() else None
+
     def tracker(self, seed, cfg, step):
         """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
         return Tracker(cfg, self.seed_dir(seed), f"{self.name}/seed{seed}", step)
@@ -287,13 +304,13 @@ class Run:
         """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
         write_csv(rows, self.dir / name)
 
-    def save_sweep_part(self, seed, checkpoint, part):
+    def save_sweep_part(self, seed, name, part):
         """One seed's finished sweep (its settings and rows): what a stopped evaluate.py keeps."""
-        atomic_write_bytes(self.seed_dir(seed) / f"sweep_{checkpoint}.json", json.dumps(part).encode())
+        atomic_write_bytes(self.seed_dir(seed) / f"{name}.json", json.dumps(part).encode())
 
-    def sweep_part(self, seed, checkpoint):
+    def sweep_part(self, seed, name):
         """What save_sweep_part kept, or None."""
-        path = self.seed_dir(seed) / f"sweep_{checkpoint}.json"
+        path = self.seed_dir(seed) / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def has_files(self, seed, names):
@@ -404,20 +421,36 @@ def mean_std_over_seeds(curves, key):
             np.array([len(v) for v in values]))
 
 
-def plot_results(run_dir, title, target_return, ref_min, ref_max):
-    """Draw results.png from the run's seed*/eval.csv and seed*/train.csv files."""
+def pyplot():
+    """matplotlib.pyplot drawing to files only (the Agg backend), imported when a figure is first drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_png(fig, path):
+    """The figure as a PNG, written atomically; the figure is closed. Returns path."""
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    pyplot().close(fig)
+    atomic_write_bytes(path, image.getvalue())
+    return path
+
+
+def plot_results(run_dir, title, target_return, ref_min, ref_max):
+    """Draw results.png from the run's seed*/eval.csv and seed*/train.csv files."""
+    plt = pyplot()
 
     run_dir = Path(run_dir)
     seed_dirs = sorted(run_dir.glob("seed*"))
     evals = mean_std_over_seeds([read_csv(d / "eval.csv") for d in seed_dirs], "return_mean")
     train = [read_csv(d / "train.csv") for d in seed_dirs]
-    columns = [c for c in ("loss", "action_mse", "state_mse", "rtg_mse")  # each loss that is on, apart
-               if any(c in t and t[c].any() for t in train)]
-    labels = {"loss": "training loss" if len(columns) == 1 else "total loss", "action_mse": "action MSE",
-              "state_mse": "next-state MSE", "rtg_mse": "next return-to-go MSE"}
+    labels = {"loss": "total loss", "action_mse": "action MSE", "state_mse": "next-state MSE",
+              "rtg_mse": "next return-to-go MSE"}  # train.csv's loss columns (core.LOSSES)
+    columns = [c for c in labels if any(c in t and t[c].any() for t in train)]  # each loss that is on, apart
+    if columns == ["loss"]:  # no auxiliary losses: the total is the action MSE
+        labels["loss"] = "training loss"
     curves = [("return", evals, "eval return", "C0")]
     curves += [("loss", mean_std_over_seeds([t for t in train if c in t], c), labels[c], f"C{i + 1}")
                for i, c in enumerate(columns)]
@@ -444,19 +477,14 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(run_dir / "results.png", image.getvalue())
+    save_png(fig, run_dir / "results.png")
 
 
 def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):
     """The return-to-go sweep: achieved against target normalized score (mean +- std over seeds), the line
     achieved = target, and the dataset's trajectories (their range shaded, the behaviour mean dashed);
     trained_scores: the trajectories the policy trained on, when percentile BC kept only some (shaded darker)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     targets, seeds = sorted({r["target"] for r in rows}), sorted({r["seed"] for r in rows})
     per_seed = np.array([[np.mean([r["score"] for r in rows if r["seed"] == s and r["target"] == t])
@@ -477,18 +505,13 @@ def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, image.getvalue())
+    save_png(fig, path)
 
 
 def plot_dataset_returns(datasets, path):
     """One histogram per dataset of its trajectories' returns on the normalized-score axis, with the behaviour
     mean and the env's default target marked. datasets: [(title, scores, target_score)]."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(datasets), 1, figsize=(7, 2.2 * len(datasets)), squeeze=False)
     for ax, (title, scores, target) in zip(axes[:, 0], datasets):
@@ -499,10 +522,7 @@ def plot_dataset_returns(datasets, path):
         ax.legend(loc="upper left", fontsize=8)
     axes[-1, 0].set_xlabel("trajectory return (normalized score)")
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, image.getvalue())
+    save_png(fig, path)
 
 
 def save_video(frames, path, fps=30):

@@ -6,6 +6,7 @@ cfgs/ stay the place to read and override the values; the defaults below are the
 """
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
@@ -48,6 +49,7 @@ SEEDS = Rule(lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == 
 LOGGER = Rule(lambda v: "csv" in v and set(v) <= set(LOGGERS),
               "choose from csv, tensorboard, wandb, with csv (resume and the figure read it): e.g. "
               "logger=[csv,tensorboard]")
+FILE_STEM = Rule(lambda v: re.fullmatch(r"[\w-]+", v) is not None, "use letters, digits, _ and - (a file name)")
 DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()),
               "choose auto, cpu, cuda, cuda:<index> or mps")
 
@@ -152,8 +154,9 @@ class EvaluateConfig:
     checkpoint: str = ruled("final", one_of(("final", "best")))  # each seed's final.pt or best.pt
     targets: Optional[List[float]] = None  # the returns to condition on; null: 0.25x..1.5x the env's and the best
     episodes: int = ruled(10, POSITIVE)  # per target and seed, all in one vectorized pass per seed
-    video: bool = False  # one episode per target: seed<N>/sweep_<checkpoint>_<target>.mp4
+    video: bool = False  # one episode per target: seed<N>/<name>_<target>.mp4
     device: str = ruled("cpu", DEVICE)
+    name: str = ruled("sweep_${checkpoint}", FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
 
 
 # Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir and
@@ -186,6 +189,9 @@ def check(cfg):
     if cfg.buffer.context_len > cfg.env.max_episode_len:
         raise ConfigError(f"buffer.context_len={cfg.buffer.context_len}: must be at most the env's "
                           f"max_episode_len={cfg.env.max_episode_len}")
+    if cfg.train.aux_rtg_coef and not cfg.model.condition_on_return:
+        raise ConfigError(f"train.aux_rtg_coef={cfg.train.aux_rtg_coef}: the next return-to-go cannot be learnt "
+                          f"with model.condition_on_return=false (its input is zeroed); set it to 0")
     if cfg.env.ref_max_score <= cfg.env.ref_min_score:
         raise ConfigError(f"env.ref_max_score={cfg.env.ref_max_score}: must exceed env.ref_min_score")
     for package in ("tensorboard", "wandb"):

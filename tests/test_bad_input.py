@@ -52,6 +52,8 @@ def test_a_value_of_the_wrong_type_is_named_by_hydra_in_one_line(override, messa
     ("train.steps=0", "train.steps=0: must be > 0"),
     ("train.batch_size=-4", "train.batch_size=-4: must be > 0"),
     ("train.aux_state_coef=-0.5", "train.aux_state_coef=-0.5: must be >= 0"),
+    ("train.aux_rtg_coef=1 model.condition_on_return=false",
+     "train.aux_rtg_coef=1.0: the next return-to-go cannot be learnt with model.condition_on_return=false"),
     ("train.precision=fp8", "train.precision=fp8: choose one of auto, fp32, bf16"),
     ("train.eval_every=7", "train.eval_every=7: must be a multiple of train.log_every=5"),
     ("eval.target_return=nan", "eval.target_return=nan: must be a finite number"),
@@ -144,6 +146,19 @@ def test_a_nan_loss_is_not_advised_to_resume(hopper_file, tmp_path, script):
                        env={**CRASH_ENV, "DT_CRASH": "0:nan"})
     line = error_line(result)
     assert "nan" in line.lower() and "train.lr" in line and "resume" not in line.lower()
+
+
+def test_a_stop_between_log_steps_keeps_no_checkpoint_of_a_nan_loss(hopper_file, tmp_path, monkeypatch):
+    steps, train_step = [], core.train_step
+    def nan_at_step_3(*args):  # noqa: E306
+        steps.append(len(steps) + 1)
+        return train_step(*args) * (float("nan") if len(steps) == 3 else 1)
+    monkeypatch.setattr(core, "train_step", nan_at_step_3)
+    monkeypatch.setattr(core.utils, "stop_requested", lambda: "SIGTERM" if len(steps) >= 3 else None)
+    run = Run(tmp_path)
+    with pytest.raises(core.NonFiniteLossError, match="the loss became nan before step 3"):
+        core.train(compose(f"buffer.path={hopper_file}"), 0, run)  # log steps: 5, 10, ...
+    assert steps == [1, 2, 3] and not (run.seed_dir(0) / "last.pt").exists()
 
 
 def test_a_damaged_checkpoint_is_named_with_the_fix(hopper_file, tmp_path):

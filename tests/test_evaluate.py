@@ -36,11 +36,24 @@ def test_a_stopped_sweep_started_again_reuses_the_seeds_it_finished(tiny_run, tm
     assert read(run_dir / "evaluate.log").count("reused seed") == 1
 
 
+def test_a_named_evaluation_lands_beside_the_sweep(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    run_script("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2", check=True)
+    sweep = (run_dir / "sweep_final.csv").read_bytes()
+    run_script("evaluate.py", f"run={run_dir}", "targets=[3600]", "episodes=3", "name=target_3600", check=True)
+    rows = utils.read_csv(run_dir / "target_3600.csv")
+    assert set(rows["target"]) == {3600.0} and len(rows["seed"]) == 2 * 3
+    assert (run_dir / "target_3600.png").exists() and (run_dir / "seed0" / "target_3600.json").exists()
+    assert (run_dir / "sweep_final.csv").read_bytes() == sweep
+    assert "reused" not in read(run_dir / "evaluate.log")  # each name keeps its own seeds' parts
+
+
 @pytest.mark.parametrize("override, message", [
     ("run=/nonexistent/run", "error: run=/nonexistent/run: no run there (no config.yaml)"),
     ("checkpoint=last", "checkpoint=last: choose one of final, best"),
     ("targets=[]", "targets=[]: give finite returns"),
     ("episodes=0", "episodes=0: must be > 0"),
+    ("name=a/b", "name=a/b: use letters, digits, _ and - (a file name)"),
 ])
 def test_evaluate_py_names_a_bad_input_in_one_line(tiny_run, tmp_path, override, message):
     run_dir = copy_run(tiny_run[0], tmp_path / "run")  # evaluate.py logs into the run folder
