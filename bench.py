@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 import core
 import utils
-from buffer import ReplayBuffer, SequenceBuffer
+from buffer import SequenceBuffer, Transitions
 from cfgs.schema import Config
 from models import DecisionTransformer, DTConfig, ReferenceDT
 
@@ -72,9 +72,9 @@ def sampling_seconds(state_dim, act_dim, reps=500, trajectories=1000, length=100
     n = trajectories * length
     ends = np.zeros(n, dtype=bool)
     ends[length - 1::length] = True
-    replay = ReplayBuffer(rng.normal(size=(n, state_dim)).astype(np.float32),
-                          rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32), rng.random(n, np.float32), ends)
-    data = SequenceBuffer(replay, CFG.buffer.context_len, CFG.buffer.reward_scale, length)
+    transitions = Transitions(rng.normal(size=(n, state_dim)).astype(np.float32),
+                              rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32), rng.random(n, np.float32), ends)
+    data = SequenceBuffer(transitions, CFG.buffer.context_len, CFG.buffer.reward_scale, length)
     times = []
     for _ in range(reps):
         start = time.perf_counter()

@@ -158,7 +158,7 @@ def minari_facts(dataset_id):
 
 
 @dataclass
-class ReplayBuffer:
+class Transitions:
     """Flat arrays of transitions in dataset order; `ends[i]` marks the last step of an episode."""
     observations: np.ndarray  # (N, obs_dim)
     actions: np.ndarray  # (N, act_dim)
@@ -234,19 +234,19 @@ def top_trajectories(returns, top_percent):
 class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""
 
-    def __init__(self, replay, context_len, reward_scale, max_timestep, sample_by="length", top_percent=100.0):
-        starts, lengths, returns = replay.trajectories()
+    def __init__(self, transitions, context_len, reward_scale, max_timestep, sample_by="length", top_percent=100.0):
+        starts, lengths, returns = transitions.trajectories()  # (trajectories,) each; starts: rows of the file
         keep = top_trajectories(returns, top_percent)
-        self.starts, self.lengths, self.returns = starts[keep], lengths[keep], returns[keep]
-        steps = np.concatenate([np.arange(s, s + n) for s, n in zip(self.starts, self.lengths)])
-        self.states = replay.observations[steps]
-        self.actions = replay.actions[steps]
-        self.rewards = replay.rewards[steps]
-        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))  # positions in the kept arrays
-        self.timesteps = np.concatenate([np.arange(n) for n in self.lengths]).clip(max=max_timestep - 1)
+        self.lengths, self.returns = lengths[keep], returns[keep]  # (T,) the T trajectories kept
+        steps = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[keep], self.lengths)])  # (N,) their rows
+        self.states = transitions.observations[steps]  # (N, obs)
+        self.actions = transitions.actions[steps]  # (N, act)
+        self.rewards = transitions.rewards[steps]  # (N,)
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))  # (T,) each one's first row here
+        self.timesteps = np.concatenate([np.arange(n) for n in self.lengths]).clip(max=max_timestep - 1)  # (N,)
         self.returns_to_go = np.concatenate(
             [discounted_cumsum(self.rewards[s:s + n]) for s, n in zip(self.starts, self.lengths)]
-        ).astype(np.float32) / reward_scale
+        ).astype(np.float32) / reward_scale  # (N,)
         self.state_mean = self.states.mean(0)
         self.state_std = self.states.std(0) + 1e-6
         self.context_len = context_len
@@ -299,7 +299,7 @@ def plot_returns(paths, out, label=""):
         env = OmegaConf.load(Path(__file__).parent / "cfgs" / "env" / f"{Path(path).name.split('_')[0]}.yaml")
         with h5py.File(path, "r") as f:
             obs_dim, act_dim = f["observations"].shape[1], f["actions"].shape[1]
-        returns = ReplayBuffer.from_hdf5(path, obs_dim, act_dim).trajectories()[2]
+        returns = Transitions.from_hdf5(path, obs_dim, act_dim).trajectories()[2]
         to_score = lambda r: utils.normalized_score(r, env.ref_min_score, env.ref_max_score)  # noqa: E731
         datasets.append((Path(path).stem + label, to_score(returns), float(to_score(env.target_return))))
     utils.plot_dataset_returns(datasets, out)

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from buffer import ReplayBuffer, SequenceBuffer, find_dataset, minari_facts
+from buffer import SequenceBuffer, Transitions, find_dataset, minari_facts
 from cfgs.schema import ConfigError
 from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
 
@@ -67,12 +67,12 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
                 frames[i].append(envs.envs[i].render())
         states[:, t] = torch.as_tensor(obs, dtype=torch.float32, device=device)
         returns_to_go[:, t, 0] = torch.as_tensor(target_left, dtype=torch.float32, device=device)
-        rows = torch.as_tensor(np.flatnonzero(active), device=device)  # (n,) the envs still running
+        running = torch.as_tensor(np.flatnonzero(active), device=device)  # (n,) the envs still running
         window = slice(max(0, t - K + 1), t + 1)  # the last k <= K steps
         # All envs are at step t, so the window needs no padding; finished envs are left out.
-        action_preds, _, _ = model(states[rows, window], actions[rows, window],
-                                   returns_to_go[rows, window], timesteps[rows, window])  # (n, k, act)
-        actions[rows, t] = action_preds[:, -1]
+        action_preds, _, _ = model(states[running, window], actions[running, window],
+                                   returns_to_go[running, window], timesteps[running, window])  # (n, k, act)
+        actions[running, t] = action_preds[:, -1]
         obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
         episode_returns += reward * active  # reward counts only until each env is done
         target_left = target_left - reward / reward_scale
@@ -113,18 +113,18 @@ def locate_dataset(cfg):
     return find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
 
 
-def load_replay(cfg, env):
+def load_transitions(cfg, env):
     """The transitions of the run's dataset (its recorded file, else the one env + dataset name), checked."""
     source = cfg.buffer.file or locate_dataset(cfg)
-    read = ReplayBuffer.from_minari if cfg.buffer.source == "minari" else ReplayBuffer.from_hdf5
-    replay = read(source, *space_dims(env))
-    replay.check(env.action_space.low, env.action_space.high)
-    return replay
+    read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_hdf5
+    transitions = read(source, *space_dims(env))
+    transitions.check(env.action_space.low, env.action_space.high)
+    return transitions
 
 
 def load_data(cfg, env):
     """The SequenceBuffer of the run's dataset, checked against the env's spaces and action bounds."""
-    return SequenceBuffer(load_replay(cfg, env), cfg.buffer.context_len, cfg.buffer.reward_scale,
+    return SequenceBuffer(load_transitions(cfg, env), cfg.buffer.context_len, cfg.buffer.reward_scale,
                           cfg.env.max_episode_len, cfg.buffer.sample_by, cfg.buffer.top_percent)
 
 

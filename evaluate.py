@@ -50,7 +50,7 @@ def dataset_returns(train_cfg, env):
         log.warning("%s (the run's dataset file) is not here: the data's returns come from the file of %s-%s",
                     train_cfg.buffer.file, train_cfg.env.name, train_cfg.buffer.dataset)
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": None}})
-    return core.load_replay(train_cfg, env).trajectories()[2]
+    return core.load_transitions(train_cfg, env).trajectories()[2]
 
 
 def sweep_targets(cfg, train_cfg, data_returns):

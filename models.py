@@ -24,8 +24,8 @@ class BitDropout(nn.Module):
         if not self.training or self.threshold == 0:
             return x
         n = x.numel()
-        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # 31 random bits each
-        bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # 15 uniform bits per element
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # (n/2,) 31 random bits each
+        bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # x's shape: 15 uniform bits per element
         return x * (bits >= self.threshold) * (1.0 / (1.0 - self.threshold / 2**15))
 
 
@@ -43,15 +43,15 @@ class MaskedCausalAttention(nn.Module):
         self.register_buffer("causal", torch.ones(max_tokens, max_tokens).triu(1).bool(), persistent=False)
 
     def forward(self, x, rows=None):
-        """x (B, T, H) -> (B, Tq, H): the outputs of the tokens `rows` (a slice; default all, Tq = T)."""
-        B, T, H = x.shape
-        nh, hs = self.n_heads, H // self.n_heads
+        """x (B, T, C) -> (B, Tq, C): the outputs of the tokens `rows` (a slice; default all, Tq = T)."""
+        B, T, C = x.shape
+        nh, hs = self.n_heads, C // self.n_heads
         if rows is None:
             q, k, v = self.qkv(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         else:  # queries of the kept tokens only; keys and values of all
-            q = F.linear(x[:, rows], self.qkv.weight[:H], self.qkv.bias[:H])  # (B, Tq, H)
+            q = F.linear(x[:, rows], self.qkv.weight[:C], self.qkv.bias[:C])  # (B, Tq, C)
             q = q.view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, Tq, hs)
-            k, v = F.linear(x, self.qkv.weight[H:], self.qkv.bias[H:]).view(B, T, 2, nh, hs).permute(2, 0, 3, 1, 4)
+            k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).view(B, T, 2, nh, hs).permute(2, 0, 3, 1, 4)
         causal = self.causal[:T, :T] if rows is None else self.causal[:T, :T][rows]  # (Tq, T), True: may not attend
         if self.training and self.attn_drop.threshold:  # dropout on the attention weights, as GPT-2
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, Tq, T)
@@ -61,7 +61,7 @@ class MaskedCausalAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=~causal)  # (B, nh, Tq, hs)
-        y = y.transpose(1, 2).reshape(B, -1, H)  # (B, Tq, H)
+        y = y.transpose(1, 2).reshape(B, -1, C)  # (B, Tq, C)
         return self.resid_drop(self.proj(y))
 
 
@@ -77,7 +77,7 @@ class Block(nn.Module):
             nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), BitDropout(dropout))
 
     def forward(self, x, rows=None):
-        """x (B, T, H) -> (B, Tq, H): the outputs of the tokens `rows` (a slice; default all)."""
+        """x (B, T, C) -> (B, Tq, C): the outputs of the tokens `rows` (a slice; default all)."""
         h = self.ln_1(x)
         x = x if rows is None else x[:, rows]
         x = x + self.attn(h, rows)
@@ -161,18 +161,18 @@ class DecisionTransformer(nn.Module):
         B, K, _ = states.shape
         if not self.config.condition_on_return:  # plain BC: every g_t token is the same, it carries no return
             returns_to_go = torch.zeros_like(returns_to_go)
-        time = self.embed_timestep(timesteps)  # (B, K, H)
-        g = self.embed_return(returns_to_go) + time  # (B, K, H)
-        s = self.embed_state(self.norm_state(states)) + time  # (B, K, H)
-        a = self.embed_action(self.norm_action(actions)) + time  # (B, K, H)
-        x = torch.stack((g, s, a), dim=2).reshape(B, 3 * K, -1)  # (B, 3K, H): g_1, s_1, a_1, g_2, ...
+        time = self.embed_timestep(timesteps)  # (B, K, C)
+        g = self.embed_return(returns_to_go) + time  # (B, K, C)
+        s = self.embed_state(self.norm_state(states)) + time  # (B, K, C)
+        a = self.embed_action(self.norm_action(actions)) + time  # (B, K, C)
+        x = torch.stack((g, s, a), dim=2).reshape(B, 3 * K, -1)  # (B, 3K, C): g_1, s_1, a_1, g_2, ...
         x = self.drop(self.embed_ln(x))
         for block in self.blocks[:-1]:
-            x = block(x)  # (B, 3K, H)
+            x = block(x)  # (B, 3K, C)
         if not predict_next:  # only the s_t tokens are read: the last block skips the others' queries and MLP
-            x = self.ln_f(self.blocks[-1](x, rows=slice(1, None, 3)))  # (B, K, H)
+            x = self.ln_f(self.blocks[-1](x, rows=slice(1, None, 3)))  # (B, K, C)
             return self.unnorm_action(torch.tanh(self.predict_action(x))), None, None  # (B, K, act)
-        x = self.ln_f(self.blocks[-1](x)).reshape(B, K, 3, -1)  # (B, K, [g, s, a], H)
+        x = self.ln_f(self.blocks[-1](x)).reshape(B, K, 3, -1)  # (B, K, [g, s, a], C)
         action_preds = self.unnorm_action(torch.tanh(self.predict_action(x[:, :, 1])))  # (B, K, act)
         state_preds = self.predict_state(x[:, :, 2])  # (B, K, obs)
         return_preds = self.predict_return(x[:, :, 2])  # (B, K, 1)

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 import buffer
-from buffer import DatasetError, ReplayBuffer, SequenceBuffer, discounted_cumsum
+from buffer import DatasetError, SequenceBuffer, Transitions, discounted_cumsum
 from conftest import HOPPER_ACT, HOPPER_OBS, TRAJECTORIES, write_d4rl_file
 
 
 def make_sequences(path, context_len=5, **kwargs):
-    replay = ReplayBuffer.from_hdf5(path, HOPPER_OBS, HOPPER_ACT)
-    return SequenceBuffer(replay, context_len, reward_scale=10.0, max_timestep=1000, **kwargs)
+    transitions = Transitions.from_hdf5(path, HOPPER_OBS, HOPPER_ACT)
+    return SequenceBuffer(transitions, context_len, reward_scale=10.0, max_timestep=1000, **kwargs)
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.99, 0.5])
@@ -160,7 +160,7 @@ def test_a_truncated_file_is_reported_with_a_fix_that_keeps_the_users_copy(hoppe
     data = hopper_file.read_bytes()
     hopper_file.write_bytes(data[: len(data) // 2])
     with pytest.raises(DatasetError, match="truncated or corrupt.*replace it with a good copy") as err:
-        ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+        Transitions.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
     assert "delete" not in str(err.value), "buffer.path may be the user's only copy"
 
 
@@ -171,8 +171,8 @@ def test_a_dataset_folder_that_cannot_be_created_is_named(tmp_path, monkeypatch)
         buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
 
 
-def replay_of(trajectories, **changes):
-    """A ReplayBuffer of the fixture's layout, with some arrays replaced."""
+def transitions_of(trajectories, **changes):
+    """Transitions of the fixture's layout, with some arrays replaced."""
     rng = np.random.default_rng(0)
     n = sum(length for length, _ in trajectories)
     ends = np.zeros(n, bool)
@@ -180,19 +180,19 @@ def replay_of(trajectories, **changes):
     arrays = dict(observations=rng.normal(size=(n, HOPPER_OBS)).astype(np.float32),
                   actions=rng.uniform(-1, 1, size=(n, HOPPER_ACT)).astype(np.float32),
                   rewards=np.ones(n, np.float32), ends=ends)
-    return ReplayBuffer(**{**arrays, **changes}, source="data.hdf5")
+    return Transitions(**{**arrays, **changes}, source="data.hdf5")
 
 
 LOW, HIGH = -np.ones(HOPPER_ACT, np.float32), np.ones(HOPPER_ACT, np.float32)
 
 
 def test_the_fixtures_data_passes_the_checks():
-    replay_of(TRAJECTORIES).check(LOW, HIGH)
+    transitions_of(TRAJECTORIES).check(LOW, HIGH)
 
 
 def test_an_empty_dataset_is_refused():
-    empty = ReplayBuffer(np.zeros((0, HOPPER_OBS), np.float32), np.zeros((0, HOPPER_ACT), np.float32),
-                         np.zeros(0, np.float32), np.zeros(0, bool), "data.hdf5")
+    empty = Transitions(np.zeros((0, HOPPER_OBS), np.float32), np.zeros((0, HOPPER_ACT), np.float32),
+                        np.zeros(0, np.float32), np.zeros(0, bool), "data.hdf5")
     with pytest.raises(DatasetError, match="data.hdf5: holds no transitions"):
         empty.check(LOW, HIGH)
 
@@ -200,59 +200,60 @@ def test_an_empty_dataset_is_refused():
 @pytest.mark.parametrize("trajectories", [[(1, "cut")], [(40, "cut")]])
 def test_a_dataset_without_a_complete_trajectory_is_refused(trajectories):
     with pytest.raises(DatasetError, match="no complete trajectory: none of its .* steps is marked"):
-        replay_of(trajectories).check(LOW, HIGH)
+        transitions_of(trajectories).check(LOW, HIGH)
 
 
 def test_a_dataset_whose_every_step_is_terminal_is_refused():
     with pytest.raises(DatasetError, match="every one of its 5 steps ends a trajectory"):
-        replay_of([(1, "terminal")] * 5).check(LOW, HIGH)
+        transitions_of([(1, "terminal")] * 5).check(LOW, HIGH)
 
 
 def test_actions_outside_the_env_bounds_are_counted_and_measured():
-    replay = replay_of(TRAJECTORIES)
-    replay.actions[[3, 7]] = 3.5  # two rows, 2.5 beyond the bound
+    transitions = transitions_of(TRAJECTORIES)
+    transitions.actions[[3, 7]] = 3.5  # two rows, 2.5 beyond the bound
     with pytest.raises(DatasetError, match=r"2 of 124 actions lie outside .*\[-1, 1\], by up to 2.5"):
-        replay.check(LOW, HIGH)
+        transitions.check(LOW, HIGH)
 
 
 def test_states_whose_statistics_overflow_are_refused():
-    replay = replay_of(TRAJECTORIES)
-    replay.observations[0, 0] = 3e38  # finite, but its square is not
+    transitions = transitions_of(TRAJECTORIES)
+    transitions.observations[0, 0] = 3e38  # finite, but its square is not
     with pytest.raises(DatasetError, match="state statistics overflow"):
-        replay.check(LOW, HIGH)
+        transitions.check(LOW, HIGH)
 
 
 def test_very_short_trajectories_are_warned_about_with_numbers(caplog):
-    replay_of([(2, "terminal")] * 10 + [(30, "timeout")]).check(LOW, HIGH)
+    transitions_of([(2, "terminal")] * 10 + [(30, "timeout")]).check(LOW, HIGH)
     assert "11 trajectories of median length 2.0 steps" in caplog.text
 
 
 def test_missing_file_is_reported_with_the_fix(tmp_path):
     with pytest.raises(DatasetError, match="no such file.*edit buffer.file"):
-        ReplayBuffer.from_hdf5(tmp_path / "moved.hdf5", HOPPER_OBS, HOPPER_ACT)
+        Transitions.from_hdf5(tmp_path / "moved.hdf5", HOPPER_OBS, HOPPER_ACT)
 
 
 def test_another_envs_file_is_rejected_by_shape(tmp_path):
     walker = write_d4rl_file(tmp_path / "walker.hdf5", obs_dim=17, act_dim=6)
     with pytest.raises(DatasetError, match=r"'observations' has shape \(124, 17\), expected \(124, 11\)"):
-        ReplayBuffer.from_hdf5(walker, HOPPER_OBS, HOPPER_ACT)
+        Transitions.from_hdf5(walker, HOPPER_OBS, HOPPER_ACT)
 
 
 def test_missing_keys_and_nan_values_are_reported(hopper_file):
     with h5py.File(hopper_file, "a") as f:
         f["rewards"][3] = np.nan
     with pytest.raises(DatasetError, match="'rewards' holds NaN or inf values: replace it"):
-        ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+        Transitions.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
     with h5py.File(hopper_file, "a") as f:
         del f["timeouts"]
     with pytest.raises(DatasetError, match=r"lacks the D4RL keys \['timeouts'\]"):
-        ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+        Transitions.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
 
 
-def test_replay_buffer_holds_every_transition_and_trajectory_end(hopper_file):
-    replay = ReplayBuffer.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
-    assert replay.observations.shape == (len(replay), HOPPER_OBS) and replay.actions.shape == (len(replay), HOPPER_ACT)
-    assert replay.ends.sum() == 5 and len(replay) == sum(n for n, _ in TRAJECTORIES)
+def test_transitions_hold_every_step_and_trajectory_end(hopper_file):
+    transitions = Transitions.from_hdf5(hopper_file, HOPPER_OBS, HOPPER_ACT)
+    n = len(transitions)
+    assert transitions.observations.shape == (n, HOPPER_OBS) and transitions.actions.shape == (n, HOPPER_ACT)
+    assert transitions.ends.sum() == 5 and n == sum(length for length, _ in TRAJECTORIES)
 
 
 def test_the_return_histogram_reads_the_env_from_the_file_name(hopper_file, tmp_path, monkeypatch):

@@ -146,8 +146,8 @@ def test_a_minari_dataset_trains_in_its_own_v5_env_and_scores_on_its_reference_s
     final = utils.read_csv(tmp_path / "run" / "seed0" / "eval.csv")
     assert np.allclose(final["score_mean"], utils.normalized_score(final["return_mean"], -20.0, 3000.0))
 
-    replay = core.load_replay(cfg, gym.make("Hopper-v5"))
-    starts, lengths, returns = replay.trajectories()
+    transitions = core.load_transitions(cfg, gym.make("Hopper-v5"))
+    starts, lengths, returns = transitions.trajectories()
     assert list(lengths) == [30, 12, 40, 25] and list(returns) == [30.0, 24.0, 120.0, 100.0]
 
     run_script("evaluate.py", f"run={tmp_path / 'run'}", "targets=[500]", "episodes=1", check=True)
