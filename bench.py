@@ -60,9 +60,9 @@ def time_train_step(model, batch, steps, precision="fp32"):
 
 def train_step_flops(config, batch_size=CFG.train.batch_size):
     """Matmul FLOPs of one training step of the plain model (forward x 3 for forward + backward)."""
-    T, H, L = 3 * config.context_len, config.embed_dim, config.n_layers
-    per_token_layer = 2 * 12 * H * H  # qkv 3H^2, proj H^2, MLP 8H^2; 2 FLOPs per multiply-add
-    attention = 2 * 2 * T * H  # scores and weighted sum, per token (full T; causal halves the useful part)
+    T, C, L = 3 * config.context_len, config.embed_dim, config.n_layers
+    per_token_layer = 2 * 12 * C * C  # qkv 3C^2, proj C^2, MLP 8C^2; 2 FLOPs per multiply-add
+    attention = 2 * 2 * T * C  # scores and weighted sum, per token (full T; causal halves the useful part)
     return 3 * batch_size * T * L * (per_token_layer + attention)
 
 

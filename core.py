@@ -170,6 +170,7 @@ def losses(model, batch, train_cfg, precision):
     """
     states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
     aux_state, aux_rtg = train_cfg.aux_state_coef, train_cfg.aux_rtg_coef
+    # Raw states and actions go in: the model normalizes them itself (a checkpoint holds the statistics).
     with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         action_preds, state_preds, return_preds = model(states, actions, returns_to_go, timesteps,
                                                         predict_next=bool(aux_state or aux_rtg))

@@ -192,7 +192,7 @@ def sweep_summary(run):
             f"seed): the achieved score goes from {means[0]:.1f} at the lowest target ({target_scores[0]:.1f}) "
             f"to {means[-1]:.1f} at the highest ({target_scores[-1]:.1f}); the best, {means[best]:.1f}, at target "
             f"{targets[best]:g} (normalized {target_scores[best]:.1f}). Over the targets up to that best score, "
-            f"achieved rises {slope:.2f} points per point of target (1 would follow it exactly).")
+            f"the achieved score changes by {slope:+.2f} points per point of target (1 would follow it exactly).")
     return table, text
 
 
