@@ -71,7 +71,7 @@ class EnvConfig:
     name: str = ruled(MISSING, one_of(ENVS))
     id: str = MISSING  # gymnasium id, e.g. Hopper-v4
     target_return: float = ruled(MISSING, FINITE)  # the return-to-go the policy is conditioned on at eval
-    max_episode_len: int = ruled(1000, POSITIVE)  # the episodes' time limit at eval (D4RL: 1000)
+    max_episode_len: int = ruled(1000, POSITIVE)  # eval episodes' time limit (D4RL: 1000); timestep embedding size
     ref_min_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: random policy
     ref_max_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: expert policy
     assignment_bar: Dict[str, float] = field(default_factory=dict)  # per dataset: the 3-seed mean must exceed it
