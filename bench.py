@@ -106,17 +106,18 @@ def eval_steps_per_second(model, episodes, vectorized):
     return episodes * 1000 / seconds, seconds
 
 
-def _parallel_worker(steps, num_processes, batch_size, shape, queue):
+def _parallel_worker(steps, num_processes, batch_size, shape, precision, queue):
     utils.set_torch_threads(num_processes)
     model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
-    queue.put(1.0 / time_train_step(model, random_batch(*SHAPES["hopper"], batch_size, shape["context_len"]), steps))
+    batch = random_batch(*SHAPES["hopper"], batch_size, shape["context_len"])
+    queue.put(1.0 / time_train_step(model, batch, steps, precision))
 
 
-def parallel_steps_per_second(steps, batch_size, shape, num_processes=3):
+def parallel_steps_per_second(steps, batch_size, shape, precision, num_processes=3):
     """Total training steps/s of `num_processes` seeds trained side by side, as main_mp.py does."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_parallel_worker, args=(steps, num_processes, batch_size, shape, queue))
+    procs = [ctx.Process(target=_parallel_worker, args=(steps, num_processes, batch_size, shape, precision, queue))
              for _ in range(num_processes)]
     for p in procs:
         p.start()
@@ -182,7 +183,9 @@ def main():
     results["eval"] = {"episodes": args.episodes, "vectorized_s": vec_s, "sequential_s": seq_s,
                        "vectorized_steps_per_s": vec_rate, "sequential_steps_per_s": seq_rate,
                        "speedup": vec_rate / seq_rate}
-    results["parallel_3_seeds_steps_per_s"] = parallel_steps_per_second(min(args.steps, 100), args.batch_size, shape)
+    results["parallel_3_seeds_steps_per_s"] = parallel_steps_per_second(min(args.steps, 100), args.batch_size, shape,
+                                                                        default)
+    one_seed = 1e3 / results["train"]["hopper"][f"{default}_ms"]
 
     print(f"machine: {results['machine']}; default precision here: {default}")
     print("matmul peak (1024^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
@@ -194,7 +197,8 @@ def main():
     e = results["eval"]
     print(f"eval {args.episodes} x 1000 steps: vectorized {e['vectorized_s']:.1f} s ({e['vectorized_steps_per_s']:.0f} "
           f"steps/s), sequential {e['sequential_s']:.1f} s; ratio {e['speedup']:.2f}x")
-    print(f"3 seeds in parallel processes: {results['parallel_3_seeds_steps_per_s']:.2f} training steps/s in total")
+    print(f"3 seeds in parallel processes ({default}): {results['parallel_3_seeds_steps_per_s']:.2f} training steps/s "
+          f"in total, {results['parallel_3_seeds_steps_per_s'] / one_seed:.2f}x one process on every core")
     utils.atomic_write_bytes(args.out, json.dumps(results, indent=2).encode())
 
 

@@ -203,8 +203,13 @@ def main(cfg):
 
 
 def cli(hydra_main):
-    """Call a @hydra.main function; a command line Hydra cannot compose ends in one line that names the key."""
+    """Call a @hydra.main function; a command line Hydra cannot compose ends in one line that names the key.
+
+    The assignment's hydra.run.chdir=<bool> is taken as the key Hydra 1.3 has for it, hydra.job.chdir.
+    """
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
+    sys.argv = [arg.replace("hydra.run.chdir=", "hydra.job.chdir=", 1) if arg.startswith("hydra.run.chdir=") else arg
+                for arg in sys.argv]
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:

@@ -86,6 +86,17 @@ def long_run(tmp_path_factory):
     return run_dir, overrides
 
 
+@pytest.fixture
+def small_frames(monkeypatch):
+    """Rendering envs film 96 x 96 frames: what is filmed is tested, not the resolution."""
+    import gymnasium as gym
+    make = gym.make
+
+    def small(*args, **kw):
+        return make(*args, **kw, width=96, height=96) if "render_mode" in kw else make(*args, **kw)
+    monkeypatch.setattr(gym, "make", small)
+
+
 def copy_run(run_dir, dest):
     """A copy of a run folder to change (the shared tiny_run stays as trained)."""
     return Path(shutil.copytree(run_dir, dest))

@@ -209,6 +209,7 @@ def test_a_signal_checkpoints_the_current_step_and_tells_how_to_resume(long_run,
     import torch
     assert torch.load(run_dir / "seed0" / "last.pt", weights_only=True)["progress"]["step"] == step
     run_entry("main.py", tmp_path / "unused", f"resume={run_dir}")
+    assert f"seed 0: resumed at step {step}" in (tmp_path / "unused" / "main.log").read_text()
     for name in ["train.csv", "eval.csv"]:
         assert (run_dir / "seed0" / name).read_text() == (whole / "seed0" / name).read_text(), name
 

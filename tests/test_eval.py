@@ -8,8 +8,6 @@ from omegaconf import OmegaConf
 from core import evaluate, rollout
 from models import DecisionTransformer, DTConfig
 
-MAKE = gym.make  # before any test replaces it
-
 
 def fixed_policy(env_id):
     env = gym.make(env_id)
@@ -46,14 +44,6 @@ def test_normalized_score_uses_d4rl_reference_returns():
     result = evaluate(model, cfg, episodes=2, seed=0)
     expected = 100 * (result["return_mean"] - -20.272305) / (3234.3 - -20.272305)
     assert result["score_mean"] == pytest.approx(expected)
-
-
-@pytest.fixture
-def small_frames(monkeypatch):
-    """Rendering envs film 96 x 96 frames: what is filmed is tested, not the resolution."""
-    def make(*args, **kw):
-        return MAKE(*args, **kw, width=96, height=96) if "render_mode" in kw else MAKE(*args, **kw)
-    monkeypatch.setattr(gym, "make", make)
 
 
 def test_video_shows_the_filmed_env_until_its_episode_ends(small_frames):
@@ -113,3 +103,33 @@ def test_one_pass_over_several_targets_equals_a_pass_per_target(episodes):
     for i, target in enumerate(targets):
         alone, _ = rollout(model, "Hopper-v4", episodes, 7 + i * episodes, target, 1000)
         np.testing.assert_allclose(together[i * episodes:(i + 1) * episodes], alone, rtol=1e-5)
+
+
+class Still(torch.nn.Module):
+    """A stand-in policy for rollout: zero torques; it keeps the return-to-go window of every call it gets."""
+
+    def __init__(self, state_dim, act_dim, context_len):
+        super().__init__()
+        self.state_dim, self.act_dim, self.context_len = state_dim, act_dim, context_len
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.embed_timestep = torch.nn.Embedding(1000, 1)
+        self.windows = []  # one (n, k) array per step
+
+    def forward(self, states, actions, returns_to_go, timesteps):
+        self.windows.append(returns_to_go[..., 0].numpy().copy())
+        return torch.zeros(*states.shape[:2], self.act_dim), None, None  # (n, k, act)
+
+
+def test_each_env_is_conditioned_on_its_target_lowered_by_its_own_rewards():
+    targets, scale, steps, K = np.array([100.0, 2000.0, 3600.0]), 1000.0, 12, 4
+    model = Still(11, 3, K)
+    returns, _ = rollout(model, "Hopper-v4", 3, 5, targets, scale, max_steps=steps)
+    env = gym.make("Hopper-v4")
+    for i, target in enumerate(targets):  # the same episode again, alone: its rewards
+        env.reset(seed=5 + i)
+        rewards = np.array([env.step(np.zeros(3))[1] for _ in range(steps)])
+        expected = (target - np.concatenate(([0.0], np.cumsum(rewards)[:-1]))) / scale  # (steps,) g_t
+        seen = np.array([window[i, -1] for window in model.windows])  # (steps,) each step's own g_t
+        np.testing.assert_allclose(seen, expected, rtol=1e-5)
+        np.testing.assert_allclose(model.windows[-1][i], expected[-K:], rtol=1e-5)  # the window: the last K
+        assert returns[i] == pytest.approx(rewards.sum())

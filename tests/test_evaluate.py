@@ -1,9 +1,14 @@
 """evaluate.py on a tiny trained run: the sweep's CSV, figure and log; bad inputs in one line."""
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+import evaluate
 import utils
+from cfgs.schema import EvaluateConfig
 from conftest import copy_run, run_entry, run_script, write_d4rl_file
 
 
@@ -20,32 +25,69 @@ def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_r
     assert "2 targets x 2 episodes x 2 seeds in" in read(run_dir / "evaluate.log")
 
 
+def evaluate_logging(run_dir, *args):
+    """evaluate.py on run_dir with args; what it added to evaluate.log."""
+    log = run_dir / "evaluate.log"
+    before = len(read(log)) if log.exists() else 0
+    run_script("evaluate.py", f"run={run_dir}", *args, check=True)
+    return read(log)[before:]
+
+
 def test_a_stopped_sweep_started_again_reuses_the_seeds_it_finished(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run[0], tmp_path / "run")
-    sweep = ("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2")
-    run_script(*sweep, check=True)
+    sweep = ("targets=[500,3600]", "episodes=2")
+    evaluate_logging(run_dir, *sweep)
     whole = (run_dir / "sweep_final.csv").read_bytes()
     (run_dir / "seed1" / "sweep_final.json").unlink()  # as if stopped during seed 1's pass
     (run_dir / "sweep_final.csv").unlink()
-    run_script(*sweep, check=True)
-    log = read(run_dir / "evaluate.log")
+    log = evaluate_logging(run_dir, *sweep)
     assert "seed 0: reused seed0/sweep_final.json" in log and "x 1 seeds in" in log and "(1 reused)" in log
     assert (run_dir / "sweep_final.csv").read_bytes() == whole  # the same rows as the sweep in one go
-    run_script(*sweep[:-1], "episodes=3", check=True)  # other settings: every seed again
-    assert len(utils.read_csv(run_dir / "sweep_final.csv")["seed"]) == 2 * 2 * 3
-    assert read(run_dir / "evaluate.log").count("reused seed") == 1
+    for changed in (("targets=[500,3600]", "episodes=3"), ("targets=[500]", "episodes=3")):  # every seed again
+        assert "reused" not in evaluate_logging(run_dir, *changed)
+    shutil.copyfile(run_dir / "seed1" / "final.pt", run_dir / "seed0" / "final.pt")  # another policy in seed 0
+    log = evaluate_logging(run_dir, "targets=[500]", "episodes=3")
+    assert "seed 1: reused" in log and "seed 0: reused" not in log and "(1 reused)" in log
 
 
 def test_a_named_evaluation_lands_beside_the_sweep(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run[0], tmp_path / "run")
-    run_script("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2", check=True)
-    sweep = (run_dir / "sweep_final.csv").read_bytes()
-    run_script("evaluate.py", f"run={run_dir}", "targets=[3600]", "episodes=3", "name=target_3600", check=True)
-    rows = utils.read_csv(run_dir / "target_3600.csv")
-    assert set(rows["target"]) == {3600.0} and len(rows["seed"]) == 2 * 3
-    assert (run_dir / "target_3600.png").exists() and (run_dir / "seed0" / "target_3600.json").exists()
-    assert (run_dir / "sweep_final.csv").read_bytes() == sweep
-    assert "reused" not in read(run_dir / "evaluate.log")  # each name keeps its own seeds' parts
+    sweep = ("targets=[500,3600]", "episodes=2")
+    evaluate_logging(run_dir, *sweep)
+    csv, part = (run_dir / "sweep_final.csv").read_bytes(), (run_dir / "seed0" / "sweep_final.json").read_bytes()
+    assert "reused" not in evaluate_logging(run_dir, *sweep, "name=again")  # its own parts, not the sweep's
+    rows = utils.read_csv(run_dir / "again.csv")
+    assert set(rows["target"]) == {500.0, 3600.0} and len(rows["seed"]) == 2 * 2 * 2
+    assert (run_dir / "again.png").exists() and (run_dir / "seed0" / "again.json").exists()
+    assert (run_dir / "sweep_final.csv").read_bytes() == csv
+    assert (run_dir / "seed0" / "sweep_final.json").read_bytes() == part
+    assert "(2 reused)" in evaluate_logging(run_dir, *sweep)
+
+
+def test_a_sweep_of_the_best_policies_films_each_target_and_reuses_only_with_its_videos(
+        tiny_run, tmp_path, small_frames, caplog):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    train_cfg = OmegaConf.load(run_dir / "config.yaml")
+    train_cfg.env.max_episode_len = 3  # episodes of 3 steps: software rendering takes ~0.1 s a frame
+    OmegaConf.save(train_cfg, run_dir / "config.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(EvaluateConfig),
+                          {"run": str(run_dir), "checkpoint": "best", "targets": [500, 3600], "episodes": 1})
+
+    def sweep(video=True):  # in this process, so that small_frames films small frames
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="evaluate"):
+            evaluate.evaluate_run(OmegaConf.merge(cfg, {"video": video}))
+        return caplog.text
+
+    sweep()
+    videos = sorted(p.name for p in run_dir.glob("seed0/*.mp4"))
+    assert videos == ["sweep_best_3600.mp4", "sweep_best_500.mp4"] and (run_dir / "sweep_best.csv").exists()
+    assert "(2 reused)" in sweep()
+    (run_dir / "seed1" / "sweep_best_500.mp4").unlink()
+    log = sweep()
+    assert "seed 0: reused" in log and "seed 1: reused" not in log
+    assert (run_dir / "seed1" / "sweep_best_500.mp4").exists()
+    assert "seed 0: reused" not in sweep(video=False)  # the same sweep without videos
 
 
 @pytest.mark.parametrize("override, message", [

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import core
 import utils
@@ -45,10 +46,19 @@ def test_each_logged_lr_is_the_one_its_step_used_and_a_short_last_interval_is_lo
     assert [(int(step), float(lr)) for step, _, lr in rows] == [(5, 0.5e-4), (10, 1e-4), (12, 1e-4)]  # lr * step / 10
 
 
+def test_the_assignments_hydra_run_chdir_false_runs_with_its_outputs_below_the_current_folder(hopper_file, tmp_path):
+    run_script("main.py", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=5", "hydra.run.chdir=false",
+               cwd=tmp_path, check=True)  # Hydra 1.3 calls it hydra.job.chdir
+    (run_dir,) = tmp_path.glob("runs/*/*")
+    assert OmegaConf.load(run_dir / "config.yaml").train.steps == 5 and (run_dir / "seed0" / "final.json").exists()
+
+
 def test_checkpoint_alone_evaluates_and_refuses_another_env(tiny_run):
     run_dir, _ = tiny_run
     model = core.load_policy(run_dir / "seed0" / "final.pt", env_id="Hopper-v4")
     assert model.state_mean.shape == (11,) and not model.training
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert np.isfinite(core.evaluate(model, cfg, episodes=1, seed=0)["score_mean"])
     with pytest.raises(core.ConfigError, match="trained on Hopper-v4, not Walker2d-v4"):
         core.load_policy(run_dir / "seed0" / "final.pt", env_id="Walker2d-v4")
 
@@ -73,8 +83,10 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(long_run, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (run_dir / "seed0" / "final.json").exists(), "killed before it finished"
+    assert time.time() < deadline and not (run_dir / "seed0" / "final.json").exists(), "killed mid-way"
+    step = torch.load(run_dir / "seed0" / "last.pt", weights_only=True)["progress"]["step"]
     run_entry("main.py", tmp_path / "unused", f"resume={run_dir}")
+    assert step > 0 and f"seed 0: resumed at step {step}" in read(tmp_path / "unused" / "main.log")  # not retrained
     for name in ["train.csv", "eval.csv"]:
         assert read(run_dir / "seed0" / name) == read(whole / "seed0" / name), name
 
@@ -91,7 +103,8 @@ def test_resume_with_more_seeds_keeps_the_finished_one_and_trains_the_new_one_as
     config = run_dir / "config.yaml"
     lines = [line for line in read(config).splitlines(keepends=True)[4:]
              if not line.startswith(("  file:", "  implementation:"))]
-    old = "".join(lines).replace("precision: fp32", "bf16: false")
+    recorded = OmegaConf.load(config).train.precision  # what auto chose on this machine: fp32 or bf16
+    old = "".join(lines).replace(f"precision: {recorded}", f"bf16: {str(recorded == 'bf16').lower()}")
     assert "seeds:\n- 0\n- 1\n" in old
     config.write_text(old.replace("seeds:\n- 0\n- 1\n", "seeds:\n- 0\n"))
     result = run_entry("main.py", tmp_path / "unused", f"resume={run_dir}", "seeds=[1]", "train.steps=5")
@@ -99,7 +112,7 @@ def test_resume_with_more_seeds_keeps_the_finished_one_and_trains_the_new_one_as
     assert read(run_dir / "seed1" / "train.csv") == read(reference_dir / "seed1" / "train.csv")
     assert json.loads(read(run_dir / "summary.json"))["seeds"] == [0, 1]
     assert "seeds:\n- 0\n- 1\n" in read(config) and "implementation: models.DecisionTransformer" in read(config)
-    assert "precision: fp32" in read(config) and "bf16" not in read(config), "train.bf16 became train.precision"
+    assert f"precision: {recorded}" in read(config) and "bf16:" not in read(config), "train.bf16 became precision"
     assert "train:\n  steps: 20\n" in read(config), "only seeds= overrides a resumed run"
     assert "ignoring" in result.stdout + result.stderr and "train.steps=5" in result.stdout + result.stderr
 
@@ -144,7 +157,7 @@ def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
     old.mkdir()
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     same = [f"buffer.path={hopper_file}", "seeds=[0]", "env.max_episode_len=1000"]  # the old code's episodes
-    run_entry("main.py", tmp_path / "new", *same)
+    run_entry("main.py", tmp_path / "new", *same, "train.precision=fp32")  # the old code's only precision
     run_script(old / "main.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}", *same, cwd=old, check=True, fresh=True)
     for name in ["train.csv", "eval.csv"]:
         assert read(tmp_path / "run" / "seed0" / name) == read(tmp_path / "new" / "seed0" / name), name
