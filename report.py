@@ -489,7 +489,8 @@ def write_report(runs, out, standin=False, datasets_png=None, findings=None):
 
 def publish(run, dest):
     """Copy a run folder to share: final.pt but not last.pt or best.pt, this machine's paths made relative; no
-    unfinished seeds (results.png drawn again without them) or tracker logs. Returns the seeds left out."""
+    unfinished seeds (results.png drawn again without them), tracker logs or MuJoCo's own log. Returns the seeds
+    left out."""
     run_dir, root = run["dir"], Path(__file__).resolve().parent
     local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
     dest = Path(dest)
@@ -500,7 +501,7 @@ def publish(run, dest):
         raise SystemExit(f"error: --publish {run_dir}: no seed has finished (no final.json); resume it first")
     for path in sorted(Path(run_dir).rglob("*")):
         relative = path.relative_to(run_dir)
-        left_out = (path.name in ("last.pt", "best.pt", "submitit_job") or relative.parts[0] in unfinished
+        left_out = (path.name in ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT") or relative.parts[0] in unfinished
                     or path.name.startswith("events.out.tfevents")
                     or any(part.startswith(".") or part == "wandb" for part in relative.parts))  # .hydra/ of old runs
         if path.is_dir() or left_out:

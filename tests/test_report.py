@@ -219,6 +219,7 @@ def test_publish_copies_a_run_to_share_without_training_state_or_the_machines_pa
         (run / "seed0" / name).write_bytes(b"weights")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "hydra.yaml").write_text("/home/me")
+    (run / "MUJOCO_LOG.TXT").write_text("WARNING: a deprecated compiler attribute")  # MuJoCo's, not the run's
     (run / "seed1").mkdir()  # a seed still training: left out, and out of the figure drawn again
     write_csv(run / "seed1" / "train.csv", ["step", "loss", "lr"], [(100, 0.5, 1e-4)])
     report.main([str(run), "--publish", str(tmp_path / "shared")])
@@ -227,6 +228,7 @@ def test_publish_copies_a_run_to_share_without_training_state_or_the_machines_pa
     assert not (shared / "seed1").exists() and plt.imread(shared / "results.png").shape[0] > 8
     assert OmegaConf.load(shared / "config.yaml").buffer.file == "../shared/hopper_medium-v2.hdf5"
     assert (shared / "main.log").read_text() == "resumed runs/day/run\n" and not (shared / ".hydra").exists()
+    assert not (shared / "MUJOCO_LOG.TXT").exists()
     with pytest.raises(SystemExit, match="exists already"):
         report.main([str(run), "--publish", str(shared)])
     (run / "seed0" / "final.json").unlink()
