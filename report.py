@@ -487,6 +487,9 @@ def write_report(runs, out, standin=False, datasets_png=None, findings=None):
     return [pdf_path, md_path, *(p for p in figures.values() if p)]
 
 
+NOT_PUBLISHED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT")  # training state, a job id, MuJoCo's log
+
+
 def publish(run, dest):
     """Copy a run folder to share: final.pt but not last.pt or best.pt, this machine's paths made relative; no
     unfinished seeds (results.png drawn again without them), tracker logs or MuJoCo's own log. Returns the seeds
@@ -501,7 +504,7 @@ def publish(run, dest):
         raise SystemExit(f"error: --publish {run_dir}: no seed has finished (no final.json); resume it first")
     for path in sorted(Path(run_dir).rglob("*")):
         relative = path.relative_to(run_dir)
-        left_out = (path.name in ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT") or relative.parts[0] in unfinished
+        left_out = (path.name in NOT_PUBLISHED or relative.parts[0] in unfinished
                     or path.name.startswith("events.out.tfevents")
                     or any(part.startswith(".") or part == "wandb" for part in relative.parts))  # .hydra/ of old runs
         if path.is_dir() or left_out:
