@@ -201,7 +201,8 @@ def defaults():
     return flatten(OmegaConf.to_container(OmegaConf.structured(schema.Config)))
 
 
-AUTO_REFERENCE = {"train.precision": "fp32"}  # the value a default of `auto` (resolved at start) counts as
+# The value a default of `auto` (resolved at start) counts as: the gallery reference runs' (bf16 on the project's CPU)
+AUTO_REFERENCE = {"train.precision": "bf16"}
 
 
 def is_default(run, keys, default):
@@ -269,9 +270,11 @@ def study_findings(settings, baseline):
 
 def study_figure(found):
     """Per task, the final score of each setting (seeds as dots, mean ± std as a bar), the default in grey."""
-    fig, axes = plt.subplots(len(found), 1, figsize=(9, 2.2 + 0.45 * max(len(s) for _, _, s, _ in found)
-                                                     * len(found)), squeeze=False)
-    for ax, (name, keys, settings, baseline) in zip(axes[:, 0], found):
+    labels = [[textwrap.fill(s, 45) for s, _ in settings] for _, _, settings, _ in found]
+    heights = [1.4 + 0.2 * sum(label.count("\n") + 2 for label in panel) for panel in labels]  # (inches)
+    fig, axes = plt.subplots(len(found), 1, figsize=(9, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (name, keys, settings, baseline), panel in zip(axes[:, 0], found, labels):
         for y, (setting, runs) in enumerate(settings):
             scores = finals(runs)
             if not scores:
@@ -283,8 +286,9 @@ def study_figure(found):
         if bar is not None:
             ax.axvline(bar, color="C3", linestyle="--", linewidth=1, label=f"assignment bar {bar:g}")
             ax.legend(loc="lower right", fontsize=8)
-        ax.set_yticks(range(len(settings)), [textwrap.fill(s, 45) for s, _ in settings], fontsize=8)
-        ax.set(xlabel="final normalized score (seeds as dots, mean ± std)", title=f"{name}: {', '.join(keys)}")
+        ax.set_yticks(range(len(settings)), panel, fontsize=8)
+        ax.set(xlabel="final normalized score (seeds as dots, mean ± std)")
+        ax.set_title(textwrap.fill(f"{name}: {', '.join(keys)}", 70), fontsize=10)
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -22,7 +22,7 @@ def write_csv(path, header, rows):
     path.write_text("\n".join([",".join(header), *(",".join(map(str, r)) for r in rows)]) + "\n")
 
 
-def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None, top_percent=100.0):
+def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None, top_percent=100.0, precision="bf16"):
     """A finished run: config.yaml, summary.json, results.png and per seed train.csv, eval.csv, final.json.
 
     eval_scores[seed] are the periodic eval scores at steps 100 and 200.
@@ -30,7 +30,7 @@ def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None, top_perce
     run_dir.mkdir(parents=True)
     config = {"env": env, "buffer": {"dataset": "medium", "context_len": 20, "top_percent": top_percent},
               "model": {"embed_dim": 128},
-              "train": {"steps": 200, "lr": lr}, "eval": {"episodes": 10, "final_episodes": 100},
+              "train": {"steps": 200, "lr": lr, "precision": precision}, "eval": {"episodes": 10, "final_episodes": 100},
               "seeds": list(range(len(final_scores))), "device": "cpu", "resume": resume}
     OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
     finals = []
@@ -192,6 +192,16 @@ def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_
     if importlib.util.find_spec("pypdf"):
         text = pdf_text(tmp_path / "report.pdf")
         assert "Keeping the top 10% (buffer.top_percent=10) helps here." in text and "a bold bullet" in text
+
+
+def test_a_precision_study_takes_the_reference_runs_bf16_as_the_default(tmp_path):
+    day = tmp_path / "runs" / "day"
+    bf16 = make_run(day / "bf16", HOPPER, 1e-4, [60.0, 61.0, 62.0], [[50, 60]] * 3)
+    fp32 = make_run(day / "fp32", HOPPER, 1e-4, [58.0, 59.0, 60.0], [[50, 60]] * 3, precision="fp32")
+    report.main([str(fp32), str(bf16), "--out", str(tmp_path / "report")])
+    md = (tmp_path / "report.md").read_text()
+    assert row(md, "train.precision=bf16 (default)")[1:5] == ["day/bf16", "3", "61.0 ± 0.8", "-"]
+    assert row(md, "train.precision=fp32")[3:5] == ["59.0 ± 0.8", "-2.0"]
 
 
 def test_a_runs_return_to_go_sweep_is_summarized_with_its_best_target(tmp_path):
