@@ -29,8 +29,8 @@ def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None, top_perce
     """
     run_dir.mkdir(parents=True)
     config = {"env": env, "buffer": {"dataset": "medium", "context_len": 20, "top_percent": top_percent},
-              "model": {"embed_dim": 128},
-              "train": {"steps": 200, "lr": lr, "precision": precision}, "eval": {"episodes": 10, "final_episodes": 100},
+              "model": {"embed_dim": 128}, "train": {"steps": 200, "lr": lr, "precision": precision},
+              "eval": {"episodes": 10, "final_episodes": 100},
               "seeds": list(range(len(final_scores))), "device": "cpu", "resume": resume}
     OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
     finals = []
