@@ -210,6 +210,12 @@ def is_default(run, keys, default):
                for k in keys)
 
 
+def setting_name(run, keys, default):
+    """The default setting by all its values; any other by the values where it differs from the default."""
+    shown = keys if is_default(run, keys, default) else [k for k in keys if not is_default(run, [k], default)]
+    return ", ".join(f"{k}={run['config'].get(k)}" for k in shown)
+
+
 def studies(runs):
     """Runs of one task whose configs differ: [(task, keys, [(setting, runs)], default setting or None)].
 
@@ -223,7 +229,7 @@ def studies(runs):
             continue
         settings = {}
         for run in members:
-            settings.setdefault(", ".join(f"{k}={run['config'].get(k)}" for k in keys), []).append(run)
+            settings.setdefault(setting_name(run, keys, default), []).append(run)
         baseline = next((s for s, rs in settings.items() if is_default(rs[0], keys, default)), None)
         found.append((name, keys, list(settings.items()), baseline))
     return found
@@ -270,7 +276,8 @@ def study_findings(settings, baseline):
 
 def study_figure(found):
     """Per task, the final score of each setting (seeds as dots, mean ± std as a bar), the default in grey."""
-    labels = [[textwrap.fill(s, 45) for s, _ in settings] for _, _, settings, _ in found]
+    labels = [[textwrap.fill(s, 45, break_long_words=False, break_on_hyphens=False) for s, _ in settings]
+              for _, _, settings, _ in found]
     heights = [1.4 + 0.2 * sum(label.count("\n") + 2 for label in panel) for panel in labels]  # (inches)
     fig, axes = plt.subplots(len(found), 1, figsize=(9, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
@@ -395,7 +402,10 @@ def document(runs, standin, figures, datasets_png=None, findings=None):
                                                                     f"mean ± std over seeds."))
     found = studies(runs)
     if found:
-        blocks.append(heading(2, "Studies"))
+        blocks += [heading(2, "Studies"),
+                   paragraph("Each study gathers one task's runs whose configs differ in the keys of its heading. "
+                             "The default setting is named by all its values, any other by the values where it "
+                             "differs from the default; runs of one setting pool their seeds.")]
         for name, keys, settings, baseline in found:
             blocks += [heading(3, f"{name}: {', '.join(keys)}"),
                        table(["setting", "run", "seeds", "final score", "vs default", "seeds' scores"],

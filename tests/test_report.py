@@ -204,6 +204,19 @@ def test_a_precision_study_takes_the_reference_runs_bf16_as_the_default(tmp_path
     assert row(md, "train.precision=fp32")[3:5] == ["59.0 ± 0.8", "-2.0"]
 
 
+def test_a_setting_of_a_study_over_several_keys_is_named_by_where_it_differs_from_the_default(tmp_path):
+    day = tmp_path / "runs" / "day"
+    base = make_run(day / "base", HOPPER, 1e-4, [60.0, 61.0, 62.0], [[50, 60]] * 3)
+    fp32 = make_run(day / "fp32", HOPPER, 1e-4, [58.0, 59.0, 60.0], [[50, 60]] * 3, precision="fp32")
+    top10 = make_run(day / "top10", HOPPER, 1e-4, [70.0, 71.0, 72.0], [[50, 70]] * 3, top_percent=10.0)
+    report.main([str(r) for r in (fp32, top10, base)] + ["--out", str(tmp_path / "report")])
+    md = (tmp_path / "report.md").read_text()
+    assert "### hopper-medium: buffer.top_percent, train.precision" in md
+    assert row(md, "buffer.top_percent=100.0, train.precision=bf16 (default)")[1] == "day/base"
+    assert row(md, "train.precision=fp32")[1:5] == ["day/fp32", "3", "59.0 ± 0.8", "-2.0"]
+    assert row(md, "buffer.top_percent=10.0")[1:5] == ["day/top10", "3", "71.0 ± 0.8", "+10.0"]
+
+
 def test_a_runs_return_to_go_sweep_is_summarized_with_its_best_target(tmp_path):
     run = make_run(tmp_path / "runs" / "day" / "swept", HOPPER, 1e-4, [60.0, 62.0], [[50, 60]] * 2)
     targets = [1000.0, 2000.0, 3000.0]
