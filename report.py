@@ -5,8 +5,8 @@
     python report.py ... --datasets gallery/dataset_returns.png --findings gallery/findings.md
     python report.py runs/<date>/<time> --publish gallery/hopper-medium   # a run folder to share (see publish)
 
-The report holds: the results table against the assignment's bars and the DT paper; what differs between the
-runs' configs; each run's figure; the datasets' return histograms (--datasets); each run's return-to-go sweep
+The report holds: the results table against the assignment's bars and the DT paper; each run's settings (its
+overrides of cfgs/); each run's figure; the datasets' return histograms (--datasets); each run's return-to-go sweep
 (evaluate.py's sweep_final.csv/png); each study (runs of one task whose configs differ: the score per setting
 beside the default one, with what the numbers say); and the findings (--findings: a markdown file of
 headings, paragraphs and bullet lists). It names runs by <date>/<time>, never by a path of the machine.
@@ -58,8 +58,9 @@ def load_run(path):
         config = OmegaConf.to_container(cfg, resolve=True)
     except (schema.ConfigError, OmegaConfBaseException):
         cfg = None
-    if config.get("buffer", {}).get("file"):  # the file's name: its folder is the machine's, not the run's
-        config["buffer"]["file"] = Path(config["buffer"]["file"]).name
+    for key in ("file", "path"):  # the file's name: its folder is the machine's, not the run's
+        if config.get("buffer", {}).get(key):
+            config["buffer"][key] = Path(config["buffer"][key]).name
     run_dir = Path(os.path.abspath(run_dir))
     return {"dir": run_dir, "label": "/".join(run_dir.parts[-2:]), "config": flatten(config), "cfg": cfg,
             "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
@@ -155,14 +156,14 @@ def config_differences(runs):
 
 def loss_figure(runs):
     """Training loss of every run (mean over seeds) on one log-scale axis."""
-    fig, ax = plt.subplots(figsize=(11, 5))
-    for run in runs:
+    fig, ax = plt.subplots(figsize=(13, 5))
+    for i, run in enumerate(runs):
         curve = seed_curve(run, "train.csv", "action_mse") or seed_curve(run, "train.csv", "loss")
-        if curve is not None:
-            ax.plot(*curve, label=f"{run['label']} ({task(run)})")
+        if curve is not None:  # past the 10 colours, the next dash: no two runs draw alike
+            ax.plot(*curve, linestyle=("-", "--", ":", "-.")[i // 10 % 4], label=f"{run['label']} ({task(run)})")
     ax.set(xlabel="training step", ylabel="action MSE (mean over seeds)", yscale="log", title="training loss")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the axis, off the curves
     fig.tight_layout()
     return fig
 
@@ -214,6 +215,16 @@ def setting_name(run, keys, default):
     """The default setting by all its values; any other by the values where it differs from the default."""
     shown = keys if is_default(run, keys, default) else [k for k in keys if not is_default(run, [k], default)]
     return ", ".join(f"{k}={run['config'].get(k)}" for k in shown)
+
+
+def overrides(run, default):
+    """The run's settings as overrides of cfgs/, as main.py takes them: 'env=hopper train.lr=0.0003'."""
+    config = run["config"]
+    default = {**default, **flatten({"env": env_facts(config.get("env.name"))}),
+               "eval.target_return": config.get("env.target_return")}  # cfgs/: ${env.target_return}
+    changed = [k for k in config
+               if k != "env.name" and not k.startswith(NOT_A_SETTING) and not is_default(run, [k], default)]
+    return " ".join([f"env={config.get('env.name')}", *(f"{k}={config[k]}" for k in changed)])
 
 
 def studies(runs):
@@ -377,12 +388,12 @@ def document(runs, standin, figures, datasets_png=None, findings=None):
                                 "envs, not on the D4RL release: they compare with D4RL's in spirit, not number for "
                                 "number."))
     blocks += [heading(2, heading_text), table(RESULT_COLUMNS, [result_row(r) for r in runs]), bullets(notes(standin))]
-    differences = config_differences(runs)
-    blocks += [heading(2, "What differs between the runs' configs"),
-               paragraph("Every value a run used is in its config.yaml (the defaults are the DT paper's, in cfgs/); "
-                         "python main.py --config-path <run folder> --config-name config trains it again."),
-               table(["key", *(r["label"] for r in runs)], differences) if differences
-               else paragraph("No differences among the runs (resume ignored).")]
+    default = defaults()
+    blocks += [heading(2, "Settings of each run"),
+               paragraph("Each run's overrides of the defaults in cfgs/ (the DT paper's), as python main.py takes "
+                         "them; every value a run used is in its config.yaml, and python main.py --config-path "
+                         "<run folder> --config-name config trains it again."),
+               table(["run", "overrides of cfgs/"], [[r["label"], overrides(r, default)] for r in runs])]
     blocks += [heading(2, "Training"), image(figures["loss"], "Training loss (action MSE), mean over seeds.")]
     blocks += [image(r["dir"] / "results.png", f"{r['label']} ({task(r)}): evaluation return and normalized score "
                                                f"over training (mean ± std over seeds), and the losses.")
@@ -505,9 +516,9 @@ NOT_PUBLISHED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT")  # trai
 
 
 def publish(run, dest):
-    """Copy a run folder to share: final.pt but not last.pt or best.pt, this machine's paths made relative; no
-    unfinished seeds (results.png drawn again without them), tracker logs or MuJoCo's own log. Returns the seeds
-    left out."""
+    """Copy a run folder to share: final.pt but not last.pt or best.pt, this machine's paths made relative
+    (results.png drawn again); no unfinished seeds, tracker logs or MuJoCo's own log. Returns the seeds left
+    out."""
     run_dir, root = run["dir"], Path(__file__).resolve().parent
     local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
     dest = Path(dest)
@@ -531,10 +542,10 @@ def publish(run, dest):
             data = text.encode()
         utils.atomic_write_bytes(dest / relative, data)
     cfg = run["cfg"]
-    if unfinished and cfg is not None:
+    if cfg is not None:  # drawn again: without unfinished seeds, and titled without this machine's paths
         utils.plot_results(dest, f"{utils.run_title(cfg)}   ({run['label']})", cfg.eval.target_return,
                            cfg.env.ref_min_score, cfg.env.ref_max_score)
-    elif unfinished:  # a config of unknown keys: no figure rather than one of seeds that are not here
+    else:  # a config of unknown keys: no figure rather than a copy that may show them
         (dest / "results.png").unlink(missing_ok=True)
     return unfinished
 
