@@ -466,9 +466,21 @@ def breakable(text):
     return re.sub(r"([./_=])", "\\1\u200b", str(text))
 
 
+MARGIN_CM, TEXT_WIDTH_CM = 1.8, 21.0 - 2 * 1.8  # on A4
+FIGURE_HEIGHT_CM = 19.0  # a figure's tallest: with its caption and a heading it fits a page (26.1 cm of text)
+
+
+def figure_width(path):
+    """The share of the text width at which a figure is at most FIGURE_HEIGHT_CM tall (tall ones fit a page)."""
+    from PIL import Image
+    with Image.open(path) as png:
+        width, height = png.size
+    return min(1.0, FIGURE_HEIGHT_CM * width / height / TEXT_WIDTH_CM)
+
+
 def typst(blocks, images):
     """The blocks as a typst document; images: {png path: name in the build folder}."""
-    out = ['#set page(paper: "a4", margin: 1.8cm, numbering: "1")', '#set text(size: 9.5pt)',
+    out = [f'#set page(paper: "a4", margin: {MARGIN_CM}cm, numbering: "1")', '#set text(size: 9.5pt)',
            '#set par(justify: true)', '#show table.cell.where(y: 0): strong']
     for block in blocks:
         kind = block[0]
@@ -483,7 +495,8 @@ def typst(blocks, images):
             cells = ", ".join(f"[{typst_text(breakable(c))}]" for r in [header, *rows] for c in r)
             out.append(f"#table(columns: {len(header)}, inset: 4pt, stroke: 0.4pt + gray, {cells})")
         elif kind == "image":
-            out.append(f'#figure(image("{images[block[1]]}", width: 100%), caption: [{typst_text(block[2])}])')
+            out.append(f'#figure(image("{images[block[1]]}", width: {figure_width(block[1]):.0%}), '
+                       f'caption: [{typst_text(block[2])}])')
     return "\n\n".join(out) + "\n"
 
 

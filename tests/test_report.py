@@ -109,6 +109,14 @@ def test_each_run_s_settings_are_its_overrides_of_the_defaults(outputs):
     assert row(settings, "day/cheetah")[1] == "env=halfcheetah env.target_return=6000.0 train.steps=200 train.lr=0.0003"
 
 
+def test_a_tall_figure_is_narrowed_to_fit_a_page_and_a_wide_one_fills_the_width(tmp_path):
+    plt.imsave(tmp_path / "tall.png", np.zeros((300, 100, 3)))
+    plt.imsave(tmp_path / "wide.png", np.zeros((100, 300, 3)))
+    assert report.figure_width(tmp_path / "tall.png") * report.TEXT_WIDTH_CM * 3 == pytest.approx(
+        report.FIGURE_HEIGHT_CM)
+    assert report.figure_width(tmp_path / "wide.png") == 1.0
+
+
 def test_markdown_links_each_runs_figure_relative_to_the_report(outputs):
     md = (outputs / "report.md").read_text()
     assert "](../runs/day/hopper/results.png)" in md and "](../runs/day/cheetah/results.png)" in md
