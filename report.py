@@ -558,7 +558,7 @@ def publish(run, dest):
     if cfg is not None:  # drawn again: without unfinished seeds, and titled without this machine's paths
         utils.plot_results(dest, f"{utils.run_title(cfg)}   ({run['label']})", cfg.eval.target_return,
                            cfg.env.ref_min_score, cfg.env.ref_max_score)
-    else:  # a config of unknown keys: no figure rather than a copy that may show them
+    else:  # a config of unknown keys: no figure, rather than a copy with unfinished seeds or the machine's paths
         (dest / "results.png").unlink(missing_ok=True)
     return unfinished
 
