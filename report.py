@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
+from PIL import Image
 from omegaconf.errors import OmegaConfBaseException
 
 import utils
@@ -211,9 +212,14 @@ def is_default(run, keys, default):
                for k in keys)
 
 
+def changed(run, keys, default):
+    """The keys among `keys` where the run's value is not the default."""
+    return [k for k in keys if not is_default(run, [k], default)]
+
+
 def setting_name(run, keys, default):
     """The default setting by all its values; any other by the values where it differs from the default."""
-    shown = keys if is_default(run, keys, default) else [k for k in keys if not is_default(run, [k], default)]
+    shown = keys if is_default(run, keys, default) else changed(run, keys, default)
     return ", ".join(f"{k}={run['config'].get(k)}" for k in shown)
 
 
@@ -222,9 +228,8 @@ def overrides(run, default):
     config = run["config"]
     default = {**default, **flatten({"env": env_facts(config.get("env.name"))}),
                "eval.target_return": config.get("env.target_return")}  # cfgs/: ${env.target_return}
-    changed = [k for k in config
-               if k != "env.name" and not k.startswith(NOT_A_SETTING) and not is_default(run, [k], default)]
-    return " ".join([f"env={config.get('env.name')}", *(f"{k}={config[k]}" for k in changed)])
+    keys = [k for k in config if k != "env.name" and not k.startswith(NOT_A_SETTING)]
+    return " ".join([f"env={config.get('env.name')}", *(f"{k}={config[k]}" for k in changed(run, keys, default))])
 
 
 def studies(runs):
@@ -472,7 +477,6 @@ FIGURE_HEIGHT_CM = 19.0  # a figure's tallest: with its caption and a heading it
 
 def figure_width(path):
     """The share of the text width at which a figure is at most FIGURE_HEIGHT_CM tall (tall ones fit a page)."""
-    from PIL import Image
     with Image.open(path) as png:
         width, height = png.size
     return min(1.0, FIGURE_HEIGHT_CM * width / height / TEXT_WIDTH_CM)

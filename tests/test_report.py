@@ -1,4 +1,4 @@
-"""report.py on two small fake run folders: the pdf, the markdown table, the config differences, the bars."""
+"""report.py on two small fake run folders: the pdf, the markdown table, each run's settings, the bars."""
 import importlib.util
 import json
 import shutil
@@ -105,7 +105,7 @@ def test_pass_is_the_3_seed_final_score_against_the_assignment_bar(outputs):
 
 def test_each_run_s_settings_are_its_overrides_of_the_defaults(outputs):
     settings = (outputs / "report.md").read_text().split("## Settings of each run")[1].split("##")[0]
-    assert row(settings, "day/hopper")[1] == "env=hopper train.steps=200"  # lr 1e-4 and the env's values: cfgs/'
+    assert row(settings, "day/hopper")[1] == "env=hopper train.steps=200"  # lr 1e-4 and the env's values are cfgs/'
     assert row(settings, "day/cheetah")[1] == "env=halfcheetah env.target_return=6000.0 train.steps=200 train.lr=0.0003"
 
 
