@@ -9,7 +9,8 @@ The report holds: the results table against the assignment's bars and the DT pap
 overrides of cfgs/); each run's figure; the datasets' return histograms (--datasets); each run's return-to-go sweep
 (evaluate.py's sweep_final.csv/png); each study (runs of one task whose configs differ: the score per setting
 beside the default one, with what the numbers say); and the findings (--findings: a markdown file of
-headings, paragraphs and bullet lists). It names runs by <date>/<time>, never by a path of the machine.
+headings, paragraphs and bullet lists; its "## In short" section opens the report, the rest closes it). It names
+runs by <date>/<time>, never by a path of the machine.
 """
 import argparse
 import json
@@ -361,6 +362,9 @@ def notes(standin):
     return lines
 
 
+SUMMARY_HEADING = "In short"  # the findings' section that opens the report
+
+
 def read_findings(path):
     """A markdown file of '## headings', paragraphs and '- ' bullet lists -> blocks."""
     blocks, lines = [], Path(path).read_text().splitlines() + [""]
@@ -384,14 +388,26 @@ def read_findings(path):
     return blocks
 
 
+def split_summary(blocks):
+    """The findings' "## In short" section (it opens the report) and the other blocks (they close it)."""
+    start = next((i for i, block in enumerate(blocks) if block == heading(2, SUMMARY_HEADING)), None)
+    if start is None:
+        return [], blocks
+    end = next((i for i in range(start + 1, len(blocks)) if blocks[i][0] == "heading" and blocks[i][1] <= 2),
+               len(blocks))
+    return blocks[start:end], blocks[:start] + blocks[end:]
+
+
 def document(runs, standin, figures, datasets_png=None, findings=None):
     """The report's blocks. figures: {"loss": png, "study": png or None}."""
     title, heading_text = titles(standin)
+    summary, found_blocks = split_summary(read_findings(findings)) if findings else ([], [])
     blocks = [heading(1, title)]
     if standin:
         blocks.append(paragraph("Every score here is on stand-in datasets made by D4RL's protocol in gymnasium's -v4 "
                                 "envs, not on the D4RL release: they compare with D4RL's in spirit, not number for "
                                 "number."))
+    blocks += summary
     blocks += [heading(2, heading_text), table(RESULT_COLUMNS, [result_row(r) for r in runs]), bullets(notes(standin))]
     default = defaults()
     blocks += [heading(2, "Settings of each run"),
@@ -429,9 +445,7 @@ def document(runs, standin, figures, datasets_png=None, findings=None):
                        bullets(study_findings(settings, baseline))]
         blocks.append(image(figures["study"], "Final score per setting: seeds as dots, mean ± std as bars, the "
                                               "default setting in grey."))
-    if findings:
-        blocks += read_findings(findings)
-    return blocks
+    return blocks + found_blocks
 
 
 def markdown(blocks, here):

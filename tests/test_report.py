@@ -183,7 +183,7 @@ def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_
     again = make_run(day / "p100-again", HOPPER, 1e-4, [61.0], [[50, 60]])  # the same setting: pooled
     findings = tmp_path / "findings.md"
     findings.write_text("## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** "
-                        "bullet\n  that goes on\n")
+                        "bullet\n  that goes on\n\n## In short\n\nTop 10% wins.\n\n## Not known\n\n- D4RL\n")
     report.main([str(r) for r in (better, same, base, again)] + ["--out", str(tmp_path / "report"), "--findings",
                                                                  str(findings)])
     md = (tmp_path / "report.md").read_text()
@@ -195,7 +195,9 @@ def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_
            "spread (2.4): no clear effect." in md
     assert "](report_study.png)" in md and (tmp_path / "report_study.png").stat().st_size > 0
     assert "## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** bullet that " \
-           "goes on" in md
+           "goes on\n\n## Not known\n\n- D4RL" in md
+    assert md.index("## In short\n\nTop 10% wins.") < md.index("## Results") < md.index("## Studies") \
+        < md.index("## Findings"), "the summary opens the report, the other findings close it"
     if importlib.util.find_spec("pypdf"):
         text = pdf_text(tmp_path / "report.pdf")
         assert "Keeping the top 10% (buffer.top_percent=10) helps here." in text and "a bold bullet" in text
