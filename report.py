@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
-from PIL import Image
 from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
 
 import utils
 from cfgs import schema
