@@ -1,7 +1,7 @@
 """D4RL hdf5 files or Minari datasets -> transitions -> trajectories -> (B, K, .) training batches.
 
-    python buffer.py [files ...] [--out dataset_returns.png] [--standin]   # trajectory-return histograms
-                                                   # of the files (default: every file in $D4RL_DATASET_DIR)
+    python buffer.py [files ...] [--out runs/dataset_returns.png]   # trajectory-return histograms of the files
+                                                   # (default: every file in $D4RL_DATASET_DIR)
 """
 import logging
 import os
@@ -289,36 +289,52 @@ class SequenceBuffer:
                 mask.astype(np.float32))
 
 
-def plot_returns(paths, out, label=""):
-    """The trajectory-return histogram of each D4RL file (its env read from the file name) on the score axis."""
+def trajectory_scores(path) -> np.ndarray:
+    """The normalized returns of a D4RL file's trajectories; its env is read from the file name."""
     from omegaconf import OmegaConf
 
     import utils
-    datasets = []
-    for path in paths:
-        env = OmegaConf.load(Path(__file__).parent / "cfgs" / "env" / f"{Path(path).name.split('_')[0]}.yaml")
-        with h5py.File(path, "r") as f:
-            obs_dim, act_dim = f["observations"].shape[1], f["actions"].shape[1]
-        returns = Transitions.from_hdf5(path, obs_dim, act_dim).trajectories()[2]
-        to_score = lambda r: utils.normalized_score(r, env.ref_min_score, env.ref_max_score)  # noqa: E731
-        datasets.append((Path(path).stem + label, to_score(returns), float(to_score(env.target_return))))
-    utils.plot_dataset_returns(datasets, out)
+    env = OmegaConf.load(Path(__file__).parent / "cfgs" / "env" / f"{Path(path).name.split('_')[0]}.yaml")
+    with h5py.File(path, "r") as f:
+        obs_dim, act_dim = f["observations"].shape[1], f["actions"].shape[1]
+    returns = Transitions.from_hdf5(path, obs_dim, act_dim).trajectories()[2]
+    return utils.normalized_score(returns, env.ref_min_score, env.ref_max_score)
+
+
+def task_name(path) -> str:
+    """hopper_medium_replay-v2.hdf5 -> hopper-medium-replay."""
+    env, _, rest = Path(path).name.partition("_")
+    return f"{env}-{rest.split('-v')[0].replace('_', '-')}"
+
+
+def plot_returns(paths, out) -> Path:
+    """The trajectory-return histogram of each D4RL file on the normalized-score axis, as the assignment's Figure 1."""
+    import utils
+    datasets = {task_name(p): trajectory_scores(p) for p in paths}
+    return utils.save_png(utils.dataset_returns_figure(datasets), out)
+
+
+def new_file(path) -> Path:
+    """path, or path-1, path-2, ... with its suffix: the first that does not exist (nothing is replaced unasked)."""
+    path = Path(path)
+    return next(p for p in (path.with_stem(f"{path.stem}-{i}") if i else path for i in range(10_000)) if not p.exists())
 
 
 if __name__ == "__main__":
     import argparse
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", help="D4RL-layout files named <env>_<dataset>-v2.hdf5")
-    parser.add_argument("--out", default="dataset_returns.png")
-    parser.add_argument("--standin", action="store_true", help="label the files stand-in data in the titles")
+    parser.add_argument("--out", help="the figure (default: runs/dataset_returns.png, or -1, -2, ... if it exists)")
     args = parser.parse_args()
     files = args.files or sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
     unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
     if not files or unknown:
         raise SystemExit(f"error: {'no .hdf5 files in ' + str(dataset_dir()) if not files else unknown[0]}: give "
                          f"files named <env>_<dataset>-v2.hdf5 with env one of {', '.join(ENVS)}")
+    out = Path(args.out) if args.out else new_file(Path("runs") / "dataset_returns.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        plot_returns(files, args.out, " (stand-in)" if args.standin else "")
+        plot_returns(sorted(files, key=lambda f: (ENVS.index(Path(f).name.split("_")[0]), f)), out)
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")

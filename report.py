@@ -1,47 +1,89 @@
-"""Gather finished runs into one report: report.pdf (typeset with typst) and its markdown twin report.md.
+"""report.pdf: a short paper from finished run folders. The answers first, one results table, a figure for each
+question of the assignment, the method; every run's curves, settings and data in an appendix.
 
-    python report.py runs/<date>/<time> [runs/<date>/<time> ...] --standin --out gallery/report
-    python report.py runs/<date>/<time>-sweep                     # a study's job folders: a table and figure per task
-    python report.py ... --datasets gallery/dataset_returns.png --findings gallery/findings.md
-    python report.py runs/<date>/<time> --publish gallery/hopper-medium   # a run folder to share (see publish)
+    python report.py gallery/*/ --standin --findings gallery/findings.md --out gallery/report
+    python report.py runs/<date>/<time>-sweep                     # a study: the sweep folder stands for its jobs
+    python report.py runs/<date>/<time> --publish gallery/<name>  # instead: copy one run folder to share
 
-The report holds: the results table against the assignment's bars and the DT paper; each run's settings (its
-overrides of cfgs/); each run's figure; the datasets' return histograms (--datasets); each run's return-to-go sweep
-(evaluate.py's sweep_final.csv/png); each study (runs of one task whose configs differ: the score per setting
-beside the default one, with what the numbers say); and the findings (--findings: a markdown file of
-headings, paragraphs and bullet lists; its "## In short" section opens the report, the rest closes it). It names
-runs by <date>/<time>, never by a path of the machine.
+Runs are grouped by task (env-dataset) and named by their setting in words ("DT, top 10%"): the default config
+is the reference of its task, percentile BC (buffer.top_percent, model.condition_on_return) and the auxiliary
+losses (train.aux_*_coef) answer the bonus questions, any other setting is shown in the appendix. The findings
+file (--findings: markdown headings, paragraphs, bullet lists) gives the words: its "## In short" section opens
+the report, its other sections follow the figures. Outputs: <out>.pdf, <out>.md and the figures <out>_*.png,
+under runs/ unless --out says otherwise; an existing file is never replaced unasked.
 """
 import argparse
 import json
 import os
-import re
-import shutil
-import tempfile
 import textwrap
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from PIL import Image
 
+import typeset
 import utils
 from cfgs import schema
+from typeset import bullets, heading, image, pagebreak, paragraph, table
 
-plt = utils.pyplot()
-ENV_CONFIGS = Path(__file__).resolve().parent / "cfgs" / "env"  # assignment_bar, dt_paper_score per dataset
-RESULT_COLUMNS = ["run", "env-dataset", "seeds", "final score", "best eval (step)", "bar", "pass", "DT paper"]
-NOT_COMPARED = ("resume", "env.assignment_bar", "env.dt_paper_score")  # bookkeeping; what the report compares with
-NOT_A_SETTING = NOT_COMPARED + ("seeds", "buffer.file", "device", "eval.video", "logger", "wandb.")  # of a study
+ROOT = Path(__file__).resolve().parent
+ENVS, DATASETS = schema.ENVS, schema.DATASETS
+# Keys that are a run's task or bookkeeping, not its setting (they never make two runs differ in a comparison)
+BOOKKEEPING = ("resume", "seeds", "buffer.dataset", "buffer.source", "buffer.file", "buffer.sha256", "buffer.path", "device", "eval.video", "logger",
+               "wandb.", "env.assignment_bar", "env.dt_paper_score", "env.ref_source", "train.threads",
+               "train.log_every", "train.checkpoint_every")
+AUTO_MEANS = {"train.precision": "bf16"}  # `auto` resolves to bf16 on the reference runs' CPU
+PERCENTILE_KEYS = ("buffer.top_percent", "model.condition_on_return")
+AUX_KEYS = ("train.aux_state_coef", "train.aux_rtg_coef")
+QUESTION_KEYS = (*PERCENTILE_KEYS, *AUX_KEYS, "train.precision")  # always named in a setting
+PERCENTILE_SETTINGS = ("DT, all data", "DT, top 10%", "DT, top 25%", "BC, all data", "BC, top 10%")
+AUX_SETTINGS = ("action only", "+ next state", "+ next state and return-to-go")
+MIN_FONT_PT, MAX_LEGEND_ENTRIES = 7.0, 8
+FIGURE_STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
+                "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 8}
 
 
 # ---------------------------------------------------------------------------------------------
-# Run folders
+# Reading finished runs
 
 
-def load_run(path):
-    """A run folder -> its label, flat config, summary and seed folders; SystemExit if it is not a finished run."""
+@dataclass
+class FinishedRun:
+    """What the report reads of a run folder: its label, flat config, summary and per-seed tables."""
+    dir: Path
+    label: str  # <date>/<time>: no path of the machine
+    config: dict  # dotted keys, today's schema, dataset paths as file names
+    summary: dict
+    seed_dirs: list
+    shared: dict = field(default_factory=dict)  # settings every run of its task has (by_task): not named
+
+    @property
+    def task(self) -> str:
+        """env-dataset; with the source and env when its score is not on D4RL's scale (Minari, -v5 envs)."""
+        name = f"{self.summary['env']}-{Path(self.summary['dataset']).stem}"
+        return name if self.on_d4rl_scale else f"{name} ({self.config.get('buffer.source')}, {self.config['env.id']})"
+
+    @property
+    def on_d4rl_scale(self) -> bool:
+        """D4RL files in the assignment's -v4 envs: the score compares with the bars and the DT paper."""
+        return self.config.get("buffer.source", "d4rl") == "d4rl" and self.config.get("env.id", "-v4").endswith("-v4")
+
+    def scores(self) -> list:
+        """Each finished seed's final normalized score."""
+        return [f["score_mean"] for f in self.summary["per_seed"]]
+
+    def curve(self, csv_name: str, key: str):
+        """(steps, mean, std) over seeds of column `key` of seed<N>/csv_name; None where no seed has it."""
+        tables = [utils.read_csv(d / csv_name) for d in self.seed_dirs]
+        curve = utils.mean_std_over_seeds([t for t in tables if key in t], key)
+        return None if curve is None else curve[:3]
+
+
+def load_run(path) -> FinishedRun:
+    """A finished run folder; SystemExit with one line if it is not one."""
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise SystemExit(f"error: {path}: no such folder")
@@ -54,21 +96,20 @@ def load_run(path):
     except json.JSONDecodeError as e:
         raise SystemExit(f"error: {run_dir / 'summary.json'} is empty or not JSON ({e}): python main.py "
                          f"resume={path} writes it again") from None
-    config, cfg = schema.upgrade(OmegaConf.load(run_dir / "config.yaml")), None
+    config = schema.upgrade(OmegaConf.load(run_dir / "config.yaml"))
     try:  # in today's keys, so that runs of older code differ only where their settings do
-        cfg = schema.typed(config)
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = OmegaConf.to_container(schema.typed(config), resolve=True)
     except (schema.ConfigError, OmegaConfBaseException):
-        cfg = None
+        pass
     for key in ("file", "path"):  # the file's name: its folder is the machine's, not the run's
         if config.get("buffer", {}).get(key):
             config["buffer"][key] = Path(config["buffer"][key]).name
     run_dir = Path(os.path.abspath(run_dir))
-    return {"dir": run_dir, "label": "/".join(run_dir.parts[-2:]), "config": flatten(config), "cfg": cfg,
-            "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
+    seed_dirs = sorted(d for d in run_dir.glob("seed*") if d.name[4:].isdigit())
+    return FinishedRun(run_dir, "/".join(run_dir.parts[-2:]), flatten(config), summary, seed_dirs)
 
 
-def expand_sweeps(paths):
+def expand_sweeps(paths) -> list:
     """A multirun's runs/<date>/<time>-sweep folder stands for its job folders 0, 1, ... (each a run)."""
     expanded = []
     for path in map(Path, paths):
@@ -78,7 +119,7 @@ def expand_sweeps(paths):
     return expanded
 
 
-def flatten(tree, prefix=""):
+def flatten(tree: dict, prefix: str = "") -> dict:
     """Nested dicts -> {"dotted.key": value}; lists stay values."""
     flat = {}
     for key, value in tree.items():
@@ -89,287 +130,423 @@ def flatten(tree, prefix=""):
     return flat
 
 
-def on_d4rl_scale(run):
-    """A run on D4RL files in the assignment's -v4 envs: its score compares with the bars and the DT paper."""
-    return run["config"].get("buffer.source", "d4rl") == "d4rl" and run["config"].get("env.id", "-v4").endswith("-v4")
+@lru_cache(maxsize=None)
+def default_config(env: str) -> dict:
+    """cfgs/'s values for env=<env>, flat (what `python main.py env=<env>` starts from)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "cfgs"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"env={env}"] if env in ENVS else [])
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
-def task(run):
-    """env-dataset, and the source and env when the score is not on D4RL's scale (Minari, -v5 envs)."""
-    name = f"{run['summary']['env']}-{Path(run['summary']['dataset']).stem}"
-    if on_d4rl_scale(run):
-        return name
-    return f"{name} ({run['config'].get('buffer.source')}, {run['config'].get('env.id')})"
+def changes(run: FinishedRun) -> dict:
+    """The run's settings that differ from cfgs/'s defaults for its env, but for those its whole task shares."""
+    return {k: v for k, v in all_changes(run).items() if k not in run.shared}
 
 
-def env_facts(env):
-    path = ENV_CONFIGS / f"{env}.yaml"
+def all_changes(run: FinishedRun) -> dict:
+    """The run's settings that differ from cfgs/'s defaults for its env: {key: value}."""
+    default = default_config(run.config.get("env.name"))
+    changed = {}
+    for key, value in run.config.items():
+        expected, value = (AUTO_MEANS.get(key, v) if v == "auto" else v for v in (default.get(key, value), value))
+        if not key.startswith(BOOKKEEPING) and value != expected:
+            changed[key] = value
+    return changed
+
+
+def setting(run: FinishedRun) -> str:
+    """The run's setting in words: 'DT, all data', 'BC, top 10%', 'DT, all data, + next state', 'DT, fp32'."""
+    changed = changes(run)
+    words = ["BC" if changed.pop("model.condition_on_return", True) is False else "DT"]
+    top = changed.pop("buffer.top_percent", 100.0)
+    words.append("all data" if top >= 100 else f"top {top:g}%")
+    state, rtg = changed.pop("train.aux_state_coef", 0.0), changed.pop("train.aux_rtg_coef", 0.0)
+    if state or rtg:
+        words.append(" and ".join(f"+ {name}" + (f" x{coef:g}" if coef != 1 else "")
+                                  for name, coef in (("next state", state), ("return-to-go", rtg)) if coef)
+                     .replace(" and +", " and"))
+    named = {"buffer.sample_by": "sampled by {}", "model.dropout": "dropout {}", "train.precision": "{}",
+             "model.implementation": "{}", "eval.target_return": "target {}"}
+    words += [named.get(key, key + " {}").format(value) for key, value in sorted(changed.items())]
+    return ", ".join(str(w).replace("models.ReferenceDT", "plain eager model") for w in words)
+
+
+def percentile_setting(run: FinishedRun):
+    """'DT, top 10%' etc. for runs that differ from the default in percentile BC's keys (and precision) only."""
+    if set(changes(run)) - {*PERCENTILE_KEYS, "train.precision"}:
+        return None
+    name = setting(run).replace(f", {run.config.get('train.precision')}", "")
+    return name if name in PERCENTILE_SETTINGS else None
+
+
+def aux_setting(run: FinishedRun):
+    """'action only', '+ next state', '+ next state and return-to-go' for runs that change only the aux losses."""
+    changed = changes(run)
+    if set(changed) - {*AUX_KEYS, "train.precision"}:
+        return None
+    state, rtg = changed.get(AUX_KEYS[0], 0.0), changed.get(AUX_KEYS[1], 0.0)
+    return {(False, False): AUX_SETTINGS[0], (True, False): AUX_SETTINGS[1], (True, True): AUX_SETTINGS[2]}.get(
+        (bool(state), bool(rtg)))
+
+
+def overrides(run: FinishedRun) -> str:
+    """The run's setting as main.py's overrides of cfgs/: 'env=hopper buffer.top_percent=10.0'."""
+    changed = sorted(all_changes(run).items())
+    return " ".join([f"env={run.config.get('env.name')}", *(f"{k}={v}" for k, v in changed)])
+
+
+def task_order(task: str):
+    env, _, dataset = task.partition("-")
+    return (ENVS.index(env) if env in ENVS else len(ENVS), DATASETS.index(dataset) if dataset in DATASETS else 99,
+            task)
+
+
+def by_task(runs: list) -> dict:
+    """{task: {setting: [runs]}}, tasks in the order of cfgs' envs and datasets; runs of one setting pool seeds.
+
+    A change every run of a task shares (train.steps=200 of a quick study) is the task's, not a setting: it is
+    named beside the task (shared_text); the questions' keys always count as settings.
+    """
+    tasks = {}
+    for run in sorted(runs, key=lambda r: task_order(r.task)):
+        tasks.setdefault(run.task, []).append(run)
+    grouped = {}
+    for name, members in tasks.items():
+        shared = [set(all_changes(r).items()) for r in members]
+        common = {k: v for k, v in set.intersection(*shared) if k not in QUESTION_KEYS}
+        for run in members:
+            run.shared = common
+            grouped.setdefault(name, {}).setdefault(setting(run), []).append(run)
+    return grouped
+
+
+def shared_text(settings: dict) -> str:
+    """' (train.steps=200)': the changes every run of a task shares, or ''."""
+    shared = next(iter(settings.values()))[0].shared
+    return f" ({', '.join(f'{k}={v}' for k, v in sorted(shared.items()))})" if shared else ""
+
+
+def pooled_scores(runs: list) -> list:
+    return [s for run in runs for s in run.scores()]
+
+
+def reference(settings: dict):
+    """A task's default runs (its setting 'DT, all data'), or None."""
+    return settings.get(PERCENTILE_SETTINGS[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers in words
+
+
+def number(x, digits: int = 1) -> str:
+    """x to `digits` decimals; 'n/a' for a missing or non-finite value (no nan or inf in a sentence)."""
+    return f"{x:.{digits}f}" if x is not None and np.isfinite(x) else "n/a"
+
+
+def score_text(scores: list) -> str:
+    """'60.0 ± 1.6' over seeds; no std over one seed; 'n/a' with none."""
+    if not scores:
+        return "n/a"
+    return number(np.mean(scores)) + (f" ± {number(np.std(scores))}" if len(scores) > 1 else "")
+
+
+def seeds_text(scores: list) -> str:
+    return ", ".join(number(s) for s in scores) or "none"
+
+
+def against(scores: list, base: list) -> str:
+    """'+4.6, beyond the seeds' spread (2.1)': a setting's mean against the default's."""
+    if not scores or not base:
+        return "n/a"
+    delta, spread = np.mean(scores) - np.mean(base), np.std(scores) + np.std(base)
+    if min(len(scores), len(base)) < 2:
+        return f"{delta:+.1f} (one seed on a side: no spread to judge by)"
+    verdict = "beyond" if abs(delta) > spread else "within"
+    return f"{delta:+.1f}, {verdict} the seeds' spread ({spread:.1f})"
+
+
+def env_facts(env: str) -> dict:
+    path = ROOT / "cfgs" / "env" / f"{env}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
 
 
-def seed_curve(run, csv_name, key):
-    """steps, mean over seeds of column `key` of seed*/csv_name; None if no seed has it."""
-    tables = [utils.read_csv(d / csv_name) for d in run["seed_dirs"]]
-    curve = utils.mean_std_over_seeds([t for t in tables if key in t], key)
-    return None if curve is None else curve[:2]
-
-
-def score_text(scores):
-    """'60.0 ± 1.6' over seeds; no std over one seed."""
-    return f"{np.mean(scores):.1f}" + (f" ± {np.std(scores):.1f}" if len(scores) > 1 else "")
+def bar_and_paper(run: FinishedRun):
+    """The assignment's bar and the DT paper's D4RL score of the run's task (None where there is none)."""
+    if not run.on_d4rl_scale:
+        return None, None
+    facts, dataset = env_facts(run.summary["env"]), Path(run.summary["dataset"]).stem
+    return facts.get("assignment_bar", {}).get(dataset), facts.get("dt_paper_score", {}).get(dataset)
 
 
 # ---------------------------------------------------------------------------------------------
-# The results table
+# The datasets: each task's trajectory returns (normalized), read from its file where it is on this machine
 
 
-def result_row(run):
-    """The run's row of the results table, as strings."""
-    summary, env = run["summary"], run["summary"]["env"]
-    dataset = Path(summary["dataset"]).stem  # a buffer.path file shows as its name
-    seeds = ", ".join(map(str, summary["seeds"])) or "none"
-    if summary["missing_seeds"]:
-        seeds += f" ({', '.join(map(str, summary['missing_seeds']))} missing)"
-    episodes = sorted({f["episodes"] for f in summary["per_seed"]})
-    score = summary["score_mean"]
-    final = "n/a" if score is None else f"{score_text(finals([run]))} ({'/'.join(map(str, episodes))} ep)"
-    best = seed_curve(run, "eval.csv", "score_mean")
-    best = "n/a" if best is None else f"{best[1].max():.1f} ({best[0][best[1].argmax()]:.0f})"
-    facts = env_facts(env) if on_d4rl_scale(run) else {}  # Minari's or -v5's scores are not D4RL's
-    bar = facts.get("assignment_bar", {}).get(dataset)
-    paper = facts.get("dt_paper_score", {}).get(dataset)
-    if bar is None or score is None:
-        passes = "-"
-    elif len(summary["seeds"]) < 3:  # the bar is on the mean of 3 seeds
-        passes = f"n/a ({len(summary['seeds'])} seed{'s' if len(summary['seeds']) > 1 else ''})"
-    else:
-        passes = "yes" if score > bar else "no"
-    return [run["label"], task(run), seeds, final, best, "-" if bar is None else f"> {bar:g}", passes,
-            "-" if paper is None else f"{paper:.1f}"]
+def dataset_path(run: FinishedRun):
+    """The run's dataset file on this machine: its recorded path, else that name in D4RL_DATASET_DIR; or None."""
+    from buffer import dataset_dir
+    config = OmegaConf.load(run.dir / "config.yaml")
+    recorded = OmegaConf.select(config, "buffer.file") or OmegaConf.select(config, "buffer.path")
+    if not recorded or OmegaConf.select(config, "buffer.source", default="d4rl") != "d4rl":
+        return None
+    for candidate in (Path(recorded), ROOT / recorded, dataset_dir() / Path(recorded).name):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
 
 
-def config_differences(runs):
-    """Rows [key, value in run 1, value in run 2, ...] for the config keys whose values differ (not resume and
-    the env's bars and paper scores)."""
-    keys = sorted(k for k in set().union(*(run["config"] for run in runs)) if not k.startswith(NOT_COMPARED))
-    rows = [[key, *(str(run["config"].get(key, "(absent)")) for run in runs)] for key in keys]
-    return [row for row in rows if len(set(row[1:])) > 1]
+def data_scores(run: FinishedRun):
+    """The normalized returns of the trajectories in the run's dataset file, where it is on this machine."""
+    path = dataset_path(run)
+    return None if path is None else trajectory_scores(path)
 
 
-def loss_figure(runs):
-    """Training loss of every run (mean over seeds) on one log-scale axis."""
-    fig, ax = plt.subplots(figsize=(13, 5))
-    for i, run in enumerate(runs):
-        curve = seed_curve(run, "train.csv", "action_mse") or seed_curve(run, "train.csv", "loss")
-        if curve is not None:  # past the 10 colours, the next dash: no two runs draw alike
-            ax.plot(*curve, linestyle=("-", "--", ":", "-.")[i // 10 % 4], label=f"{run['label']} ({task(run)})")
-    ax.set(xlabel="training step", ylabel="action MSE (mean over seeds)", yscale="log", title="training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the axis, off the curves
-    fig.tight_layout()
+@lru_cache(maxsize=None)
+def trajectory_scores(path: Path):
+    from buffer import trajectory_scores as read
+    return read(path)
+
+
+def different_files(runs: list) -> list:
+    """Sentences naming runs of one comparison that read different files of the same name (by SHA-256)."""
+    by_name = {}
+    for run in runs:
+        sha = run.config.get("buffer.sha256")
+        if sha:
+            by_name.setdefault(run.config.get("buffer.file"), {}).setdefault(sha, []).append(run.label)
+    return [f"Runs on different files named {name}: " + "; ".join(f"{', '.join(labels)} (SHA-256 {sha[:12]})"
+                                                                  for sha, labels in shas.items()) + "."
+            for name, shas in by_name.items() if len(shas) > 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures: drawn at the size they are placed on the page, so a font's size is its printed size
+
+
+def pyplot():
+    plt = utils.pyplot()
+    plt.rcParams.update(FIGURE_STYLE)
+    return plt
+
+
+def legibility_problems(fig) -> list:
+    """What would be illegible on the page: text under MIN_FONT_PT, a legend over MAX_LEGEND_ENTRIES entries,
+    overlapping tick labels, text cut off at the figure's edge."""
+    from matplotlib.legend import Legend
+    from matplotlib.text import Text
+    fig.canvas.draw()
+    renderer, frame = fig.canvas.get_renderer(), fig.bbox.padded(1)
+    ticks = {id(tick.label1): tick for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+             for tick in axis.get_major_ticks() + axis.get_minor_ticks()}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+             and (id(t) not in ticks or shown_tick(ticks[id(t)]))]
+    problems = [f"'{t.get_text()}' is {t.get_fontsize():g} pt" for t in texts if t.get_fontsize() < MIN_FONT_PT]
+    problems += [f"a legend of {len(lg.get_texts())} entries" for lg in fig.findobj(Legend)
+                 if len(lg.get_texts()) > MAX_LEGEND_ENTRIES]
+    extents = {id(t): t.get_window_extent(renderer) for t in texts}
+    problems += [f"'{t.get_text()}' is cut off" for t in texts
+                 if not (frame.contains(*extents[id(t)].min) and frame.contains(*extents[id(t)].max))]
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = sorted((extents[id(t.label1)] for t in axis.get_major_ticks() + axis.get_minor_ticks()
+                            if id(t.label1) in extents), key=lambda b: (b.x0, b.y0))
+            problems += [f"tick labels of {ax.get_title() or 'a panel'} overlap"
+                         for a, b in zip(boxes, boxes[1:]) if a.overlaps(b)]
+    return problems
+
+
+def shown_tick(tick) -> bool:
+    """Is the tick inside its axis' view (drawn)?"""
+    from matplotlib.axis import XTick
+    axis = tick.axes.xaxis if isinstance(tick, XTick) else tick.axes.yaxis
+    low, high = sorted(axis.get_view_interval())
+    return low - 1e-9 * abs(high - low) <= tick.get_loc() <= high + 1e-9 * abs(high - low)
+
+
+def save_figure(fig, path) -> Path:
+    """The figure as a PNG at typeset.DPI (placed at its own width), after its legibility check."""
+    problems = legibility_problems(fig)
+    if problems or fig.get_figwidth() > typeset.TEXT_WIDTH_IN + 1e-6:
+        raise AssertionError(f"{Path(path).name}: illegible on the page: {'; '.join(problems) or 'too wide'}")
+    import io
+    image_bytes = io.BytesIO()
+    fig.savefig(image_bytes, format="png", dpi=typeset.DPI)
+    pyplot().close(fig)
+    utils.atomic_write_bytes(path, image_bytes.getvalue())
+    return Path(path)
+
+
+def grid(plt, panels: int, columns: int, row_height: float):
+    """A figure of `panels` axes in rows of `columns`, page wide; unused axes hidden."""
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(typeset.TEXT_WIDTH_IN, row_height * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[panels:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:panels])
+
+
+def training_figure(references: dict):
+    """The assignment's results figure for the medium tasks: eval score and training loss over training."""
+    plt = pyplot()
+    tasks = list(references)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(typeset.TEXT_WIDTH_IN, 3.8), squeeze=False, layout="constrained")
+    for column, name in enumerate(tasks):
+        runs = references[name]
+        score_ax, loss_ax = axes[0, column], axes[1, column]
+        for run in runs[:1]:  # pooled runs share a setting; the first one's curves stand for it
+            steps, mean, std = run.curve("eval.csv", "score_mean")
+            score_ax.plot(steps, mean, color="C0", marker="o", markersize=2, label="eval, mean of seeds")
+            score_ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.25, label="± std")
+            loss = run.curve("train.csv", "action_mse") or run.curve("train.csv", "loss")
+            loss_ax.plot(loss[0], loss[1], color="C1")
+        bar, _ = bar_and_paper(runs[0])
+        if bar is not None:
+            score_ax.axhline(bar, color="C3", linestyle="--", linewidth=1, label=f"bar {bar:g}")
+        score_ax.set(title=name, xlabel="training step", ylabel="normalized score" if column == 0 else None)
+        loss_ax.set(xlabel="training step", ylabel="action MSE" if column == 0 else None, yscale="log")
+        loss_ax.yaxis.set_minor_formatter(plt.NullFormatter())  # 2x10^-2, 3x10^-2, ... would run into each other
+        score_ax.legend(loc="lower right")
+        for ax in (score_ax, loss_ax):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(3))
+    return fig
+
+
+def sweep_rows(run: FinishedRun):
+    """evaluate.py's sweep of the run: (target scores, per-seed achieved scores (targets, seeds)); None without."""
+    rows = utils.read_csv(run.dir / "sweep_final.csv")
+    if not rows:
+        return None
+    targets, seeds = np.unique(rows["target"]), np.unique(rows["seed"])
+    achieved = np.array([[rows["score"][(rows["target"] == t) & (rows["seed"] == s)].mean() for s in seeds]
+                         for t in targets])  # (targets, seeds): each seed's mean over its episodes
+    return utils.normalized_score(targets, run.config["env.ref_min_score"], run.config["env.ref_max_score"]), achieved
+
+
+def sweep_figure(sweeps: dict, datasets: dict):
+    """Achieved against target normalized score, one panel per task, with the line achieved = target."""
+    plt = pyplot()
+    fig, axes = grid(plt, len(sweeps), 3, 2.05)
+    for i, (ax, (name, (targets, achieved))) in enumerate(zip(axes, sweeps.items())):
+        mean, std = achieved.mean(1), achieved.std(1)
+        ax.plot(targets, targets, color="black", linestyle="--", linewidth=1, label="achieved = target")
+        ax.plot(targets, mean, color="C0", marker="o", markersize=2, label="achieved, mean of seeds")
+        ax.fill_between(targets, mean - std, mean + std, color="C0", alpha=0.25)
+        if name in datasets:
+            ax.axhline(datasets[name].max(), color="C3", linestyle=":", label="data's best trajectory")
+        ax.set(title=name, xlabel="target (normalized)", ylabel="achieved" if i % 3 == 0 else None)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(loc="upper left")
+    return fig
+
+
+def grouped_bars(results: dict, settings: tuple):
+    """Bars of each setting's mean final score per task, its seeds as dots. results: {task: {setting: scores}}."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(typeset.TEXT_WIDTH_IN, 2.6), layout="constrained")
+    width = 0.8 / len(settings)
+    for j, name in enumerate(settings):
+        for i, scores in enumerate(r.get(name) for r in results.values()):
+            if not scores:
+                continue
+            x = i + (j - (len(settings) - 1) / 2) * width
+            ax.bar(x, np.mean(scores), width * 0.9, color=f"C{j}", alpha=0.6, label=name if i == 0 or
+                   not any(results[t].get(name) for t in list(results)[:i]) else None)
+            ax.plot([x] * len(scores), scores, "o", color="black", markersize=2)
+    ax.set_xticks(range(len(results)), list(results))
+    ax.set(ylabel="final normalized score")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def family_figure(settings: dict):
+    """One task's runs: each setting's eval score over training (mean ± std over seeds), one small panel each."""
+    plt = pyplot()
+    fig, axes = grid(plt, len(settings), 4, 1.5)
+    for ax, (name, runs) in zip(axes, settings.items()):
+        curve = runs[0].curve("eval.csv", "score_mean")
+        if curve is not None:
+            steps, mean, std = curve
+            ax.plot(steps, mean, color="C0")
+            ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.25)
+        ax.set_title(textwrap.fill(name, 28), fontsize=7)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(2))
+        ax.grid(alpha=0.3)
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
-# The return-to-go sweep (evaluate.py) and the studies
+# The document
 
 
-def sweep_summary(run):
-    """A run's sweep_final.csv as rows [target score, achieved score] and what it shows; None without one."""
-    rows = utils.read_csv(run["dir"] / "sweep_final.csv")
-    if not rows:
-        return None
-    ref_min, ref_max = run["config"]["env.ref_min_score"], run["config"]["env.ref_max_score"]
-    targets = np.unique(rows["target"])
-    per_seed = [[rows["score"][(rows["target"] == t) & (rows["seed"] == s)].mean() for s in np.unique(rows["seed"])]
-                for t in targets]  # (targets, seeds): each seed's mean over its episodes
-    target_scores = utils.normalized_score(targets, ref_min, ref_max)
-    means = np.array([np.mean(p) for p in per_seed])
-    best = int(means.argmax())
-    seeds = len(per_seed[0])
-    episodes = len(rows["score"]) // (len(targets) * seeds)
-    table = [[f"{t:g}", f"{ts:.1f}", score_text(p)] for t, ts, p in zip(targets, target_scores, per_seed)]
-    below = target_scores <= means.max()  # where the achieved score could still follow the target
-    slope = np.polyfit(target_scores[below], means[below], 1)[0] if below.sum() >= 2 else float("nan")
-    text = (f"{run['label']} ({task(run)}, {seeds} seed{'s' * (seeds > 1)}, {episodes} episodes per target and "
-            f"seed): the achieved score goes from {means[0]:.1f} at the lowest target ({target_scores[0]:.1f}) "
-            f"to {means[-1]:.1f} at the highest ({target_scores[-1]:.1f}); the best, {means[best]:.1f}, at target "
-            f"{targets[best]:g} (normalized {target_scores[best]:.1f}). Over the targets up to that best score, "
-            f"the achieved score changes by {slope:+.2f} points per point of target (1 would follow it exactly).")
-    return table, text
-
-
-def defaults():
-    """The default value of every config key (the schema's dataclasses; env's keys have none)."""
-    return flatten(OmegaConf.to_container(OmegaConf.structured(schema.Config)))
-
-
-# The value a default of `auto` (resolved at start) counts as: the gallery reference runs' (bf16 on the project's CPU)
-AUTO_REFERENCE = {"train.precision": "bf16"}
-
-
-def is_default(run, keys, default):
-    return all(run["config"].get(k) == (AUTO_REFERENCE.get(k) if default.get(k) == "auto" else default.get(k))
-               for k in keys)
-
-
-def changed(run, keys, default):
-    """The keys among `keys` where the run's value is not the default."""
-    return [k for k in keys if not is_default(run, [k], default)]
-
-
-def setting_name(run, keys, default):
-    """The default setting by all its values; any other by the values where it differs from the default."""
-    shown = keys if is_default(run, keys, default) else changed(run, keys, default)
-    return ", ".join(f"{k}={run['config'].get(k)}" for k in shown)
-
-
-def overrides(run, default):
-    """The run's settings as overrides of cfgs/, as main.py takes them: 'env=hopper train.lr=0.0003'."""
-    config = run["config"]
-    default = {**default, **flatten({"env": env_facts(config.get("env.name"))}),
-               "eval.target_return": config.get("env.target_return")}  # cfgs/: ${env.target_return}
-    keys = [k for k in config if k != "env.name" and not k.startswith(NOT_A_SETTING)]
-    return " ".join([f"env={config.get('env.name')}", *(f"{k}={config[k]}" for k in changed(run, keys, default))])
-
-
-def studies(runs):
-    """Runs of one task whose configs differ: [(task, keys, [(setting, runs)], default setting or None)].
-
-    Runs with the same setting are pooled: their seeds count together.
-    """
-    found, default = [], defaults()
-    for name in dict.fromkeys(task(r) for r in runs):
-        members = [r for r in runs if task(r) == name]
-        keys = [row[0] for row in config_differences(members) if not row[0].startswith(NOT_A_SETTING)]
-        if len(members) < 2 or not keys:
-            continue
-        settings = {}
-        for run in members:
-            settings.setdefault(setting_name(run, keys, default), []).append(run)
-        baseline = next((s for s, rs in settings.items() if is_default(rs[0], keys, default)), None)
-        found.append((name, keys, list(settings.items()), baseline))
-    return found
-
-
-def finals(runs):
-    """The final scores of every seed of `runs`."""
-    return [f["score_mean"] for run in runs for f in run["summary"]["per_seed"]]
-
-
-def study_table(settings, baseline):
-    base = finals(dict(settings)[baseline]) if baseline else []
+def results_table(grouped: dict, datasets: dict) -> list:
+    """Rows of the results table: every task with its default run."""
     rows = []
-    for setting, runs in settings:
-        scores = finals(runs)
-        delta = "-" if not base or setting == baseline or not scores else f"{np.mean(scores) - np.mean(base):+.1f}"
-        rows.append([setting + (" (default)" if setting == baseline else ""), ", ".join(r["label"] for r in runs),
-                     str(len(scores)), score_text(scores) if scores else "n/a", delta,
-                     ", ".join(f"{s:.1f}" for s in scores)])
+    for name, settings in grouped.items():
+        runs = reference(settings)
+        if not runs:
+            continue
+        scores, (bar, paper) = pooled_scores(runs), bar_and_paper(runs[0])
+        if bar is None:
+            passed = "-"
+        elif len(scores) < 3:
+            passed = f"> {bar:g}: n/a ({len(scores)} seed{'s' * (len(scores) != 1)})"
+        else:
+            passed = f"> {bar:g}: {'yes' if np.mean(scores) > bar else 'no'}"
+        data = datasets.get(name)
+        rows.append([name + shared_text(settings), score_text(scores), seeds_text(scores), passed, "-" if paper is None else f"{paper:.1f}",
+                     "-" if data is None else number(data.mean()), "-" if data is None else number(data.max())])
     return rows
 
 
-def study_findings(settings, baseline):
-    """One sentence per setting against the default: the difference and whether it exceeds the seeds' spread."""
-    base = finals(dict(settings)[baseline]) if baseline else []
-    if not base:
-        return ["No run has the default setting: nothing to compare with."]
-    lines = []
-    for setting, runs in settings:
-        scores = finals(runs)
-        if setting == baseline or not scores:
-            continue
-        delta, spread = np.mean(scores) - np.mean(base), np.std(scores) + np.std(base)
-        if min(len(scores), len(base)) < 2:
-            verdict = "one seed on a side: no spread to judge it by"
-        elif abs(delta) > spread:
-            verdict = f"{'better' if delta > 0 else 'worse'}, beyond the seeds' spread ({spread:.1f})"
-        else:
-            verdict = f"within the seeds' spread ({spread:.1f}): no clear effect"
-        lines.append(f"{setting}: {score_text(scores)} against {score_text(base)} for the default, "
-                     f"{delta:+.1f}: {verdict}.")
-    return lines
+def question_results(grouped: dict, classify, names: tuple):
+    """The runs that answer one question (classify: run -> its setting's name, or None): {task: {setting: pooled
+    scores}}, and notes naming the settings that stand in at another precision than the reference runs' bf16."""
+    results, notes = {}, []
+    for name, settings in grouped.items():
+        found = {}
+        for run in (r for runs in settings.values() for r in runs):
+            key = classify(run)
+            if key is not None:
+                found.setdefault(key, []).append(run)
+        for key, runs in found.items():  # runs at the reference precision where the setting has them
+            usual = [r for r in runs if "train.precision" not in changes(r)]
+            found[key] = usual or runs
+            if not usual:
+                notes.append(f"{name}, {key}: {runs[0].config.get('train.precision')}")
+        if len(found) > 1:
+            results[name] = {k: pooled_scores(found[k]) for k in names if k in found}
+    return results, notes
 
 
-def study_figure(found):
-    """Per task, the final score of each setting (seeds as dots, mean ± std as a bar), the default in grey."""
-    labels = [[textwrap.fill(s, 45, break_long_words=False, break_on_hyphens=False) for s, _ in settings]
-              for _, _, settings, _ in found]
-    heights = [1.4 + 0.2 * sum(label.count("\n") + 2 for label in panel) for panel in labels]  # (inches)
-    fig, axes = plt.subplots(len(found), 1, figsize=(9, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, (name, keys, settings, baseline), panel in zip(axes[:, 0], found, labels):
-        for y, (setting, runs) in enumerate(settings):
-            scores = finals(runs)
-            if not scores:
+def question_findings(results: dict, baseline: str) -> str:
+    """One sentence: which settings move the score beyond the seeds' spread of the baseline, per task."""
+    beyond, within = [], 0
+    for name, found in results.items():
+        for setting_name, scores in found.items():
+            if setting_name == baseline or baseline not in found:
                 continue
-            color = "gray" if setting == baseline else "C0"
-            ax.barh(y, np.mean(scores), xerr=np.std(scores) if len(scores) > 1 else None, color=color, alpha=0.5)
-            ax.plot(scores, [y] * len(scores), "o", color=color, markersize=4)
-        bar = env_facts(name.split("-")[0]).get("assignment_bar", {}).get(name.split("-", 1)[1])
-        if bar is not None:
-            ax.axvline(bar, color="C3", linestyle="--", linewidth=1, label=f"assignment bar {bar:g}")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_yticks(range(len(settings)), panel, fontsize=8)
-        ax.set(xlabel="final normalized score (seeds as dots, mean ± std)")
-        ax.set_title(textwrap.fill(f"{name}: {', '.join(keys)}", 70), fontsize=10)
-        ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    return fig
+            verdict = against(scores, found[baseline])
+            if "beyond" in verdict:
+                beyond.append(f"{name}, {setting_name}: {score_text(scores)} ({verdict.split(',')[0]})")
+            else:
+                within += 1
+    moved = "; ".join(beyond) if beyond else "none"
+    return (f"Against {baseline}, beyond the seeds' spread: {moved}. Within it: {within} other setting-task "
+            f"pair{'s' * (within != 1)}.")
 
 
-# ---------------------------------------------------------------------------------------------
-# The document: blocks, rendered to markdown and to typst
-
-
-def heading(level, text):
-    return ("heading", level, text)
-
-
-def paragraph(text):
-    return ("paragraph", text)
-
-
-def bullets(items):
-    return ("bullets", list(items))
-
-
-def table(header, rows):
-    return ("table", header, rows)
-
-
-def image(path, caption):
-    return ("image", Path(path), caption)
-
-
-def titles(standin):
-    """The report's title and the results table's heading."""
-    label = " (stand-in data)" if standin else ""
-    return f"Decision Transformer on D4RL MuJoCo{label}", f"Results{label}"
-
-
-def notes(standin):
-    """The lines that say what the numbers are."""
-    lines = ["final score: D4RL normalized score of each seed's final evaluation (ep = episodes per seed), "
-             "mean ± std over seeds.",
-             "best eval: the highest periodic evaluation score (mean over seeds) and its training step.",
-             "bar: the assignment's bar on the final score's mean over 3 seeds (n/a with fewer seeds). "
-             "DT paper: Chen et al. 2021, Table 2."]
-    if standin:
-        lines.append("These scores are on stand-in data, not the D4RL datasets: they are labelled stand-in.")
-    else:
-        lines.append("Scores on stand-in data (not the D4RL datasets) must be labelled stand-in: use --standin.")
-    return lines
-
-
-SUMMARY_HEADING = "In short"  # the findings' section that opens the report
-
-
-def read_findings(path):
-    """A markdown file of '## headings', paragraphs and '- ' bullet lists -> blocks."""
-    blocks, lines = [], Path(path).read_text().splitlines() + [""]
-    text, items = [], []
-    for line in lines:
+def read_findings(path) -> list:
+    """A markdown file of '#' headings, paragraphs and '- ' bullet lists -> blocks."""
+    blocks, text, items = [], [], []
+    for line in Path(path).read_text().splitlines() + [""]:
         stripped = line.strip()
         if (not stripped or stripped.startswith(("#", "- "))) and text:
             blocks.append(paragraph(" ".join(text)))
@@ -388,8 +565,11 @@ def read_findings(path):
     return blocks
 
 
-def split_summary(blocks):
-    """The findings' "## In short" section (it opens the report) and the other blocks (they close it)."""
+SUMMARY_HEADING = "In short"  # the findings' section that opens the report
+
+
+def split_summary(blocks: list):
+    """The findings' "## In short" section (it opens the report) and the other blocks (they follow the figures)."""
     start = next((i for i, block in enumerate(blocks) if block == heading(2, SUMMARY_HEADING)), None)
     if start is None:
         return [], blocks
@@ -398,172 +578,148 @@ def split_summary(blocks):
     return blocks[start:end], blocks[:start] + blocks[end:]
 
 
-def document(runs, standin, figures, datasets_png=None, findings=None):
-    """The report's blocks. figures: {"loss": png, "study": png or None}."""
-    title, heading_text = titles(standin)
-    summary, found_blocks = split_summary(read_findings(findings)) if findings else ([], [])
-    blocks = [heading(1, title)]
+def main_part(runs: list, grouped: dict, datasets: dict, figures: dict, standin: bool, findings) -> list:
+    """The short paper: answers, results, one figure per question, method."""
+    label = " (stand-in data)" if standin else ""
+    summary, rest = split_summary(read_findings(findings)) if findings else ([], [])
+    blocks = [heading(1, f"Decision Transformer on D4RL MuJoCo{label}")]
     if standin:
         blocks.append(paragraph("Every score here is on stand-in datasets made by D4RL's protocol in gymnasium's -v4 "
                                 "envs, not on the D4RL release: they compare with D4RL's in spirit, not number for "
                                 "number."))
     blocks += summary
-    blocks += [heading(2, heading_text), table(RESULT_COLUMNS, [result_row(r) for r in runs]), bullets(notes(standin))]
-    default = defaults()
-    blocks += [heading(2, "Settings of each run"),
-               paragraph("Each run's overrides of the defaults in cfgs/ (the DT paper's), as python main.py takes "
-                         "them; every value a run used is in its config.yaml, and python main.py --config-path "
-                         "<run folder> --config-name config trains it again."),
-               table(["run", "overrides of cfgs/"], [[r["label"], overrides(r, default)] for r in runs])]
-    blocks += [heading(2, "Training"), image(figures["loss"], "Training loss (action MSE), mean over seeds.")]
-    blocks += [image(r["dir"] / "results.png", f"{r['label']} ({task(r)}): evaluation return and normalized score "
-                                               f"over training (mean ± std over seeds), and the losses.")
-               for r in runs if (r["dir"] / "results.png").exists()]
-    if datasets_png:
-        blocks += [heading(2, "The datasets' returns"),
-                   image(datasets_png, "Trajectory returns of each dataset file on the normalized-score axis, with "
-                                       "the behaviour mean and the env's default target.")]
-    swept = [(r, sweep_summary(r)) for r in runs]
-    swept = [(r, s) for r, s in swept if s is not None]
-    if swept:
-        blocks.append(heading(2, "Does the return follow the target? (evaluate.py)"))
-        for run, (rows, text) in swept:
-            blocks += [paragraph(text), table(["target return", "target (normalized)", "achieved (normalized)"], rows)]
-            if (run["dir"] / "sweep_final.png").exists():
-                blocks.append(image(run["dir"] / "sweep_final.png", f"{run['label']}: achieved against target, "
-                                                                    f"mean ± std over seeds."))
-    found = studies(runs)
-    if found:
-        blocks += [heading(2, "Studies"),
-                   paragraph("Each study gathers one task's runs whose configs differ in the keys of its heading. "
-                             "The default setting is named by all its values, any other by the values where it "
-                             "differs from the default; runs of one setting pool their seeds.")]
-        for name, keys, settings, baseline in found:
-            blocks += [heading(3, f"{name}: {', '.join(keys)}"),
-                       table(["setting", "run", "seeds", "final score", "vs default", "seeds' scores"],
-                             study_table(settings, baseline)),
-                       bullets(study_findings(settings, baseline))]
-        blocks.append(image(figures["study"], "Final score per setting: seeds as dots, mean ± std as bars, the "
-                                              "default setting in grey."))
-    return blocks + found_blocks
+    blocks += [heading(2, f"Results{label}"),
+               table(["task", "final score", "seeds' scores", "bar (3-seed mean)", "DT paper (D4RL)",
+                      "data: mean", "data: best"], results_table(grouped, datasets)),
+               paragraph("Final score: the D4RL normalized score of each seed's final evaluation, mean ± std over "
+                         "seeds, default config. DT paper: Chen et al. 2021, Table 2 (on D4RL's data). Data: the "
+                         "normalized return of the dataset file's trajectories, their mean and the best one.")]
+    blocks += [paragraph(s) for s in different_files(runs)]
+    captions = {
+        "training": "Evaluation score (10 episodes per eval, mean ± std over seeds) and training loss over training, "
+                    "medium datasets, default config.",
+        "datasets": "The datasets: each trajectory's return, normalized; the mean (dotted) and the best (dashed).",
+        "sweep": "Does the achieved return follow the target return-to-go? Each default run's policies conditioned "
+                 "on a sweep of targets (python evaluate.py run=<run>): achieved against target, mean ± std over "
+                 "seeds, the line achieved = target, the data's best trajectory dotted.",
+        "percentile": "Does percentile behaviour cloning help? DT and plain BC (the same network, its return-to-go "
+                      "zeroed) on all the data or its top 10% / 25% of trajectories by return; bars: mean over "
+                      "seeds, dots: the seeds. " + figures.get("percentile_text", ""),
+        "aux": "Do auxiliary next-state and return-to-go losses help? Bars: mean over seeds, dots: the seeds. "
+               + figures.get("aux_text", ""),
+    }
+    for key in ("training", "datasets", "sweep", "percentile", "aux"):
+        if figures.get(key):
+            blocks.append(image(figures[key], captions[key]))
+    return blocks + rest
 
 
-def markdown(blocks, here):
-    """The blocks as markdown; images linked relative to the report's folder `here`."""
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "heading":
-            out.append(f"{'#' * block[1]} {block[2]}")
-        elif kind == "paragraph":
-            out.append(block[1])
-        elif kind == "bullets":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            out.append("\n".join([f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
-                                  *(f"| {' | '.join(r)} |" for r in rows)]))
-        elif kind == "image":
-            out.append(f"![{block[2]}]({Path(os.path.relpath(os.path.abspath(block[1]), here)).as_posix()})")
-    return "\n\n".join(out) + "\n"
+def appendix(grouped: dict, figures: dict) -> list:
+    """Each task's runs: settings, scores against the default, overrides, data file, and their curves."""
+    blocks = [pagebreak(), heading(1, "Appendix: every run"),
+              paragraph("Each task's runs by setting (runs of one setting pool their seeds), with the overrides of "
+                        "cfgs/ that train it again (python main.py <overrides>) and the dataset file it read.")]
+    for name, settings in grouped.items():
+        base = pooled_scores(reference(settings) or [])
+        rows = [[setting_name, ", ".join(r.label for r in runs), score_text(pooled_scores(runs)),
+                 seeds_text(pooled_scores(runs)) + missing_text(runs),
+                 "-" if setting_name == PERCENTILE_SETTINGS[0] else against(pooled_scores(runs), base).split(",")[0],
+                 overrides(runs[0]), data_identity(runs[0])]
+                for setting_name, runs in settings.items()]
+        blocks += [heading(2, name + shared_text(settings)), table(["setting", "run", "final score", "seeds", "vs default", "overrides",
+                                            "data (SHA-256)"], rows)]
+        blocks += [paragraph(s) for s in different_files([r for runs in settings.values() for r in runs])]
+        if figures.get(("family", name)):
+            blocks.append(image(figures[("family", name)], f"{name}: evaluation score over training per setting "
+                                                           f"(mean ± std over seeds)."))
+    return blocks
 
 
-def typst_text(text):
-    """Plain text for typst markup: its special characters escaped."""
-    return re.sub(r"([\\#$*_@<>\[\]`~=/-])", r"\\\1", str(text))
+def missing_text(runs: list) -> str:
+    """' (seeds 1, 2 missing)' for seeds a run was asked for and did not finish, or ''."""
+    missing = [f"{r.label}: {', '.join(map(str, r.summary.get('missing_seeds', [])))}" for r in runs
+               if r.summary.get("missing_seeds")]
+    return f" (missing seeds: {'; '.join(missing)})" if missing else ""
 
 
-def typst_inline(text):
-    """Markdown-ish text for typst: `code` spans as raw text, **bold** as strong, the rest escaped."""
-    parts = re.split(r"(`[^`]+`|\*\*[^*]+\*\*)", str(text))
-    return "".join(part if part.startswith("`") else f"*{typst_text(part[2:-2])}*" if part.startswith("**")
-                   else typst_text(part) for part in parts)
+def data_identity(run: FinishedRun) -> str:
+    sha = run.config.get("buffer.sha256")
+    return f"{run.config.get('buffer.file') or '-'} ({sha[:12] if sha else 'not recorded'})"
 
 
-def breakable(text):
-    """Table cell text that may break after . / _ = (zero-width spaces), so long names wrap inside the cell."""
-    return re.sub(r"([./_=])", "\\1\u200b", str(text))
+def draw_figures(runs: list, grouped: dict, datasets: dict, out: str) -> dict:
+    """Every figure of the report as <out>_<name>.png; {name: path}, and the question sentences."""
+    figures = {}
+    medium = {name: reference(s) for name, s in grouped.items() if name.endswith("-medium") and reference(s)}
+    if medium:
+        figures["training"] = save_figure(training_figure(medium), f"{out}_training.png")
+    if datasets:
+        figures["datasets"] = save_figure(utils.dataset_returns_figure(datasets), f"{out}_datasets.png")
+    sweeps = {name: rows for name, s in grouped.items() if reference(s)
+              for rows in [sweep_rows(reference(s)[0])] if rows is not None}
+    if sweeps:
+        figures["sweep"] = save_figure(sweep_figure(sweeps, datasets), f"{out}_sweep.png")
+    for key, classify, names in (("percentile", percentile_setting, PERCENTILE_SETTINGS),
+                                 ("aux", aux_setting, AUX_SETTINGS)):
+        results, notes = question_results(grouped, classify, names)
+        if results:
+            figures[key] = save_figure(grouped_bars(results, names), f"{out}_{key}.png")
+            figures[f"{key}_text"] = question_findings(results, names[0]) + (
+                f" Trained at another precision: {'; '.join(notes)}." if notes else "")
+    for i, (name, settings) in enumerate(grouped.items()):
+        figures[("family", name)] = save_figure(family_figure(settings), f"{out}_runs{i}.png")
+    return figures
 
 
-MARGIN_CM, TEXT_WIDTH_CM = 1.8, 21.0 - 2 * 1.8  # on A4
-FIGURE_HEIGHT_CM = 19.0  # a figure's tallest: with its caption and a heading it fits a page (26.1 cm of text)
-
-
-def figure_width(path):
-    """The share of the text width at which a figure is at most FIGURE_HEIGHT_CM tall (tall ones fit a page)."""
-    with Image.open(path) as png:
-        width, height = png.size
-    return min(1.0, FIGURE_HEIGHT_CM * width / height / TEXT_WIDTH_CM)
-
-
-def typst(blocks, images):
-    """The blocks as a typst document; images: {png path: name in the build folder}."""
-    out = [f'#set page(paper: "a4", margin: {MARGIN_CM}cm, numbering: "1")', '#set text(size: 9.5pt)',
-           '#set par(justify: true)', '#show table.cell.where(y: 0): strong']
-    for block in blocks:
-        kind = block[0]
-        if kind == "heading":
-            out.append(f"{'=' * block[1]} {typst_text(block[2])}")
-        elif kind == "paragraph":
-            out.append(typst_inline(block[1]))
-        elif kind == "bullets":
-            out.append("\n".join(f"- {typst_inline(item)}" for item in block[1]))
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            cells = ", ".join(f"[{typst_text(breakable(c))}]" for r in [header, *rows] for c in r)
-            out.append(f"#table(columns: {len(header)}, inset: 4pt, stroke: 0.4pt + gray, {cells})")
-        elif kind == "image":
-            out.append(f'#figure(image("{images[block[1]]}", width: {figure_width(block[1]):.0%}), '
-                       f'caption: [{typst_text(block[2])}])')
-    return "\n\n".join(out) + "\n"
-
-
-def compile_pdf(blocks):
-    """The typst document of the blocks compiled to PDF bytes, its images copied beside it (no machine paths)."""
-    import typst as typst_compiler
-    with tempfile.TemporaryDirectory() as build:
-        paths = list(dict.fromkeys(b[1] for b in blocks if b[0] == "image"))
-        images = {path: f"figure{i}.png" for i, path in enumerate(paths)}
-        for path, name in images.items():
-            shutil.copyfile(path, Path(build, name))
-        Path(build, "report.typ").write_text(typst(blocks, images))
-        return typst_compiler.compile(str(Path(build, "report.typ")), root=build)
-
-
-def write_report(runs, out, standin=False, datasets_png=None, findings=None):
-    """Write <out>.pdf, <out>.md, <out>_loss.png (and <out>_study.png for studies), each atomically."""
+def write_report(runs: list, out: str, standin: bool = False, findings=None) -> list:
+    """<out>.pdf, <out>.md and the figures <out>_*.png, each written atomically; returns their paths."""
+    grouped = by_task(runs)
+    datasets = {name: scores for name, s in grouped.items() if reference(s)
+                for scores in [data_scores(reference(s)[0])] if scores is not None}
+    figures = draw_figures(runs, grouped, datasets, out)
+    blocks = main_part(runs, grouped, datasets, figures, standin, findings) + appendix(grouped, figures)
     pdf_path, md_path = Path(f"{out}.pdf"), Path(f"{out}.md")
-    figures = {"loss": utils.save_png(loss_figure(runs), Path(f"{out}_loss.png")), "study": None}
-    found = studies(runs)
-    if found:
-        figures["study"] = utils.save_png(study_figure(found), Path(f"{out}_study.png"))
-    blocks = document(runs, standin, figures, datasets_png, findings)
-    utils.atomic_write_bytes(pdf_path, compile_pdf(blocks))
-    utils.atomic_write_bytes(md_path, markdown(blocks, os.path.abspath(md_path.parent)).encode())
-    return [pdf_path, md_path, *(p for p in figures.values() if p)]
+    utils.atomic_write_bytes(pdf_path, typeset.pdf(blocks))
+    utils.atomic_write_bytes(md_path, typeset.markdown(blocks, os.path.abspath(md_path.parent)).encode())
+    return [pdf_path, md_path, *(p for p in figures.values() if isinstance(p, Path))]
 
 
-NOT_PUBLISHED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT")  # training state, a job id, MuJoCo's log
+# ---------------------------------------------------------------------------------------------
+# Publishing a run folder
 
 
-def publish(run, dest):
-    """Copy a run folder to share: final.pt but not last.pt or best.pt, this machine's paths made relative
-    (results.png drawn again); no unfinished seeds, tracker logs or MuJoCo's own log. Returns the seeds left
-    out."""
-    run_dir, root = run["dir"], Path(__file__).resolve().parent
-    local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
+NOT_PUBLISHED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT", "run.lock")  # state, job id, logs of others
+
+
+def published(run: FinishedRun, relative: Path, reference_run: bool) -> bool:
+    """Is the file part of the shared copy? Reference runs keep each seed's final.pt and seed 0's video;
+    study runs keep their CSVs, summaries and figures (their command makes the policies again)."""
+    name = relative.name
+    if name in NOT_PUBLISHED or name.startswith("events.out.tfevents") or name.endswith(".tmp"):
+        return False
+    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # .hydra/ of old runs
+        return False
+    if name.endswith(".pt"):
+        return reference_run
+    if name.endswith(".mp4"):
+        return reference_run and relative == Path(run.seed_dirs[0].name, "video.mp4")
+    return True
+
+
+def publish(run: FinishedRun, dest) -> list:
+    """Copy a run folder to share, without training state, unfinished seeds or this machine's paths (results.png
+    drawn again); returns the seeds left out."""
+    local = [(os.path.realpath(ROOT / "runs") + "/", "runs/"), (str(ROOT) + "/", ""), (str(ROOT.parent) + "/", "../")]
     dest = Path(dest)
     if dest.exists():
         raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
-    unfinished = [d.name for d in run["seed_dirs"] if not (d / "final.json").is_file()]
-    if unfinished and len(unfinished) == len(run["seed_dirs"]):
-        raise SystemExit(f"error: --publish {run_dir}: no seed has finished (no final.json); resume it first")
-    for path in sorted(Path(run_dir).rglob("*")):
-        relative = path.relative_to(run_dir)
-        left_out = (path.name in NOT_PUBLISHED or relative.parts[0] in unfinished
-                    or path.name.startswith("events.out.tfevents")
-                    or any(part.startswith(".") or part == "wandb" for part in relative.parts))  # .hydra/ of old runs
-        if path.is_dir() or left_out:
+    unfinished = [d.name for d in run.seed_dirs if not (d / "final.json").is_file()]
+    if unfinished and len(unfinished) == len(run.seed_dirs):
+        raise SystemExit(f"error: --publish {run.dir}: no seed has finished (no final.json); resume it first")
+    reference_run = setting(run) == PERCENTILE_SETTINGS[0]
+    for path in sorted(run.dir.rglob("*")):
+        relative = path.relative_to(run.dir)
+        if path.is_dir() or relative.parts[0] in unfinished or not published(run, relative, reference_run):
             continue
         data = path.read_bytes()
         if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
@@ -572,31 +728,36 @@ def publish(run, dest):
                 text = text.replace(machine, shared)
             data = text.encode()
         utils.atomic_write_bytes(dest / relative, data)
-    cfg = run["cfg"]
-    if cfg is not None:  # drawn again: without unfinished seeds, and titled without this machine's paths
-        utils.plot_results(dest, f"{utils.run_title(cfg)}   ({run['label']})", cfg.eval.target_return,
+    config = OmegaConf.load(dest / "config.yaml")
+    try:  # drawn again: without unfinished seeds, and titled without this machine's paths
+        cfg = schema.typed(schema.upgrade(config))
+        utils.plot_results(dest, f"{utils.run_title(cfg)}   ({run.label})", cfg.eval.target_return,
                            cfg.env.ref_min_score, cfg.env.ref_max_score)
-    else:  # a config of unknown keys: no figure, rather than a copy with unfinished seeds or the machine's paths
+    except (schema.ConfigError, OmegaConfBaseException):  # a config of unknown keys: no figure rather than a stale one
         (dest / "results.png").unlink(missing_ok=True)
     return unfinished
 
 
-def new_stem(stem):
+# ---------------------------------------------------------------------------------------------
+
+
+def new_stem(stem: str) -> str:
     """stem, or stem-1, stem-2, ...: the first whose outputs are all new files (nothing of the user's is replaced)."""
-    taken = lambda s: any(Path(f"{s}{end}").exists() for end in (".pdf", ".md", "_loss.png", "_study.png"))  # noqa
+    def taken(s):
+        return any(Path(p).name.startswith(Path(s).name + suffix) for p in Path(s).parent.glob(f"{Path(s).name}*")
+                   for suffix in (".pdf", ".md", "_"))
     return next(s for s in (f"{stem}-{i}" if i else stem for i in range(10_000)) if not taken(s))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders runs/<date>/<time> made by main.py or main_mp.py")
-    parser.add_argument("--out", help="path stem of the outputs: <out>.pdf, <out>.md, <out>_loss.png (default: "
-                                      "report, or report-1, report-2, ... where those files exist)")
+    parser.add_argument("--out", help="path stem of the outputs: <out>.pdf, <out>.md, <out>_*.png (default: "
+                                      "runs/report, or runs/report-1, ... where those files exist)")
     parser.add_argument("--standin", action="store_true", help="the runs used stand-in data: say so in the titles")
-    parser.add_argument("--datasets", help="a figure of the datasets' returns (python buffer.py --out ...)")
     parser.add_argument("--findings", help="a markdown file of what was found: headings, paragraphs, bullets")
     parser.add_argument("--publish", metavar="DEST", help="instead of a report: copy the one run folder given to DEST "
-                                                          "for sharing (final.pt kept; no last.pt, best.pt, paths)")
+                                                          "for sharing (no training state, no paths)")
     args = parser.parse_args(argv)
     if args.publish:
         if len(args.runs) != 1:
@@ -604,11 +765,16 @@ def main(argv=None):
         unfinished = publish(load_run(args.runs[0]), args.publish)
         print(f"wrote {args.publish}" + (f" (left out, not finished: {', '.join(unfinished)})" if unfinished else ""))
         return
-    for option, path in (("--datasets", args.datasets), ("--findings", args.findings)):
-        if path and not Path(path).is_file():
-            raise SystemExit(f"error: {option} {path}: no such file")
+    if args.findings and not Path(args.findings).is_file():
+        raise SystemExit(f"error: --findings {args.findings}: no such file")
     runs = [load_run(path) for path in expand_sweeps(args.runs)]  # every folder checked before anything is written
-    for path in write_report(runs, args.out or new_stem("report"), args.standin, args.datasets, args.findings):
+    nan = [r.label for r in runs if not all(np.isfinite(s) for s in r.scores())]
+    if nan:
+        raise SystemExit(f"error: {', '.join(nan)}: a final score is NaN or inf (see its main.log); leave it out or "
+                         f"train it again")
+    out = args.out or new_stem(str(Path("runs") / "report"))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    for path in write_report(runs, out, args.standin, args.findings):
         print(f"wrote {path}")
 
 

@@ -508,21 +508,25 @@ def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):
     save_png(fig, path)
 
 
-def plot_dataset_returns(datasets, path):
-    """One histogram per dataset of its trajectories' returns on the normalized-score axis, with the behaviour
-    mean and the env's default target marked. datasets: [(title, scores, target_score)]."""
+def dataset_returns_figure(datasets: dict):
+    """Each dataset's trajectory returns as a histogram on the normalized-score axis, two per row, page wide
+    (6.85 in, 7-8 pt text): the mean dotted, the best trajectory dashed. datasets: {name: normalized returns}."""
     plt = pyplot()
-
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(7, 2.2 * len(datasets)), squeeze=False)
-    for ax, (title, scores, target) in zip(axes[:, 0], datasets):
-        ax.hist(scores, bins=50, color="C0", alpha=0.8)
-        ax.axvline(scores.mean(), color="black", linestyle=":", label=f"behaviour mean {scores.mean():.1f}")
-        ax.axvline(target, color="C3", linestyle="--", label=f"default target {target:.1f}")
-        ax.set(title=f"{title}: {len(scores)} trajectories, max {scores.max():.1f}", ylabel="trajectories")
-        ax.legend(loc="upper left", fontsize=8)
-    axes[-1, 0].set_xlabel("trajectory return (normalized score)")
-    fig.tight_layout()
-    save_png(fig, path)
+    rows = -(-len(datasets) // 2)
+    fig, axes = plt.subplots(rows, 2, figsize=(6.85, 1.45 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(datasets):]:
+        ax.set_visible(False)
+    for ax, (name, scores) in zip(axes.flat, datasets.items()):
+        ax.hist(scores, bins=40, color="C0", alpha=0.8)
+        ax.axvline(scores.mean(), color="black", linestyle=":", label=f"mean {scores.mean():.1f}")
+        ax.axvline(scores.max(), color="C3", linestyle="--", label=f"best {scores.max():.1f}")
+        ax.set_title(f"{name}: {len(scores)} trajectories", fontsize=8)
+        ax.set_xlabel("trajectory return (normalized)", fontsize=8)
+        ax.set_ylabel("trajectories", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(loc="upper right", fontsize=7)
+        ax.grid(alpha=0.3)
+    return fig
 
 
 def save_video(frames, path, fps=30):

@@ -5,7 +5,7 @@ import pytest
 
 import buffer
 from buffer import DatasetError, SequenceBuffer, Transitions, discounted_cumsum
-from conftest import HOPPER_ACT, HOPPER_OBS, TRAJECTORIES, write_d4rl_file
+from conftest import HOPPER_ACT, HOPPER_OBS, ROOT, TRAJECTORIES, write_d4rl_file
 
 
 def make_sequences(path, context_len=5, **kwargs):
@@ -256,12 +256,20 @@ def test_transitions_hold_every_step_and_trajectory_end(hopper_file):
     assert transitions.ends.sum() == 5 and n == sum(length for length, _ in TRAJECTORIES)
 
 
-def test_the_return_histogram_reads_the_env_from_the_file_name(hopper_file, tmp_path, monkeypatch):
-    plotted = {}
-    monkeypatch.setattr("utils.plot_dataset_returns", lambda datasets, out: plotted.update(datasets=datasets))
-    buffer.plot_returns([hopper_file], tmp_path / "returns.png", " (stand-in)")
-    (title, scores, target), = plotted["datasets"]
-    assert title == "hopper_medium-v2 (stand-in)" and len(scores) == 6
+def test_the_return_histogram_reads_the_env_from_the_file_name(hopper_file, tmp_path):
+    scores = buffer.trajectory_scores(hopper_file)
     to_score = lambda r: 100 * (r + 20.272305) / (3234.3 + 20.272305)  # noqa: E731  hopper's d4rl constants
-    np.testing.assert_allclose(target, to_score(3600))
+    assert len(scores) == 6 and buffer.task_name(hopper_file) == "hopper-medium"
     np.testing.assert_allclose(sorted(scores)[-1], to_score(50 * 3))  # trajectory 3: 50 steps of reward 3
+    assert buffer.plot_returns([hopper_file, hopper_file], tmp_path / "returns.png").stat().st_size > 0
+
+
+def test_python_buffer_py_writes_under_runs_and_never_replaces_a_figure(hopper_file, tmp_path):
+    import subprocess
+    import sys
+    for expected in ("dataset_returns.png", "dataset_returns-1.png"):
+        result = subprocess.run([sys.executable, str(ROOT / "buffer.py"), str(hopper_file)], cwd=tmp_path,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "runs" / expected).exists()
+    assert not (tmp_path / "dataset_returns.png").exists()

@@ -1,7 +1,6 @@
-"""report.py on two small fake run folders: the pdf, the markdown table, each run's settings, the bars."""
+"""report.py on small fake run folders: the short paper, its results table, the question figures, the appendix."""
 import importlib.util
 import json
-import shutil
 
 import matplotlib
 import numpy as np
@@ -12,261 +11,297 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import report  # noqa: E402
+import typeset  # noqa: E402
+from conftest import write_d4rl_file  # noqa: E402
 
 HOPPER = {"name": "hopper", "id": "Hopper-v4", "target_return": 3600, "ref_min_score": -20.272305,
           "ref_max_score": 3234.3, "max_episode_len": 1000}
-HALFCHEETAH = {"name": "halfcheetah", "id": "HalfCheetah-v4", "target_return": 6000, "ref_min_score": -280.178953,
+HALFCHEETAH = {"name": "halfcheetah", "id": "HalfCheetah-v4", "target_return": 12000, "ref_min_score": -280.178953,
                "ref_max_score": 12135.0, "max_episode_len": 1000}
+
+WALKER = {"name": "walker2d", "id": "Walker2d-v4", "target_return": 5000, "ref_min_score": 1.629008,
+          "ref_max_score": 4592.3, "max_episode_len": 1000}
 
 
 def write_csv(path, header, rows):
     path.write_text("\n".join([",".join(header), *(",".join(map(str, r)) for r in rows)]) + "\n")
 
 
-def make_run(run_dir, env, lr, final_scores, eval_scores, resume=None, top_percent=100.0, precision="bf16"):
-    """A finished run: config.yaml, summary.json, results.png and per seed train.csv, eval.csv, final.json.
+def make_run(run_dir, env, final_scores, eval_scores=None, **settings):
+    """A finished run: config.yaml, summary.json and per seed train.csv, eval.csv, final.json.
 
+    settings: dotted config keys and their values (train.lr=3e-4 as {"train.lr": 3e-4}, via **{...});
     eval_scores[seed] are the periodic eval scores at steps 100 and 200.
     """
     run_dir.mkdir(parents=True)
-    config = {"env": env, "buffer": {"dataset": "medium", "context_len": 20, "top_percent": top_percent},
-              "model": {"embed_dim": 128}, "train": {"steps": 200, "lr": lr, "precision": precision},
-              "eval": {"episodes": 10, "final_episodes": 100},
-              "seeds": list(range(len(final_scores))), "device": "cpu", "resume": resume}
-    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    config = OmegaConf.create({"env": env, "buffer": {"dataset": "medium"}, "train": {"steps": 200},
+                               "seeds": list(range(len(final_scores))), "device": "cpu"})
+    for key, value in settings.items():
+        OmegaConf.update(config, key, value)
+    OmegaConf.save(config, run_dir / "config.yaml")
     finals = []
-    for seed, (final, evals) in enumerate(zip(final_scores, eval_scores)):
+    for seed, final in enumerate(final_scores):
+        evals = eval_scores[seed] if eval_scores else [final - 10, final]
         seed_dir = run_dir / f"seed{seed}"
         seed_dir.mkdir()
-        write_csv(seed_dir / "train.csv", ["step", "loss", "lr"], [(100, 0.5, lr), (200, 0.2, lr)])
+        write_csv(seed_dir / "train.csv", ["step", "loss", "lr"], [(100, 0.5, 1e-4), (200, 0.2, 1e-4)])
         write_csv(seed_dir / "eval.csv", ["step", "return_mean", "return_std", "score_mean", "score_std"],
                   [(step, 10 * s, 1.0, s, 1.0) for step, s in zip((100, 200), evals)])
         finals.append({"seed": seed, "episodes": 100, "return_mean": 10 * final, "return_std": 1.0,
                        "score_mean": final, "score_std": 1.0, "train_seconds": 1.0, "final_eval_seconds": 1.0})
         (seed_dir / "final.json").write_text(json.dumps(finals[-1]))
-    summary = {"env": env["name"], "dataset": "medium", "seeds": [f["seed"] for f in finals], "missing_seeds": [],
+    summary = {"env": env["name"], "dataset": OmegaConf.select(config, "buffer.dataset"),
+               "seeds": [f["seed"] for f in finals], "missing_seeds": [],
                "score_mean": float(np.mean(final_scores)), "score_std": float(np.std(final_scores)),
                "per_seed": finals}
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    plt.imsave(run_dir / "results.png", np.zeros((8, 8, 3)))
     return run_dir
 
 
-@pytest.fixture
-def runs(tmp_path):
-    """hopper at lr 1e-4 (final 60 +- 1.6: passes > 50); halfcheetah at lr 3e-4 (final 35 +- 0.8: fails > 40)."""
-    hopper = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, 1e-4, [58.0, 60.0, 62.0],
-                      [[40.0, 55.0], [50.0, 45.0], [45.0, 50.0]])
-    cheetah = make_run(tmp_path / "runs" / "day" / "cheetah", HALFCHEETAH, 3e-4, [34.0, 35.0, 36.0],
-                       [[30, 33], [32, 35], [31, 34]], resume="runs/day/cheetah")
-    return hopper, cheetah
-
-
-@pytest.fixture
-def outputs(runs, tmp_path):
-    report.main([str(r) for r in runs] + ["--out", str(tmp_path / "out" / "report")])
-    return tmp_path / "out"
+def write(runs, out, *options):
+    report.main([str(r) for r in runs] + ["--out", str(out), *options])
+    return (out.parent / f"{out.name}.md").read_text()
 
 
 def row(md, label):
-    """The cells of the markdown table row that starts with `label`."""
+    """The cells of the first markdown table row that starts with `label`."""
     line = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def test_pdf_and_loss_figure_are_written(outputs):
-    assert (outputs / "report.pdf").read_bytes().startswith(b"%PDF")
-    assert (outputs / "report_loss.png").stat().st_size > 0
+def pdf_pages(path):
+    from pypdf import PdfReader
+    return [page.extract_text().replace("\u200b", "") for page in PdfReader(path).pages]
 
 
-def test_each_run_has_a_row_with_its_final_score_mean_and_std_over_seeds(outputs):
-    md = (outputs / "report.md").read_text()
-    assert row(md, "day/hopper")[1:4] == ["hopper-medium", "0, 1, 2", "60.0 ± 1.6 (100 ep)"]
-    assert row(md, "day/cheetah")[1:4] == ["halfcheetah-medium", "0, 1, 2", "35.0 ± 0.8 (100 ep)"]
+@pytest.fixture
+def study(tmp_path):
+    """hopper-medium: the default, percentile BC and the auxiliary losses; halfcheetah-medium: the default."""
+    day = tmp_path / "runs" / "day"
+    return [make_run(day / "hopper", HOPPER, [58.0, 60.0, 62.0], [[40, 55], [50, 45], [45, 50]]),
+            make_run(day / "top10", HOPPER, [70.0, 71.0, 72.0], **{"buffer.top_percent": 10.0}),
+            make_run(day / "top25", HOPPER, [59.0, 62.0, 63.0], **{"buffer.top_percent": 25.0}),
+            make_run(day / "bc", HOPPER, [40.0, 41.0, 42.0], **{"model.condition_on_return": False}),
+            make_run(day / "aux", HOPPER, [60.0, 61.0, 62.0], **{"train.aux_state_coef": 1.0,
+                                                                 "train.aux_rtg_coef": 1.0}),
+            make_run(day / "fp32", HOPPER, [57.0, 58.0, 59.0], **{"train.precision": "fp32"}),
+            make_run(day / "cheetah", HALFCHEETAH, [34.0, 35.0, 36.0])]
+
+
+@pytest.fixture
+def outputs(study, tmp_path):
+    findings = tmp_path / "findings.md"
+    findings.write_text("## In short\n\n- Top 10% wins.\n\n## Method and data\n\nA **bold** claim on `code`.\n")
+    md = write(study, tmp_path / "out" / "report", "--findings", str(findings), "--standin")
+    return tmp_path / "out", md
+
+
+def test_the_answers_open_the_report_then_the_results_the_figures_the_method_and_the_appendix(outputs):
+    _, md = outputs
+    order = ["## In short\n\n- Top 10% wins.", "## Results", "report_training.png", "report_percentile.png",
+             "report_aux.png", "## Method and data", "# Appendix: every run"]
+    assert [md.index(part) for part in order] == sorted(md.index(part) for part in order)
+
+
+def test_each_task_has_one_row_with_its_default_runs_scores_the_bar_and_the_paper(outputs):
+    _, md = outputs
+    assert row(md, "hopper-medium (train.steps=200)")[1:5] == ["60.0 ± 1.6", "58.0, 60.0, 62.0", "> 50: yes", "67.6"]
+    assert row(md, "halfcheetah-medium (train.steps=200)")[1:5] == ["35.0 ± 0.8", "34.0, 35.0, 36.0", "> 40: no",
+                                                                    "42.6"]
 
 
 def test_a_single_seed_shows_no_std_and_does_not_settle_the_bar(tmp_path):
-    run = make_run(tmp_path / "runs" / "day" / "walker", {**HOPPER, "name": "walker2d"}, 1e-4, [71.0], [[60, 70]])
-    report.main([str(run), "--out", str(tmp_path / "report")])
-    assert row((tmp_path / "report.md").read_text(), "day/walker")[3:] == ["71.0 (100 ep)", "70.0 (200)", "> 70",
-                                                                           "n/a (1 seed)", "74.0"]
+    run = make_run(tmp_path / "runs" / "day" / "walker", WALKER, [71.0])
+    md = write([run], tmp_path / "report")
+    assert row(md, "walker2d-medium (train.steps=200)")[1:5] == ["71.0", "71.0", "> 70: n/a (1 seed)", "74.0"]
 
 
-def test_best_eval_is_the_best_step_of_the_seed_mean(outputs):
-    md = (outputs / "report.md").read_text()
-    assert row(md, "day/hopper")[4] == "50.0 (200)"  # steps 100, 200: means 45 and 50 (not the single best, 55)
+def test_settings_are_named_in_words_and_the_appendix_gives_the_overrides_that_repeat_them(outputs):
+    _, md = outputs
+    appendix = md.split("# Appendix: every run")[1]
+    assert row(appendix, "DT, top 10%")[1:5] == ["day/top10", "71.0 ± 0.8", "70.0, 71.0, 72.0", "+11.0"]
+    assert row(appendix, "BC, all data")[5] == "env=hopper model.condition_on_return=False train.steps=200"
+    assert row(appendix, "DT, all data, + next state and return-to-go")[1] == "day/aux"
+    assert row(appendix, "DT, all data, fp32")[1] == "day/fp32"
 
 
-def test_pass_is_the_3_seed_final_score_against_the_assignment_bar(outputs):
-    md = (outputs / "report.md").read_text()
-    assert row(md, "day/hopper")[5:] == ["> 50", "yes", "67.6"]
-    assert row(md, "day/cheetah")[5:] == ["> 40", "no", "42.6"]
+def test_each_question_gets_a_figure_and_a_sentence_on_what_moved_beyond_the_seeds_spread(outputs):
+    folder, md = outputs
+    assert (folder / "report_percentile.png").stat().st_size > 0 and (folder / "report_aux.png").stat().st_size > 0
+    assert ("Against DT, all data, beyond the seeds' spread: hopper-medium, DT, top 10%: 71.0 ± 0.8 (+11.0); "
+            "hopper-medium, BC, all data: 41.0 ± 0.8 (-19.0). Within it: 1 other setting-task pair.") in md
+    assert "Against action only, beyond the seeds' spread: none." in md
 
 
-def test_each_run_s_settings_are_its_overrides_of_the_defaults(outputs):
-    settings = (outputs / "report.md").read_text().split("## Settings of each run")[1].split("##")[0]
-    assert row(settings, "day/hopper")[1] == "env=hopper train.steps=200"  # lr 1e-4 and the env's values are cfgs/'
-    assert row(settings, "day/cheetah")[1] == "env=halfcheetah env.target_return=6000.0 train.steps=200 train.lr=0.0003"
+def test_the_main_part_is_at_most_six_pages_and_no_sentence_says_nan_or_inf(outputs, tmp_path):
+    pytest.importorskip("pypdf")
+    folder, md = outputs
+    pages = pdf_pages(folder / "report.pdf")
+    appendix = next(i for i, text in enumerate(pages) if "Appendix: every run" in text)
+    assert 1 <= appendix <= 6, "the appendix starts on a page of its own after at most 6 pages"
+    words = set(" ".join(pages).lower().replace(",", " ").replace(".", " ").split()) | set(md.lower().split())
+    assert not words & {"nan", "inf", "-inf", "+nan"}
 
 
-def test_a_tall_figure_is_narrowed_to_fit_a_page_and_a_wide_one_fills_the_width(tmp_path):
-    plt.imsave(tmp_path / "tall.png", np.zeros((300, 100, 3)))
-    plt.imsave(tmp_path / "wide.png", np.zeros((100, 300, 3)))
-    assert report.figure_width(tmp_path / "tall.png") * report.TEXT_WIDTH_CM * 3 == pytest.approx(
-        report.FIGURE_HEIGHT_CM)
-    assert report.figure_width(tmp_path / "wide.png") == 1.0
+def test_a_run_with_a_nan_score_is_named_and_no_report_is_written(study, tmp_path):
+    summary = json.loads((study[1] / "summary.json").read_text())
+    summary["per_seed"][0]["score_mean"] = float("nan")
+    (study[1] / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(SystemExit, match="day/top10: a final score is NaN"):
+        write(study, tmp_path / "report")
+    assert not (tmp_path / "report.pdf").exists()
 
 
-def test_markdown_links_each_runs_figure_relative_to_the_report(outputs):
-    md = (outputs / "report.md").read_text()
-    assert "](../runs/day/hopper/results.png)" in md and "](../runs/day/cheetah/results.png)" in md
-    assert "](report_loss.png)" in md
+def test_missing_seeds_are_named_in_the_appendix(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, [58.0, 60.0])
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "missing_seeds": [2]}))
+    md = write([run], tmp_path / "report")
+    assert row(md.split("# Appendix")[1], "DT, all data")[3] == "58.0, 60.0 (missing seeds: day/hopper: 2)"
 
 
-def test_standin_flag_labels_the_title_and_table(runs, tmp_path):
-    report.main([str(r) for r in runs] + ["--out", str(tmp_path / "standin"), "--standin"])
-    md = (tmp_path / "standin.md").read_text()
+def test_every_figure_is_drawn_at_the_width_it_is_placed_at(outputs):
+    folder, _ = outputs
+    from PIL import Image
+    for png in folder.glob("report_*.png"):
+        with Image.open(png) as image:
+            assert image.size[0] / typeset.DPI == pytest.approx(typeset.TEXT_WIDTH_IN, abs=0.01), png.name
+        assert typeset.placed_width_in(png) == pytest.approx(image.size[0] / typeset.DPI)
+
+
+@pytest.mark.parametrize("flaw, problem", [
+    (lambda fig, ax: ax.set_title("small", fontsize=5), "'small' is 5 pt"),
+    (lambda fig, ax: [ax.plot([0, 1], label=f"run {i}") for i in range(9)] and ax.legend(), "a legend of 9 entries"),
+    (lambda fig, ax: ax.set_xticks(range(0, 40, 4), [f"setting number {i}" for i in range(10)]), "overlap"),
+    (lambda fig, ax: fig.suptitle("a title far too long for its figure " * 4), "cut off"),
+])
+def test_the_legibility_check_finds_small_text_long_legends_overlapping_ticks_and_cut_off_titles(flaw, problem):
+    fig, ax = report.pyplot().subplots(figsize=(typeset.TEXT_WIDTH_IN / 2, 2))
+    flaw(fig, ax)
+    assert any(problem in p for p in report.legibility_problems(fig))
+    with pytest.raises(AssertionError, match="illegible"):
+        report.save_figure(fig, "unused.png")
+
+
+def test_the_legibility_check_passes_a_plain_figure():
+    fig, ax = report.pyplot().subplots(figsize=(typeset.TEXT_WIDTH_IN, 2))
+    ax.plot([0, 1], label="one")
+    ax.set_title("a title")
+    ax.legend()
+    assert report.legibility_problems(fig) == []
+    plt.close(fig)
+
+
+def test_the_datasets_mean_and_best_come_from_each_runs_file(tmp_path):
+    data = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
+    run = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, [50.0], **{"buffer.file": str(data)})
+    md = write([run], tmp_path / "report")
+    scores = report.trajectory_scores(data.resolve())
+    assert row(md, "hopper-medium (train.steps=200)")[5:] == [f"{scores.mean():.1f}", f"{scores.max():.1f}"]
+    assert (tmp_path / "report_datasets.png").exists()
+
+
+def test_runs_on_different_files_of_the_same_name_are_said_to_be(tmp_path):
+    day = tmp_path / "runs" / "day"
+    first = make_run(day / "a", HOPPER, [50.0], **{"buffer.file": "/x/hopper_medium-v2.hdf5", "buffer.sha256": "a" * 64})
+    second = make_run(day / "b", HOPPER, [52.0], **{"buffer.file": "/y/hopper_medium-v2.hdf5",
+                                                    "buffer.top_percent": 10.0, "buffer.sha256": "b" * 64})
+    md = write([first, second], tmp_path / "report")
+    assert ("Runs on different files named hopper_medium-v2.hdf5: day/a (SHA-256 aaaaaaaaaaaa); day/b (SHA-256 "
+            "bbbbbbbbbbbb).") in md
+    assert row(md.split("# Appendix")[1], "DT, all data")[6] == "hopper_medium-v2.hdf5 (aaaaaaaaaaaa)"
+
+
+def test_a_runs_return_to_go_sweep_is_drawn(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "swept", HOPPER, [60.0, 62.0])
+    rows = ["seed,target,episode,return,score"]
+    for seed in (0, 1):
+        rows += [f"{seed},{target},0,0,{achieved + seed}" for target, achieved in ((1000.0, 30.0), (3000.0, 58.0))]
+    (run / "sweep_final.csv").write_text("\n".join(rows) + "\n")
+    md = write([run], tmp_path / "report")
+    assert "](report_sweep.png)" in md
+    targets, achieved = report.sweep_rows(report.load_run(run))
+    assert achieved.tolist() == [[30.0, 31.0], [58.0, 59.0]]
+
+
+def test_standin_flag_labels_the_title_and_table(outputs):
+    _, md = outputs
     assert md.startswith("# Decision Transformer on D4RL MuJoCo (stand-in data)")
     assert "## Results (stand-in data)" in md
 
 
-def test_folder_without_summary_is_refused_with_its_name(runs, tmp_path):
-    (runs[1] / "summary.json").unlink()
-    with pytest.raises(SystemExit, match=r"day/cheetah: no summary.json") as error:
-        report.main([str(r) for r in runs] + ["--out", str(tmp_path / "report")])
-    assert str(runs[1]) in str(error.value)
+def test_folder_without_summary_is_refused_with_its_name(study, tmp_path):
+    (study[-1] / "summary.json").unlink()
+    with pytest.raises(SystemExit, match=r"day/cheetah: no summary.json"):
+        write(study, tmp_path / "report")
     assert not (tmp_path / "report.pdf").exists()
 
 
-def test_without_out_the_report_never_replaces_an_existing_file(tmp_path, monkeypatch):
-    run = tmp_path / "runs" / "a"
-    make_run(run, HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
+def test_without_out_the_report_goes_under_runs_and_never_replaces_a_file(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "runs" / "a", HOPPER, [50.0])
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "report.md").write_text("my notes")
     report.main([str(run)])
-    assert (tmp_path / "report.md").read_text() == "my notes"
-    assert (tmp_path / "report-1.md").exists() and (tmp_path / "report-1.pdf").exists()
+    (tmp_path / "runs" / "report.md").write_text("my notes")
+    report.main([str(run)])
+    assert (tmp_path / "runs" / "report.md").read_text() == "my notes"
+    assert (tmp_path / "runs" / "report-1.md").exists() and (tmp_path / "runs" / "report-1.pdf").exists()
+    assert not (tmp_path / "report.pdf").exists()
 
 
 def test_the_report_names_the_dataset_file_without_the_machines_folders(tmp_path):
-    first, second = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
-    make_run(first, HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
-    make_run(second, HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
-    for run, folder in ((first, "/home/me/data"), (second, "/scratch/data")):
-        config = OmegaConf.load(run / "config.yaml")
-        config.buffer.file = f"{folder}/hopper_medium-v2.hdf5"
-        OmegaConf.save(config, run / "config.yaml")
-    report.main([str(first), str(second), "--out", str(tmp_path / "report")])
-    md = (tmp_path / "report.md").read_text()
-    assert "/home/me" not in md and "/scratch" not in md
+    run = make_run(tmp_path / "runs" / "a", HOPPER, [50.0], **{"buffer.file": "/home/me/data/hopper_medium-v2.hdf5"})
+    md = write([run], tmp_path / "report")
+    assert "hopper_medium-v2.hdf5" in md and "/home/me" not in md
 
 
-def pdf_text(path):
-    from pypdf import PdfReader
-    return " ".join(page.extract_text() for page in PdfReader(path).pages).replace("\u200b", "")
-
-
-def test_the_pdf_is_typeset_with_the_tables_notes_and_every_figure(outputs):
+def test_the_pdf_holds_the_tables_and_figures(outputs):
     pytest.importorskip("pypdf")
-    text = pdf_text(outputs / "report.pdf")
-    for words in ("Results", "hopper-medium", "60.0 ± 1.6 (100 ep)", "Settings of each run", "train.lr",
-                  "Training loss"):
+    folder, _ = outputs
+    text = " ".join(pdf_pages(folder / "report.pdf"))
+    for words in ("Results (stand-in data)", "hopper-medium", "60.0 ± 1.6", "A bold claim on code", "DT, top 10%",
+                  "Does percentile behaviour cloning help?"):
         assert words in text, words
-    assert text.count("Figure") == 3, "the loss figure and each run's results.png"
 
 
-def test_a_study_gets_a_table_against_the_default_a_figure_and_what_the_numbers_say(tmp_path):
-    day = tmp_path / "runs" / "day"
-    base = make_run(day / "p100", HOPPER, 1e-4, [60.0, 61.0, 62.0], [[50, 60]] * 3)
-    better = make_run(day / "p10", HOPPER, 1e-4, [70.0, 71.0, 72.0], [[50, 70]] * 3, top_percent=10.0)
-    same = make_run(day / "p25", HOPPER, 1e-4, [59.0, 62.0, 63.0], [[50, 60]] * 3, top_percent=25.0)
-    again = make_run(day / "p100-again", HOPPER, 1e-4, [61.0], [[50, 60]])  # the same setting: pooled
-    findings = tmp_path / "findings.md"
-    findings.write_text("## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** "
-                        "bullet\n  that goes on\n\n## In short\n\nTop 10% wins.\n\n## Not known\n\n- D4RL\n")
-    report.main([str(r) for r in (better, same, base, again)] + ["--out", str(tmp_path / "report"), "--findings",
-                                                                 str(findings)])
-    md = (tmp_path / "report.md").read_text()
-    assert row(md, "buffer.top_percent=100.0 (default)")[1:5] == ["day/p100, day/p100-again", "4", "61.0 ± 0.7", "-"]
-    assert row(md, "buffer.top_percent=10.0")[3:5] == ["71.0 ± 0.8", "+10.0"]
-    assert "buffer.top_percent=10.0: 71.0 ± 0.8 against 61.0 ± 0.7 for the default, +10.0: better, beyond the " \
-           "seeds' spread (1.5)." in md
-    assert "buffer.top_percent=25.0: 61.3 ± 1.7 against 61.0 ± 0.7 for the default, +0.3: within the seeds' " \
-           "spread (2.4): no clear effect." in md
-    assert "](report_study.png)" in md and (tmp_path / "report_study.png").stat().st_size > 0
-    assert "## Findings\n\nKeeping the top 10% (`buffer.top_percent=10`) helps here.\n\n- a **bold** bullet that " \
-           "goes on\n\n## Not known\n\n- D4RL" in md
-    assert md.index("## In short\n\nTop 10% wins.") < md.index("## Results") < md.index("## Studies") \
-        < md.index("## Findings"), "the summary opens the report, the other findings close it"
-    if importlib.util.find_spec("pypdf"):
-        text = pdf_text(tmp_path / "report.pdf")
-        assert "Keeping the top 10% (buffer.top_percent=10) helps here." in text and "a bold bullet" in text
-
-
-def test_a_precision_study_takes_the_reference_runs_bf16_as_the_default(tmp_path):
-    day = tmp_path / "runs" / "day"
-    bf16 = make_run(day / "bf16", HOPPER, 1e-4, [60.0, 61.0, 62.0], [[50, 60]] * 3)
-    fp32 = make_run(day / "fp32", HOPPER, 1e-4, [58.0, 59.0, 60.0], [[50, 60]] * 3, precision="fp32")
-    report.main([str(fp32), str(bf16), "--out", str(tmp_path / "report")])
-    md = (tmp_path / "report.md").read_text()
-    assert row(md, "train.precision=bf16 (default)")[1:5] == ["day/bf16", "3", "61.0 ± 0.8", "-"]
-    assert row(md, "train.precision=fp32")[3:5] == ["59.0 ± 0.8", "-2.0"]
-
-
-def test_a_setting_of_a_study_over_several_keys_is_named_by_where_it_differs_from_the_default(tmp_path):
-    day = tmp_path / "runs" / "day"
-    base = make_run(day / "base", HOPPER, 1e-4, [60.0, 61.0, 62.0], [[50, 60]] * 3)
-    fp32 = make_run(day / "fp32", HOPPER, 1e-4, [58.0, 59.0, 60.0], [[50, 60]] * 3, precision="fp32")
-    top10 = make_run(day / "top10", HOPPER, 1e-4, [70.0, 71.0, 72.0], [[50, 70]] * 3, top_percent=10.0)
-    report.main([str(r) for r in (fp32, top10, base)] + ["--out", str(tmp_path / "report")])
-    md = (tmp_path / "report.md").read_text()
-    assert "### hopper-medium: buffer.top_percent, train.precision" in md
-    assert row(md, "buffer.top_percent=100.0, train.precision=bf16 (default)")[1] == "day/base"
-    assert row(md, "train.precision=fp32")[1:5] == ["day/fp32", "3", "59.0 ± 0.8", "-2.0"]
-    assert row(md, "buffer.top_percent=10.0")[1:5] == ["day/top10", "3", "71.0 ± 0.8", "+10.0"]
-
-
-def test_a_runs_return_to_go_sweep_is_summarized_with_its_best_target(tmp_path):
-    run = make_run(tmp_path / "runs" / "day" / "swept", HOPPER, 1e-4, [60.0, 62.0], [[50, 60]] * 2)
-    targets = [1000.0, 2000.0, 3000.0]
-    rows = ["seed,target,episode,return,score"]
-    for seed in (0, 1):
-        for target, achieved in zip(targets, (30.0, 60.0, 58.0)):
-            rows += [f"{seed},{target},{episode},0,{achieved + seed + episode}" for episode in (0, 1)]
-    (run / "sweep_final.csv").write_text("\n".join(rows) + "\n")
-    report.main([str(run), "--out", str(tmp_path / "report")])
-    md = (tmp_path / "report.md").read_text()
-    assert "day/swept (hopper-medium, 2 seeds, 2 episodes per target and seed): the achieved score goes from " \
-           "31.0 at the lowest target (31.3) to 59.0 at the highest (92.8); the best, 61.0, at target 2000" in md
-    assert row(md, "2000")[1:] == ["62.1", "61.0 ± 0.5"]
-
-
-def test_publish_copies_a_run_to_share_without_training_state_or_the_machines_paths(tmp_path):
-    run = make_run(tmp_path / "runs" / "day" / "run", HOPPER, 1e-4, [50.0], [[40.0, 50.0]])
+def test_publish_copies_a_reference_run_with_its_policies_and_one_video_without_state_or_paths(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "run", HOPPER, [50.0, 51.0], **{"train.steps": 20000})
     config = OmegaConf.load(run / "config.yaml")
-    config.buffer.file = str(report.Path(report.__file__).resolve().parents[1] / "shared" / "hopper_medium-v2.hdf5")
+    config.buffer.file = str(report.ROOT.parent / "shared" / "hopper_medium-v2.hdf5")
     OmegaConf.save(config, run / "config.yaml")
-    (run / "main.log").write_text(f"resumed {report.Path(report.__file__).resolve().parent}/runs/day/run\n")
-    for name in ("last.pt", "best.pt", "final.pt"):
-        (run / "seed0" / name).write_bytes(b"weights")
+    (run / "main.log").write_text(f"resumed {report.ROOT}/runs/day/run\n")
+    for seed in (0, 1):
+        for name in ("last.pt", "best.pt", "final.pt", "video.mp4"):
+            (run / f"seed{seed}" / name).write_bytes(b"bytes")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "hydra.yaml").write_text("/home/me")
     (run / "MUJOCO_LOG.TXT").write_text("WARNING: a deprecated compiler attribute")  # MuJoCo's, not the run's
-    plt.imsave(run / "results.png", np.zeros((4, 4, 3)))  # stands for a figure titled with this machine's path
-    (run / "seed1").mkdir()  # a seed still training: left out, and out of the figure drawn again
-    write_csv(run / "seed1" / "train.csv", ["step", "loss", "lr"], [(100, 0.5, 1e-4)])
+    (run / "seed2").mkdir()  # a seed still training: left out
+    write_csv(run / "seed2" / "train.csv", ["step", "loss", "lr"], [(100, 0.5, 1e-4)])
     report.main([str(run), "--publish", str(tmp_path / "shared")])
     shared = tmp_path / "shared"
-    assert sorted(p.name for p in (shared / "seed0").iterdir()) == ["eval.csv", "final.json", "final.pt", "train.csv"]
-    assert not (shared / "seed1").exists() and plt.imread(shared / "results.png").shape[0] > 8
-    assert OmegaConf.load(shared / "config.yaml").buffer.file == "../shared/hopper_medium-v2.hdf5"
-    assert (shared / "main.log").read_text() == "resumed runs/day/run\n" and not (shared / ".hydra").exists()
+    assert sorted(p.name for p in (shared / "seed0").iterdir()) == ["eval.csv", "final.json", "final.pt", "train.csv",
+                                                                   "video.mp4"]
+    assert sorted(p.name for p in (shared / "seed1").iterdir()) == ["eval.csv", "final.json", "final.pt", "train.csv"]
+    assert not (shared / "seed2").exists() and not (shared / ".hydra").exists()
     assert not (shared / "MUJOCO_LOG.TXT").exists()
+    assert (shared / "main.log").read_text() == "resumed runs/day/run\n"
+    assert OmegaConf.load(shared / "config.yaml").buffer.file == "../shared/hopper_medium-v2.hdf5"
+    assert (shared / "results.png").exists()
     with pytest.raises(SystemExit, match="exists already"):
         report.main([str(run), "--publish", str(shared)])
-    shutil.rmtree(run / "seed1")  # every seed finished: the figure is still drawn again, never copied
-    report.main([str(run), "--publish", str(tmp_path / "finished")])
-    assert plt.imread(tmp_path / "finished" / "results.png").shape[0] > 8
-    (run / "seed0" / "final.json").unlink()
-    with pytest.raises(SystemExit, match="no seed has finished"):
-        report.main([str(run), "--publish", str(tmp_path / "unfinished")])
+
+
+def test_publish_keeps_a_study_runs_numbers_but_not_its_policies_or_videos(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "top10", HOPPER, [50.0], **{"buffer.top_percent": 10.0})
+    for name in ("final.pt", "video.mp4", "sweep_final_3600.mp4"):
+        (run / "seed0" / name).write_bytes(b"bytes")
+    report.main([str(run), "--publish", str(tmp_path / "shared")])
+    assert sorted(p.name for p in (tmp_path / "shared" / "seed0").iterdir()) == ["eval.csv", "final.json",
+                                                                                 "train.csv"]
+    assert (tmp_path / "shared" / "summary.json").exists()
+
+
+def test_markdown_links_figures_relative_to_the_report(outputs):
+    _, md = outputs
+    assert "](report_training.png)" in md and "](report_runs0.png)" in md
+    assert importlib.util.find_spec("typst") is not None

@@ -140,8 +140,8 @@ def test_report_py_reads_a_run_folder_made_by_main_py(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     md = (tmp_path / "report.md").read_text()
-    assert f"| {summary['score_mean']:.1f} ± {summary['score_std']:.1f} (2 ep) |" in md
-    assert "results.png)" in md, "the run's figure is in the report"
+    assert f"| {summary['score_mean']:.1f} ± {summary['score_std']:.1f} |" in md
+    assert "report_runs0.png)" in md, "the run's curves are in the report"
     assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF")
 
 

@@ -46,12 +46,12 @@ def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(da
     assert not (data_dir / "multirun").exists()
 
     report.main([str(sweep), "--out", str(data_dir / "study")])  # the sweep folder stands for its jobs 0, 1
-    study = (data_dir / "study.md").read_text().split("## Studies")[1]
-    assert "| buffer.top_percent=100.0 (default) |" in study and "- buffer.top_percent=50.0: " in study
+    study = (data_dir / "study.md").read_text().split("# Appendix: every run")[1]
+    assert "| DT, all data |" in study and "| DT, top 50% |" in study
     if importlib.util.find_spec("pypdf"):
         from pypdf import PdfReader
         pdf = " ".join(page.extract_text() for page in PdfReader(data_dir / "study.pdf").pages)
-        assert "Studies" in pdf and "against" in pdf and str(data_dir) not in pdf.replace("\u200b", "")
+        assert "Appendix" in pdf and "DT, top 50%" in pdf and str(data_dir) not in pdf.replace("\u200b", "")
 
     again = multirun(data_dir, f"hydra.sweep.dir={sweep}", "buffer.top_percent=30")  # another config, same folder
     assert again.returncode != 0 and "holds a run already" in again.stderr
