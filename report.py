@@ -32,7 +32,8 @@ from typeset import bullets, heading, image, pagebreak, paragraph, table
 ROOT = Path(__file__).resolve().parent
 ENVS, DATASETS = schema.ENVS, schema.DATASETS
 # Keys that are a run's task or bookkeeping, not its setting (they never make two runs differ in a comparison)
-BOOKKEEPING = ("resume", "seeds", "buffer.dataset", "buffer.source", "buffer.file", "buffer.sha256", "buffer.path", "device", "eval.video", "logger",
+BOOKKEEPING = ("resume", "seeds", "buffer.dataset", "buffer.source", "buffer.file", "buffer.sha256", "buffer.path",
+               "device", "eval.video", "logger", "env.kwargs",
                "wandb.", "env.assignment_bar", "env.dt_paper_score", "env.ref_source", "train.threads",
                "train.log_every", "train.checkpoint_every")
 AUTO_MEANS = {"train.precision": "bf16"}  # `auto` resolves to bf16 on the reference runs' CPU
@@ -501,7 +502,8 @@ def results_table(grouped: dict, datasets: dict) -> list:
         else:
             passed = f"> {bar:g}: {'yes' if np.mean(scores) > bar else 'no'}"
         data = datasets.get(name)
-        rows.append([name + shared_text(settings), score_text(scores), seeds_text(scores), passed, "-" if paper is None else f"{paper:.1f}",
+        rows.append([name + shared_text(settings), score_text(scores), seeds_text(scores), passed,
+                     "-" if paper is None else f"{paper:.1f}",
                      "-" if data is None else number(data.mean()), "-" if data is None else number(data.max())])
     return rows
 
@@ -626,8 +628,8 @@ def appendix(grouped: dict, figures: dict) -> list:
                  "-" if setting_name == PERCENTILE_SETTINGS[0] else against(pooled_scores(runs), base).split(",")[0],
                  overrides(runs[0]), data_identity(runs[0])]
                 for setting_name, runs in settings.items()]
-        blocks += [heading(2, name + shared_text(settings)), table(["setting", "run", "final score", "seeds", "vs default", "overrides",
-                                            "data (SHA-256)"], rows)]
+        header = ["setting", "run", "final score", "seeds", "vs default", "overrides", "data (SHA-256)"]
+        blocks += [heading(2, name + shared_text(settings)), table(header, rows)]
         blocks += [paragraph(s) for s in different_files([r for runs in settings.values() for r in runs])]
         if figures.get(("family", name)):
             blocks.append(image(figures[("family", name)], f"{name}: evaluation score over training per setting "

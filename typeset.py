@@ -86,7 +86,8 @@ def placed_width_in(path) -> float:
 def typst(blocks: list, images: dict) -> str:
     """The blocks as a typst document; images: {png path: its name in the build folder}."""
     out = [f'#set page(paper: "a4", margin: {MARGIN_CM}cm, numbering: "1")', '#set text(size: 9.5pt)',
-           '#set par(justify: true)', '#show table.cell.where(y: 0): strong', '#show figure: set block(breakable: false)']
+           '#set par(justify: true)', '#show table.cell.where(y: 0): strong',
+           '#show figure: set block(breakable: false)']
     for block in blocks:
         kind = block[0]
         if kind == "heading":

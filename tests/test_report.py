@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from conftest import write_d4rl_file  # noqa: E402
 
 import report  # noqa: E402
 import typeset  # noqa: E402
-from conftest import write_d4rl_file  # noqa: E402
 
 HOPPER = {"name": "hopper", "id": "Hopper-v4", "target_return": 3600, "ref_min_score": -20.272305,
           "ref_max_score": 3234.3, "max_episode_len": 1000}
@@ -203,7 +203,8 @@ def test_the_datasets_mean_and_best_come_from_each_runs_file(tmp_path):
 
 def test_runs_on_different_files_of_the_same_name_are_said_to_be(tmp_path):
     day = tmp_path / "runs" / "day"
-    first = make_run(day / "a", HOPPER, [50.0], **{"buffer.file": "/x/hopper_medium-v2.hdf5", "buffer.sha256": "a" * 64})
+    first = make_run(day / "a", HOPPER, [50.0], **{"buffer.file": "/x/hopper_medium-v2.hdf5",
+                                                   "buffer.sha256": "a" * 64})
     second = make_run(day / "b", HOPPER, [52.0], **{"buffer.file": "/y/hopper_medium-v2.hdf5",
                                                     "buffer.top_percent": 10.0, "buffer.sha256": "b" * 64})
     md = write([first, second], tmp_path / "report")
