@@ -26,7 +26,7 @@ from buffer import DatasetError, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from main import cli
-from utils import Run, RunError
+from runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
 SWEEP_SEED_OFFSET = 200_000  # env seeds of seed s's sweep: 1000 s + 200 000 + i, apart from its training evals
@@ -78,8 +78,7 @@ def sweep_settings(policy_path, targets, cfg, videos):
 def evaluate_run(cfg):
     """The sweep of cfg.run: its CSV and figure in the run folder; returns the rows."""
     run = Run(to_absolute_path(cfg.run))
-    train_cfg = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
-    OmegaConf.resolve(train_cfg)
+    train_cfg = run.config()
     name = f"{cfg.checkpoint}.pt"
     seeds = [s for s in run.seeds() if run.policy_path(s, name).exists()]
     if not seeds:

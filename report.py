@@ -13,7 +13,6 @@ headings, paragraphs and bullet lists; its "## In short" section opens the repor
 runs by <date>/<time>, never by a path of the machine.
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from PIL import Image
 
 import utils
 from cfgs import schema
+from runfolder import Run, RunError
 
 plt = utils.pyplot()
 ENV_CONFIGS = Path(__file__).resolve().parent / "cfgs" / "env"  # assignment_bar, dt_paper_score per dataset
@@ -42,19 +42,18 @@ NOT_A_SETTING = NOT_COMPARED + ("seeds", "buffer.file", "device", "eval.video", 
 
 def load_run(path):
     """A run folder -> its label, flat config, summary and seed folders; SystemExit if it is not a finished run."""
-    run_dir = Path(path)
-    if not run_dir.is_dir():
+    run = Run(path)
+    if not run.dir.is_dir():
         raise SystemExit(f"error: {path}: no such folder")
-    missing = [name for name in ("config.yaml", "summary.json") if not (run_dir / name).is_file()]
+    missing = [name for name in ("config.yaml", "summary.json") if not (run.dir / name).is_file()]
     if missing:
         raise SystemExit(f"error: {path}: no {' and no '.join(missing)} there; "
                          "give a run folder that main.py has finished (it writes both)")
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {run_dir / 'summary.json'} is empty or not JSON ({e}): python main.py "
-                         f"resume={path} writes it again") from None
-    config, cfg = schema.upgrade(OmegaConf.load(run_dir / "config.yaml")), None
+        summary = run.summary()
+    except RunError as e:
+        raise SystemExit(f"error: {e}") from None
+    config, cfg = run.saved_config(), None
     try:  # in today's keys, so that runs of older code differ only where their settings do
         cfg = schema.typed(config)
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -63,18 +62,15 @@ def load_run(path):
     for key in ("file", "path"):  # the file's name: its folder is the machine's, not the run's
         if config.get("buffer", {}).get(key):
             config["buffer"][key] = Path(config["buffer"][key]).name
-    run_dir = Path(os.path.abspath(run_dir))
-    return {"dir": run_dir, "label": "/".join(run_dir.parts[-2:]), "config": flatten(config), "cfg": cfg,
-            "summary": summary, "seed_dirs": sorted(run_dir.glob("seed*"))}
+    return {"dir": run.dir, "label": run.name, "config": flatten(config), "cfg": cfg, "summary": summary,
+            "run": run, "seed_dirs": [run.seed_dir(seed) for seed in run.seeds()]}
 
 
 def expand_sweeps(paths):
     """A multirun's runs/<date>/<time>-sweep folder stands for its job folders 0, 1, ... (each a run)."""
     expanded = []
     for path in map(Path, paths):
-        jobs = sorted((d for d in path.glob("*") if d.name.isdigit() and (d / "config.yaml").is_file()),
-                      key=lambda d: int(d.name)) if path.is_dir() and not (path / "config.yaml").exists() else []
-        expanded += jobs or [path]
+        expanded += [job.dir for job in Run.of_sweep(path)] or [path]
     return expanded
 
 
@@ -109,14 +105,15 @@ def env_facts(env):
 
 def seed_curve(run, csv_name, key):
     """steps, mean over seeds of column `key` of seed*/csv_name; None if no seed has it."""
-    tables = [utils.read_csv(d / csv_name) for d in run["seed_dirs"]]
+    tables = run["run"].tables(csv_name)
     curve = utils.mean_std_over_seeds([t for t in tables if key in t], key)
     return None if curve is None else curve[:2]
 
 
 def score_text(scores):
     """'60.0 ± 1.6' over seeds; no std over one seed."""
-    return f"{np.mean(scores):.1f}" + (f" ± {np.std(scores):.1f}" if len(scores) > 1 else "")
+    std = utils.spread(scores)
+    return f"{np.mean(scores):.1f}" + (f" ± {std:.1f}" if std is not None else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +173,7 @@ def loss_figure(runs):
 
 def sweep_summary(run):
     """A run's sweep_final.csv as rows [target score, achieved score] and what it shows; None without one."""
-    rows = utils.read_csv(run["dir"] / "sweep_final.csv")
+    rows = run["run"].run_table("sweep_final.csv")
     if not rows:
         return None
     ref_min, ref_max = run["config"]["env.ref_min_score"], run["config"]["env.ref_max_score"]
@@ -574,8 +571,10 @@ def publish(run, dest):
         utils.atomic_write_bytes(dest / relative, data)
     cfg = run["cfg"]
     if cfg is not None:  # drawn again: without unfinished seeds, and titled without this machine's paths
-        utils.plot_results(dest, f"{utils.run_title(cfg)}   ({run['label']})", cfg.eval.target_return,
-                           cfg.env.ref_min_score, cfg.env.ref_max_score)
+        copy = Run(dest)
+        utils.plot_results(copy.tables("eval.csv"), copy.tables("train.csv"), f"{utils.run_title(cfg)}   "
+                           f"({run['label']})", cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score,
+                           copy.dir / "results.png")
     else:  # a config of unknown keys: no figure, rather than a copy with unfinished seeds or the machine's paths
         (dest / "results.png").unlink(missing_ok=True)
     return unfinished
