@@ -24,6 +24,7 @@ from runfolder import Run, Tracker
 log = logging.getLogger(__name__)
 # The assignment fixes gymnasium's -v4 envs: their advice to move to -v5 is no news on every run.
 warnings.filterwarnings("ignore", message=r".*The environment \w+-v4 is out of date", category=DeprecationWarning)
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module": no news
 # Env seeds of the evals: seed s runs its periodic evals on episodes seeded 1000 s, 1000 s + 1, ... and its
 # final eval on 1000 s + 100 000, ...: other seeds' episodes, and no episode the periodic evals picked from.
 EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET = 1000, 100_000

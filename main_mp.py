@@ -58,14 +58,18 @@ def wait(procs):
             p.join(timeout=0.2)
 
 
-def reason(run, seed, code):
-    """One line on how a seed's process ended."""
+def reason(run: Run, seed: int, code: int) -> str:
+    """One line on how a seed's process ended, and where its checkpoint stands."""
     error = run.error(seed)
     if code in (CRASHED, STOPPED) and error:
         return error.strip().splitlines()[-1]
+    step = run.checkpoint_step(seed)
+    saved = f"its checkpoint is at step {step}" if step else "no checkpoint yet (a resumed run starts it at step 0)"
     if code > 128:
-        return f"interrupted by {signal.Signals(code - 128).name}, checkpoint written"
-    return f"killed (exit code {code})"
+        return f"interrupted by {signal.Signals(code - 128).name}, {saved}"
+    if code < 0 and runfolder.stop_requested():  # stopped before its own signal handler was set
+        return f"stopped by {signal.Signals(-code).name}; {saved}"
+    return f"killed (exit code {code}); {saved}"
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
@@ -81,7 +85,8 @@ def main(cfg):
     wait(procs)
     ended = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
     for seed, code in ended.items():
-        log.error("seed %d: %s", seed, reason(run, seed, code))
+        stopped_by_user = code > 128 or code < 0 and runfolder.stop_requested()
+        log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, reason(run, seed, code))
     summarize(cfg, run)
     resume = f"Resume with: python main_mp.py resume={shown(run.dir)}"
     if ended and (runfolder.stop_requested() or any(code > 128 for code in ended.values())):

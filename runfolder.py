@@ -180,6 +180,14 @@ class Run:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return state["progress"]
 
+    def checkpoint_step(self, seed: int) -> int | None:
+        """The step seed<N>/last.pt holds, or None without a readable one."""
+        path = self.seed_dir(seed) / "last.pt"
+        try:
+            return load_checkpoint(path)["progress"]["step"] if path.exists() else None
+        except RunError:
+            return None
+
     def save_policy(self, seed, name, policy):
         """best.pt / final.pt: a dict of tensors and plain values (loads with weights_only=True)."""
         atomic_torch_save(policy, self.seed_dir(seed) / name)
@@ -334,14 +342,9 @@ class Tracker:
 
 
 def load_checkpoint(path):
-    """A .pt file of this project, loaded without running code (weights_only); RunError if it is damaged.
-
-    numpy scalars are allowed: training states written before the metrics were plain floats hold them.
-    """
-    numpy_scalars = [np.core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]
+    """A .pt file of this project, loaded without running code (weights_only); RunError if it is damaged."""
     try:
-        with torch.serialization.safe_globals(numpy_scalars):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 torch raises many kinds for a damaged file
         raise RunError(f"{path} cannot be read ({str(e).splitlines()[0]}): it is damaged or not this project's "
                        f"checkpoint") from None
