@@ -306,6 +306,9 @@ class SeedRecord:
         self.train_rows.append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
         self.tracker.log("train", self.train_rows[-1])
         self.bar.set_postfix(loss=f"{means['loss']:.4f}")
+        if len(self.train_rows) == 1 and not self.eval_rows:  # something to look at before the first checkpoint
+            self.run.save_tables(self.seed, self.train_rows, self.eval_rows)
+            self.plot()
 
     def evaluate_when_due(self, step: int) -> None:
         """Every train.eval_every steps and at the last: an eval row, and best.pt when the score is the best."""
@@ -324,11 +327,15 @@ class SeedRecord:
             self.step = step
             self.run.save_state(self.seed, self.model, self.optimizer, self.scheduler, self.rng, self.progress())
         if self.evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
-            cfg = self.cfg
-            self.run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+            self.plot()
         if stop:
             raise runfolder.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is "
                                         f"written")
+
+    def plot(self) -> None:
+        """results.png from the seeds' metrics so far."""
+        cfg = self.cfg
+        self.run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
 
     def finish(self, env) -> dict:
         """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json."""

@@ -153,14 +153,18 @@ class Run:
 
     def save_state(self, seed, model, optimizer, scheduler, rng, progress):
         """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
-        write_csv(progress["train"], self.seed_dir(seed) / "train.csv")
-        write_csv(progress["eval"], self.seed_dir(seed) / "eval.csv")
+        self.save_tables(seed, progress["train"], progress["eval"])
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "progress": progress}
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         atomic_torch_save(state, self.seed_dir(seed) / "last.pt")
+
+    def save_tables(self, seed: int, train_rows: list[dict], eval_rows: list[dict]) -> None:
+        """seed<N>/train.csv and eval.csv (a checkpoint rewrites them with its rows)."""
+        write_csv(train_rows, self.seed_dir(seed) / "train.csv")
+        write_csv(eval_rows, self.seed_dir(seed) / "eval.csv")
 
     def load_state(self, seed, model, optimizer, scheduler, rng):
         """Restore what save_state wrote and return the progress dict; None if the seed has no last.pt."""
