@@ -45,14 +45,15 @@ def load_run(path):
     run = Run(path)
     if not run.dir.is_dir():
         raise SystemExit(f"error: {path}: no such folder")
-    missing = [name for name in ("config.yaml", "summary.json") if not (run.dir / name).is_file()]
-    if missing:
-        raise SystemExit(f"error: {path}: no {' and no '.join(missing)} there; "
-                         "give a run folder that main.py has finished (it writes both)")
     try:
         summary = run.summary()
     except RunError as e:
         raise SystemExit(f"error: {e}") from None
+    missing = [name for name, there in (("config.yaml", run.holds_run()), ("summary.json", summary is not None))
+               if not there]
+    if missing:
+        raise SystemExit(f"error: {path}: no {' and no '.join(missing)} there; "
+                         "give a run folder that main.py has finished (it writes both)")
     config, cfg = run.saved_config(), None
     try:  # in today's keys, so that runs of older code differ only where their settings do
         cfg = schema.typed(config)
