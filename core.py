@@ -3,6 +3,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass, field
 from functools import partial
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
@@ -10,16 +11,20 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+import runfolder
 import utils
 from buffer import SequenceBuffer, Transitions, find_dataset, minari_facts
 from cfgs.schema import ConfigError
 from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
+from runfolder import Run, Tracker
 
 log = logging.getLogger(__name__)
 # The assignment fixes gymnasium's -v4 envs: their advice to move to -v5 is no news on every run.
 warnings.filterwarnings("ignore", message=r".*The environment \w+-v4 is out of date", category=DeprecationWarning)
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module": no news
 # Env seeds of the evals: seed s runs its periodic evals on episodes seeded 1000 s, 1000 s + 1, ... and its
 # final eval on 1000 s + 100 000, ...: other seeds' episodes, and no episode the periodic evals picked from.
 EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET = 1000, 100_000
@@ -139,7 +144,7 @@ def build_model(cfg, data, env):
 
 def load_policy(path, env_id=None, device="cpu"):
     """The policy of a best.pt / final.pt checkpoint, ready to evaluate; loading it runs no code."""
-    checkpoint = utils.load_checkpoint(path)
+    checkpoint = runfolder.load_checkpoint(path)
     if env_id is not None and checkpoint["env_id"] != env_id:
         raise ConfigError(f"checkpoint {path} was trained on {checkpoint['env_id']}, not {env_id}: "
                           f"choose the matching env=<name>")
@@ -197,8 +202,8 @@ def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
     return step_losses.detach()
 
 
-def train(cfg, seed, run):
-    """Train one seed of `run` and evaluate it; `run` keeps its metrics, checkpoints and final scores."""
+def train(cfg, seed: int, run: Run) -> dict:
+    """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores."""
     if (final := run.final(seed)) is not None:
         log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
         return final
@@ -211,66 +216,145 @@ def train(cfg, seed, run):
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
     scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
     rng = np.random.default_rng(seed)
-    progress = run.load_state(seed, model, optimizer, scheduler, rng)
-    if progress is None:
-        progress = {"step": 0, "best_score": -np.inf, "train": [], "eval": [], "seconds": 0.0}
-    else:
-        log.info("seed %d: resumed at step %d", seed, progress["step"])
-    # the losses summed since the last log line (a signal's checkpoint may fall inside a log interval)
-    loss_sums = torch.tensor(progress.get("loss_sums", [0.0] * len(LOSSES)), device=device)
+    record = SeedRecord.resume(cfg, seed, run, model, optimizer, scheduler, rng)
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
              len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
-    aux = cfg.train.aux_state_coef or cfg.train.aux_rtg_coef
-    logged = LOSSES if aux else LOSSES[:1]  # without auxiliary losses the total is the action MSE
-
-    started, seconds_before = time.time(), progress["seconds"]
-    with run.tracker(seed, cfg, progress["step"]) as tracker:
+    with record:
         model.train()
-        bar = tqdm(total=cfg.train.steps, initial=progress["step"], desc=f"seed {seed}", mininterval=2, disable=None)
-        for step in range(progress["step"] + 1, cfg.train.steps + 1):
+        for step in range(record.step + 1, cfg.train.steps + 1):
             batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            loss_sums += train_step(model, optimizer, scheduler, batch, cfg.train, precision)
-            bar.update()
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:  # the last interval may be shorter
-                steps_logged = step - (progress["train"][-1]["step"] if progress["train"] else 0)
-                means = {k: v / steps_logged for k, v in zip(LOSSES, loss_sums.tolist())}  # one sync per interval
-                loss_sums.zero_()
-                check_finite(means["loss"], seed, step, run)
-                progress["train"].append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
-                tracker.log("train", progress["train"][-1])
-                bar.set_postfix(loss=f"{means['loss']:.4f}")
-            evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
-            if evaluated:
-                progress["eval"].append(periodic_eval(model, cfg, seed, step, progress, run))
-                tracker.log("eval", progress["eval"][-1])
-            stop = utils.stop_requested()
-            if evaluated or step % cfg.train.checkpoint_every == 0 or stop:
-                if stop:  # between log steps: no checkpoint of weights whose loss is unchecked
-                    check_finite(loss_sums.sum().item(), seed, step, run)
-                progress.update(step=step, seconds=seconds_before + time.time() - started,
-                                loss_sums=loss_sums.tolist())
-                run.save_state(seed, model, optimizer, scheduler, rng, progress)
-            if evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
-                run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
-            if stop:
-                raise utils.Interrupted(f"seed {seed} stopped by {stop} at step {step}; its checkpoint is written")
-        bar.close()
-        summary = finish(model, cfg, env, seed, run, seconds_before + time.time() - started)
-        tracker.log("final", {"step": cfg.train.steps, **summary})
-    return summary
+            record.add_losses(train_step(model, optimizer, scheduler, batch, cfg.train, precision))
+            record.log_when_due(step, lr)
+            record.evaluate_when_due(step)
+            record.checkpoint_when_due(step)  # and on a stop signal, which then ends training (Interrupted)
+        return record.finish(env)
 
 
-def periodic_eval(model, cfg, seed, step, progress, run):
+@dataclass
+class SeedRecord:
+    """One seed's record below the loop: metrics, checkpoint cadence, best/final policies, the NaN guard, the stop
+    signal, the tracker and the progress bar. Its state (a dict in last.pt) resumes a seed exactly."""
+
+    cfg: DictConfig
+    seed: int
+    run: Run
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    rng: np.random.Generator
+    step: int = 0  # the last step trained (and checkpointed)
+    best_score: float = -np.inf  # the best periodic eval's score: best.pt's
+    train_rows: list[dict] = field(default_factory=list)  # train.csv
+    eval_rows: list[dict] = field(default_factory=list)  # eval.csv
+    seconds_before: float = 0.0  # training seconds of earlier attempts
+    loss_sums: list[float] | torch.Tensor = field(default_factory=lambda: [0.0] * len(LOSSES))  # since the last log
+    started: float = field(default_factory=time.time)
+    evaluated: bool = False  # at the current step
+    tracker: Tracker | None = None
+    bar: tqdm | None = None
+
+    @classmethod
+    def resume(cls, cfg, seed: int, run: Run, model, optimizer, scheduler, rng) -> "SeedRecord":
+        """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng restored)."""
+        record = cls(cfg, seed, run, model, optimizer, scheduler, rng)
+        progress = run.load_state(seed, model, optimizer, scheduler, rng)
+        if progress is not None:
+            log.info("seed %d: resumed at step %d", seed, progress["step"])
+            record.step, record.best_score, record.seconds_before = (progress["step"], progress["best_score"],
+                                                                     progress["seconds"])
+            record.train_rows, record.eval_rows = progress["train"], progress["eval"]
+            record.loss_sums = progress.get("loss_sums", record.loss_sums)
+        device = next(model.parameters()).device
+        record.loss_sums = torch.tensor(record.loss_sums, device=device)  # (4,) summed on the device: no sync
+        record.started = time.time()
+        return record
+
+    def progress(self) -> dict:
+        """The state last.pt keeps (Run.save_state)."""
+        return {"step": self.step, "best_score": self.best_score, "train": self.train_rows, "eval": self.eval_rows,
+                "seconds": self.train_seconds(), "loss_sums": self.loss_sums.tolist()}
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.time() - self.started
+
+    def __enter__(self) -> "SeedRecord":
+        self.tracker = self.run.tracker(self.seed, self.cfg, self.step).__enter__()
+        self.bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc=f"seed {self.seed}", mininterval=2,
+                        disable=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        self.tracker.__exit__(*exc)
+
+    def add_losses(self, losses: torch.Tensor) -> None:
+        """One step's losses (4,), summed until the next log line."""
+        self.loss_sums += losses
+        self.bar.update()
+
+    def log_when_due(self, step: int, lr: float) -> None:
+        """Every train.log_every steps and at the last: the mean losses since the last row, checked, in train.csv."""
+        if not (step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps):  # the last may be shorter
+            return
+        steps_logged = step - (self.train_rows[-1]["step"] if self.train_rows else 0)
+        means = {k: v / steps_logged for k, v in zip(LOSSES, self.loss_sums.tolist())}  # one sync per interval
+        self.loss_sums.zero_()
+        check_finite(means["loss"], self.seed, step, self.run)
+        aux = self.cfg.train.aux_state_coef or self.cfg.train.aux_rtg_coef
+        logged = LOSSES if aux else LOSSES[:1]  # without auxiliary losses the total is the action MSE
+        self.train_rows.append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
+        self.tracker.log("train", self.train_rows[-1])
+        self.bar.set_postfix(loss=f"{means['loss']:.4f}")
+        if len(self.train_rows) == 1 and not self.eval_rows:  # something to look at before the first checkpoint
+            self.run.save_tables(self.seed, self.train_rows, self.eval_rows)
+            self.plot()
+
+    def evaluate_when_due(self, step: int) -> None:
+        """Every train.eval_every steps and at the last: an eval row, and best.pt when the score is the best."""
+        self.evaluated = step % self.cfg.train.eval_every == 0 or step == self.cfg.train.steps
+        if self.evaluated:
+            self.eval_rows.append(periodic_eval(self.model, self.cfg, self.seed, step, self))
+            self.tracker.log("eval", self.eval_rows[-1])
+
+    def checkpoint_when_due(self, step: int) -> None:
+        """After an eval, every train.checkpoint_every steps and on a stop signal: CSVs and last.pt; the figure
+        after an eval; on a stop signal, Interrupted once the checkpoint is written."""
+        stop = runfolder.stop_requested()
+        if self.evaluated or step % self.cfg.train.checkpoint_every == 0 or stop:
+            if stop:  # between log steps: no checkpoint of weights whose loss is unchecked
+                check_finite(self.loss_sums.sum().item(), self.seed, step, self.run)
+            self.step = step
+            self.run.save_state(self.seed, self.model, self.optimizer, self.scheduler, self.rng, self.progress())
+        if self.evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
+            self.plot()
+        if stop:
+            raise runfolder.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is "
+                                        f"written")
+
+    def plot(self) -> None:
+        """results.png from the seeds' metrics so far."""
+        cfg = self.cfg
+        self.run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+
+    def finish(self, env) -> dict:
+        """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json."""
+        self.bar.close()
+        summary = finish(self.model, self.cfg, env, self.seed, self.run, self.train_seconds())
+        self.tracker.log("final", {"step": self.cfg.train.steps, **summary})
+        return summary
+
+
+def periodic_eval(model, cfg, seed: int, step: int, record: SeedRecord) -> dict:
     """Evaluate `cfg.eval.episodes` episodes; best.pt when the score beats the best so far. Returns the eval row."""
     model.eval()
     result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
     model.train()
     log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
-             progress["train"][-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
-    if result["score_mean"] > progress["best_score"]:
-        progress["best_score"] = result["score_mean"]
-        run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
+             record.train_rows[-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
+    if result["score_mean"] > record.best_score:
+        record.best_score = result["score_mean"]
+        record.run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
     return {"step": step, **result}
 
 

@@ -19,6 +19,7 @@ import hydra
 import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 import core
 import utils
@@ -26,7 +27,7 @@ from buffer import DatasetError, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from main import cli
-from utils import Run, RunError
+from runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
 SWEEP_SEED_OFFSET = 200_000  # env seeds of seed s's sweep: 1000 s + 200 000 + i, apart from its training evals
@@ -78,8 +79,7 @@ def sweep_settings(policy_path, targets, cfg, videos):
 def evaluate_run(cfg):
     """The sweep of cfg.run: its CSV and figure in the run folder; returns the rows."""
     run = Run(to_absolute_path(cfg.run))
-    train_cfg = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
-    OmegaConf.resolve(train_cfg)
+    train_cfg = run.config()
     name = f"{cfg.checkpoint}.pt"
     seeds = [s for s in run.seeds() if run.policy_path(s, name).exists()]
     if not seeds:
@@ -91,6 +91,8 @@ def evaluate_run(cfg):
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
     record = [i * cfg.episodes for i in range(len(targets))] if cfg.video else []  # each target's first episode
     started, rows, reused = time.time(), [], []
+    bar = tqdm(total=len(seeds) * len(targets) * cfg.episodes, desc=f"{len(targets)} targets x {cfg.episodes} "
+               f"episodes x {len(seeds)} seeds", unit="episode", disable=None)
     for seed in seeds:
         path = run.policy_path(seed, name)
         videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
@@ -99,6 +101,7 @@ def evaluate_run(cfg):
         if kept and kept["settings"] == settings and run.has_files(seed, videos):
             rows += kept["rows"]
             reused.append(seed)
+            bar.update(len(targets) * cfg.episodes)
             log.info("seed %d: reused seed%d/%s.json (same policy, targets and episodes)", seed, seed, cfg.name)
             continue
         model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
@@ -110,7 +113,9 @@ def evaluate_run(cfg):
             run.save_video(seed, video, frames[i], fps=env.metadata["render_fps"])
         run.save_sweep_part(seed, cfg.name, {"settings": settings, "rows": seed_rows})
         rows += seed_rows
+        bar.update(len(targets) * cfg.episodes)
         log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
+    bar.close()
     seconds = time.time() - started
     run.save_table(f"{cfg.name}.csv", rows)
     trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)

@@ -20,11 +20,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
+import runfolder
 import utils
 from buffer import DatasetError, minari_facts
 from cfgs import schema
 from cfgs.schema import ConfigError
-from utils import Interrupted, Run, RunError
+from runfolder import Interrupted, Run, RunError
 
 log = logging.getLogger(__name__)
 # A launcher's job (submitit: Slurm, or local) unpickles this module in a new interpreter: it finds the project here
@@ -115,7 +116,7 @@ def requeued_job(cfg, run, job):
     """Is `run` this submitit job's own earlier attempt (submitit requeues a preempted job into its folder)?"""
     if job is None or run.job() != job:
         return False
-    saved, fresh = schema.upgrade(OmegaConf.load(run.config_path())), OmegaConf.to_container(cfg, resolve=True)
+    saved, fresh = run.saved_config(), OmegaConf.to_container(cfg, resolve=True)
     if fresh["buffer"]["path"]:
         fresh["buffer"]["path"] = to_absolute_path(fresh["buffer"]["path"])
     for config in (saved, fresh):  # what prepare() fills in
@@ -136,7 +137,7 @@ def resumed_config(cfg, run, overrides):
     ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
     if ignored:
         log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
-    saved = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
+    saved = schema.typed(run.saved_config())
     if any(o.startswith("seeds=") for o in overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
     saved.resume = cfg.resume
@@ -164,7 +165,7 @@ def fail(message, code=1):
 def start(cfg):
     """Signals caught from here on, the config checked and the run folder prepared: (cfg, run); a one-line
     error and exit on a value or folder that cannot work. main_mp.py starts the same way."""
-    utils.stop_on_signals()
+    runfolder.stop_on_signals()
     try:
         return prepare(cfg)
     except RunError as e:  # the folder belongs to another run: write nothing there
@@ -186,8 +187,8 @@ def main(cfg):
             fail(f"error: {e}")
         except Interrupted as e:
             summarize(cfg, run)
-            utils.requeue_if_preempted()
-            fail(f"interrupted: {e}. Resume with: {resume}", code=utils.interrupted_exit_code())
+            runfolder.requeue_if_preempted()
+            fail(f"interrupted: {e}. Resume with: {resume}", code=runfolder.interrupted_exit_code())
         except core.NonFiniteLossError as e:
             log.error("%s", e)
             diverged.append(seed)

@@ -14,9 +14,10 @@ import hydra
 from omegaconf import OmegaConf
 
 import core
+import runfolder
 import utils
 from main import FATAL, cli, fail, parallel_jobs, shown, start, summarize
-from utils import Interrupted, Run
+from runfolder import Interrupted, Run
 
 log = logging.getLogger(__name__)
 # How a seed's process ends (its exit code), besides 0 (finished) and 128 + signal (interrupted, checkpointed):
@@ -29,13 +30,13 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
     logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     run.save_error(seed, None)  # from an earlier, resumed attempt
-    utils.stop_on_signals()
+    runfolder.stop_on_signals()
     utils.set_torch_threads(num_processes)
     try:
         core.train(OmegaConf.create(cfg_dict), seed, run)
     except Interrupted as e:
         log.warning("%s", e)
-        sys.exit(utils.interrupted_exit_code())
+        sys.exit(runfolder.interrupted_exit_code())
     except (*FATAL, core.NonFiniteLossError) as e:
         run.save_error(seed, str(e))
         sys.exit(STOPPED)
@@ -48,7 +49,7 @@ def wait(procs):
     """Join the seeds' processes; a SIGINT or SIGTERM to this process is passed on to them (they checkpoint)."""
     passed_on = False
     while any(p.is_alive() for p in procs.values()):
-        if utils.stop_requested() and not passed_on:
+        if runfolder.stop_requested() and not passed_on:
             for p in procs.values():
                 if p.is_alive():
                     os.kill(p.pid, signal.SIGTERM)
@@ -57,14 +58,18 @@ def wait(procs):
             p.join(timeout=0.2)
 
 
-def reason(run, seed, code):
-    """One line on how a seed's process ended."""
+def reason(run: Run, seed: int, code: int) -> str:
+    """One line on how a seed's process ended, and where its checkpoint stands."""
     error = run.error(seed)
     if code in (CRASHED, STOPPED) and error:
         return error.strip().splitlines()[-1]
+    step = run.checkpoint_step(seed)
+    saved = f"its checkpoint is at step {step}" if step else "no checkpoint yet (a resumed run starts it at step 0)"
     if code > 128:
-        return f"interrupted by {signal.Signals(code - 128).name}, checkpoint written"
-    return f"killed (exit code {code})"
+        return f"interrupted by {signal.Signals(code - 128).name}, {saved}"
+    if code < 0 and runfolder.stop_requested():  # stopped before its own signal handler was set
+        return f"stopped by {signal.Signals(-code).name}; {saved}"
+    return f"killed (exit code {code}); {saved}"
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
@@ -80,13 +85,14 @@ def main(cfg):
     wait(procs)
     ended = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
     for seed, code in ended.items():
-        log.error("seed %d: %s", seed, reason(run, seed, code))
+        stopped_by_user = code > 128 or code < 0 and runfolder.stop_requested()
+        log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, reason(run, seed, code))
     summarize(cfg, run)
     resume = f"Resume with: python main_mp.py resume={shown(run.dir)}"
-    if ended and (utils.stop_requested() or any(code > 128 for code in ended.values())):
-        utils.requeue_if_preempted()
+    if ended and (runfolder.stop_requested() or any(code > 128 for code in ended.values())):
+        runfolder.requeue_if_preempted()
         fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
-             code=utils.interrupted_exit_code() if utils.stop_requested() else 128 + signal.SIGTERM)
+             code=runfolder.interrupted_exit_code() if runfolder.stop_requested() else 128 + signal.SIGTERM)
     stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)
     crashed = sorted(seed for seed, code in ended.items() if code != STOPPED)
     if stopped:

@@ -256,13 +256,10 @@ def policy_checkpoint(model, implementation, env_id):
 
 
 def policy_from_checkpoint(checkpoint):
-    """The model a policy_checkpoint dict describes (also the older format with model_kwargs), in eval mode."""
-    name = {"bench.ReferenceDT": "models.ReferenceDT"}.get(checkpoint.get("model_class"), checkpoint.get(
-        "model_class", "models.DecisionTransformer"))
+    """The model a policy_checkpoint dict describes, in eval mode."""
+    name = checkpoint.get("model_class", "models.DecisionTransformer")
     if name not in MODELS:
         raise ValueError(f"unknown model class {name!r}; this project builds {', '.join(MODELS)}")
-    fields = checkpoint.get("model_config") or {k: v for k, v in checkpoint["model_kwargs"].items()
-                                                if k in DTConfig.__dataclass_fields__}
-    model = MODELS[name](DTConfig(**fields))
+    model = MODELS[name](DTConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])  # the normalization buffers too
     return model.eval()

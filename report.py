@@ -13,7 +13,6 @@ the report, its other sections follow the figures. Outputs: <out>.pdf, <out>.md 
 under runs/ unless --out says otherwise; an existing file is never replaced unasked.
 """
 import argparse
-import json
 import os
 import textwrap
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 import typeset
 import utils
 from cfgs import schema
+from runfolder import Run, RunError
 from typeset import bullets, heading, image, pagebreak, paragraph, table
 
 ROOT = Path(__file__).resolve().parent
@@ -53,13 +53,15 @@ FIGURE_STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick
 
 @dataclass
 class FinishedRun:
-    """What the report reads of a run folder: its label, flat config, summary and per-seed tables."""
-    dir: Path
-    label: str  # <date>/<time>: no path of the machine
+    """What the report reads of a finished run (through its owner, runfolder.Run): label, flat config, summary."""
+    run: Run
     config: dict  # dotted keys, today's schema, dataset paths as file names
     summary: dict
-    seed_dirs: list
     shared: dict = field(default_factory=dict)  # settings every run of its task has (by_task): not named
+
+    @property
+    def label(self) -> str:
+        return self.run.name  # <date>/<time>: no path of the machine
 
     @property
     def task(self) -> str:
@@ -77,27 +79,26 @@ class FinishedRun:
         return [f["score_mean"] for f in self.summary["per_seed"]]
 
     def curve(self, csv_name: str, key: str):
-        """(steps, mean, std) over seeds of column `key` of seed<N>/csv_name; None where no seed has it."""
-        tables = [utils.read_csv(d / csv_name) for d in self.seed_dirs]
-        curve = utils.mean_std_over_seeds([t for t in tables if key in t], key)
+        """(steps, mean, std) over seeds of column `key` of each seed's csv_name; None where no seed has it."""
+        curve = utils.mean_std_over_seeds([t for t in self.run.tables(csv_name) if key in t], key)
         return None if curve is None else curve[:3]
 
 
 def load_run(path) -> FinishedRun:
     """A finished run folder; SystemExit with one line if it is not one."""
-    run_dir = Path(path)
-    if not run_dir.is_dir():
+    run = Run(path)
+    if not run.dir.is_dir():
         raise SystemExit(f"error: {path}: no such folder")
-    missing = [name for name in ("config.yaml", "summary.json") if not (run_dir / name).is_file()]
+    try:
+        summary = run.summary()
+    except RunError as e:
+        raise SystemExit(f"error: {e}") from None
+    missing = [name for name, there in (("config.yaml", run.holds_run()), ("summary.json", summary is not None))
+               if not there]
     if missing:
         raise SystemExit(f"error: {path}: no {' and no '.join(missing)} there; "
                          "give a run folder that main.py has finished (it writes both)")
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {run_dir / 'summary.json'} is empty or not JSON ({e}): python main.py "
-                         f"resume={path} writes it again") from None
-    config = schema.upgrade(OmegaConf.load(run_dir / "config.yaml"))
+    config = run.saved_config()
     try:  # in today's keys, so that runs of older code differ only where their settings do
         config = OmegaConf.to_container(schema.typed(config), resolve=True)
     except (schema.ConfigError, OmegaConfBaseException):
@@ -105,19 +106,12 @@ def load_run(path) -> FinishedRun:
     for key in ("file", "path"):  # the file's name: its folder is the machine's, not the run's
         if config.get("buffer", {}).get(key):
             config["buffer"][key] = Path(config["buffer"][key]).name
-    run_dir = Path(os.path.abspath(run_dir))
-    seed_dirs = sorted(d for d in run_dir.glob("seed*") if d.name[4:].isdigit())
-    return FinishedRun(run_dir, "/".join(run_dir.parts[-2:]), flatten(config), summary, seed_dirs)
+    return FinishedRun(run, flatten(config), summary)
 
 
 def expand_sweeps(paths) -> list:
     """A multirun's runs/<date>/<time>-sweep folder stands for its job folders 0, 1, ... (each a run)."""
-    expanded = []
-    for path in map(Path, paths):
-        jobs = sorted((d for d in path.glob("*") if d.name.isdigit() and (d / "config.yaml").is_file()),
-                      key=lambda d: int(d.name)) if path.is_dir() and not (path / "config.yaml").exists() else []
-        expanded += jobs or [path]
-    return expanded
+    return [p for path in paths for p in ([job.dir for job in Run.of_sweep(path)] or [path])]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -252,7 +246,8 @@ def score_text(scores: list) -> str:
     """'60.0 ± 1.6' over seeds; no std over one seed; 'n/a' with none."""
     if not scores:
         return "n/a"
-    return number(np.mean(scores)) + (f" ± {number(np.std(scores))}" if len(scores) > 1 else "")
+    std = utils.spread(scores)
+    return number(np.mean(scores)) + (f" ± {number(std)}" if std is not None else "")
 
 
 def seeds_text(scores: list) -> str:
@@ -290,9 +285,9 @@ def bar_and_paper(run: FinishedRun):
 def dataset_path(run: FinishedRun):
     """The run's dataset file on this machine: its recorded path, else that name in D4RL_DATASET_DIR; or None."""
     from buffer import dataset_dir
-    config = OmegaConf.load(run.dir / "config.yaml")
-    recorded = OmegaConf.select(config, "buffer.file") or OmegaConf.select(config, "buffer.path")
-    if not recorded or OmegaConf.select(config, "buffer.source", default="d4rl") != "d4rl":
+    buffer = run.run.saved_config().get("buffer", {})
+    recorded = buffer.get("file") or buffer.get("path")
+    if not recorded or buffer.get("source", "d4rl") != "d4rl":
         return None
     for candidate in (Path(recorded), ROOT / recorded, dataset_dir() / Path(recorded).name):
         if candidate.is_file():
@@ -420,7 +415,7 @@ def training_figure(references: dict):
 
 def sweep_rows(run: FinishedRun):
     """evaluate.py's sweep of the run: (target scores, per-seed achieved scores (targets, seeds)); None without."""
-    rows = utils.read_csv(run.dir / "sweep_final.csv")
+    rows = run.run.run_table("sweep_final.csv")
     if not rows:
         return None
     targets, seeds = np.unique(rows["target"]), np.unique(rows["seed"])
@@ -687,60 +682,6 @@ def write_report(runs: list, out: str, standin: bool = False, findings=None) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Publishing a run folder
-
-
-NOT_PUBLISHED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT", "run.lock")  # state, job id, logs of others
-
-
-def published(run: FinishedRun, relative: Path, reference_run: bool) -> bool:
-    """Is the file part of the shared copy? Reference runs keep each seed's final.pt and seed 0's video;
-    study runs keep their CSVs, summaries and figures (their command makes the policies again)."""
-    name = relative.name
-    if name in NOT_PUBLISHED or name.startswith("events.out.tfevents") or name.endswith(".tmp"):
-        return False
-    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # .hydra/ of old runs
-        return False
-    if name.endswith(".pt"):
-        return reference_run
-    if name.endswith(".mp4"):
-        return reference_run and relative == Path(run.seed_dirs[0].name, "video.mp4")
-    return True
-
-
-def publish(run: FinishedRun, dest) -> list:
-    """Copy a run folder to share, without training state, unfinished seeds or this machine's paths (results.png
-    drawn again); returns the seeds left out."""
-    local = [(os.path.realpath(ROOT / "runs") + "/", "runs/"), (str(ROOT) + "/", ""), (str(ROOT.parent) + "/", "../")]
-    dest = Path(dest)
-    if dest.exists():
-        raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
-    unfinished = [d.name for d in run.seed_dirs if not (d / "final.json").is_file()]
-    if unfinished and len(unfinished) == len(run.seed_dirs):
-        raise SystemExit(f"error: --publish {run.dir}: no seed has finished (no final.json); resume it first")
-    reference_run = setting(run) == PERCENTILE_SETTINGS[0]
-    for path in sorted(run.dir.rglob("*")):
-        relative = path.relative_to(run.dir)
-        if path.is_dir() or relative.parts[0] in unfinished or not published(run, relative, reference_run):
-            continue
-        data = path.read_bytes()
-        if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
-            text = data.decode()
-            for machine, shared in local:
-                text = text.replace(machine, shared)
-            data = text.encode()
-        utils.atomic_write_bytes(dest / relative, data)
-    config = OmegaConf.load(dest / "config.yaml")
-    try:  # drawn again: without unfinished seeds, and titled without this machine's paths
-        cfg = schema.typed(schema.upgrade(config))
-        utils.plot_results(dest, f"{utils.run_title(cfg)}   ({run.label})", cfg.eval.target_return,
-                           cfg.env.ref_min_score, cfg.env.ref_max_score)
-    except (schema.ConfigError, OmegaConfBaseException):  # a config of unknown keys: no figure rather than a stale one
-        (dest / "results.png").unlink(missing_ok=True)
-    return unfinished
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def new_stem(stem: str) -> str:
@@ -759,12 +700,14 @@ def main(argv=None):
     parser.add_argument("--standin", action="store_true", help="the runs used stand-in data: say so in the titles")
     parser.add_argument("--findings", help="a markdown file of what was found: headings, paragraphs, bullets")
     parser.add_argument("--publish", metavar="DEST", help="instead of a report: copy the one run folder given to DEST "
-                                                          "for sharing (no training state, no paths)")
+                                                          "for sharing (no training state, no paths; a default "
+                                                          "run keeps its policies and one video)")
     args = parser.parse_args(argv)
     if args.publish:
         if len(args.runs) != 1:
             raise SystemExit("error: --publish copies one run folder: give one")
-        unfinished = publish(load_run(args.runs[0]), args.publish)
+        run = load_run(args.runs[0])
+        unfinished = run.run.publish(args.publish, policies=setting(run) == PERCENTILE_SETTINGS[0])
         print(f"wrote {args.publish}" + (f" (left out, not finished: {', '.join(unfinished)})" if unfinished else ""))
         return
     if args.findings and not Path(args.findings).is_file():

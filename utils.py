@@ -1,20 +1,15 @@
-"""Helpers below the training loop: scores, seeding, devices, signals, atomic files, the Run folder, figure, video."""
+"""A small kit below the training loop: scores, seeding, devices, atomic files and CSVs, figures, video."""
 import csv
 import hashlib
 import io
-import json
-import logging
 import os
 import random
-import signal
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def normalized_score(returns, ref_min, ref_max):
@@ -65,53 +60,9 @@ def pick_precision(precision, device):
     return precision
 
 
-# ---------------------------------------------------------------------------------------------
-# Ctrl-C, SIGTERM and a scheduler's preemption notice: the loop checkpoints and stops.
-
-# submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (its time limit, or a
-# preemption where the cluster sends the job's signal); Slurm's own notice is SIGTERM, which submitit ignores.
-PREEMPTION_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
-STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, PREEMPTION_SIGNAL) if s is not None]
-_signals = []  # the stop signals received, in order
-_requeue = None  # submitit's handler of the preemption signal: it resubmits the job (which then resumes)
-
-
-def _note_signal(signum, frame):
-    _signals.append(signal.Signals(signum).name)
-
-
-def stop_on_signals():
-    """From now on SIGINT, SIGTERM and the preemption signal only set a flag that the training loop reads."""
-    global _requeue
-    previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
-    if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
-        _requeue = previous
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _note_signal)
-
-
-def stop_requested():
-    """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGUSR2), or None."""
-    return _signals[0] if _signals else None
-
-
-def requeue_if_preempted():
-    """In a submitit job that got its preemption notice, after the checkpoint: let submitit requeue the job.
-
-    submitit resubmits the same job (same overrides, same folder); main.py resumes that folder. Exits when requeued.
-    """
-    if _requeue is not None and PREEMPTION_SIGNAL.name in _signals:
-        log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
-        _requeue(PREEMPTION_SIGNAL.value, None)
-
-
-def interrupted_exit_code():
-    """128 + the signal's number, as a shell reports a process a signal ended."""
-    return 128 + signal.Signals[stop_requested()].value
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after writing a checkpoint of the current step: resume= continues it."""
+def spread(values) -> float | None:
+    """The std over seeds of `values`, or None for a single seed: one seed has no spread (decided here only)."""
+    return float(np.std(values)) if len(values) > 1 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,236 +117,6 @@ def read_csv(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The run folder
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be used as asked; the message names the folder and the fix."""
-
-
-class Run:
-    """A run folder and every file in it; nothing else writes there.
-
-        config.yaml, main.log       the resolved config; the log (main_mp.py: and seed<N>/train.log, error.txt)
-        submitit_job                the submitit job that made the folder (Hydra's submitit launchers only)
-        results.png, summary.json   the figure and the final scores over seeds
-        seed<N>/train.csv, eval.csv the metrics, rewritten at each checkpoint
-        seed<N>/last.pt             the training state resume= continues from
-        seed<N>/best.pt, final.pt   the policy at its best periodic eval and at the end
-        seed<N>/final.json          the final evaluation; video.mp4 one episode of it
-        sweep_final.csv/.png        evaluate.py's sweep of target returns; seed<N>/sweep_final.json each seed's part
-        seed<N>/events.out.tfevents.*, seed<N>/wandb/   with logger=[csv,tensorboard] / [csv,wandb]
-    """
-
-    def __init__(self, folder):
-        self.dir = Path(os.path.abspath(folder))  # as the user named it (a symlinked runs/ stays runs/)
-
-    @property
-    def name(self):
-        """The folder's last two parts (runs/<date>/<time> -> <date>/<time>): a label without machine paths."""
-        return "/".join(self.dir.parts[-2:])
-
-    @staticmethod
-    def claim_new_folder(base):
-        """Create and return a folder no other run has: base, else base-1, base-2, ... (atomic mkdir)."""
-        Path(base).parent.mkdir(parents=True, exist_ok=True)
-        for i in range(1000):
-            folder = Path(f"{base}-{i}" if i else base)
-            try:
-                folder.mkdir()
-                return str(folder)
-            except FileExistsError:
-                continue
-        raise RunError(f"{base}: 1000 runs of that name already exist")
-
-    def holds_run(self):
-        return (self.dir / "config.yaml").is_file()
-
-    def seed_dir(self, seed):
-        return self.dir / f"seed{seed}"
-
-    # the config
-
-    def save_config(self, yaml_text):
-        atomic_write_bytes(self.dir / "config.yaml", yaml_text.encode())
-
-    def config_path(self):
-        return self.dir / "config.yaml"
-
-    def save_job(self, job_id):
-        """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""
-        atomic_write_bytes(self.dir / "submitit_job", job_id.encode())
-
-    def job(self):
-        path = self.dir / "submitit_job"
-        return path.read_text() if path.exists() else None
-
-    # one seed's training state, metrics and checkpoints
-
-    def save_state(self, seed, model, optimizer, scheduler, rng, progress):
-        """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
-        write_csv(progress["train"], self.seed_dir(seed) / "train.csv")
-        write_csv(progress["eval"], self.seed_dir(seed) / "eval.csv")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "progress": progress}
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        atomic_torch_save(state, self.seed_dir(seed) / "last.pt")
-
-    def load_state(self, seed, model, optimizer, scheduler, rng):
-        """Restore what save_state wrote and return the progress dict; None if the seed has no last.pt."""
-        path = self.seed_dir(seed) / "last.pt"
-        if not path.exists():
-            return None
-        try:
-            state = load_checkpoint(path)
-        except RunError as e:
-            raise RunError(f"{e}; delete it to train seed {seed} again from step 0") from None
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return state["progress"]
-
-    def save_policy(self, seed, name, policy):
-        """best.pt / final.pt: a dict of tensors and plain values (loads with weights_only=True)."""
-        atomic_torch_save(policy, self.seed_dir(seed) / name)
-
-    def policy_path(self, seed, name):
-        return self.seed_dir(seed) / name
-
-    def seed_log(self, seed):
-        """seed<N>/train.log, the log of the seed's own process (main_mp.py); its folder is made."""
-        self.seed_dir(seed).mkdir(parents=True, exist_ok=True)
-        return self.seed_dir(seed) / "train.log"
-
-    def save_error(self, seed, text):
-        """seed<N>/error.txt: why the seed's process stopped (main_mp.py); None removes an earlier one."""
-        path = self.seed_dir(seed) / "error.txt"
-        if text is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write_bytes(path, text.encode())
-
-    def error(self, seed):
-        path = self.seed_dir(seed) / "error.txt"
-        return path.read_text() if path.exists() else None
-
-    def tracker(self, seed, cfg, step):
-        """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
-        return Tracker(cfg, self.seed_dir(seed), f"{self.name}/seed{seed}", step)
-
-    def save_final(self, seed, result):
-        atomic_write_bytes(self.seed_dir(seed) / "final.json", json.dumps(result, indent=2).encode())
-
-    def final(self, seed):
-        """The seed's final.json as a dict, or None while it is unfinished."""
-        path = self.seed_dir(seed) / "final.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def save_video(self, seed, name, frames, fps):
-        save_video(frames, self.seed_dir(seed) / name, fps)
-
-    def save_table(self, name, rows):
-        """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
-        write_csv(rows, self.dir / name)
-
-    def save_sweep_part(self, seed, name, part):
-        """One seed's finished sweep (its settings and rows): what a stopped evaluate.py keeps."""
-        atomic_write_bytes(self.seed_dir(seed) / f"{name}.json", json.dumps(part).encode())
-
-    def sweep_part(self, seed, name):
-        """What save_sweep_part kept, or None."""
-        path = self.seed_dir(seed) / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def has_files(self, seed, names):
-        return all((self.seed_dir(seed) / name).exists() for name in names)
-
-    # over seeds
-
-    def seeds(self):
-        """The seeds that have a folder here."""
-        return sorted(int(d.name[4:]) for d in self.dir.glob("seed*") if d.name[4:].isdigit())
-
-    def summarize(self, env, dataset, seeds):
-        """Gather the seeds' final.json into summary.json; return it."""
-        finals = [f for f in (self.final(s) for s in self.seeds()) if f is not None]
-        scores = [f["score_mean"] for f in finals]
-        summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
-                   "missing_seeds": sorted(set(seeds) - {f["seed"] for f in finals}),
-                   "score_mean": float(np.mean(scores)) if scores else None,
-                   "score_std": float(np.std(scores)) if len(scores) > 1 else None,  # no spread over one seed
-                   "per_seed": finals}
-        atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
-        return summary
-
-    def plot(self, title, target_return, ref_min, ref_max):
-        """results.png from the seeds' metrics so far."""
-        plot_results(self.dir, f"{title}   ({self.name})", target_return, ref_min, ref_max)
-
-
-class Tracker:
-    """A seed's metrics, also in TensorBoard and/or Weights & Biases (cfg.logger); the CSVs stay the record.
-
-    Each is imported only when chosen. A resumed seed continues its own TensorBoard events (those after the
-    checkpoint are dropped) and its own W&B run (its id comes from the folder and the seed).
-    """
-
-    def __init__(self, cfg, folder, name, step):
-        from omegaconf import OmegaConf
-        self.tensorboard = self.wandb = None
-        config = OmegaConf.to_container(cfg)
-        if "wandb" in cfg.logger:  # first: if it cannot start, nothing else is open yet
-            import wandb
-            run_id = f"{hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]}-{Path(folder).name}"
-            self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
-                                    dir=folder, id=run_id, resume="allow", name=name, group=name.rsplit("/", 1)[0],
-                                    config=config)
-        if "tensorboard" in cfg.logger:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(folder, purge_step=step + 1 if step else None)
-            self.tensorboard.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "), step)
-
-    def log(self, section, row):
-        """One row of train.csv / eval.csv / final.json as `<section>/<column>` at its step."""
-        step = int(row["step"])
-        metrics = {f"{section}/{k}": float(v) for k, v in row.items() if k not in ("step", "seed")}
-        if self.tensorboard:
-            for key, value in metrics.items():
-                self.tensorboard.add_scalar(key, value, step)
-        if self.wandb:
-            self.wandb.log(metrics, step=step)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.tensorboard:
-            self.tensorboard.close()
-        if self.wandb:
-            self.wandb.finish(exit_code=1 if exc[0] else 0)
-
-
-def load_checkpoint(path):
-    """A .pt file of this project, loaded without running code (weights_only); RunError if it is damaged.
-
-    numpy scalars are allowed: training states written before the metrics were plain floats hold them.
-    """
-    numpy_scalars = [np.core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]
-    try:
-        with torch.serialization.safe_globals(numpy_scalars):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 torch raises many kinds for a damaged file
-        raise RunError(f"{path} cannot be read ({str(e).splitlines()[0]}): it is damaged or not this project's "
-                       f"checkpoint") from None
-
-
-# ---------------------------------------------------------------------------------------------
 # The results figure and the video
 
 
@@ -438,14 +159,12 @@ def save_png(fig, path):
     return path
 
 
-def plot_results(run_dir, title, target_return, ref_min, ref_max):
-    """Draw results.png from the run's seed*/eval.csv and seed*/train.csv files."""
+def plot_results(eval_tables, train_tables, title, target_return, ref_min, ref_max, path):
+    """Draw the results figure (results.png) from the seeds' eval.csv and train.csv tables (Run.tables)."""
     plt = pyplot()
 
-    run_dir = Path(run_dir)
-    seed_dirs = sorted(run_dir.glob("seed*"))
-    evals = mean_std_over_seeds([read_csv(d / "eval.csv") for d in seed_dirs], "return_mean")
-    train = [read_csv(d / "train.csv") for d in seed_dirs]
+    evals = mean_std_over_seeds(eval_tables, "return_mean")
+    train = train_tables
     labels = {"loss": "total loss", "action_mse": "action MSE", "state_mse": "next-state MSE",
               "rtg_mse": "next return-to-go MSE"}  # train.csv's loss columns (core.LOSSES)
     columns = [c for c in labels if any(c in t and t[c].any() for t in train)]  # each loss that is on, apart
@@ -477,7 +196,7 @@ def plot_results(run_dir, title, target_return, ref_min, ref_max):
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    save_png(fig, run_dir / "results.png")
+    save_png(fig, path)
 
 
 def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):

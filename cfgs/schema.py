@@ -245,14 +245,10 @@ def to_yaml(cfg):
 
 
 def upgrade(saved):
-    """A run's saved config in today's keys: train.bf16 -> train.precision; bench.ReferenceDT -> models."""
+    """A run's saved config as a plain dict in today's keys: the one migration step of old runs' configs (today:
+    the defaults list, which makes config.yaml a file to re-run, is not part of the config)."""
     saved = OmegaConf.to_container(saved)
     saved.pop("defaults", None)
-    train, model = saved.get("train", {}), saved.get("model", {})
-    if "bf16" in train:
-        train["precision"] = "bf16" if train.pop("bf16") else "fp32"
-    if model.get("implementation") == "bench.ReferenceDT":
-        model["implementation"] = "models.ReferenceDT"
     return saved
 
 

@@ -16,9 +16,8 @@ import main
 import report
 from cfgs import schema
 from cfgs.schema import ConfigError
-from conftest import (CRASH_ENV, TINY, compose, copy_run, run_entry, run_script, start_script,
-                      write_d4rl_file)
-from utils import Run, RunError
+from conftest import CRASH_ENV, TINY, compose, copy_run, run_entry, run_script, start_script, write_d4rl_file
+from runfolder import Run, RunError
 
 
 def error_line(result):
@@ -154,7 +153,7 @@ def test_a_stop_between_log_steps_keeps_no_checkpoint_of_a_nan_loss(hopper_file,
         steps.append(len(steps) + 1)
         return train_step(*args) * (float("nan") if len(steps) == 3 else 1)
     monkeypatch.setattr(core, "train_step", nan_at_step_3)
-    monkeypatch.setattr(core.utils, "stop_requested", lambda: "SIGTERM" if len(steps) >= 3 else None)
+    monkeypatch.setattr(core.runfolder, "stop_requested", lambda: "SIGTERM" if len(steps) >= 3 else None)
     run = Run(tmp_path)
     with pytest.raises(core.NonFiniteLossError, match="the loss became nan before step 3"):
         core.train(compose(f"buffer.path={hopper_file}"), 0, run)  # log steps: 5, 10, ...

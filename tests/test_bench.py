@@ -5,7 +5,7 @@ import core
 from cfgs import schema
 from conftest import compose, run_script
 from models import ReferenceDT
-from utils import Run
+from runfolder import Run
 
 
 def test_bench_writes_every_measurement(tmp_path):

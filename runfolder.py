@@ -1,0 +1,422 @@
+"""The run folder's owner: one API writes and reads a run folder and its seed folders, and the stop signals.
+
+    Run          the run folder: its config (loaded once, upgraded once), seeds, summary, per-seed tables, sweeps
+    Tracker      a seed's metrics also in TensorBoard / W&B
+    stop_on_signals, stop_requested, Interrupted   Ctrl-C, SIGTERM and a preemption notice: checkpoint, then stop
+"""
+import hashlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    plot_results,
+    read_csv,
+    run_title,
+    save_video,
+    spread,
+    write_csv,
+)
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C, SIGTERM and a scheduler's preemption notice: the loop checkpoints and stops.
+
+# submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (its time limit, or a
+# preemption where the cluster sends the job's signal); Slurm's own notice is SIGTERM, which submitit ignores.
+PREEMPTION_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, PREEMPTION_SIGNAL) if s is not None]
+_signals = []  # the stop signals received, in order
+_requeue = None  # submitit's handler of the preemption signal: it resubmits the job (which then resumes)
+
+
+def _note_signal(signum, frame):
+    _signals.append(signal.Signals(signum).name)
+
+
+def stop_on_signals():
+    """From now on SIGINT, SIGTERM and the preemption signal only set a flag that the training loop reads."""
+    global _requeue
+    previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
+    if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
+        _requeue = previous
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _note_signal)
+
+
+def stop_requested():
+    """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGUSR2), or None."""
+    return _signals[0] if _signals else None
+
+
+def requeue_if_preempted():
+    """In a submitit job that got its preemption notice, after the checkpoint: let submitit requeue the job.
+
+    submitit resubmits the same job (same overrides, same folder); main.py resumes that folder. Exits when requeued.
+    """
+    if _requeue is not None and PREEMPTION_SIGNAL.name in _signals:
+        log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
+        _requeue(PREEMPTION_SIGNAL.value, None)
+
+
+def interrupted_exit_code():
+    """128 + the signal's number, as a shell reports a process a signal ended."""
+    return 128 + signal.Signals[stop_requested()].value
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint of the current step: resume= continues it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked; the message names the folder and the fix."""
+
+
+class Run:
+    """A run folder and every file in it; nothing else writes there.
+
+        config.yaml, main.log       the resolved config; the log (main_mp.py: and seed<N>/train.log, error.txt)
+        submitit_job                the submitit job that made the folder (Hydra's submitit launchers only)
+        results.png, summary.json   the figure and the final scores over seeds
+        seed<N>/train.csv, eval.csv the metrics, rewritten at each checkpoint
+        seed<N>/last.pt             the training state resume= continues from
+        seed<N>/best.pt, final.pt   the policy at its best periodic eval and at the end
+        seed<N>/final.json          the final evaluation; video.mp4 one episode of it
+        sweep_final.csv/.png        evaluate.py's sweep of target returns; seed<N>/sweep_final.json each seed's part
+        seed<N>/events.out.tfevents.*, seed<N>/wandb/   with logger=[csv,tensorboard] / [csv,wandb]
+    """
+
+    def __init__(self, folder):
+        self.dir = Path(os.path.abspath(folder))  # as the user named it (a symlinked runs/ stays runs/)
+
+    @property
+    def name(self):
+        """The folder's last two parts (runs/<date>/<time> -> <date>/<time>): a label without machine paths."""
+        return "/".join(self.dir.parts[-2:])
+
+    @staticmethod
+    def claim_new_folder(base):
+        """Create and return a folder no other run has: base, else base-1, base-2, ... (atomic mkdir)."""
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            folder = Path(f"{base}-{i}" if i else base)
+            try:
+                folder.mkdir()
+                return str(folder)
+            except FileExistsError:
+                continue
+        raise RunError(f"{base}: 1000 runs of that name already exist")
+
+    def holds_run(self):
+        return (self.dir / "config.yaml").is_file()
+
+    def seed_dir(self, seed):
+        return self.dir / f"seed{seed}"
+
+    # the config
+
+    def save_config(self, yaml_text):
+        atomic_write_bytes(self.dir / "config.yaml", yaml_text.encode())
+
+    def config_path(self) -> Path:
+        return self.dir / "config.yaml"
+
+    def saved_config(self) -> dict:
+        """config.yaml as a plain dict in today's keys (the one upgrade step of old runs' configs)."""
+        from omegaconf import OmegaConf
+
+        from cfgs import schema
+        return schema.upgrade(OmegaConf.load(self.config_path()))
+
+    def config(self):
+        """config.yaml on the schema (typed, upgraded, resolved): what every reader of a run uses."""
+        from omegaconf import OmegaConf
+
+        from cfgs import schema
+        cfg = schema.typed(self.saved_config())
+        OmegaConf.resolve(cfg)
+        return cfg
+
+    def save_job(self, job_id):
+        """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""
+        atomic_write_bytes(self.dir / "submitit_job", job_id.encode())
+
+    def job(self):
+        path = self.dir / "submitit_job"
+        return path.read_text() if path.exists() else None
+
+    # one seed's training state, metrics and checkpoints
+
+    def save_state(self, seed, model, optimizer, scheduler, rng, progress):
+        """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
+        self.save_tables(seed, progress["train"], progress["eval"])
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "progress": progress}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        atomic_torch_save(state, self.seed_dir(seed) / "last.pt")
+
+    def save_tables(self, seed: int, train_rows: list[dict], eval_rows: list[dict]) -> None:
+        """seed<N>/train.csv and eval.csv (a checkpoint rewrites them with its rows)."""
+        write_csv(train_rows, self.seed_dir(seed) / "train.csv")
+        write_csv(eval_rows, self.seed_dir(seed) / "eval.csv")
+
+    def load_state(self, seed, model, optimizer, scheduler, rng):
+        """Restore what save_state wrote and return the progress dict; None if the seed has no last.pt."""
+        path = self.seed_dir(seed) / "last.pt"
+        if not path.exists():
+            return None
+        try:
+            state = load_checkpoint(path)
+        except RunError as e:
+            raise RunError(f"{e}; delete it to train seed {seed} again from step 0") from None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state["progress"]
+
+    def checkpoint_step(self, seed: int) -> int | None:
+        """The step seed<N>/last.pt holds, or None without a readable one."""
+        path = self.seed_dir(seed) / "last.pt"
+        try:
+            return load_checkpoint(path)["progress"]["step"] if path.exists() else None
+        except RunError:
+            return None
+
+    def save_policy(self, seed, name, policy):
+        """best.pt / final.pt: a dict of tensors and plain values (loads with weights_only=True)."""
+        atomic_torch_save(policy, self.seed_dir(seed) / name)
+
+    def policy_path(self, seed, name):
+        return self.seed_dir(seed) / name
+
+    def seed_log(self, seed):
+        """seed<N>/train.log, the log of the seed's own process (main_mp.py); its folder is made."""
+        self.seed_dir(seed).mkdir(parents=True, exist_ok=True)
+        return self.seed_dir(seed) / "train.log"
+
+    def save_error(self, seed, text):
+        """seed<N>/error.txt: why the seed's process stopped (main_mp.py); None removes an earlier one."""
+        path = self.seed_dir(seed) / "error.txt"
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(path, text.encode())
+
+    def error(self, seed):
+        path = self.seed_dir(seed) / "error.txt"
+        return path.read_text() if path.exists() else None
+
+    def tracker(self, seed, cfg, step):
+        """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
+        return Tracker(cfg, self.seed_dir(seed), f"{self.name}/seed{seed}", step)
+
+    def save_final(self, seed, result):
+        atomic_write_bytes(self.seed_dir(seed) / "final.json", json.dumps(result, indent=2).encode())
+
+    def final(self, seed):
+        """The seed's final.json as a dict, or None while it is unfinished."""
+        path = self.seed_dir(seed) / "final.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_video(self, seed, name, frames, fps):
+        save_video(frames, self.seed_dir(seed) / name, fps)
+
+    def save_table(self, name, rows):
+        """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
+        write_csv(rows, self.dir / name)
+
+    def save_sweep_part(self, seed, name, part):
+        """One seed's finished sweep (its settings and rows): what a stopped evaluate.py keeps."""
+        atomic_write_bytes(self.seed_dir(seed) / f"{name}.json", json.dumps(part).encode())
+
+    def sweep_part(self, seed, name):
+        """What save_sweep_part kept, or None."""
+        path = self.seed_dir(seed) / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def has_files(self, seed, names):
+        return all((self.seed_dir(seed) / name).exists() for name in names)
+
+    # over seeds
+
+    def seeds(self) -> list[int]:
+        """The seeds that have a folder here."""
+        return sorted(int(d.name[4:]) for d in self.dir.glob("seed*") if d.name[4:].isdigit())
+
+    def table(self, seed: int, name: str) -> dict:
+        """seed<N>/<name> (train.csv, eval.csv) as float arrays by column; {} while it is not written."""
+        return read_csv(self.seed_dir(seed) / name)
+
+    def tables(self, name: str) -> list[dict]:
+        """Every seed's <name> table, in seed order."""
+        return [self.table(seed, name) for seed in self.seeds()]
+
+    def run_table(self, name: str) -> dict:
+        """A CSV of the run's own (evaluate.py's sweep_final.csv) as float arrays by column; {} if missing."""
+        return read_csv(self.dir / name)
+
+    def summary(self) -> dict | None:
+        """summary.json as a dict, None if it is not written; RunError if it is damaged."""
+        path = self.dir / "summary.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RunError(f"{path} is empty or not JSON ({e}): python main.py resume={self.dir} writes it "
+                           f"again") from None
+
+    @staticmethod
+    def of_sweep(folder) -> list["Run"]:
+        """A multirun's runs/<date>/<time>-sweep folder -> its job runs 0, 1, ...; [] if it is no sweep folder."""
+        folder = Path(folder)
+        if not folder.is_dir() or (folder / "config.yaml").exists():
+            return []
+        jobs = [Run(d) for d in folder.glob("*") if d.name.isdigit()]
+        return sorted((job for job in jobs if job.holds_run()), key=lambda job: int(job.dir.name))
+
+    def summarize(self, env, dataset, seeds):
+        """Gather the seeds' final.json into summary.json; return it."""
+        finals = [f for f in (self.final(s) for s in self.seeds()) if f is not None]
+        scores = [f["score_mean"] for f in finals]
+        summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
+                   "missing_seeds": sorted(set(seeds) - {f["seed"] for f in finals}),
+                   "score_mean": float(np.mean(scores)) if scores else None,
+                   "score_std": spread(scores),
+                   "per_seed": finals}
+        atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
+        return summary
+
+    def plot(self, title, target_return, ref_min, ref_max):
+        """results.png from the seeds' metrics so far."""
+        plot_results(self.tables("eval.csv"), self.tables("train.csv"), f"{title}   ({self.name})", target_return,
+                     ref_min, ref_max, self.dir / "results.png")
+
+
+    # sharing
+
+    def publish(self, dest, policies: bool) -> list:
+        """Copy the finished seeds to share, without training state or this machine's paths (results.png drawn
+        again). policies: keep each seed's final.pt and the first seed's video (a reference run); else the CSVs,
+        summaries and figures only (a study run: its command makes the policies again). Returns the seeds left out."""
+        root = Path(__file__).resolve().parent
+        local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
+        dest = Path(dest)
+        if dest.exists():
+            raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
+        seeds = self.seeds()
+        unfinished = [f"seed{s}" for s in seeds if self.final(s) is None]
+        if len(unfinished) == len(seeds):
+            raise SystemExit(f"error: --publish {self.dir}: no seed has finished (no final.json); resume it first")
+        video = Path(f"seed{seeds[0]}", "video.mp4")
+        for path in sorted(self.dir.rglob("*")):
+            relative = path.relative_to(self.dir)
+            if path.is_dir() or relative.parts[0] in unfinished or not shared(relative, policies, video):
+                continue
+            data = path.read_bytes()
+            if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
+                text = data.decode()
+                for machine, relative_path in local:
+                    text = text.replace(machine, relative_path)
+                data = text.encode()
+            atomic_write_bytes(dest / relative, data)
+        from omegaconf.errors import OmegaConfBaseException
+
+        from cfgs.schema import ConfigError
+        copy = Run(dest)
+        try:  # drawn again: without unfinished seeds, and titled without this machine's paths
+            cfg = copy.config()
+            plot_results(copy.tables("eval.csv"), copy.tables("train.csv"), f"{run_title(cfg)}   ({self.name})",
+                         cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score, dest / "results.png")
+        except (ConfigError, OmegaConfBaseException):  # unknown keys: no figure rather than a stale one
+            (dest / "results.png").unlink(missing_ok=True)
+        return unfinished
+
+
+NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT", "run.lock")  # state, job id, others' logs
+
+
+def shared(relative: Path, policies: bool, video: Path) -> bool:
+    """Is a run's file part of its shared copy (Run.publish)?"""
+    name = relative.name
+    if name in NOT_SHARED or name.startswith("events.out.tfevents") or name.endswith(".tmp"):
+        return False
+    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # .hydra/ of old runs
+        return False
+    if name.endswith(".pt"):
+        return policies
+    if name.endswith(".mp4"):
+        return policies and relative == video
+    return True
+
+
+class Tracker:
+    """A seed's metrics, also in TensorBoard and/or Weights & Biases (cfg.logger); the CSVs stay the record.
+
+    Each is imported only when chosen. A resumed seed continues its own TensorBoard events (those after the
+    checkpoint are dropped) and its own W&B run (its id comes from the folder and the seed).
+    """
+
+    def __init__(self, cfg, folder, name, step):
+        from omegaconf import OmegaConf
+        self.tensorboard = self.wandb = None
+        config = OmegaConf.to_container(cfg)
+        if "wandb" in cfg.logger:  # first: if it cannot start, nothing else is open yet
+            import wandb
+            run_id = f"{hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]}-{Path(folder).name}"
+            self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
+                                    dir=folder, id=run_id, resume="allow", name=name, group=name.rsplit("/", 1)[0],
+                                    config=config)
+        if "tensorboard" in cfg.logger:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(folder, purge_step=step + 1 if step else None)
+            self.tensorboard.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "), step)
+
+    def log(self, section, row):
+        """One row of train.csv / eval.csv / final.json as `<section>/<column>` at its step."""
+        step = int(row["step"])
+        metrics = {f"{section}/{k}": float(v) for k, v in row.items() if k not in ("step", "seed")}
+        if self.tensorboard:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.wandb:
+            self.wandb.finish(exit_code=1 if exc[0] else 0)
+
+
+def load_checkpoint(path):
+    """A .pt file of this project, loaded without running code (weights_only); RunError if it is damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 torch raises many kinds for a damaged file
+        raise RunError(f"{path} cannot be read ({str(e).splitlines()[0]}): it is damaged or not this project's "
+                       f"checkpoint") from None
+
+
