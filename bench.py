@@ -293,6 +293,10 @@ def busy_main(args, shape, out):
     print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; hopper step, "
           f"{settings['default']['precision']}; default: {settings['default']['policy']}")
     print(busy_table(results))
+    for level in results["levels"]:
+        if level["competitors_ended_early"]:
+            print(f"warning: {level['competitors_ended_early']} of {level['competitors']} competitors ended (time "
+                  f"limit) before the level's last measurement: raise --busy-seconds")
     utils.atomic_write_bytes(out, json.dumps(results, indent=2).encode())
     print(f"wrote {out}")
 
@@ -318,7 +322,7 @@ def main():
     parser.add_argument("--busy", type=int, nargs="+", metavar="N",
                         help="only the busy-machine comparison: the step beside N CPU-bound competitors, per setting")
     parser.add_argument("--rounds", type=int, default=5, help="--busy: rounds of interleaved measurements")
-    parser.add_argument("--busy-seconds", type=float, default=300, help="--busy: competitors end after this long")
+    parser.add_argument("--busy-seconds", type=float, default=600, help="--busy: competitors end after this long")
     parser.add_argument("--out", help="the JSON file (default: bench.json, or bench-<n>.json if that exists)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a setting's process of --busy
     args = parser.parse_args()

@@ -61,5 +61,5 @@ def test_a_thread_count_below_one_is_refused():
 
 
 def test_the_log_says_how_many_threads_a_run_uses_and_why(tiny_run):
-    run_dir, _, _ = tiny_run
+    run_dir, _ = tiny_run
     assert "1 torch thread (OMP_NUM_THREADS=1); OpenMP threads wait" in (run_dir / "main.log").read_text()
