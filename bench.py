@@ -312,7 +312,8 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200, help="timed training steps per measurement")
+    parser.add_argument("--steps", type=int, help="timed training steps per measurement (default 200; --busy: 30, "
+                        "a setting's steps at each load, spread over the rounds)")
     parser.add_argument("--episodes", type=int, default=10, help="eval episodes (1000 steps each)")
     parser.add_argument("--batch-size", type=int, default=CFG.train.batch_size)
     parser.add_argument("--context-len", type=int, default=CFG.buffer.context_len)
@@ -321,7 +322,7 @@ def main():
     parser.add_argument("--trajectories", type=int, default=1000, help="of 1000 steps, in the sampling benchmark")
     parser.add_argument("--busy", type=int, nargs="+", metavar="N",
                         help="only the busy-machine comparison: the step beside N CPU-bound competitors, per setting")
-    parser.add_argument("--rounds", type=int, default=5, help="--busy: rounds of interleaved measurements")
+    parser.add_argument("--rounds", type=int, default=3, help="--busy: rounds of interleaved measurements")
     parser.add_argument("--busy-seconds", type=float, default=600, help="--busy: competitors end after this long")
     parser.add_argument("--out", help="the JSON file (default: bench.json, or bench-<n>.json if that exists)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a setting's process of --busy
@@ -331,7 +332,9 @@ def main():
         return busy_worker(args.batch_size, shape)
     out = Path(args.out) if args.out else new_path(Path("bench.json"))
     if args.busy:
+        args.steps = args.steps or 30  # a spinning setting beside 2 competitors may take seconds a step
         return busy_main(args, shape, out)
+    args.steps = args.steps or 200
     threads.set_torch_threads(1)
     torch.manual_seed(0)
     default = utils.pick_precision(CFG.train.precision, torch.device("cpu"))  # what a default run uses here
