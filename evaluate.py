@@ -10,6 +10,8 @@ seed, target and episode), <name>.png (achieved against target normalized score)
 episode per target: seed<N>/<name>_<target>.mp4. Each seed's rows are kept as soon as its pass ends
 (seed<N>/<name>.json): a stopped sweep, started again, reuses the seeds it finished.
 """
+import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+
 import logging
 import time
 from pathlib import Path
@@ -132,6 +134,7 @@ def main(cfg):
         schema.check_fields(EvaluateConfig, cfg)
         if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
+        log.info("%s", threads.set_torch_threads(1))
         evaluate_run(cfg)
     except (ConfigError, DatasetError, RunError) as e:
         log.error("%s", e)

@@ -4,6 +4,8 @@
     python main.py env=walker2d buffer.dataset=medium-replay
     python main.py resume=runs/<date>/<time>         # continue an interrupted run
 """
+import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+
 import logging
 import os
 import sys
@@ -129,7 +131,7 @@ def parallel_jobs():
     """How many jobs of this multirun share the machine (Hydra's joblib launcher: n_jobs); else 1."""
     hydra_cfg = HydraConfig.get()
     n_jobs = (hydra_cfg.launcher.get("n_jobs") or 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
-    return n_jobs if n_jobs > 0 else max(1, utils.usable_cores() + 1 + n_jobs)  # joblib: -1 = every core
+    return n_jobs if n_jobs > 0 else max(1, threads.usable_cores() + 1 + n_jobs)  # joblib: -1 = every core
 
 
 def resumed_config(cfg, run, overrides):
@@ -177,7 +179,7 @@ def start(cfg):
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
 def main(cfg):
     cfg, run = start(cfg)
-    utils.set_torch_threads(num_processes=parallel_jobs())
+    log.info("%s", threads.set_torch_threads(parallel_jobs(), cfg.train.threads))
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
     for seed in cfg.seeds:

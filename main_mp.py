@@ -3,6 +3,8 @@
     python main_mp.py env=walker2d buffer.dataset=medium
     python main_mp.py resume=runs/<date>/<time>      # continue an interrupted run
 """
+import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+
 import logging
 import multiprocessing as mp
 import os
@@ -31,7 +33,7 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     run.save_error(seed, None)  # from an earlier, resumed attempt
     runfolder.stop_on_signals()
-    utils.set_torch_threads(num_processes)
+    log.info("seed %d: %s", seed, threads.set_torch_threads(num_processes, cfg_dict["train"]["threads"]))
     try:
         core.train(OmegaConf.create(cfg_dict), seed, run)
     except Interrupted as e:

@@ -23,17 +23,6 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def usable_cores():
-    """The cores this process may run on (a Slurm job's allocation, not the whole node)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def set_torch_threads(num_processes):
-    """Share the usable cores between `num_processes` training processes; OMP_NUM_THREADS, if set, wins."""
-    if not os.environ.get("OMP_NUM_THREADS"):  # torch itself starts with that many threads
-        torch.set_num_threads(max(1, usable_cores() // num_processes))
-
-
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu."""
     if name != "auto":

@@ -50,6 +50,7 @@ LOGGER = Rule(lambda v: "csv" in v and set(v) <= set(LOGGERS),
               "choose from csv, tensorboard, wandb, with csv (resume and the figure read it): e.g. "
               "logger=[csv,tensorboard]")
 FILE_STEM = Rule(lambda v: re.fullmatch(r"[\w-]+", v) is not None, "use letters, digits, _ and - (a file name)")
+THREADS = Rule(lambda v: v is None or v >= 1, "give null (the usable cores shared by the processes) or a count >= 1")
 DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()),
               "choose auto, cpu, cuda, cuda:<index> or mps")
 
@@ -111,6 +112,7 @@ class TrainConfig:
     aux_state_coef: float = ruled(0.0, NON_NEGATIVE)  # weight of the next-state prediction loss
     aux_rtg_coef: float = ruled(0.0, NON_NEGATIVE)  # weight of the next return-to-go prediction loss
     precision: str = ruled("auto", one_of(PRECISIONS))  # auto: bf16 where the hardware computes it natively
+    threads: Optional[int] = ruled(None, THREADS)  # torch threads; null: the usable cores shared by the processes
     log_every: int = ruled(100, POSITIVE)
     eval_every: int = ruled(2000, POSITIVE)
     checkpoint_every: int = ruled(1000, POSITIVE)

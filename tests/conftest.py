@@ -1,4 +1,6 @@
 """Fixtures: tiny D4RL-layout hdf5 files and a helper that runs the entry points on them."""
+import threads  # noqa: I001  first, before torch loads: the tests' processes wait passively too (threads.py)
+
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +16,8 @@ import cfgs.schema  # noqa: F401  registers the schema Hydra composes with
 import entry
 
 ROOT = Path(__file__).resolve().parents[1]
+# The in-process training of each pytest-xdist worker: the workers share the cores (entry points: 1 thread each)
+threads.set_torch_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 HOPPER_OBS, HOPPER_ACT = 11, 3
 # Trajectory lengths and how each ends: the 3- and 4-step ones are shorter than a context of 5;
 # the last one is cut off by the end of the file, as in D4RL.

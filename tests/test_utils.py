@@ -51,19 +51,3 @@ def test_results_figure_is_drawn_from_the_seed_folders(tmp_path):
         utils.write_csv([{"step": s, "loss": 1 / s} for s in (5, 10)], tmp_path / f"seed{seed}" / "train.csv")
     Run(tmp_path).plot("hopper-medium", 3600, -20.272305, 3234.3)
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.parametrize("omp_num_threads", [None, "1"])
-def test_torch_threads_share_the_cores_unless_omp_num_threads_is_set(monkeypatch, omp_num_threads):
-    import torch
-    before = torch.get_num_threads()
-    monkeypatch.setattr(utils, "usable_cores", lambda: 8)
-    if omp_num_threads is None:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    else:
-        monkeypatch.setenv("OMP_NUM_THREADS", omp_num_threads)
-    try:
-        utils.set_torch_threads(num_processes=2)
-        assert torch.get_num_threads() == (4 if omp_num_threads is None else before)
-    finally:
-        torch.set_num_threads(before)
