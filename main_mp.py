@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 
 import core
 import runfolder
-import utils
 from main import FATAL, cli, fail, parallel_jobs, shown, start, summarize
 from runfolder import Interrupted, Run
 
