@@ -63,7 +63,7 @@ def sweep_targets(cfg, train_cfg, data_returns):
 def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     """One vectorized pass: returns (len(targets), episodes) and the recorded envs' frames."""
     conditions = np.repeat(targets, episodes)  # env j is conditioned on targets[j // episodes]
-    returns, frames = core.rollout(model, train_cfg.env.id, len(conditions),
+    returns, frames = core.rollout(model, core.env_spec(train_cfg.env), len(conditions),
                                    core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET, conditions,
                                    train_cfg.buffer.reward_scale, record, train_cfg.env.max_episode_len)
     return returns.reshape(len(targets), episodes), frames
@@ -85,7 +85,7 @@ def evaluate_run(cfg):
     if not seeds:
         raise ConfigError(f"run={cfg.run}: no seed<N>/{name} there; evaluate a run that has trained "
                           f"(best.pt is written at its first eval, final.pt at its end)")
-    env = gym.make(train_cfg.env.id)
+    env = gym.make(core.env_spec(train_cfg.env))
     data_returns = dataset_returns(train_cfg, env)
     targets = sweep_targets(cfg, train_cfg, data_returns)
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa

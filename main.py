@@ -83,11 +83,8 @@ def prepare(cfg):
             os.environ[variable] = to_absolute_path(os.environ[variable])
     OmegaConf.resolve(cfg)
     schema.check(cfg)
-    if cfg.buffer.source == "minari" and not cfg.resume:  # the env and the score's scale are the dataset's
-        facts = minari_facts(cfg.buffer.dataset)
-        cfg.env.id, cfg.env.ref_min_score, cfg.env.ref_max_score, cfg.buffer.file = (
-            facts["env_id"], facts["ref_min_score"], facts["ref_max_score"], facts["file"])
-        schema.check(cfg)  # its reference scores too
+    if not cfg.resume:
+        take_reference_scores(cfg, overrides)
     if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
         raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
     device = utils.pick_device(cfg.device)
@@ -98,6 +95,29 @@ def prepare(cfg):
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
     return cfg, run
+
+
+def command_line_scores(cfg, overrides):
+    """(env.ref_min_score, env.ref_max_score) when given as overrides, else None; ConfigError for one alone."""
+    keys = ("env.ref_min_score", "env.ref_max_score")
+    given = [key for key in keys if any(o.startswith(f"{key}=") for o in overrides)]
+    if len(given) == 1:
+        raise ConfigError(f"{given[0]} given alone: give env.ref_min_score and env.ref_max_score together")
+    return (float(cfg.env.ref_min_score), float(cfg.env.ref_max_score)) if given else None
+
+
+def take_reference_scores(cfg, overrides):
+    """env.ref_*_score and env.ref_source (their scale): a Minari dataset's (and its env, kwargs included), the
+    command line's, or D4RL's of cfgs/env/<name>.yaml."""
+    scores = command_line_scores(cfg, overrides)
+    if cfg.buffer.source == "minari":  # the env and the score's scale are the dataset's
+        facts = minari_facts(cfg.buffer.dataset, scores)
+        cfg.env.id, cfg.env.kwargs, cfg.buffer.file = facts["env_id"], facts["env_kwargs"], facts["file"]
+        cfg.env.ref_min_score, cfg.env.ref_max_score = facts["ref_min_score"], facts["ref_max_score"]
+        cfg.env.ref_source = facts["ref_source"]
+        schema.check(cfg)  # its reference scores too
+    elif scores:
+        cfg.env.ref_source = "command-line"
 
 
 def submitit_job():
@@ -121,6 +141,7 @@ def requeued_job(cfg, run, job):
     for config in (saved, fresh):  # what prepare() fills in
         config["buffer"]["file"] = config["train"]["precision"] = config["resume"] = None
         config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
+        config["env"]["ref_source"] = config["env"]["kwargs"] = None
     return saved == fresh
 
 

@@ -91,15 +91,18 @@ def flatten(tree, prefix=""):
 
 def on_d4rl_scale(run):
     """A run on D4RL files in the assignment's -v4 envs: its score compares with the bars and the DT paper."""
-    return run["config"].get("buffer.source", "d4rl") == "d4rl" and run["config"].get("env.id", "-v4").endswith("-v4")
+    config = run["config"]
+    return (config.get("buffer.source", "d4rl") == "d4rl" and config.get("env.id", "-v4").endswith("-v4")
+            and config.get("env.ref_source", "d4rl") == "d4rl")
 
 
 def task(run):
-    """env-dataset, and the source and env when the score is not on D4RL's scale (Minari, -v5 envs)."""
+    """env-dataset, and the source, env and reference scores' source when the score is not on D4RL's scale."""
     name = f"{run['summary']['env']}-{Path(run['summary']['dataset']).stem}"
     if on_d4rl_scale(run):
         return name
-    return f"{name} ({run['config'].get('buffer.source')}, {run['config'].get('env.id')})"
+    scale = run["config"].get("env.ref_source", "minari" if run["config"].get("buffer.source") == "minari" else "d4rl")
+    return f"{name} ({run['config'].get('buffer.source')}, {run['config'].get('env.id')}, scores: {scale})"
 
 
 def env_facts(env):
