@@ -163,6 +163,8 @@ class EvaluateConfig:
     video: bool = False  # one episode per target: seed<N>/<name>_<target>.mp4
     device: str = ruled("cpu", DEVICE)
     name: str = ruled("sweep_${checkpoint}", FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
+    export: Optional[str] = ruled(None, Rule(lambda v: v in (None, "onnx", "torchscript"),
+                                             "choose onnx or torchscript (or null: the sweep)"))  # export.py
 
 
 # Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir and
