@@ -4,6 +4,7 @@
     python main.py env=walker2d buffer.dataset=medium-replay
     python main.py resume=runs/<date>/<time>         # continue an interrupted run
 """
+import importlib.util
 import logging
 import os
 import sys
@@ -234,7 +235,28 @@ def cli(hydra_main):
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:
-        raise SystemExit(f"error: {composition_error(e)}") from None
+        message = composition_error(e)
+        raise SystemExit(f"error: {missing_launcher(message) or message}") from None
+
+
+LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel
+                    "submitit": ("hydra-submitit-launcher", "hydra_plugins.hydra_submitit_launcher")}  # slurm, ...
+
+
+def installed(module):
+    """Can `module` (dotted) be imported?"""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def missing_launcher(message):
+    """The install line, when Hydra could not compose a launcher whose plugin is not installed; else None."""
+    for launcher, (package, module) in LAUNCHER_PLUGINS.items():
+        if f"hydra/launcher/{launcher}" in message and not installed(module):
+            return f"this hydra/launcher needs {package}: pip install -r requirements-extra.txt"
+    return None
 
 
 def composition_error(error):

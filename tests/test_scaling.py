@@ -38,6 +38,7 @@ def data_dir(tmp_path):
 
 
 def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(data_dir):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = multirun(data_dir, "hydra/launcher=parallel", "buffer.top_percent=50,100")
     assert result.returncode == 0, result.stderr
     (sweep,) = data_dir.glob("runs/*/*-sweep")
@@ -73,6 +74,7 @@ def submitit_tasks(folder):
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="submitit's preemption signal")
 def test_a_preempted_submitit_job_checkpoints_requeues_and_resumes_its_own_folder(data_dir):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     process = multirun(data_dir, "hydra/launcher=submitit_local", "train.steps=60", "train.eval_every=60",
                        wait=False)
     deadline = time.time() + 300
