@@ -33,7 +33,8 @@ plt = utils.pyplot()
 ENV_CONFIGS = Path(__file__).resolve().parent / "cfgs" / "env"  # assignment_bar, dt_paper_score per dataset
 RESULT_COLUMNS = ["run", "env-dataset", "seeds", "final score", "best eval (step)", "bar", "pass", "DT paper"]
 NOT_COMPARED = ("resume", "env.assignment_bar", "env.dt_paper_score")  # bookkeeping; what the report compares with
-NOT_A_SETTING = NOT_COMPARED + ("seeds", "buffer.file", "device", "eval.video", "logger", "wandb.")  # of a study
+NOT_A_SETTING = NOT_COMPARED + ("seeds", "buffer.file", "device", "eval.video", "logger", "wandb.",  # of a study
+                                "env.ref_source", "env.kwargs")  # set at start from the dataset (task() shows them)
 
 
 # ---------------------------------------------------------------------------------------------
