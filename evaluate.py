@@ -177,7 +177,10 @@ def main(cfg):
         schema.check_fields(EvaluateConfig, cfg)
         if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
-        export_run(cfg) if cfg.export else evaluate_run(cfg)
+        if cfg.export:
+            export_run(cfg)
+        else:
+            evaluate_run(cfg)
     except (ConfigError, DatasetError, RunError) as e:
         log.error("%s", e)
         raise SystemExit(f"error: {e}")
