@@ -133,24 +133,67 @@ def find_dataset(env, dataset, obs_dim, act_dim):
 # Minari datasets (D4RL's maintained successor): ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's -v5 envs
 
 
-def minari_facts(dataset_id):
-    """What a run takes from a local Minari dataset: its data folder, its env's id and its reference scores.
-
-    The normalized score then uses Minari's scale (0: a random policy, 100: Minari's expert policy, both in -v5).
-    """
+def load_minari(dataset_id):
+    """A Minari dataset on disk, or DatasetError naming the command that fetches it."""
     import minari
     try:
-        dataset = minari.load_dataset(dataset_id)
+        return minari.load_dataset(dataset_id)
     except FileNotFoundError:
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
         raise DatasetError(f"Minari dataset {dataset_id} is not in {root} (MINARI_DATASETS_PATH): fetch it with "
                            f"`minari download {dataset_id}`") from None
-    metadata, spec = dataset.storage.metadata, dataset.spec.env_spec
-    if spec is None or "ref_min_score" not in metadata or "ref_max_score" not in metadata:
-        raise DatasetError(f"Minari dataset {dataset_id} lacks its env spec or reference scores (ref_min_score, "
-                           f"ref_max_score): the normalized score needs them")
-    return {"file": str(dataset.storage.data_path), "env_id": spec.id,
-            "ref_min_score": float(metadata["ref_min_score"]), "ref_max_score": float(metadata["ref_max_score"])}
+
+
+def minari_ref_scores(metadata):
+    """(ref_min_score, ref_max_score) of a Minari dataset's metadata, or None where it lacks either."""
+    if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
+        return None
+    return float(metadata["ref_min_score"]), float(metadata["ref_max_score"])
+
+
+def expert_dataset_id(dataset_id):
+    """The same env's Minari expert dataset of the newest version on disk, e.g. mujoco/hopper/expert-v0; or None."""
+    import minari
+    namespace = dataset_id.rsplit("/", 1)[0]  # mujoco/hopper
+    experts = sorted((i for i in minari.list_local_datasets() if i.startswith(f"{namespace}/expert-v")),
+                     key=lambda i: int(i.rsplit("-v", 1)[1]) if i.rsplit("-v", 1)[1].isdigit() else -1)
+    return experts[-1] if experts else None
+
+
+def reference_scores(dataset_id, metadata, command_line=None):
+    """(ref_min_score, ref_max_score, ref_source) of a Minari dataset: its own; else those given on the command
+    line; else its env's Minari expert dataset's, when that is on disk; else DatasetError naming both ways."""
+    if (own := minari_ref_scores(metadata)) is not None:
+        if command_line is not None:
+            log.warning("%s has its own reference scores %s: env.ref_min_score and env.ref_max_score are ignored",
+                        dataset_id, own)
+        return (*own, "minari")
+    if command_line is not None:
+        return (*command_line, "command-line")
+    expert = expert_dataset_id(dataset_id)
+    if expert is not None and (scores := minari_ref_scores(load_minari(expert).storage.metadata)) is not None:
+        log.info("%s has no reference scores: using those of %s, %s", dataset_id, expert, scores)
+        return (*scores, "minari-expert")
+    namespace = dataset_id.rsplit("/", 1)[0]
+    raise DatasetError(f"Minari dataset {dataset_id} has no reference scores (ref_min_score, ref_max_score): give "
+                       f"them, e.g. env.ref_min_score=<a random policy's return> env.ref_max_score=<an expert's "
+                       f"return>, or put {namespace}/expert-v0 on disk (`minari download {namespace}/expert-v0`)")
+
+
+def minari_facts(dataset_id, command_line=None):
+    """What a run takes from a local Minari dataset: its data folder, its env (id and kwargs) and reference scores.
+
+    command_line: (ref_min_score, ref_max_score) given as overrides, used when the dataset has none (Minari's
+    published MuJoCo datasets may have none). The normalized score then uses the scale ref_source names
+    (cfgs/schema.py REF_SOURCES): Minari's (0: a random policy, 100: Minari's expert policy, both in -v5) or the user's.
+    """
+    dataset = load_minari(dataset_id)
+    spec = dataset.spec.env_spec
+    if spec is None:
+        raise DatasetError(f"Minari dataset {dataset_id} lacks its env spec: a run needs the env to evaluate in")
+    ref_min, ref_max, source = reference_scores(dataset_id, dataset.storage.metadata, command_line)
+    return {"file": str(dataset.storage.data_path), "env_id": spec.id, "env_kwargs": dict(spec.kwargs or {}),
+            "ref_min_score": ref_min, "ref_max_score": ref_max, "ref_source": source}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Training and evaluation of one seed: batches -> masked action MSE -> AdamW; periodic evals."""
+import dataclasses
 import logging
 import os
 import time
@@ -11,12 +12,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import runfolder
 import utils
-from buffer import SequenceBuffer, Transitions, find_dataset, minari_facts
+from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
 from cfgs.schema import ConfigError
 from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
 from runfolder import Run, Tracker
@@ -47,8 +48,9 @@ def masked_mse(pred, target, mask):
 def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(), max_steps=None):
     """Run `num_envs` episodes in lockstep (env i seeded seed + i), each conditioned on its target return.
 
-    target_return: one number for all envs, or one per env (num_envs,). record: the envs to film, through the
-    env's tracking camera. max_steps: the episodes' time limit (default: the env's, 1000 for D4RL's envs).
+    env_id: a gymnasium id or EnvSpec (env_spec). target_return: one number for all envs, or one per env
+    (num_envs,). record: the envs to film, through the env's tracking camera. max_steps: the episodes' time
+    limit (default: the env's, 1000 for D4RL's envs).
     Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
     make = [partial(gym.make, env_id, max_episode_steps=max_steps, render_mode="rgb_array", camera_name="track")
@@ -90,7 +92,7 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
 
 def evaluate(model, cfg, episodes, seed, vectorized=True):
     """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ..."""
-    play = partial(rollout, model, cfg.env.id, target_return=cfg.eval.target_return,
+    play = partial(rollout, model, env_spec(cfg.env), target_return=cfg.eval.target_return,
                    reward_scale=cfg.buffer.reward_scale, max_steps=cfg.env.max_episode_len)
     if vectorized:
         returns, _ = play(num_envs=episodes, seed=seed)
@@ -105,6 +107,14 @@ def evaluate(model, cfg, episodes, seed, vectorized=True):
 # Building blocks of a run
 
 
+def env_spec(env_cfg):
+    """What gym.make builds for a run: env.id, or with env.kwargs (a Minari dataset's env) its spec with them."""
+    if not env_cfg.get("kwargs"):
+        return env_cfg.id
+    spec = gym.spec(env_cfg.id)
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, **OmegaConf.to_container(env_cfg.kwargs)})
+
+
 def space_dims(env):
     return env.observation_space.shape[0], env.action_space.shape[0]
 
@@ -114,7 +124,7 @@ def locate_dataset(cfg):
     if cfg.buffer.path:
         return cfg.buffer.path
     if cfg.buffer.source == "minari":
-        return minari_facts(cfg.buffer.dataset)["file"]
+        return str(load_minari(cfg.buffer.dataset).storage.data_path)
     return find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
 
 
@@ -210,7 +220,7 @@ def train(cfg, seed: int, run: Run) -> dict:
     utils.seed_everything(seed)
     device = utils.pick_device(cfg.device)
     precision = utils.pick_precision(cfg.train.precision, device)
-    env = gym.make(cfg.env.id)
+    env = gym.make(env_spec(cfg.env))
     data = load_data(cfg, env)
     model = build_model(cfg, data, env).to(device)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
@@ -377,8 +387,8 @@ def finish(model, cfg, env, seed, run, train_seconds):
     run.save_final(seed, summary)
     if cfg.eval.video:
         try:
-            _, frames = rollout(model, cfg.env.id, 1, final_seed, cfg.eval.target_return, cfg.buffer.reward_scale,
-                                record=[0], max_steps=cfg.env.max_episode_len)
+            _, frames = rollout(model, env_spec(cfg.env), 1, final_seed, cfg.eval.target_return,
+                                cfg.buffer.reward_scale, record=[0], max_steps=cfg.env.max_episode_len)
             run.save_video(seed, "video.mp4", frames[0], fps=env.metadata["render_fps"])
         except Exception as e:  # the scores stand without the video
             log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)

@@ -3,6 +3,7 @@
     python evaluate.py run=runs/<date>/<time>                          # each seed's final.pt, default targets
     python evaluate.py run=runs/<date>/<time> checkpoint=best targets=[1000,2000,3000] episodes=20 video=true
     python evaluate.py run=runs/<date>/<time> targets=[3000] episodes=100 name=target_3000   # beside the sweep
+    python evaluate.py run=runs/<date>/<time> export=onnx            # or torchscript: each seed's policy as one file
 
 All targets and episodes of a seed run in one vectorized pass (targets x episodes envs in lockstep, each with
 its own return-to-go). Writes into the run folder, as <name> (default sweep_<checkpoint>): <name>.csv (a row per
@@ -24,8 +25,9 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import core
+import export
 import utils
-from buffer import DatasetError, top_trajectories
+from buffer import DatasetError, dataset_dir, dataset_file, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from main import cli
@@ -48,25 +50,41 @@ OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, re
 
 
 def dataset_returns(train_cfg, env):
-    """The returns of the run's dataset's trajectories (its recorded file, else the file env + dataset name)."""
-    if train_cfg.buffer.file and not Path(train_cfg.buffer.file).exists():
-        log.warning("%s (the run's dataset file) is not here: the data's returns come from the file of %s-%s",
-                    train_cfg.buffer.file, train_cfg.env.name, train_cfg.buffer.dataset)
-        train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": None}})
+    """The returns of the run's dataset's trajectories: its recorded file, else the same D4RL dataset in this
+    machine's D4RL folder; None when neither is here (a copied run: the sweep goes on without the data)."""
+    recorded = train_cfg.buffer.file
+    if recorded and not Path(recorded).exists():
+        found = local_d4rl_file(train_cfg)
+        if found is None:
+            log.warning("%s (the run's dataset) is not here: evaluating without it; the figure leaves out the "
+                        "data's range", recorded)
+            return None
+        log.warning("%s (the run's dataset) is not here: the data's returns come from %s", recorded, found)
+        train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": str(found)}})
     return core.load_transitions(train_cfg, env).trajectories()[2]
 
 
+def local_d4rl_file(train_cfg):
+    """The file of the run's D4RL env + dataset in $D4RL_DATASET_DIR (nothing is downloaded), or None."""
+    if train_cfg.buffer.source != "d4rl" or train_cfg.buffer.path:
+        return None
+    path = dataset_dir() / dataset_file(train_cfg.env.name, train_cfg.buffer.dataset)
+    return path if path.exists() else None
+
+
 def sweep_targets(cfg, train_cfg, data_returns):
-    """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return."""
+    """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return (when
+    the data is here)."""
     if cfg.targets is not None:
         return np.array(cfg.targets, dtype=np.float64)
-    return np.unique(np.append(DEFAULT_TARGETS * train_cfg.env.target_return, data_returns.max()).round(1))
+    best = [] if data_returns is None else [data_returns.max()]
+    return np.unique(np.append(DEFAULT_TARGETS * train_cfg.env.target_return, best).round(1))
 
 
 def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     """One vectorized pass: returns (len(targets), episodes) and the recorded envs' frames."""
     conditions = np.repeat(targets, episodes)  # env j is conditioned on targets[j // episodes]
-    returns, frames = core.rollout(model, train_cfg.env.id, len(conditions),
+    returns, frames = core.rollout(model, core.env_spec(train_cfg.env), len(conditions),
                                    core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET, conditions,
                                    train_cfg.buffer.reward_scale, record, train_cfg.env.max_episode_len)
     return returns.reshape(len(targets), episodes), frames
@@ -78,16 +96,32 @@ def sweep_settings(policy_path, targets, cfg, videos):
             "episodes": cfg.episodes, "device": cfg.device, "videos": videos}
 
 
-def evaluate_run(cfg):
-    """The sweep of cfg.run: its CSV and figure in the run folder; returns the rows."""
-    run = Run(to_absolute_path(cfg.run))
-    train_cfg = run.config()
+def plot_sweep(rows, data_returns, score, train_cfg, title, path):
+    """The sweep's figure, with the data's range when the data is here (and the part trained on, if only some)."""
+    if data_returns is None:
+        return utils.plot_sweep(rows, None, score, title, path)
+    trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)
+    utils.plot_sweep(rows, score(data_returns), score, title, path,
+                     None if trained.all() else score(data_returns[trained]))
+
+
+def seeds_with(run, cfg):
+    """The run's seeds that have the policy file cfg.checkpoint names; ConfigError when none has."""
     name = f"{cfg.checkpoint}.pt"
     seeds = [s for s in run.seeds() if run.policy_path(s, name).exists()]
     if not seeds:
         raise ConfigError(f"run={cfg.run}: no seed<N>/{name} there; evaluate a run that has trained "
                           f"(best.pt is written at its first eval, final.pt at its end)")
-    env = gym.make(train_cfg.env.id)
+    return seeds
+
+
+def evaluate_run(cfg):
+    """The sweep of cfg.run: its CSV and figure in the run folder; returns the rows."""
+    run = Run(to_absolute_path(cfg.run))
+    train_cfg = run.config()
+    name = f"{cfg.checkpoint}.pt"
+    seeds = seeds_with(run, cfg)
+    env = gym.make(core.env_spec(train_cfg.env))
     data_returns = dataset_returns(train_cfg, env)
     targets = sweep_targets(cfg, train_cfg, data_returns)
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
@@ -120,12 +154,28 @@ def evaluate_run(cfg):
     bar.close()
     seconds = time.time() - started
     run.save_table(f"{cfg.name}.csv", rows)
-    trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)
-    utils.plot_sweep(rows, score(data_returns), score, f"{utils.run_title(train_cfg)}   ({run.name}, {name})",
-                     run.dir / f"{cfg.name}.png", None if trained.all() else score(data_returns[trained]))
+    plot_sweep(rows, data_returns, score, train_cfg, f"{utils.run_title(train_cfg)}   ({run.name}, {name})",
+               run.dir / f"{cfg.name}.png")
     log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s/%s.csv", len(targets), cfg.episodes,
              len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "", run.name, cfg.name)
     return rows
+
+
+def export_run(cfg):
+    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export beside it (export.py); returns the paths."""
+    run = Run(to_absolute_path(cfg.run))
+    train_cfg = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
+    paths = []
+    for seed in seeds_with(run, cfg):
+        policy = core.load_policy(run.policy_path(seed, f"{cfg.checkpoint}.pt"))
+        try:
+            data = export.export_policy(policy, train_cfg.buffer.reward_scale, cfg.export)
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
+        paths.append(run.policy_path(seed, f"{cfg.checkpoint}{export.FORMATS[cfg.export]}"))
+        utils.atomic_write_bytes(paths[-1], data)
+        log.info("seed %d: %s", seed, paths[-1])
+    return paths
 
 
 @hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
@@ -135,7 +185,10 @@ def main(cfg):
         if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
         log.info("%s", threads.set_torch_threads(1))
-        evaluate_run(cfg)
+        if cfg.export:
+            export_run(cfg)
+        else:
+            evaluate_run(cfg)
     except (ConfigError, DatasetError, RunError) as e:
         log.error("%s", e)
         raise SystemExit(f"error: {e}")

@@ -6,6 +6,7 @@
 """
 import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
+import importlib.util
 import logging
 import os
 import sys
@@ -86,11 +87,8 @@ def prepare(cfg):
             os.environ[variable] = to_absolute_path(os.environ[variable])
     OmegaConf.resolve(cfg)
     schema.check(cfg)
-    if cfg.buffer.source == "minari" and not cfg.resume:  # the env and the score's scale are the dataset's
-        facts = minari_facts(cfg.buffer.dataset)
-        cfg.env.id, cfg.env.ref_min_score, cfg.env.ref_max_score, cfg.buffer.file = (
-            facts["env_id"], facts["ref_min_score"], facts["ref_max_score"], facts["file"])
-        schema.check(cfg)  # its reference scores too
+    if not cfg.resume:
+        take_reference_scores(cfg, overrides)
     if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
         raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
     device = utils.pick_device(cfg.device)
@@ -101,6 +99,29 @@ def prepare(cfg):
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
     return cfg, run
+
+
+def command_line_scores(cfg, overrides):
+    """(env.ref_min_score, env.ref_max_score) when given as overrides, else None; ConfigError for one alone."""
+    keys = ("env.ref_min_score", "env.ref_max_score")
+    given = [key for key in keys if any(o.startswith(f"{key}=") for o in overrides)]
+    if len(given) == 1:
+        raise ConfigError(f"{given[0]} given alone: give env.ref_min_score and env.ref_max_score together")
+    return (float(cfg.env.ref_min_score), float(cfg.env.ref_max_score)) if given else None
+
+
+def take_reference_scores(cfg, overrides):
+    """env.ref_*_score and env.ref_source (their scale): a Minari dataset's (and its env, kwargs included), the
+    command line's, or D4RL's of cfgs/env/<name>.yaml."""
+    scores = command_line_scores(cfg, overrides)
+    if cfg.buffer.source == "minari":  # the env and the score's scale are the dataset's
+        facts = minari_facts(cfg.buffer.dataset, scores)
+        cfg.env.id, cfg.env.kwargs, cfg.buffer.file = facts["env_id"], facts["env_kwargs"], facts["file"]
+        cfg.env.ref_min_score, cfg.env.ref_max_score = facts["ref_min_score"], facts["ref_max_score"]
+        cfg.env.ref_source = facts["ref_source"]
+        schema.check(cfg)  # its reference scores too
+    elif scores:
+        cfg.env.ref_source = "command-line"
 
 
 def submitit_job():
@@ -124,6 +145,7 @@ def requeued_job(cfg, run, job):
     for config in (saved, fresh):  # what prepare() fills in
         config["buffer"]["file"] = config["train"]["precision"] = config["resume"] = None
         config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
+        config["env"]["ref_source"] = config["env"]["kwargs"] = None
     return saved == fresh
 
 
@@ -216,7 +238,28 @@ def cli(hydra_main):
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:
-        raise SystemExit(f"error: {composition_error(e)}") from None
+        message = composition_error(e)
+        raise SystemExit(f"error: {missing_launcher(message) or message}") from None
+
+
+LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel
+                    "submitit": ("hydra-submitit-launcher", "hydra_plugins.hydra_submitit_launcher")}  # slurm, ...
+
+
+def installed(module):
+    """Can `module` (dotted) be imported?"""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def missing_launcher(message):
+    """The install line, when Hydra could not compose a launcher whose plugin is not installed; else None."""
+    for launcher, (package, module) in LAUNCHER_PLUGINS.items():
+        if f"hydra/launcher/{launcher}" in message and not installed(module):
+            return f"this hydra/launcher needs {package}: pip install -r requirements-extra.txt"
+    return None
 
 
 def composition_error(error):

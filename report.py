@@ -67,12 +67,18 @@ class FinishedRun:
     def task(self) -> str:
         """env-dataset; with the source and env when its score is not on D4RL's scale (Minari, -v5 envs)."""
         name = f"{self.summary['env']}-{Path(self.summary['dataset']).stem}"
-        return name if self.on_d4rl_scale else f"{name} ({self.config.get('buffer.source')}, {self.config['env.id']})"
+        if self.on_d4rl_scale:
+            return name
+        source = self.config.get("buffer.source")
+        scores = self.config.get("env.ref_source", "minari" if source == "minari" else "d4rl")
+        return f"{name} ({source}, {self.config['env.id']}, scores: {scores})"
 
     @property
     def on_d4rl_scale(self) -> bool:
-        """D4RL files in the assignment's -v4 envs: the score compares with the bars and the DT paper."""
-        return self.config.get("buffer.source", "d4rl") == "d4rl" and self.config.get("env.id", "-v4").endswith("-v4")
+        """D4RL files and scores in the assignment's -v4 envs: the score compares with the bars and the DT paper."""
+        config = self.config
+        return (config.get("buffer.source", "d4rl") == "d4rl" and config.get("env.id", "-v4").endswith("-v4")
+                and config.get("env.ref_source", "d4rl") == "d4rl")
 
     def scores(self) -> list:
         """Each finished seed's final normalized score."""
@@ -482,12 +488,12 @@ def family_figure(settings: dict):
 # The document
 
 
-def results_table(grouped: dict, datasets: dict) -> list:
-    """Rows of the results table: every task with its default run."""
+def results_table(grouped: dict, datasets: dict, d4rl_scale: bool = True) -> list:
+    """Rows of the results table: every task with its default run, on D4RL's scale or on another (never both)."""
     rows = []
     for name, settings in grouped.items():
         runs = reference(settings)
-        if not runs:
+        if not runs or runs[0].on_d4rl_scale != d4rl_scale:
             continue
         scores, (bar, paper) = pooled_scores(runs), bar_and_paper(runs[0])
         if bar is None:
@@ -591,6 +597,12 @@ def main_part(runs: list, grouped: dict, datasets: dict, figures: dict, standin:
                paragraph("Final score: the D4RL normalized score of each seed's final evaluation, mean ± std over "
                          "seeds, default config. DT paper: Chen et al. 2021, Table 2 (on D4RL's data). Data: the "
                          "normalized return of the dataset file's trajectories, their mean and the best one.")]
+    other_scale = results_table(grouped, datasets, d4rl_scale=False)
+    if other_scale:
+        blocks += [paragraph("On other scales (Minari's reference scores, or -v5 envs): not comparable with the "
+                             "table above, the bars or the DT paper."),
+                   table(["task", "final score", "seeds' scores", "bar", "DT paper", "data: mean", "data: best"],
+                         other_scale)]
     blocks += [paragraph(s) for s in different_files(runs)]
     captions = {
         "training": "Evaluation score (10 episodes per eval, mean ± std over seeds) and training loss over training, "

@@ -190,8 +190,9 @@ def plot_results(eval_tables, train_tables, title, target_return, ref_min, ref_m
 
 def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):
     """The return-to-go sweep: achieved against target normalized score (mean +- std over seeds), the line
-    achieved = target, and the dataset's trajectories (their range shaded, the behaviour mean dashed);
-    trained_scores: the trajectories the policy trained on, when percentile BC kept only some (shaded darker)."""
+    achieved = target, and the dataset's trajectories (their range shaded, the behaviour mean dashed; data_scores
+    None: left out); trained_scores: the trajectories the policy trained on, when percentile BC kept only some
+    (shaded darker)."""
     plt = pyplot()
 
     targets, seeds = sorted({r["target"] for r in rows}), sorted({r["seed"] for r in rows})
@@ -199,12 +200,14 @@ def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):
                           for t in targets] for s in seeds])  # (seeds, targets): each seed's mean over episodes
     x, mean, std = to_score(np.array(targets)), per_seed.mean(0), per_seed.std(0)
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    ax.axhspan(data_scores.min(), data_scores.max(), color="gray", alpha=0.15, label="dataset trajectories (min-max)")
-    if trained_scores is not None:
-        ax.axhspan(trained_scores.min(), trained_scores.max(), color="gray", alpha=0.3,
-                   label=f"trained on: the top {len(trained_scores) / len(data_scores):.0%} "
-                         f"({trained_scores.min():.1f}-{trained_scores.max():.1f})")
-    ax.axhline(data_scores.mean(), color="gray", linestyle=":", label=f"behaviour mean {data_scores.mean():.1f}")
+    if data_scores is not None:  # None: the dataset is not on this machine
+        ax.axhspan(data_scores.min(), data_scores.max(), color="gray", alpha=0.15,
+                   label="dataset trajectories (min-max)")
+        if trained_scores is not None:
+            ax.axhspan(trained_scores.min(), trained_scores.max(), color="gray", alpha=0.3,
+                       label=f"trained on: the top {len(trained_scores) / len(data_scores):.0%} "
+                             f"({trained_scores.min():.1f}-{trained_scores.max():.1f})")
+        ax.axhline(data_scores.mean(), color="gray", linestyle=":", label=f"behaviour mean {data_scores.mean():.1f}")
     ax.plot(x, x, color="black", linestyle="--", linewidth=1, label="achieved = target")
     ax.plot(x, mean, color="C0", marker="o", label=f"achieved (mean of {len(seeds)} seed{'s' * (len(seeds) > 1)})")
     if len(seeds) > 1:

@@ -17,6 +17,10 @@ from omegaconf.errors import OmegaConfBaseException
 ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
 SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<name>-v<N>, -v5 envs)
+# env.ref_source: where the reference scores come from, so the scale of the normalized score. d4rl: D4RL's
+# (cfgs/env/<name>.yaml); minari: the Minari dataset's own; minari-expert: those of its env's Minari expert
+# dataset (both Minari's scale); command-line: env.ref_min_score and env.ref_max_score given as overrides.
+REF_SOURCES = ("d4rl", "minari", "minari-expert", "command-line")
 SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
 PRECISIONS = ("auto", "fp32", "bf16")
 MODELS = ("models.DecisionTransformer", "models.ReferenceDT")
@@ -75,6 +79,8 @@ class EnvConfig:
     max_episode_len: int = ruled(1000, POSITIVE)  # eval episodes' time limit (D4RL: 1000); timestep embedding size
     ref_min_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: random policy
     ref_max_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: expert policy
+    ref_source: str = ruled("d4rl", one_of(REF_SOURCES))  # set at start: where ref_*_score come from (their scale)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # set at start for Minari: gym.make's kwargs of its env
     assignment_bar: Dict[str, float] = field(default_factory=dict)  # per dataset: the 3-seed mean must exceed it
     dt_paper_score: Dict[str, float] = field(default_factory=dict)  # per dataset: Chen et al. 2021, Table 2
 
@@ -159,6 +165,8 @@ class EvaluateConfig:
     video: bool = False  # one episode per target: seed<N>/<name>_<target>.mp4
     device: str = ruled("cpu", DEVICE)
     name: str = ruled("sweep_${checkpoint}", FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
+    export: Optional[str] = ruled(None, Rule(lambda v: v in (None, "onnx", "torchscript"),
+                                             "choose onnx or torchscript (or null: the sweep)"))  # export.py
 
 
 # Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir and
@@ -198,7 +206,8 @@ def check(cfg):
         raise ConfigError(f"env.ref_max_score={cfg.env.ref_max_score}: must exceed env.ref_min_score")
     for package in ("tensorboard", "wandb"):
         if package in cfg.logger and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"logger={list(cfg.logger)}: {package} is not installed: pip install {package}")
+            raise ConfigError(f"logger={list(cfg.logger)}: {package} is not installed: "
+                              f"pip install -r requirements-extra.txt")
 
 
 def check_env(cfg):
@@ -227,7 +236,7 @@ def check_dataset(cfg):
     if buffer.path:
         raise ConfigError(f"buffer.path={buffer.path}: a D4RL-layout file; leave it out with buffer.source=minari")
     if importlib.util.find_spec("minari") is None:
-        raise ConfigError("buffer.source=minari: minari is not installed: pip install minari")
+        raise ConfigError("buffer.source=minari: minari is not installed: pip install -r requirements-extra.txt")
 
 
 def check_fields(schema, node, prefix=""):
@@ -247,10 +256,14 @@ def to_yaml(cfg):
 
 
 def upgrade(saved):
-    """A run's saved config as a plain dict in today's keys: the one migration step of old runs' configs (today:
-    the defaults list, which makes config.yaml a file to re-run, is not part of the config)."""
+    """A run's saved config as a plain dict in today's keys: the one migration step of old runs' configs (the
+    defaults list, which makes config.yaml a file to re-run, is not part of the config; a Minari run before
+    env.ref_source has Minari's scores)."""
     saved = OmegaConf.to_container(saved)
     saved.pop("defaults", None)
+    env = saved.get("env", {})
+    if "ref_source" not in env and saved.get("buffer", {}).get("source") == "minari":
+        env["ref_source"] = "minari"
     return saved
 
 

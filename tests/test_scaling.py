@@ -1,5 +1,5 @@
 """Beyond one process: Hydra's launchers, a preempted job that requeues and resumes, TensorBoard and W&B logging,
-Minari datasets and -v5 envs. No cluster, no network: submitit_local, offline wandb, a Minari dataset on disk."""
+-v5 envs (Minari datasets: test_minari.py). No cluster, no network: submitit_local, offline wandb."""
 import importlib.util
 import os
 import signal
@@ -16,7 +16,7 @@ import core
 import report
 import utils
 from cfgs import schema
-from conftest import TINY, compose, run_entry, run_script, start_script, write_d4rl_file
+from conftest import TINY, compose, run_entry, start_script, write_d4rl_file
 
 SHORT_MULTIRUN = [*TINY, "seeds=[0]", "eval.final_episodes=1", "eval.episodes=1"]
 
@@ -38,6 +38,7 @@ def data_dir(tmp_path):
 
 
 def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(data_dir):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = multirun(data_dir, "hydra/launcher=parallel", "buffer.top_percent=50,100")
     assert result.returncode == 0, result.stderr
     (sweep,) = data_dir.glob("runs/*/*-sweep")
@@ -73,6 +74,7 @@ def submitit_tasks(folder):
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="submitit's preemption signal")
 def test_a_preempted_submitit_job_checkpoints_requeues_and_resumes_its_own_folder(data_dir):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     process = multirun(data_dir, "hydra/launcher=submitit_local", "train.steps=60", "train.eval_every=60",
                        wait=False)
     deadline = time.time() + 300
@@ -114,54 +116,6 @@ def test_tensorboard_and_offline_wandb_get_the_csvs_metrics_and_the_config(hoppe
     records = wandb_file.read_bytes()
     for key in (b"train/loss", b"train/lr", b"eval/score_mean", b"final/score_mean", b"top_percent"):
         assert key in records, key
-
-
-def write_minari_dataset(root, dataset_id, env_id="Hopper-v5", lengths=(30, 12, 40, 25), seed=0):
-    """A Minari dataset on disk (its hdf5 storage and metadata), written without Minari's collector."""
-    import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-    from minari.dataset.minari_storage import MinariStorage
-    env = gym.make(env_id)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    rng = np.random.default_rng(seed)
-    Path(root, dataset_id).mkdir(parents=True)
-    storage = MinariStorage.new(Path(root, dataset_id, "data"), env_spec=env.spec)
-    storage.update_episodes([
-        EpisodeBuffer(id=i, observations=rng.normal(size=(n + 1, obs_dim)), actions=rng.uniform(-1, 1, (n, act_dim)),
-                      rewards=np.full(n, i + 1.0), terminations=np.arange(n) == n - 1, truncations=np.zeros(n, bool))
-        for i, n in enumerate(lengths)])
-    storage.update_metadata({"dataset_id": dataset_id, "ref_min_score": -20.0, "ref_max_score": 3000.0,
-                             "minari_version": minari.__version__, "algorithm_name": "test fixture"})
-
-
-def test_a_minari_dataset_trains_in_its_own_v5_env_and_scores_on_its_reference_scores(tmp_path, monkeypatch):
-    pytest.importorskip("minari")
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    write_minari_dataset(root, "mujoco/hopper/tiny-v0")
-    run_entry("main.py", tmp_path / "run", "buffer.source=minari", "buffer.dataset=mujoco/hopper/tiny-v0",
-              "seeds=[0]", env={"MINARI_DATASETS_PATH": str(root)})
-    cfg = OmegaConf.load(tmp_path / "run" / "config.yaml")
-    assert (cfg.env.id, cfg.env.ref_min_score, cfg.env.ref_max_score) == ("Hopper-v5", -20.0, 3000.0)
-    final = utils.read_csv(tmp_path / "run" / "seed0" / "eval.csv")
-    assert np.allclose(final["score_mean"], utils.normalized_score(final["return_mean"], -20.0, 3000.0))
-
-    transitions = core.load_transitions(cfg, gym.make("Hopper-v5"))
-    starts, lengths, returns = transitions.trajectories()
-    assert list(lengths) == [30, 12, 40, 25] and list(returns) == [30.0, 24.0, 120.0, 100.0]
-
-    run_script("evaluate.py", f"run={tmp_path / 'run'}", "targets=[500]", "episodes=1", check=True)
-    rows = utils.read_csv(tmp_path / "run" / "sweep_final.csv")  # in Hopper-v5, on the Minari scale
-    assert np.allclose(rows["score"], utils.normalized_score(rows["return"], -20.0, 3000.0))
-
-
-def test_a_minari_dataset_not_on_disk_names_the_command_that_fetches_it(tmp_path):
-    pytest.importorskip("minari")
-    result = run_entry("main.py", tmp_path / "run", "buffer.source=minari", "buffer.dataset=mujoco/hopper/medium-v0",
-                       check=False, env={"MINARI_DATASETS_PATH": str(tmp_path / "empty")})
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0 and len(lines) == 1, result.stderr
-    assert lines[0].endswith("fetch it with `minari download mujoco/hopper/medium-v0`")
 
 
 def test_a_d4rl_file_reads_into_a_v5_env_whose_spaces_match(hopper_file):
