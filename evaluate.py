@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 import core
 import utils
-from buffer import DatasetError, top_trajectories
+from buffer import DatasetError, dataset_identity, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from main import cli
@@ -50,12 +50,23 @@ def dataset_returns(train_cfg, env):
         log.warning("%s (the run's dataset file) is not here: the data's returns come from the file of %s-%s",
                     train_cfg.buffer.file, train_cfg.env.name, train_cfg.buffer.dataset)
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": None}})
+    else:
+        warn_if_dataset_changed(train_cfg.buffer)
     return core.load_transitions(train_cfg, env).trajectories()[2]
+
+
+def warn_if_dataset_changed(buffer_cfg):
+    """A warning when the run's dataset file is not the one it trained on (its recorded SHA-256)."""
+    try:
+        dataset_identity(buffer_cfg.file, buffer_cfg.sha256)
+    except DatasetError as e:
+        log.warning("%s: the data's returns shown are the file's of today", e)
 
 
 def sweep_targets(cfg, train_cfg, data_returns):
     """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return."""
     if cfg.targets is not None:
+        schema.check_return_to_go("targets", cfg.targets, train_cfg.buffer.reward_scale)
         return np.array(cfg.targets, dtype=np.float64)
     return np.unique(np.append(DEFAULT_TARGETS * train_cfg.env.target_return, data_returns.max()).round(1))
 

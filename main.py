@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
+import runlock
 import utils
-from buffer import DatasetError, minari_facts
+from buffer import DatasetError, dataset_identity, minari_facts
 from cfgs import schema
 from cfgs.schema import ConfigError
 from utils import Interrupted, Run, RunError
@@ -39,8 +40,11 @@ def run_folder(resume):
         if not Run(resume).holds_run():
             raise ConfigError(f"resume={resume}: no run there (no config.yaml); give a run folder such as "
                               f"resume=runs/<date>/<time>")
+        runlock.lock_run_folder(resume)  # before Hydra writes its log there
         return resume
-    return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
+    folder = Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
+    runlock.lock_run_folder(folder)
+    return folder
 
 
 def sweep_folder():
@@ -64,6 +68,7 @@ def shown(path):
 def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
+    runlock.lock_run_folder(run.dir)  # one process per run folder, before anything is written
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
     job = submitit_job()
     if not cfg.resume and run.holds_run() and requeued_job(cfg, run, job):
@@ -94,6 +99,7 @@ def prepare(cfg):
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
     if not (cfg.resume and cfg.buffer.file or cfg.buffer.source == "minari"):  # the run records the file it read
         cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())  # one download, before the seeds
+    cfg.buffer.sha256 = dataset_identity(cfg.buffer.file, cfg.buffer.sha256)  # the data's identity, kept
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
@@ -119,7 +125,7 @@ def requeued_job(cfg, run, job):
     if fresh["buffer"]["path"]:
         fresh["buffer"]["path"] = to_absolute_path(fresh["buffer"]["path"])
     for config in (saved, fresh):  # what prepare() fills in
-        config["buffer"]["file"] = config["train"]["precision"] = config["resume"] = None
+        config["buffer"]["file"] = config["buffer"]["sha256"] = config["train"]["precision"] = config["resume"] = None
         config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
     return saved == fresh
 
@@ -136,6 +142,7 @@ def resumed_config(cfg, run, overrides):
     ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
     if ignored:
         log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
+    schema.refuse_code_in_config(run.config_path())  # unknown keys: typed() below, after upgrade()
     saved = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
     if any(o.startswith("seeds=") for o in overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
@@ -211,9 +218,12 @@ def cli(hydra_main):
     sys.argv = [arg.replace("hydra.run.chdir=", "hydra.job.chdir=", 1) if arg.startswith("hydra.run.chdir=") else arg
                 for arg in sys.argv]
     try:
+        schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:
         raise SystemExit(f"error: {composition_error(e)}") from None
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def composition_error(error):

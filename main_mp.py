@@ -14,6 +14,7 @@ import hydra
 from omegaconf import OmegaConf
 
 import core
+import runlock
 import utils
 from main import FATAL, cli, fail, parallel_jobs, shown, start, summarize
 from utils import Interrupted, Run
@@ -25,6 +26,7 @@ CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, dat
 
 def train_seed(cfg_dict, seed, run_dir, num_processes):
     """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; the exit code says how."""
+    runlock.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
     logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
