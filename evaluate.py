@@ -80,6 +80,19 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     return returns.reshape(len(targets), episodes), frames
 
 
+def refuse_replacing_sweep(run, cfg, targets):
+    """ConfigError when the run holds a sweep named cfg.name made with other targets or episodes (unless
+    overwrite=true): a quick check never replaces a stored sweep."""
+    if cfg.overwrite:
+        return
+    wanted = ([float(t) for t in targets], cfg.episodes)
+    for seed in run.seeds():
+        kept = run.sweep_part(seed, cfg.name)
+        if kept and (kept["settings"]["targets"], kept["settings"]["episodes"]) != wanted:
+            raise ConfigError(f"name={cfg.name}: the run holds a sweep of that name with other targets or episodes "
+                              f"({cfg.name}.csv): give a new name=<name>, or overwrite=true to replace it")
+
+
 def sweep_settings(policy_path, targets, cfg, videos):
     """What a seed's sweep depends on: its policy file's bytes, the targets, episodes, device and videos."""
     return {"policy_sha256": utils.file_sha256(policy_path), "targets": [float(t) for t in targets],
@@ -99,6 +112,7 @@ def evaluate_run(cfg):
     env = gym.make(train_cfg.env.id)
     data_returns = dataset_returns(train_cfg, env)
     targets = sweep_targets(cfg, train_cfg, data_returns)
+    refuse_replacing_sweep(run, cfg, targets)
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
     record = [i * cfg.episodes for i in range(len(targets))] if cfg.video else []  # each target's first episode
     started, rows, reused = time.time(), [], []
@@ -136,6 +150,7 @@ def evaluate_run(cfg):
 def main(cfg):
     try:
         schema.check_fields(EvaluateConfig, cfg)
+        schema.refuse_run_file_name(cfg.name)
         if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
         evaluate_run(cfg)

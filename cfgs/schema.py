@@ -159,6 +159,18 @@ class EvaluateConfig:
     video: bool = False  # one episode per target: seed<N>/<name>_<target>.mp4
     device: str = ruled("cpu", DEVICE)
     name: str = ruled("sweep_${checkpoint}", FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
+    overwrite: bool = False  # true: replace a stored sweep of this name made with other targets or episodes
+
+
+RUN_FILE_STEMS = ("final", "best", "last", "results", "config", "summary", "train", "eval", "main", "video",
+                  "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.* (cfgs/../utils.py Run)
+
+
+def refuse_run_file_name(name) -> None:
+    """evaluate.py's name=: ConfigError when its outputs would replace one of a run's own files."""
+    if name.lower() in RUN_FILE_STEMS:
+        raise ConfigError(f"name={name}: a run's own files are named so ({name}.*): choose another name, e.g. "
+                          f"name=sweep_{name}")
 
 
 # Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir and

@@ -211,3 +211,26 @@ def test_the_datasets_hash_is_computed_once_per_file_version(tmp_path, monkeypat
     assert buffer.dataset_sha256(path) != first and len(hashed) == 2
     shutil.copy(path, tmp_path / "copy.hdf5")
     assert buffer.dataset_sha256(tmp_path / "copy.hdf5") == buffer.dataset_sha256(path) and len(hashed) == 3
+
+
+# 3. Outputs never replace what the user did not name
+
+@pytest.mark.parametrize("name", ["final", "results", "summary", "config", "train", "eval", "main"])
+def test_evaluate_refuses_a_name_of_the_runs_own_files_and_writes_nothing(tiny_run, tmp_path, name):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != "evaluate.log"}
+    line = error_line(run_script("evaluate.py", f"run={run_dir}", "targets=[100]", "episodes=1", f"name={name}"))
+    assert f"name={name}" in line
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != "evaluate.log"} == before
+
+
+def test_evaluate_never_replaces_a_stored_sweep_with_another_unless_told(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    run_script("evaluate.py", f"run={run_dir}", "targets=[100,200]", "episodes=1", check=True)
+    stored = (run_dir / "sweep_final.csv").read_text()
+    line = error_line(run_script("evaluate.py", f"run={run_dir}", "targets=[300]", "episodes=1"))
+    assert "name=sweep_final" in line and "overwrite=true" in line
+    assert (run_dir / "sweep_final.csv").read_text() == stored
+    run_script("evaluate.py", f"run={run_dir}", "targets=[100,200]", "episodes=1", check=True)  # the same: reused
+    run_script("evaluate.py", f"run={run_dir}", "targets=[300]", "episodes=1", "overwrite=true", check=True)
+    assert (run_dir / "sweep_final.csv").read_text() != stored
