@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 import core
+import runlock
 import utils
 from buffer import SequenceBuffer, Transitions
 from cfgs.schema import Config
@@ -146,7 +147,9 @@ def main():
     parser.add_argument("--n-layers", type=int, default=CFG.model.n_layers)
     parser.add_argument("--trajectories", type=int, default=1000, help="of 1000 steps, in the sampling benchmark")
     parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
+    runlock.refuse_replacing(args.out, args.force)
     utils.set_torch_threads(1)
     torch.manual_seed(0)
     shape = dict(context_len=args.context_len, embed_dim=args.embed_dim, n_layers=args.n_layers)

@@ -1,6 +1,6 @@
 """D4RL hdf5 files or Minari datasets -> transitions -> trajectories -> (B, K, .) training batches.
 
-    python buffer.py [files ...] [--out dataset_returns.png] [--standin]   # trajectory-return histograms
+    python buffer.py [files ...] [--out dataset_returns.png] [--standin] [--force]  # trajectory-return histograms
                                                    # of the files (default: every file in $D4RL_DATASET_DIR)
 """
 import hashlib
@@ -382,7 +382,10 @@ if __name__ == "__main__":
     parser.add_argument("files", nargs="*", help="D4RL-layout files named <env>_<dataset>-v2.hdf5")
     parser.add_argument("--out", default="dataset_returns.png")
     parser.add_argument("--standin", action="store_true", help="label the files stand-in data in the titles")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
+    import runlock
+    runlock.refuse_replacing(args.out, args.force)
     files = args.files or sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
     unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
     if not files or unknown:

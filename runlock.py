@@ -3,7 +3,8 @@
 The lock is flock(2) on the folder itself (nothing is written into it): the kernel drops it when the process ends,
 however it ends, so a killed process leaves no stale lock. A second process on the same folder stops with one line
 naming the pid that holds it. Seed processes of main_mp.py die with their parent (die_with_parent), so no orphan
-keeps writing after a `kill -9` of the parent.
+keeps writing after a `kill -9` of the parent. And the scripts' own outputs (buffer.py's figure, bench.py's JSON)
+never replace an existing file unless told (refuse_replacing).
 """
 import ctypes
 import errno
@@ -80,3 +81,9 @@ def die_with_parent(parent_pid: int) -> None:
         threading.Thread(target=watch, daemon=True, name="parent-watch").start()
     if os.getppid() != parent_pid:  # the parent ended before the line above
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def refuse_replacing(path, force: bool, option: str = "--force") -> None:
+    """SystemExit in one line when `path` exists and `force` was not given: an output replaces no file unasked."""
+    if Path(path).exists() and not force:
+        raise SystemExit(f"error: {path} exists: give another --out, or {option} to replace it")

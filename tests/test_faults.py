@@ -173,7 +173,8 @@ def test_rewards_beyond_the_bound_are_refused_naming_it(tmp_path):
     with h5py.File(path, "r+") as f:
         f["rewards"][:] = 1e30
     line = error_line(run_entry("main.py", tmp_path / "run", f"buffer.path={path}", "seeds=[0]", check=False))
-    assert "rewards up to" in line and "beyond the bound 10000" in line and "lr" not in line and "Resume with" not in line
+    assert "rewards up to" in line and "beyond the bound 10000" in line
+    assert "train.lr" not in line and "Resume with" not in line
 
 
 def test_evaluate_refuses_a_target_beyond_what_the_model_embeds(tiny_run, tmp_path):
@@ -234,3 +235,19 @@ def test_evaluate_never_replaces_a_stored_sweep_with_another_unless_told(tiny_ru
     run_script("evaluate.py", f"run={run_dir}", "targets=[100,200]", "episodes=1", check=True)  # the same: reused
     run_script("evaluate.py", f"run={run_dir}", "targets=[300]", "episodes=1", "overwrite=true", check=True)
     assert (run_dir / "sweep_final.csv").read_text() != stored
+
+
+def test_buffer_py_replaces_no_figure_unasked(tmp_path):
+    path, out = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5"), tmp_path / "mine.png"
+    out.write_bytes(b"the user's own figure")
+    line = error_line(run_script("buffer.py", str(path), "--out", str(out)))
+    assert str(out) in line and "--force" in line and out.read_bytes() == b"the user's own figure"
+    run_script("buffer.py", str(path), "--out", str(out), "--force", check=True)
+    assert out.read_bytes() != b"the user's own figure"
+
+
+def test_bench_py_replaces_no_results_unasked(tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text("{}")
+    line = error_line(run_script("bench.py", "--steps", "1", "--out", str(out)))
+    assert str(out) in line and "--force" in line and out.read_text() == "{}"
