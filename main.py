@@ -76,6 +76,7 @@ def prepare(cfg):
         cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
+        runlock.remove_stray_temporaries(run.dir)
     elif run.holds_run():
         raise RunError(f"hydra.run.dir={shown(run.dir)} holds a run already: continue it with "
                        f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
@@ -104,6 +105,14 @@ def prepare(cfg):
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
     return cfg, run
+
+
+def exit_if_finished(cfg, run):
+    """A resumed run whose every seed has its final evaluation: one line, exit 0, nothing written."""
+    if all(run.final(seed) is not None for seed in cfg.seeds):
+        print(f"{shown(run.dir)}: every seed {list(cfg.seeds)} finished already (scores in summary.json): nothing "
+              f"to do; add seeds with seeds=[...]")
+        raise SystemExit(0)
 
 
 def submitit_job():
@@ -139,13 +148,14 @@ def parallel_jobs():
 
 def resumed_config(cfg, run, overrides):
     """The run's saved config in today's schema (newer keys take their defaults); seeds= adds seeds."""
-    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
-    if ignored:
-        log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
     schema.refuse_code_in_config(run.config_path())  # unknown keys: typed() below, after upgrade()
     saved = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
     if any(o.startswith("seeds=") for o in overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
+    exit_if_finished(saved, run)  # before the first line of the log
+    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
+    if ignored:
+        log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
     saved.resume = cfg.resume
     return saved
 

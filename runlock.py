@@ -87,3 +87,13 @@ def refuse_replacing(path, force: bool, option: str = "--force") -> None:
     """SystemExit in one line when `path` exists and `force` was not given: an output replaces no file unasked."""
     if Path(path).exists() and not force:
         raise SystemExit(f"error: {path} exists: give another --out, or {option} to replace it")
+
+
+def remove_stray_temporaries(folder) -> list:
+    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders (under the
+    folder's lock no other process writes them); returns their paths."""
+    folder = Path(folder)
+    strays = [*folder.glob(".*.tmp"), *folder.glob("seed*/.*.tmp")]
+    for path in strays:
+        path.unlink(missing_ok=True)
+    return strays

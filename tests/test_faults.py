@@ -251,3 +251,21 @@ def test_bench_py_replaces_no_results_unasked(tmp_path):
     out.write_text("{}")
     line = error_line(run_script("bench.py", "--steps", "1", "--out", str(out)))
     assert str(out) in line and "--force" in line and out.read_text() == "{}"
+
+
+def test_resuming_a_finished_run_writes_nothing(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")}
+    result = run_script("main.py", f"resume={run_dir}", "train.steps=50")
+    assert result.returncode == 0 and "finished already" in result.stdout, result.stderr
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")} == before
+
+
+def test_a_resume_removes_the_temporary_files_of_a_killed_write(long_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_entry("main.py", run_dir, *long_run[1], "train.steps=10")
+    strays = [run_dir / ".config.yaml.k1ll3d.tmp", run_dir / "seed0" / ".last.pt.k1ll3d.tmp"]
+    for path in strays:
+        path.write_bytes(b"half")
+    run_script("main.py", f"resume={run_dir}", "seeds=[0,1]", check=True)
+    assert not any(path.exists() for path in strays)
