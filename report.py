@@ -14,6 +14,7 @@ runs by <date>/<time>, never by a path of the machine.
 """
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -123,13 +124,22 @@ def score_text(scores):
 # The results table
 
 
+def seeds_text(summary):
+    """The seeds column: the seeds that finished, and those missing named as seeds."""
+    missing = ", ".join(map(str, summary["missing_seeds"]))
+    return (", ".join(map(str, summary["seeds"])) or "none finished") + (f"; missing seeds {missing}" if missing else "")
+
+
+def nan_seeds(summary):
+    """The seeds whose final score is not a finite number (a NaN run never passes or fails a bar)."""
+    return [f["seed"] for f in summary["per_seed"] if not math.isfinite(f["score_mean"])]
+
+
 def result_row(run):
     """The run's row of the results table, as strings."""
     summary, env = run["summary"], run["summary"]["env"]
     dataset = Path(summary["dataset"]).stem  # a buffer.path file shows as its name
-    seeds = ", ".join(map(str, summary["seeds"])) or "none"
-    if summary["missing_seeds"]:
-        seeds += f" ({', '.join(map(str, summary['missing_seeds']))} missing)"
+    seeds = seeds_text(summary)
     episodes = sorted({f["episodes"] for f in summary["per_seed"]})
     score = summary["score_mean"]
     final = "n/a" if score is None else f"{score_text(finals([run]))} ({'/'.join(map(str, episodes))} ep)"
@@ -138,7 +148,9 @@ def result_row(run):
     facts = env_facts(env) if on_d4rl_scale(run) else {}  # Minari's or -v5's scores are not D4RL's
     bar = facts.get("assignment_bar", {}).get(dataset)
     paper = facts.get("dt_paper_score", {}).get(dataset)
-    if bar is None or score is None:
+    if nan_seeds(summary):
+        passes = f"NaN score (seeds {', '.join(map(str, nan_seeds(summary)))})"
+    elif bar is None or score is None:
         passes = "-"
     elif len(summary["seeds"]) < 3:  # the bar is on the mean of 3 seeds
         passes = f"n/a ({len(summary['seeds'])} seed{'s' if len(summary['seeds']) > 1 else ''})"

@@ -2,6 +2,7 @@
 configs that name code, a second process on a run folder, orphaned seed processes, values whose results cannot be
 finite, and a dataset file changed under a run. Each ends in one line and writes nothing it should not."""
 import fcntl
+import json
 import hashlib
 import os
 import shutil
@@ -269,3 +270,15 @@ def test_a_resume_removes_the_temporary_files_of_a_killed_write(long_run, tmp_pa
         path.write_bytes(b"half")
     run_script("main.py", f"resume={run_dir}", "seeds=[0,1]", check=True)
     assert not any(path.exists() for path in strays)
+
+
+def test_report_names_a_nan_run_and_missing_seeds(tmp_path):
+    from test_report import HOPPER, make_run, row
+    run = make_run(tmp_path / "runs" / "day" / "nan", HOPPER, 1e-4, [float("nan"), 60.0, 62.0],
+                   [[40.0, 55.0], [50.0, 45.0], [45.0, 50.0]])
+    summary = json.loads((run / "summary.json").read_text())
+    summary["missing_seeds"] = [3]
+    (run / "summary.json").write_text(json.dumps(summary))
+    run_script("report.py", str(run), "--out", str(tmp_path / "report"), check=True)
+    cells = row((tmp_path / "report.md").read_text(), "day/nan")
+    assert "missing seeds 3" in cells[2] and "NaN score (seeds 0)" in cells
