@@ -126,8 +126,8 @@ def score_text(scores):
 
 def seeds_text(summary):
     """The seeds column: the seeds that finished, and those missing named as seeds."""
-    missing = ", ".join(map(str, summary["missing_seeds"]))
-    return (", ".join(map(str, summary["seeds"])) or "none finished") + (f"; missing seeds {missing}" if missing else "")
+    finished, missing = (", ".join(map(str, summary[key])) for key in ("seeds", "missing_seeds"))
+    return (finished or "none finished") + (f"; missing seeds {missing}" if missing else "")
 
 
 def nan_seeds(summary):
