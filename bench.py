@@ -325,8 +325,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="--busy: rounds of interleaved measurements")
     parser.add_argument("--busy-seconds", type=float, default=600, help="--busy: competitors end after this long")
     parser.add_argument("--out", help="the JSON file (default: bench.json, or bench-<n>.json if that exists)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a setting's process of --busy
     args = parser.parse_args()
+    if args.out:
+        utils.refuse_replacing(args.out, args.force)
     shape = dict(context_len=args.context_len, embed_dim=args.embed_dim, n_layers=args.n_layers)
     if args.worker:
         return busy_worker(args.batch_size, shape)

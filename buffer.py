@@ -1,8 +1,10 @@
 """D4RL hdf5 files or Minari datasets -> transitions -> trajectories -> (B, K, .) training batches.
 
-    python buffer.py [files ...] [--out runs/dataset_returns.png]   # trajectory-return histograms of the files
-                                                   # (default: every file in $D4RL_DATASET_DIR)
+    python buffer.py [files ...] [--out runs/dataset_returns.png] [--force]   # trajectory-return histograms
+                                                   # of the files (default: every file in $D4RL_DATASET_DIR)
 """
+import hashlib
+import json
 import logging
 import os
 import urllib.request
@@ -13,7 +15,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from cfgs.schema import DATASETS, ENVS, SAMPLE_BY
+from cfgs.schema import DATASETS, ENVS, RTG_LIMIT, SAMPLE_BY
 
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
 log = logging.getLogger(__name__)
@@ -127,6 +129,58 @@ def find_dataset(env, dataset, obs_dim, act_dim):
         raise
     os.replace(tmp, path)  # only a complete, checked file ever has the final name
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The data's identity: a run records its file's SHA-256 (buffer.sha256); hashed once per file, cached
+
+
+def sha256_cache_path():
+    """Where the hashes of dataset files are kept: $XDG_CACHE_HOME (or ~/.cache)/decision-transformer/."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "decision-transformer" / "dataset_sha256.json"
+
+
+def hash_file(path):
+    """The SHA-256 of a file's bytes (hex)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def dataset_sha256(path) -> str:
+    """The SHA-256 of a dataset file, hashed once per file: cached by its path, size and mtime (a 1M-row file is
+    not read again at every start). An unwritable cache only costs the hashing again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key, cache_path = f"{path}|{stat.st_size}|{stat.st_mtime_ns}", sha256_cache_path()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}  # the file's older versions
+        cache[key] = hash_file(path)
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, cache_path)
+        except OSError as e:
+            log.warning("%s: cannot keep the dataset's hash (%s); it is computed again at the next start",
+                        cache_path, e.strerror)
+    return cache[key]
+
+
+def dataset_identity(file, recorded) -> str:
+    """The SHA-256 of the run's dataset file (None for a Minari folder); DatasetError when `recorded` (the run's
+    buffer.sha256) names another: a resume would train on other data."""
+    if not file or not Path(file).is_file():
+        return recorded
+    sha = dataset_sha256(file)
+    if recorded and sha != recorded:
+        raise DatasetError(f"buffer.file={file}: the file changed since the run started (SHA-256 {recorded[:12]}... "
+                           f"recorded, {sha[:12]}... now): put the run's file back, or start a new run on this one")
+    return sha
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +323,22 @@ class Transitions:
                         "trajectories", self.source, len(lengths), np.median(lengths))
 
 
+REWARD_LIMIT = 1e4  # |reward| of one step: D4RL MuJoCo's are below 15; beyond, a file's rewards are not of these envs
+
+
+def check_reward_bounds(source, rewards, scaled_returns_to_go, reward_scale) -> None:
+    """DatasetError, naming the bound, for rewards beyond REWARD_LIMIT or returns-to-go that after reward_scale
+    lie beyond what the model can embed (cfgs/schema.py RTG_LIMIT): its losses and scores could not be finite."""
+    worst = np.abs(rewards).max(initial=0)
+    if not worst <= REWARD_LIMIT:
+        raise DatasetError(f"{source}: rewards up to |{worst:.3g}| per step, beyond the bound {REWARD_LIMIT:g} "
+                           f"(D4RL MuJoCo's are below 15): is it a file of these envs?")
+    scaled = np.abs(scaled_returns_to_go).max(initial=0)
+    if not scaled <= RTG_LIMIT:
+        raise DatasetError(f"buffer.reward_scale={reward_scale:g}: the data's returns-to-go / reward_scale reach "
+                           f"{scaled:.3g}, beyond {RTG_LIMIT:g} (what the model can embed): raise buffer.reward_scale")
+
+
 def top_trajectories(returns, top_percent):
     """Percentile behaviour cloning: which trajectories have a return in the top `top_percent` % (a mask)."""
     return returns >= np.percentile(returns, 100.0 - top_percent)
@@ -290,6 +360,7 @@ class SequenceBuffer:
         self.returns_to_go = np.concatenate(
             [discounted_cumsum(self.rewards[s:s + n]) for s, n in zip(self.starts, self.lengths)]
         ).astype(np.float32) / reward_scale  # (N,)
+        check_reward_bounds(transitions.source, self.rewards, self.returns_to_go, reward_scale)
         self.state_mean = self.states.mean(0)
         self.state_std = self.states.std(0) + 1e-6
         self.context_len = context_len
@@ -368,7 +439,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", help="D4RL-layout files named <env>_<dataset>-v2.hdf5")
     parser.add_argument("--out", help="the figure (default: runs/dataset_returns.png, or -1, -2, ... if it exists)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
+    if args.out:
+        import utils
+        utils.refuse_replacing(args.out, args.force)
     files = args.files or sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
     unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
     if not files or unknown:

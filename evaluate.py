@@ -27,7 +27,7 @@ from tqdm import tqdm
 import core
 import export
 import utils
-from buffer import DatasetError, dataset_dir, dataset_file, top_trajectories
+from buffer import DatasetError, dataset_dir, dataset_file, dataset_identity, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from main import cli
@@ -61,6 +61,8 @@ def dataset_returns(train_cfg, env):
             return None
         log.warning("%s (the run's dataset) is not here: the data's returns come from %s", recorded, found)
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": str(found)}})
+    else:
+        warn_if_dataset_changed(train_cfg.buffer)
     return core.load_transitions(train_cfg, env).trajectories()[2]
 
 
@@ -72,10 +74,19 @@ def local_d4rl_file(train_cfg):
     return path if path.exists() else None
 
 
+def warn_if_dataset_changed(buffer_cfg):
+    """A warning when the run's dataset file is not the one it trained on (its recorded SHA-256)."""
+    try:
+        dataset_identity(buffer_cfg.file, buffer_cfg.sha256)
+    except DatasetError as e:
+        log.warning("%s: the data's returns shown are the file's of today", e)
+
+
 def sweep_targets(cfg, train_cfg, data_returns):
     """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return (when
     the data is here)."""
     if cfg.targets is not None:
+        schema.check_return_to_go("targets", cfg.targets, train_cfg.buffer.reward_scale)
         return np.array(cfg.targets, dtype=np.float64)
     best = [] if data_returns is None else [data_returns.max()]
     return np.unique(np.append(DEFAULT_TARGETS * train_cfg.env.target_return, best).round(1))
@@ -88,6 +99,19 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
                                    core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET, conditions,
                                    train_cfg.buffer.reward_scale, record, train_cfg.env.max_episode_len)
     return returns.reshape(len(targets), episodes), frames
+
+
+def refuse_replacing_sweep(run, cfg, targets):
+    """ConfigError when the run holds a sweep named cfg.name made with other targets or episodes (unless
+    overwrite=true): a quick check never replaces a stored sweep."""
+    if cfg.overwrite:
+        return
+    wanted = ([float(t) for t in targets], cfg.episodes)
+    for seed in run.seeds():
+        kept = run.sweep_part(seed, cfg.name)
+        if kept and (kept["settings"]["targets"], kept["settings"]["episodes"]) != wanted:
+            raise ConfigError(f"name={cfg.name}: the run holds a sweep of that name with other targets or episodes "
+                              f"({cfg.name}.csv): give a new name=<name>, or overwrite=true to replace it")
 
 
 def sweep_settings(policy_path, targets, cfg, videos):
@@ -124,6 +148,7 @@ def evaluate_run(cfg):
     env = gym.make(core.env_spec(train_cfg.env))
     data_returns = dataset_returns(train_cfg, env)
     targets = sweep_targets(cfg, train_cfg, data_returns)
+    refuse_replacing_sweep(run, cfg, targets)
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
     record = [i * cfg.episodes for i in range(len(targets))] if cfg.video else []  # each target's first episode
     started, rows, reused = time.time(), [], []
@@ -182,6 +207,7 @@ def export_run(cfg):
 def main(cfg):
     try:
         schema.check_fields(EvaluateConfig, cfg)
+        schema.refuse_run_file_name(cfg.name)
         if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
         log.info("%s", threads.set_torch_threads(1))

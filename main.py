@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 import core
 import runfolder
 import utils
-from buffer import DatasetError, minari_facts
+from buffer import DatasetError, dataset_identity, minari_facts
 from cfgs import schema
 from cfgs.schema import ConfigError
 from runfolder import Interrupted, Run, RunError
@@ -43,8 +43,11 @@ def run_folder(resume):
         if not Run(resume).holds_run():
             raise ConfigError(f"resume={resume}: no run there (no config.yaml); give a run folder such as "
                               f"resume=runs/<date>/<time>")
+        runfolder.lock_run_folder(resume)  # before Hydra writes its log there
         return resume
-    return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
+    folder = Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
+    runfolder.lock_run_folder(folder)
+    return folder
 
 
 def sweep_folder():
@@ -68,6 +71,7 @@ def shown(path):
 def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
+    runfolder.lock_run_folder(run.dir)  # one process per run folder, before anything is written
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
     job = submitit_job()
     if not cfg.resume and run.holds_run() and requeued_job(cfg, run, job):
@@ -75,6 +79,7 @@ def prepare(cfg):
         cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
+        runfolder.remove_stray_temporaries(run.dir)
     elif run.holds_run():
         raise RunError(f"hydra.run.dir={shown(run.dir)} holds a run already: continue it with "
                        f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
@@ -95,6 +100,7 @@ def prepare(cfg):
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
     if not (cfg.resume and cfg.buffer.file or cfg.buffer.source == "minari"):  # the run records the file it read
         cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())  # one download, before the seeds
+    cfg.buffer.sha256 = dataset_identity(cfg.buffer.file, cfg.buffer.sha256)  # the data's identity, kept
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
@@ -124,6 +130,14 @@ def take_reference_scores(cfg, overrides):
         cfg.env.ref_source = "command-line"
 
 
+def exit_if_finished(cfg, run):
+    """A resumed run whose every seed has its final evaluation: one line, exit 0, nothing written."""
+    if all(run.final(seed) is not None for seed in cfg.seeds):
+        print(f"{shown(run.dir)}: every seed {list(cfg.seeds)} finished already (scores in summary.json): nothing "
+              f"to do; add seeds with seeds=[...]")
+        raise SystemExit(0)
+
+
 def submitit_job():
     """This process's submitit job id (kept when submitit requeues the job), or None outside a submitit job."""
     if "submitit" not in sys.modules:  # a submitit launcher's job runs inside submitit, which imported it
@@ -143,7 +157,7 @@ def requeued_job(cfg, run, job):
     if fresh["buffer"]["path"]:
         fresh["buffer"]["path"] = to_absolute_path(fresh["buffer"]["path"])
     for config in (saved, fresh):  # what prepare() fills in
-        config["buffer"]["file"] = config["train"]["precision"] = config["resume"] = None
+        config["buffer"]["file"] = config["buffer"]["sha256"] = config["train"]["precision"] = config["resume"] = None
         config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
         config["env"]["ref_source"] = config["env"]["kwargs"] = None
     return saved == fresh
@@ -158,12 +172,14 @@ def parallel_jobs():
 
 def resumed_config(cfg, run, overrides):
     """The run's saved config in today's schema (newer keys take their defaults); seeds= adds seeds."""
-    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
-    if ignored:
-        log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
+    schema.refuse_code_in_config(run.config_path())  # unknown keys: typed() below
     saved = schema.typed(run.saved_config())
     if any(o.startswith("seeds=") for o in overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
+    exit_if_finished(saved, run)  # before the first line of the log
+    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
+    if ignored:
+        log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
     saved.resume = cfg.resume
     return saved
 
@@ -236,10 +252,13 @@ def cli(hydra_main):
     sys.argv = [arg.replace("hydra.run.chdir=", "hydra.job.chdir=", 1) if arg.startswith("hydra.run.chdir=") else arg
                 for arg in sys.argv]
     try:
+        schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:
         message = composition_error(e)
         raise SystemExit(f"error: {missing_launcher(message) or message}") from None
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel

@@ -27,6 +27,7 @@ CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, dat
 
 def train_seed(cfg_dict, seed, run_dir, num_processes):
     """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; the exit code says how."""
+    runfolder.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
     logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")

@@ -81,8 +81,12 @@ class FinishedRun:
                 and config.get("env.ref_source", "d4rl") == "d4rl")
 
     def scores(self) -> list:
-        """Each finished seed's final normalized score."""
-        return [f["score_mean"] for f in self.summary["per_seed"]]
+        """Each finished seed's final normalized score (a NaN or inf one is left out: nan_seeds names it)."""
+        return [f["score_mean"] for f in self.summary["per_seed"] if np.isfinite(f["score_mean"])]
+
+    def nan_seeds(self) -> list:
+        """The seeds whose final score is NaN or inf."""
+        return [f["seed"] for f in self.summary["per_seed"] if not np.isfinite(f["score_mean"])]
 
     def curve(self, csv_name: str, key: str):
         """(steps, mean, std) over seeds of column `key` of each seed's csv_name; None where no seed has it."""
@@ -604,6 +608,10 @@ def main_part(runs: list, grouped: dict, datasets: dict, figures: dict, standin:
                    table(["task", "final score", "seeds' scores", "bar", "DT paper", "data: mean", "data: best"],
                          other_scale)]
     blocks += [paragraph(s) for s in different_files(runs)]
+    nan = [f"{r.label} (seed {', '.join(map(str, r.nan_seeds()))})" for r in runs if r.nan_seeds()]
+    if nan:
+        blocks.append(paragraph(f"A NaN or inf final score, left out of every number here (its main.log says "
+                                f"why): {'; '.join(nan)}."))
     captions = {
         "training": "Evaluation score (10 episodes per eval, mean ± std over seeds) and training loss over training, "
                     "medium datasets, default config.",
@@ -645,10 +653,14 @@ def appendix(grouped: dict, figures: dict) -> list:
 
 
 def missing_text(runs: list) -> str:
-    """' (seeds 1, 2 missing)' for seeds a run was asked for and did not finish, or ''."""
+    """' (missing seeds: day/run: 2; NaN score: day/run: 0)': seeds a run was asked for and did not finish, and
+    seeds whose final score is NaN or inf (left out of the numbers); '' if none."""
     missing = [f"{r.label}: {', '.join(map(str, r.summary.get('missing_seeds', [])))}" for r in runs
                if r.summary.get("missing_seeds")]
-    return f" (missing seeds: {'; '.join(missing)})" if missing else ""
+    nan = [f"{r.label}: {', '.join(map(str, r.nan_seeds()))}" for r in runs if r.nan_seeds()]
+    parts = ([f"missing seeds: {'; '.join(missing)}"] if missing else []) + (
+        [f"NaN score: {'; '.join(nan)}"] if nan else [])
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def data_identity(run: FinishedRun) -> str:
@@ -725,10 +737,6 @@ def main(argv=None):
     if args.findings and not Path(args.findings).is_file():
         raise SystemExit(f"error: --findings {args.findings}: no such file")
     runs = [load_run(path) for path in expand_sweeps(args.runs)]  # every folder checked before anything is written
-    nan = [r.label for r in runs if not all(np.isfinite(s) for s in r.scores())]
-    if nan:
-        raise SystemExit(f"error: {', '.join(nan)}: a final score is NaN or inf (see its main.log); leave it out or "
-                         f"train it again")
     out = args.out or new_stem(str(Path("runs") / "report"))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     for path in write_report(runs, out, args.standin, args.findings):

@@ -74,6 +74,12 @@ def atomic_write_bytes(path, data):
         raise
 
 
+def refuse_replacing(path, force: bool, option: str = "--force") -> None:
+    """SystemExit in one line when `path` exists and `force` was not given: an output replaces no file unasked."""
+    if Path(path).exists() and not force:
+        raise SystemExit(f"error: {path} exists: give another --out, or {option} to replace it")
+
+
 def file_sha256(path):
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -8,6 +8,7 @@ import importlib.util
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -91,6 +92,7 @@ class BufferConfig:
     dataset: str = "medium"  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0
     path: Optional[str] = None  # any D4RL-layout hdf5 file; overrides env + dataset
     file: Optional[str] = None  # set at start: the file this run reads (kept for resume)
+    sha256: Optional[str] = None  # set at start: the SHA-256 of that file (a resume on a changed file stops)
     context_len: int = ruled(20, POSITIVE)  # K: steps of history the model sees
     reward_scale: float = ruled(1000.0, POSITIVE)  # returns-to-go are divided by this
     sample_by: str = ruled("length", one_of(SAMPLE_BY))  # length: every step equally likely
@@ -167,6 +169,18 @@ class EvaluateConfig:
     name: str = ruled("sweep_${checkpoint}", FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
     export: Optional[str] = ruled(None, Rule(lambda v: v in (None, "onnx", "torchscript"),
                                              "choose onnx or torchscript (or null: the sweep)"))  # export.py
+    overwrite: bool = False  # true: replace a stored sweep of this name made with other targets or episodes
+
+
+RUN_FILE_STEMS = ("final", "best", "last", "results", "config", "summary", "train", "eval", "main", "video",
+                  "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.* (cfgs/../utils.py Run)
+
+
+def refuse_run_file_name(name) -> None:
+    """evaluate.py's name=: ConfigError when its outputs would replace one of a run's own files."""
+    if name.lower() in RUN_FILE_STEMS:
+        raise ConfigError(f"name={name}: a run's own files are named so ({name}.*): choose another name, e.g. "
+                          f"name=sweep_{name}")
 
 
 # Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir and
@@ -189,6 +203,7 @@ def check(cfg):
     check_fields(Config, cfg)
     check_env(cfg)
     check_dataset(cfg)
+    check_bounds(cfg)
     pairs = [("train.eval_every", "train.log_every"), ("train.checkpoint_every", "train.log_every")]
     for field_name, unit in pairs:  # so that no checkpoint holds an unchecked loss
         value, step = OmegaConf.select(cfg, field_name), OmegaConf.select(cfg, unit)
@@ -208,6 +223,31 @@ def check(cfg):
         if package in cfg.logger and importlib.util.find_spec(package) is None:
             raise ConfigError(f"logger={list(cfg.logger)}: {package} is not installed: "
                               f"pip install -r requirements-extra.txt")
+
+
+RTG_LIMIT = 1e4  # |return-to-go / reward_scale| the model is given: D4RL's best (hopper 3.2) x 3000; beyond, its
+# embedding grows the attention's logits until they overflow (eval.target_return=1e30: every score NaN)
+D4RL_TIME_LIMIT = 1000  # the episode length D4RL's reference scores (env.ref_min_score, ref_max_score) assume
+
+
+def check_bounds(cfg):
+    """Raise ConfigError on values of the right type whose results cannot be finite or meaningful."""
+    if cfg.train.warmup_steps > cfg.train.steps:
+        raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps}: must be at most train.steps="
+                          f"{cfg.train.steps} (the learning rate would never reach train.lr={cfg.train.lr})")
+    if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
+        raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
+                          f"limit D4RL's reference scores assume (longer episodes' scores are not comparable)")
+    check_return_to_go("eval.target_return", [cfg.eval.target_return], cfg.buffer.reward_scale)
+
+
+def check_return_to_go(field_name, returns, reward_scale) -> None:
+    """Raise ConfigError when a return to condition on, divided by reward_scale, lies beyond what the model can
+    embed (RTG_LIMIT)."""
+    for value in returns:
+        if not finite(value) or abs(value / reward_scale) > RTG_LIMIT:
+            raise ConfigError(f"{field_name}={value:g}: with buffer.reward_scale={reward_scale:g} it must lie "
+                              f"within +-{RTG_LIMIT * reward_scale:g} (|return / reward_scale| <= {RTG_LIMIT:g})")
 
 
 def check_env(cfg):
@@ -280,3 +320,84 @@ def one_line(error):
     message = str(error).splitlines()[0]
     key = getattr(error, "full_key", None)
     return f"{key}: {message}" if key else message
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs are data: a shared config file (a run's config.yaml, any --config-path config) names no code to run
+
+CODE_KEYS = ("_target_", "()")  # Hydra's instantiate and logging's dictConfig call whatever these name
+HYDRA_DATA_KEYS = ("run", "sweep", "job", "output_subdir", "mode", "verbose")  # hydra.callbacks etc. run code
+DEFAULTS_ALLOWED = ("schema", "run_folder", "evaluate_schema", "_self_", "env")
+
+
+def refuse_code_in_config(path, node=None) -> None:
+    """Raise ConfigError in one line if the config file `path` names code (hydra.callbacks, _target_ anywhere,
+    a logging factory) or, with the dataclass `node`, holds a key its schema lacks. Reads the file as plain YAML:
+    nothing in it is resolved or acted on."""
+    path = Path(path)
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    except (OSError, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable YAML config ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: not a config (a YAML mapping of keys)")
+    for key in code_keys(tree):
+        raise ConfigError(f"{path}: {key} names code to run; a config is data: remove it")
+    for key in (tree.get("hydra") or {}):
+        if key not in HYDRA_DATA_KEYS:
+            raise ConfigError(f"{path}: hydra.{key} is refused (it can run code); keep only hydra."
+                              f"{', hydra.'.join(HYDRA_DATA_KEYS)}")
+    for entry in tree.get("defaults") or []:
+        group = next(iter(entry)) if isinstance(entry, dict) else entry
+        if str(group).replace("override ", "").strip() not in DEFAULTS_ALLOWED:
+            raise ConfigError(f"{path}: defaults entry {entry} is refused; a config's defaults are "
+                              f"{', '.join(DEFAULTS_ALLOWED[:4])} (and env)")
+    if node is not None:
+        data = {k: v for k, v in tree.items() if k not in ("defaults", "hydra")}
+        try:
+            OmegaConf.merge(OmegaConf.structured(node), data)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {one_line(e)}") from None
+
+
+def code_keys(tree, prefix=""):
+    """The dotted names of every key in a plain config tree that names code (CODE_KEYS, hydra.callbacks)."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if key in CODE_KEYS or name == "hydra.callbacks":
+            yield name
+        yield from code_keys(value, f"{name}.")
+
+
+def refuse_code_in_argv(argv) -> None:
+    """Before Hydra reads anything: the config a command line names with --config-path/--config-dir is checked
+    with refuse_code_in_config, and no override names code (_target_, hydra.callbacks)."""
+    script = Path(argv[0]).stem
+    options, overrides = config_options(argv[1:])
+    node, name = (EvaluateConfig, "evaluate") if script == "evaluate" else (Config, "config")
+    name = options.get("--config-name", name)
+    for override in overrides:
+        if any(code in override for code in CODE_KEYS) or override.lstrip("+~").startswith("hydra.callbacks"):
+            raise ConfigError(f"{override}: names code to run; a config is data: leave it out")
+    folder = Path(argv[0]).resolve().parent  # Hydra reads --config-path relative to the script's folder
+    if "--config-path" in options:
+        refuse_code_in_config(folder / options["--config-path"] / f"{name.removesuffix('.yaml')}.yaml", node)
+    if "--config-dir" in options:
+        for path in sorted(Path(options["--config-dir"]).rglob("*.yaml")):
+            refuse_code_in_config(path)
+
+
+def config_options(args):
+    """Hydra's config options of a command line ({'--config-path': ..., ...}, long names) and its overrides."""
+    short = {"-cp": "--config-path", "-cn": "--config-name", "-cd": "--config-dir"}
+    options, overrides, args = {}, [], list(args)
+    while args:
+        arg = args.pop(0)
+        flag, _, value = arg.partition("=")
+        flag = short.get(flag, flag)
+        if flag in short.values():
+            options[flag] = value if "=" in arg else (args.pop(0) if args else "")
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return options, overrides

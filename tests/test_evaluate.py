@@ -44,7 +44,7 @@ def test_a_stopped_sweep_started_again_reuses_the_seeds_it_finished(tiny_run, tm
     assert "seed 0: reused seed0/sweep_final.json" in log and "x 1 seeds in" in log and "(1 reused)" in log
     assert (run_dir / "sweep_final.csv").read_bytes() == whole  # the same rows as the sweep in one go
     for changed in (("targets=[500,3600]", "episodes=3"), ("targets=[500]", "episodes=3")):  # every seed again
-        assert "reused" not in evaluate_logging(run_dir, *changed)
+        assert "reused" not in evaluate_logging(run_dir, *changed, "overwrite=true")  # replacing: asked for
     shutil.copyfile(run_dir / "seed1" / "final.pt", run_dir / "seed0" / "final.pt")  # another policy in seed 0
     log = evaluate_logging(run_dir, "targets=[500]", "episodes=3")
     assert "seed 1: reused" in log and "seed 0: reused" not in log and "(1 reused)" in log

@@ -1,0 +1,271 @@
+"""The fault battery of issue 30, black box: the entry points on tiny fixture datasets and tiny configs meet shared
+configs that name code, a second process on a run folder, orphaned seed processes, values whose results cannot be
+finite, and a dataset file changed under a run. Each ends in one line and writes nothing it should not."""
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TINY, copy_run, run_entry, run_script, start_script, write_d4rl_file
+
+
+def error_line(result):
+    """The one line a failed command printed on stderr."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1, f"exit {result.returncode}:\n{result.stderr}"
+    return lines[0]
+
+
+def wait_for_training(run_dir, timeout=120):
+    """Until every seed of run_dir has logged a few steps."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        csvs = list(run_dir.glob("seed*/train.csv"))
+        if csvs and all(len(p.read_text().splitlines()) > 3 for p in csvs):
+            return
+        time.sleep(0.05)
+    raise AssertionError("training did not start")
+
+
+LONG = ["train.steps=100000", "train.eval_every=100000", "train.checkpoint_every=5"]
+
+
+# 1. Configs are data, not code
+
+def crafted_configs(marker):
+    """(what is added to a run's config.yaml, as a plain tree) -> each names code or a key the schema lacks."""
+    make_marker = {"_target_": "os.makedirs", "name": str(marker)}
+    return {
+        "hydra.callbacks": {"hydra": {"callbacks": {"evil": make_marker}}},
+        "_target_ in a section": {"model": {"_target_": "os.makedirs", "name": str(marker)}},
+        "a logging factory": {"hydra": {"job_logging": {"version": 1, "handlers": {
+            "evil": {"()": "os.makedirs", "name": str(marker)}}}}},
+        "an unknown key": {"trian": {"steps": 3}},
+    }
+
+
+@pytest.mark.parametrize("kind", list(crafted_configs(Path("x"))))
+def test_a_shared_config_that_names_code_or_unknown_keys_is_refused_and_writes_nothing(tiny_run, tmp_path, kind):
+    marker, shared = tmp_path / "marker", tmp_path / "shared"
+    shared.mkdir()
+    config = OmegaConf.merge(OmegaConf.load(tiny_run[0] / "config.yaml"), crafted_configs(marker)[kind])
+    (shared / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    result = run_script("main.py", "--config-path", str(shared), "--config-name", "config",
+                        f"hydra.run.dir={tmp_path / 'new'}", "seeds=[0]")
+    line = error_line(result)
+    assert str(shared / "config.yaml") in line and "Traceback" not in result.stderr
+    assert not marker.exists() and not (tmp_path / "new").exists()
+
+
+def test_a_command_line_override_that_names_code_is_refused(hopper_file, tmp_path):
+    marker = tmp_path / "marker"
+    result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", f"hydra.run.dir={tmp_path / 'new'}",
+                        "+hydra.callbacks.evil._target_=os.makedirs", f"+hydra.callbacks.evil.name={marker}")
+    assert "names code" in error_line(result) and not marker.exists() and not (tmp_path / "new").exists()
+
+
+def test_resuming_a_run_whose_saved_config_names_code_is_refused(tiny_run, tmp_path):
+    run_dir, marker = copy_run(tiny_run[0], tmp_path / "run"), tmp_path / "marker"
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.env.assignment_bar = {"_target_": "os.makedirs", "name": str(marker)}
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    line = error_line(run_script("main.py", f"resume={run_dir}", "seeds=[0,1,2]"))
+    assert "_target_" in line and not marker.exists()
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != "main.log"} == \
+        {p: t for p, t in before.items() if p.name != "main.log"}
+
+
+# 2. One process per run folder
+
+def test_a_second_process_on_a_training_run_stops_naming_the_holders_pid(hopper_file, tmp_path):
+    run_dir = tmp_path / "run"
+    first = start_script("main.py", *TINY, f"hydra.run.dir={run_dir}", f"buffer.path={hopper_file}", "seeds=[0]",
+                         *LONG)
+    wait_for_training(run_dir)
+    second = run_entry("main.py", tmp_path / "unused", f"resume={run_dir}", check=False)
+    line = error_line(second)
+    assert f"pid {first.pid}" in line and str(run_dir) in line
+    assert first.poll() is None, "the second process stopped the first"
+    first.kill()
+    fd = os.open(run_dir, os.O_RDONLY)  # a killed holder leaves no stale lock
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+def test_a_second_resume_of_a_resuming_run_stops(hopper_file, tmp_path):
+    run_dir = tmp_path / "run"
+    run_entry("main.py", run_dir, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=10")
+    first = start_script("main.py", f"resume={run_dir}", "seeds=[0,1]", f"hydra.run.dir={tmp_path / 'log1'}")
+    deadline = time.time() + 120
+    while not (run_dir / "seed1" / "train.csv").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if first.poll() is not None:
+        pytest.skip("the first resume ended before the second started")
+    line = error_line(run_script("main.py", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'log2'}"))
+    assert f"pid {first.pid}" in line
+    first.kill()
+
+
+def children(pid):
+    """The pids of the live child processes of pid (Linux /proc)."""
+    pids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def alive(pid):
+    """Is pid a running (not ended, not zombie) process?"""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_main_mp_seed_processes_die_with_their_parent(hopper_file, tmp_path):
+    run_dir = tmp_path / "run"
+    parent = start_script("main_mp.py", *TINY, f"hydra.run.dir={run_dir}", f"buffer.path={hopper_file}",
+                          "seeds=[0,1]", *LONG)
+    wait_for_training(run_dir)
+    seeds = [p for p in children(parent.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(seeds) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(60)
+    deadline = time.time() + 60
+    while any(alive(p) for p in seeds) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [p for p in seeds if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "seed processes went on after their parent's kill -9"
+
+
+# 5. Values whose results cannot be finite or meaningful: refused before training, naming the field and bound
+
+@pytest.mark.parametrize("override, field", [
+    ("eval.target_return=1e30", "eval.target_return=1e+30"),
+    ("eval.target_return=-1e30", "eval.target_return=-1e+30"),
+    ("buffer.reward_scale=1e-30", "eval.target_return="),
+    ("train.warmup_steps=1000000000", "train.warmup_steps=1000000000: must be at most train.steps=20"),
+    ("env.max_episode_len=3000", "env.max_episode_len=3000: at most 1000"),
+])
+def test_a_value_whose_results_cannot_be_meaningful_is_refused_before_training(hopper_file, tmp_path, override,
+                                                                              field):
+    result = run_entry("main.py", tmp_path / "run", f"buffer.path={hopper_file}", "seeds=[0]", override,
+                       check=False)
+    line = error_line(result)
+    assert field in line and "Resume with" not in line
+    assert not (tmp_path / "run" / "seed0").exists()
+
+
+def test_rewards_beyond_the_bound_are_refused_naming_it(tmp_path):
+    path = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
+    with h5py.File(path, "r+") as f:
+        f["rewards"][:] = 1e30
+    line = error_line(run_entry("main.py", tmp_path / "run", f"buffer.path={path}", "seeds=[0]", check=False))
+    assert "rewards up to" in line and "beyond the bound 10000" in line
+    assert "train.lr" not in line and "Resume with" not in line
+
+
+def test_evaluate_refuses_a_target_beyond_what_the_model_embeds(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    line = error_line(run_script("evaluate.py", f"run={run_dir}", "targets=[1e30]", "episodes=1"))
+    assert "targets=1e+30" in line and not list(run_dir.glob("sweep_*"))
+
+
+# 5. and issue 29 item 4: the data's identity in every run
+
+def test_a_run_records_its_datasets_sha256_and_a_resume_on_a_changed_file_stops(tmp_path):
+    path, run_dir = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5"), tmp_path / "run"
+    run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", "train.steps=10")
+    recorded = OmegaConf.load(run_dir / "config.yaml").buffer.sha256
+    assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()
+    write_d4rl_file(path, seed=1)  # the same name, other data
+    line = error_line(run_script("main.py", f"resume={run_dir}", "seeds=[0,1]"))
+    assert "the file changed" in line and str(path) in line and "Resume with" not in line
+    assert not (run_dir / "seed1").exists()
+    warned = run_script("evaluate.py", f"run={run_dir}", "targets=[100]", "episodes=1", check=True)
+    assert "the file changed" in warned.stderr + warned.stdout
+
+
+def test_the_datasets_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    import buffer
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    hashed = []
+    hash_file = buffer.hash_file
+    monkeypatch.setattr(buffer, "hash_file", lambda p: hashed.append(p) or hash_file(p))
+    path = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
+    first = buffer.dataset_sha256(path)
+    assert buffer.dataset_sha256(path) == first and len(hashed) == 1  # unchanged: from the cache
+    write_d4rl_file(path, seed=1)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on a coarse clock
+    assert buffer.dataset_sha256(path) != first and len(hashed) == 2
+    shutil.copy(path, tmp_path / "copy.hdf5")
+    assert buffer.dataset_sha256(tmp_path / "copy.hdf5") == buffer.dataset_sha256(path) and len(hashed) == 3
+
+
+# 3. Outputs never replace what the user did not name
+
+@pytest.mark.parametrize("name", ["final", "results", "summary", "config", "train", "eval", "main"])
+def test_evaluate_refuses_a_name_of_the_runs_own_files_and_writes_nothing(tiny_run, tmp_path, name):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != "evaluate.log"}
+    line = error_line(run_script("evaluate.py", f"run={run_dir}", "targets=[100]", "episodes=1", f"name={name}"))
+    assert f"name={name}" in line
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != "evaluate.log"} == before
+
+
+def test_evaluate_never_replaces_a_stored_sweep_with_another_unless_told(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    run_script("evaluate.py", f"run={run_dir}", "targets=[100,200]", "episodes=1", check=True)
+    stored = (run_dir / "sweep_final.csv").read_text()
+    line = error_line(run_script("evaluate.py", f"run={run_dir}", "targets=[300]", "episodes=1"))
+    assert "name=sweep_final" in line and "overwrite=true" in line
+    assert (run_dir / "sweep_final.csv").read_text() == stored
+    run_script("evaluate.py", f"run={run_dir}", "targets=[100,200]", "episodes=1", check=True)  # the same: reused
+    run_script("evaluate.py", f"run={run_dir}", "targets=[300]", "episodes=1", "overwrite=true", check=True)
+    assert (run_dir / "sweep_final.csv").read_text() != stored
+
+
+def test_buffer_py_replaces_no_figure_unasked(tmp_path):
+    path, out = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5"), tmp_path / "mine.png"
+    out.write_bytes(b"the user's own figure")
+    line = error_line(run_script("buffer.py", str(path), "--out", str(out)))
+    assert str(out) in line and "--force" in line and out.read_bytes() == b"the user's own figure"
+    run_script("buffer.py", str(path), "--out", str(out), "--force", check=True)
+    assert out.read_bytes() != b"the user's own figure"
+
+
+def test_bench_py_replaces_no_results_unasked(tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text("{}")
+    line = error_line(run_script("bench.py", "--steps", "1", "--out", str(out)))
+    assert str(out) in line and "--force" in line and out.read_text() == "{}"
+
+
+def test_resuming_a_finished_run_writes_nothing(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")}
+    result = run_script("main.py", f"resume={run_dir}", "train.steps=50")
+    assert result.returncode == 0 and "finished already" in result.stdout, result.stderr
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")} == before
+
+
+def test_a_resume_removes_the_temporary_files_of_a_killed_write(long_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_entry("main.py", run_dir, *long_run[1], "train.steps=10")
+    strays = [run_dir / ".config.yaml.k1ll3d.tmp", run_dir / "seed0" / ".last.pt.k1ll3d.tmp"]
+    for path in strays:
+        path.write_bytes(b"half")
+    run_script("main.py", f"resume={run_dir}", "seeds=[0,1]", check=True)
+    assert not any(path.exists() for path in strays)
