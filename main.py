@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).resolve().parent),
                                                          os.environ.get("PYTHONPATH"))))
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
+_claimed = {}  # folder -> whether this process created it (else only its main.log): removed if the start fails
 
 
 def run_folder(resume):
@@ -47,7 +48,25 @@ def run_folder(resume):
         return resume
     folder = Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
     runfolder.lock_run_folder(folder)
+    _claimed[Path(folder).resolve()] = True
     return folder
+
+
+def discard_failed_start(run):
+    """After a start that failed before training: the folder this process claimed for it, when it holds nothing
+    but the log, is removed (and runs/<date>/, runs/ when empty), so that no run folder is left behind; in the
+    folder started in (hydra.run.chdir=false), the main.log this start created."""
+    folder = run.dir.resolve()
+    if folder not in _claimed or _claimed[folder] and any(p.name != "main.log" for p in folder.iterdir()):
+        return
+    (folder / "main.log").unlink(missing_ok=True)
+    if not _claimed[folder]:
+        return
+    for empty in (folder, folder.parent, folder.parent.parent):  # runs/<date>/<time>, runs/<date>, runs
+        try:
+            empty.rmdir()
+        except OSError:  # not empty
+            return
 
 
 def sweep_folder():
@@ -211,7 +230,9 @@ def start(cfg):
     except RunError as e:  # the folder belongs to another run: write nothing there
         raise SystemExit(f"error: {e}")
     except FATAL as e:
-        fail(f"error: {e}")
+        log.error("error: %s", e)
+        discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
+        raise SystemExit(f"error: {e}")
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
@@ -246,11 +267,12 @@ def main(cfg):
 def cli(hydra_main):
     """Call a @hydra.main function; a command line Hydra cannot compose ends in one line that names the key.
 
-    The assignment's hydra.run.chdir=<bool> is taken as the key Hydra 1.3 has for it, hydra.job.chdir.
+    The assignment's hydra.run.chdir=<bool> is taken as the key Hydra 1.3 has for it (assignment_chdir).
     """
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
-    sys.argv = [arg.replace("hydra.run.chdir=", "hydra.job.chdir=", 1) if arg.startswith("hydra.run.chdir=") else arg
-                for arg in sys.argv]
+    sys.argv = [sys.argv[0], *assignment_chdir(sys.argv[1:], os.getcwd())]
+    if f"hydra.run.dir={quoted(os.getcwd())}" in sys.argv and not Path("main.log").exists():
+        _claimed[Path.cwd().resolve()] = False  # its main.log is this start's
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         hydra_main()
@@ -259,6 +281,25 @@ def cli(hydra_main):
         raise SystemExit(f"error: {missing_launcher(message) or message}") from None
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def assignment_chdir(args, cwd):
+    """The command line `args` with the assignment's hydra.run.chdir=<bool> in Hydra 1.3's keys: hydra.job.chdir,
+    and with false the run's folder is the one started in (hydra.run.dir=<cwd>), unless hydra.run.dir= or resume=
+    names another. prepare() still refuses a folder that holds a run."""
+    given = [arg for arg in args if arg.startswith("hydra.run.chdir=")]
+    kept = [arg for arg in args if arg not in given]
+    if not given:
+        return kept
+    value = given[-1].split("=", 1)[1]
+    here = value.strip().lower() == "false" and not any(arg.startswith(("hydra.run.dir=", "resume="))
+                                                       for arg in kept)
+    return [*kept, f"hydra.job.chdir={value}", *([f"hydra.run.dir={quoted(cwd)}"] if here else [])]
+
+
+def quoted(value):
+    """`value` as a quoted string of Hydra's override grammar (spaces, commas, brackets kept as they are)."""
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel

@@ -99,11 +99,22 @@ def test_the_command_line_prints_one_line_and_starts_nothing_on_a_wrong_type(tmp
     assert not (tmp_path / "run").exists(), "a config Hydra cannot compose makes no folder"
 
 
-def test_a_start_that_fails_on_a_value_keeps_its_error_in_main_log(hopper_file, tmp_path):
+def test_a_start_that_fails_before_training_leaves_no_run_folder_behind(hopper_file, tmp_path):
     result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "train.lr=-1", cwd=tmp_path)
     assert error_line(result) == "error: train.lr=-1.0: must be > 0"
-    (log,) = tmp_path.glob("runs/*/*/main.log")
-    assert "train.lr=-1.0: must be > 0" in log.read_text() and not list(log.parent.glob("seed*"))
+    missing = run_script("main.py", *TINY, f"buffer.path={tmp_path}/none.hdf5", cwd=tmp_path)
+    assert missing.returncode != 0 and "none.hdf5" in error_line(missing)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_start_in_the_folder_started_in_removes_only_its_own_log(hopper_file, tmp_path):
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "train.lr=-1", "hydra.run.chdir=false",
+                        cwd=here)
+    assert error_line(result) == "error: train.lr=-1.0: must be > 0"
+    assert sorted(p.name for p in here.iterdir()) == ["notes.txt"]
 
 
 def test_a_mistyped_resume_path_creates_nothing(tmp_path):
@@ -226,3 +237,11 @@ def test_main_mp_passes_sigterm_on_to_its_seeds_which_checkpoint(hopper_file, tm
                     f"Resume with: python main_mp.py resume={run_dir}")
     for seed in (0, 1):
         assert "stopped by SIGTERM at step" in (run_dir / f"seed{seed}" / "train.log").read_text()
+
+
+def test_hydra_run_chdir_false_runs_in_the_folder_started_in_unless_a_folder_is_named():
+    assert main.assignment_chdir(["seeds=[0]", "hydra.run.chdir=false"], "/a b/it's") == [
+        "seeds=[0]", "hydra.job.chdir=false", "hydra.run.dir='/a b/it\\'s'"]
+    assert main.assignment_chdir(["hydra.run.chdir=true"], "/x") == ["hydra.job.chdir=true"]
+    for named in ("hydra.run.dir=elsewhere", "resume=runs/x"):
+        assert main.assignment_chdir([named, "hydra.run.chdir=false"], "/x") == [named, "hydra.job.chdir=false"]
