@@ -34,7 +34,7 @@ import utils
 from buffer import DatasetError, dataset_dir, dataset_file, dataset_identity, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
-from main import cli, quoted
+from main import cli, errors_to_the_log_file_only, quoted
 from runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,7 @@ def export_run(cfg, out_folder=None):
 
 @hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
 def main(cfg):
+    errors_to_the_log_file_only()
     try:
         existing_run(cfg.run)  # also where out= names the output folder
         schema.check_fields(EvaluateConfig, cfg)

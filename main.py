@@ -215,15 +215,24 @@ def summarize(cfg, run):
 
 
 def fail(message, code=1):
-    """Log the one-line error (main.log keeps it), print it and exit."""
+    """Log the one-line error (main.log keeps it; errors_to_the_log_file_only), print it on stderr and exit."""
     log.error(message)
     print(message, file=sys.stderr)
     raise SystemExit(code)
 
 
+def errors_to_the_log_file_only():
+    """Hydra's console handler (stdout) leaves out errors: each is printed once, as one line on stderr (fail), and
+    kept with its details (a traceback) in the log file."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # the console; not the log file (a FileHandler)
+            handler.addFilter(lambda record: record.levelno < logging.ERROR)
+
+
 def start(cfg):
     """Signals caught from here on, the config checked and the run folder prepared: (cfg, run); a one-line
     error and exit on a value or folder that cannot work. main_mp.py starts the same way."""
+    errors_to_the_log_file_only()
     runfolder.stop_on_signals()
     try:
         return prepare(cfg)

@@ -245,3 +245,10 @@ def test_hydra_run_chdir_false_runs_in_the_folder_started_in_unless_a_folder_is_
     assert main.assignment_chdir(["hydra.run.chdir=true"], "/x") == ["hydra.job.chdir=true"]
     for named in ("hydra.run.dir=elsewhere", "resume=runs/x"):
         assert main.assignment_chdir([named, "hydra.run.chdir=false"], "/x") == [named, "hydra.job.chdir=false"]
+
+
+@pytest.mark.parametrize("script", ["main.py", "main_mp.py"])
+def test_an_error_is_printed_once_on_stderr_and_kept_in_the_log(script, hopper_file, tmp_path):
+    result = run_entry(script, tmp_path / "run", f"buffer.path={hopper_file}", "train.lr=-1", check=False)
+    assert error_line(result) == "error: train.lr=-1.0: must be > 0" and "must be > 0" not in result.stdout
+    assert "error: train.lr=-1.0: must be > 0" in (tmp_path / "run" / "main.log").read_text()

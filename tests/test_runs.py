@@ -76,7 +76,8 @@ def test_main_keeps_going_after_a_crashed_seed_and_advises_to_resume(hopper_file
     assert result.returncode != 0 and lines == [f"seeds [0] failed; see {tmp_path}/main.log. Resume with: "
                                                 f"python main.py resume={tmp_path}"]
     assert (tmp_path / "seed1" / "final.json").exists() and json.loads(read(tmp_path / "summary.json"))["seeds"] == [1]
-    assert "injected crash in seed 0" in read(tmp_path / "main.log")
+    assert "injected crash in seed 0" in read(tmp_path / "main.log") and lines[0] in read(tmp_path / "main.log")
+    assert "ERROR" not in result.stdout and "failed" not in result.stdout  # printed once: on stderr
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(long_run, tmp_path):
