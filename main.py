@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
+import launch
 import runfolder
 import utils
 from buffer import DatasetError, dataset_identity, minari_facts
@@ -238,10 +239,13 @@ def start(cfg):
         return prepare(cfg)
     except RunError as e:  # the folder belongs to another run: write nothing there
         raise SystemExit(f"error: {e}")
-    except FATAL as e:
-        log.error("error: %s", e)
+    except Exception as e:  # noqa: BLE001  a value, file or machine that cannot work: no run folder is left
+        told = f"{e}" if isinstance(e, FATAL) else launch.advice(e)
+        log.error("error: %s", told or e, exc_info=not told)
         discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
-        raise SystemExit(f"error: {e}")
+        if told is None:
+            raise
+        raise SystemExit(f"error: {told}") from None
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
@@ -262,8 +266,10 @@ def main(cfg):
         except core.NonFiniteLossError as e:
             log.error("%s", e)
             diverged.append(seed)
-        except Exception:  # a crashed seed keeps the others' results
+        except Exception as e:  # a crashed seed keeps the others' results
             log.error("seed %d failed:\n%s", seed, traceback.format_exc())
+            if launch.advice(e):  # every seed, and every resume, would fail the same way
+                fail(f"error: seed {seed}: {launch.advice(e)}")
             crashed.append(seed)
     summarize(cfg, run)
     if diverged:

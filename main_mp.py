@@ -16,6 +16,7 @@ import hydra
 from omegaconf import OmegaConf
 
 import core
+import launch
 import runfolder
 from main import FATAL, cli, fail, parallel_jobs, shown, start, summarize
 from runfolder import Interrupted, Run
@@ -42,9 +43,10 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
     except (*FATAL, core.NonFiniteLossError) as e:
         run.save_error(seed, str(e))
         sys.exit(STOPPED)
-    except BaseException:
-        run.save_error(seed, traceback.format_exc())
-        sys.exit(CRASHED)
+    except BaseException as e:
+        told = launch.advice(e)  # a failure every resume would meet again: what to change instead
+        run.save_error(seed, traceback.format_exc() + (f"{told}\n" if told else ""))
+        sys.exit(STOPPED if told else CRASHED)
 
 
 def wait(procs):

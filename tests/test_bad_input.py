@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
+import launch
 import main
 import report
 from cfgs import schema
@@ -252,3 +253,38 @@ def test_an_error_is_printed_once_on_stderr_and_kept_in_the_log(script, hopper_f
     result = run_entry(script, tmp_path / "run", f"buffer.path={hopper_file}", "train.lr=-1", check=False)
     assert error_line(result) == "error: train.lr=-1.0: must be > 0" and "must be > 0" not in result.stdout
     assert "error: train.lr=-1.0: must be > 0" in (tmp_path / "run" / "main.log").read_text()
+
+
+@pytest.mark.parametrize("script", ["main.py", "main_mp.py"])
+@pytest.mark.parametrize("override, env, told", [
+    ("seeds=[4294967296]", {}, "give seeds=[...] between 0 and 2**32 - 1"),
+    ("env.id=Hopper-v3", {}, "change env.id"),  # gymnasium warns first that v3 is out of date
+    ("eval.video=true", {"MUJOCO_GL": "invalid"}, "MUJOCO_GL=invalid cannot render here: set MUJOCO_GL=egl"),
+])
+def test_a_failure_no_resume_fixes_says_what_to_change_not_resume(script, override, env, told, hopper_file, tmp_path):
+    result = run_entry(script, tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", override, check=False, env=env)
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and told in line and line.startswith(("error: seed ", "seeds [")), result.stderr
+    assert "Resume" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_start_that_cannot_render_leaves_one_line_and_no_run_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_d4rl_file(tmp_path / "data" / "hopper_medium-v2.hdf5")
+    result = run_script("main.py", *TINY, cwd=tmp_path, env={"MUJOCO_GL": "invalid",
+                                                           "D4RL_DATASET_DIR": str(tmp_path / "data")})
+    assert "MUJOCO_GL=invalid cannot render here" in error_line(result) and not (tmp_path / "runs").exists()
+
+
+class FakeWandbError(Exception):
+    __module__ = "wandb.errors.errors"
+
+
+@pytest.mark.parametrize("error, told", [
+    (MemoryError(), "out of memory: lower train.batch_size"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes"), "out of memory"),
+    (FakeWandbError("No API key configured. Use `wandb login` to log in."), "wandb.mode=offline"),
+])
+def test_out_of_memory_and_wandb_without_a_key_say_what_to_change(error, told):
+    assert told in launch.advice(error)
+    assert launch.advice(RuntimeError("injected crash in seed 0")) is None  # a crash a resume may get past
