@@ -30,11 +30,11 @@ from tqdm import tqdm
 
 import core
 import export
+import launch
 import utils
 from buffer import DatasetError, dataset_dir, dataset_file, dataset_identity, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
-from main import cli, errors_to_the_log_file_only, quoted
 from runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,7 @@ def output_folder(run_folder, gallery=GALLERY):
 
 def output_option(args):
     """The command line `args` with evaluate.py's out=<folder> (where the outputs go) as hydra.run.dir=<folder>."""
-    return [f"hydra.run.dir={quoted(arg.split('=', 1)[1])}" if arg.startswith("out=") else arg for arg in args]
-
-
-OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, replace=True)
+    return [f"hydra.run.dir={launch.quoted(arg.split('=', 1)[1])}" if arg.startswith("out=") else arg for arg in args]
 
 
 def dataset_returns(train_cfg, env):
@@ -228,7 +225,7 @@ def export_run(cfg, out_folder=None):
 
 @hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
 def main(cfg):
-    errors_to_the_log_file_only()
+    launch.errors_to_the_log_file_only()
     try:
         existing_run(cfg.run)  # also where out= names the output folder
         schema.check_fields(EvaluateConfig, cfg)
@@ -247,5 +244,6 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, replace=True)  # hydra.run.dir
     sys.argv = [sys.argv[0], *output_option(sys.argv[1:])]
-    cli(main)
+    launch.cli(main)

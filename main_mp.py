@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 import core
 import launch
 import runfolder
-from main import FATAL, cli, fail, parallel_jobs, shown, start, summarize
+from launch import FATAL, fail, parallel_jobs, shown, summarize
 from runfolder import Interrupted, Run
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def reason(run: Run, seed: int, code: int) -> str:
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
 def main(cfg):
-    cfg, run = start(cfg)
+    cfg, run = launch.start(cfg)
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
     processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
@@ -107,4 +107,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    cli(main)
+    launch.setup()
+    launch.cli(main)

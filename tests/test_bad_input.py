@@ -13,7 +13,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 import core
 import launch
-import main
 import report
 from cfgs import schema
 from cfgs.schema import ConfigError
@@ -40,7 +39,7 @@ def error_line(result):
 def test_a_value_of_the_wrong_type_is_named_by_hydra_in_one_line(override, message):
     with pytest.raises((HydraException, OmegaConfBaseException)) as err:
         compose(override)
-    line = main.composition_error(err.value)
+    line = launch.composition_error(err.value)
     assert line.startswith(message) and "\n" not in line and "To append" not in line
 
 
@@ -128,7 +127,7 @@ def test_a_mistyped_resume_path_creates_nothing(tmp_path):
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt: "runs/2026-01-01/12-00-00")
-    first, second = main.run_folder(None), main.run_folder(None)
+    first, second = launch.run_folder(None), launch.run_folder(None)
     assert first == "runs/2026-01-01/12-00-00" and second == "runs/2026-01-01/12-00-00-1"
     assert (tmp_path / first).is_dir() and (tmp_path / second).is_dir()
 
@@ -241,11 +240,11 @@ def test_main_mp_passes_sigterm_on_to_its_seeds_which_checkpoint(hopper_file, tm
 
 
 def test_hydra_run_chdir_false_runs_in_the_folder_started_in_unless_a_folder_is_named():
-    assert main.assignment_chdir(["seeds=[0]", "hydra.run.chdir=false"], "/a b/it's") == [
+    assert launch.assignment_chdir(["seeds=[0]", "hydra.run.chdir=false"], "/a b/it's") == [
         "seeds=[0]", "hydra.job.chdir=false", "hydra.run.dir='/a b/it\\'s'"]
-    assert main.assignment_chdir(["hydra.run.chdir=true"], "/x") == ["hydra.job.chdir=true"]
+    assert launch.assignment_chdir(["hydra.run.chdir=true"], "/x") == ["hydra.job.chdir=true"]
     for named in ("hydra.run.dir=elsewhere", "resume=runs/x"):
-        assert main.assignment_chdir([named, "hydra.run.chdir=false"], "/x") == [named, "hydra.job.chdir=false"]
+        assert launch.assignment_chdir([named, "hydra.run.chdir=false"], "/x") == [named, "hydra.job.chdir=false"]
 
 
 @pytest.mark.parametrize("script", ["main.py", "main_mp.py"])
