@@ -6,7 +6,8 @@
     python evaluate.py run=runs/<date>/<time> export=onnx            # or torchscript: each seed's policy as one file
 
 All targets and episodes of a seed run in one vectorized pass (targets x episodes envs in lockstep, each with
-its own return-to-go). Writes into the run folder, as <name> (default sweep_<checkpoint>): <name>.csv (a row per
+its own return-to-go). Writes into the run folder (a run of the repository's gallery/: into
+runs/evaluate/<its name>, so the tracked files stay as they are; out=<folder>: there), as <name> (default sweep_<checkpoint>): <name>.csv (a row per
 seed, target and episode), <name>.png (achieved against target normalized score) and, with video=true, one
 episode per target: seed<N>/<name>_<target>.mp4. Each seed's rows are kept as soon as its pass ends
 (seed<N>/<name>.json): a stopped sweep, started again, reuses the seeds it finished.
@@ -14,39 +15,56 @@ episode per target: seed<N>/<name>_<target>.mp4. Each seed's rows are kept as so
 import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
 import gymnasium as gym
 import hydra
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import core
 import export
+import launch
 import utils
 from buffer import DatasetError, dataset_dir, dataset_file, dataset_identity, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
-from main import cli
 from runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
 SWEEP_SEED_OFFSET = 200_000  # env seeds of seed s's sweep: 1000 s + 200 000 + i, apart from its training evals
 DEFAULT_TARGETS = np.linspace(0.25, 1.5, 8)  # times the env's target return
+GALLERY = Path(__file__).resolve().parent / "gallery"  # tracked runs: their evaluations go under runs/evaluate/
 
 
 def existing_run(folder):
-    """hydra.run.dir of evaluate.py: the run folder itself, which must hold a run (nothing is created)."""
+    """hydra.run.dir of evaluate.py: the run folder itself, which must hold a run (nothing is created); for a run
+    of the gallery, runs/evaluate/<its path below gallery/> (output_folder)."""
     if not Run(folder).holds_run():
         raise ConfigError(f"run={folder}: no run there (no config.yaml); give a run folder such as "
                           f"run=runs/<date>/<time>")
-    return folder
+    return str(output_folder(folder))
 
 
-OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, replace=True)
+def output_folder(run_folder, gallery=GALLERY):
+    """Where evaluate.py writes for the run in `run_folder`: that folder, but runs/evaluate/<path below gallery/>
+    for a run of the repository's gallery (tracked files stay unchanged)."""
+    try:
+        below = Path(os.path.abspath(run_folder)).relative_to(gallery)
+    except ValueError:
+        return Path(run_folder)
+    return Path("runs", "evaluate", below)
+
+
+def output_option(args):
+    """The command line `args` with evaluate.py's out=<folder> (where the outputs go) as hydra.run.dir=<folder>."""
+    return [f"hydra.run.dir={launch.quoted(arg.split('=', 1)[1])}" if arg.startswith("out=") else arg for arg in args]
 
 
 def dataset_returns(train_cfg, env):
@@ -101,14 +119,14 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     return returns.reshape(len(targets), episodes), frames
 
 
-def refuse_replacing_sweep(run, cfg, targets):
-    """ConfigError when the run holds a sweep named cfg.name made with other targets or episodes (unless
-    overwrite=true): a quick check never replaces a stored sweep."""
+def refuse_replacing_sweep(run, out, cfg, targets):
+    """ConfigError when the output folder `out` holds a sweep named cfg.name made with other targets or episodes
+    (unless overwrite=true): a quick check never replaces a stored sweep."""
     if cfg.overwrite:
         return
     wanted = ([float(t) for t in targets], cfg.episodes)
     for seed in run.seeds():
-        kept = run.sweep_part(seed, cfg.name)
+        kept = out.sweep_part(seed, cfg.name)
         if kept and (kept["settings"]["targets"], kept["settings"]["episodes"]) != wanted:
             raise ConfigError(f"name={cfg.name}: the run holds a sweep of that name with other targets or episodes "
                               f"({cfg.name}.csv): give a new name=<name>, or overwrite=true to replace it")
@@ -139,16 +157,16 @@ def seeds_with(run, cfg):
     return seeds
 
 
-def evaluate_run(cfg):
-    """The sweep of cfg.run: its CSV and figure in the run folder; returns the rows."""
-    run = Run(to_absolute_path(cfg.run))
+def evaluate_run(cfg, out_folder=None):
+    """The sweep of cfg.run: its CSV and figure in out_folder (default: output_folder's); returns the rows."""
+    run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = run.config()
     name = f"{cfg.checkpoint}.pt"
     seeds = seeds_with(run, cfg)
     env = gym.make(core.env_spec(train_cfg.env))
     data_returns = dataset_returns(train_cfg, env)
     targets = sweep_targets(cfg, train_cfg, data_returns)
-    refuse_replacing_sweep(run, cfg, targets)
+    refuse_replacing_sweep(run, out, cfg, targets)
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
     record = [i * cfg.episodes for i in range(len(targets))] if cfg.video else []  # each target's first episode
     started, rows, reused = time.time(), [], []
@@ -158,8 +176,8 @@ def evaluate_run(cfg):
         path = run.policy_path(seed, name)
         videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
         settings = sweep_settings(path, targets, cfg, videos)
-        kept = run.sweep_part(seed, cfg.name)
-        if kept and kept["settings"] == settings and run.has_files(seed, videos):
+        kept = out.sweep_part(seed, cfg.name)
+        if kept and kept["settings"] == settings and out.has_files(seed, videos):
             rows += kept["rows"]
             reused.append(seed)
             bar.update(len(targets) * cfg.episodes)
@@ -171,24 +189,26 @@ def evaluate_run(cfg):
                       "score": float(score(r))}
                      for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
         for i, video in zip(record, videos):
-            run.save_video(seed, video, frames[i], fps=env.metadata["render_fps"])
-        run.save_sweep_part(seed, cfg.name, {"settings": settings, "rows": seed_rows})
+            out.save_video(seed, video, frames[i], fps=env.metadata["render_fps"])
+        out.save_sweep_part(seed, cfg.name, {"settings": settings, "rows": seed_rows})
         rows += seed_rows
         bar.update(len(targets) * cfg.episodes)
         log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
     bar.close()
     seconds = time.time() - started
-    run.save_table(f"{cfg.name}.csv", rows)
+    out.save_table(f"{cfg.name}.csv", rows)
     plot_sweep(rows, data_returns, score, train_cfg, f"{utils.run_title(train_cfg)}   ({run.name}, {name})",
-               run.dir / f"{cfg.name}.png")
-    log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s/%s.csv", len(targets), cfg.episodes,
-             len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "", run.name, cfg.name)
+               out.dir / f"{cfg.name}.png")
+    log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s", len(targets), cfg.episodes,
+             len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "",
+             out.dir / f"{cfg.name}.csv")
     return rows
 
 
-def export_run(cfg):
-    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export beside it (export.py); returns the paths."""
-    run = Run(to_absolute_path(cfg.run))
+def export_run(cfg, out_folder=None):
+    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export, in the output folder's seed<N>/ (the
+    run's own, but for a gallery run: output_folder) or out_folder's; returns the paths."""
+    run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
     paths = []
     for seed in seeds_with(run, cfg):
@@ -197,7 +217,7 @@ def export_run(cfg):
             data = export.export_policy(policy, train_cfg.buffer.reward_scale, cfg.export)
         except ImportError as e:
             raise ConfigError(str(e)) from None
-        paths.append(run.policy_path(seed, f"{cfg.checkpoint}{export.FORMATS[cfg.export]}"))
+        paths.append(out.policy_path(seed, f"{cfg.checkpoint}{export.FORMATS[cfg.export]}"))
         utils.atomic_write_bytes(paths[-1], data)
         log.info("seed %d: %s", seed, paths[-1])
     return paths
@@ -205,20 +225,25 @@ def export_run(cfg):
 
 @hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
 def main(cfg):
+    launch.errors_to_the_log_file_only()
     try:
+        existing_run(cfg.run)  # also where out= names the output folder
         schema.check_fields(EvaluateConfig, cfg)
         schema.refuse_run_file_name(cfg.name)
         if cfg.targets is not None and not (len(cfg.targets) and all(np.isfinite(cfg.targets))):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
         log.info("%s", threads.set_torch_threads(1))
+        out_folder = HydraConfig.get().runtime.output_dir  # output_folder's, or out=<folder>
         if cfg.export:
-            export_run(cfg)
+            export_run(cfg, out_folder)
         else:
-            evaluate_run(cfg)
+            evaluate_run(cfg, out_folder)
     except (ConfigError, DatasetError, RunError) as e:
         log.error("%s", e)
         raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    cli(main)
+    OmegaConf.register_new_resolver("existing_run", existing_run, use_cache=True, replace=True)  # hydra.run.dir
+    sys.argv = [sys.argv[0], *output_option(sys.argv[1:])]
+    launch.cli(main)

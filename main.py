@@ -6,218 +6,24 @@
 """
 import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
-import importlib.util
 import logging
-import os
-import sys
-import time
 import traceback
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from hydra.types import RunMode
-from hydra.utils import get_original_cwd, to_absolute_path
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 import core
+import launch
 import runfolder
-import utils
-from buffer import DatasetError, dataset_identity, minari_facts
-from cfgs import schema
-from cfgs.schema import ConfigError
-from runfolder import Interrupted, Run, RunError
+from launch import FATAL, fail, shown, summarize
+from runfolder import Interrupted
 
 log = logging.getLogger(__name__)
-# A launcher's job (submitit: Slurm, or local) unpickles this module in a new interpreter: it finds the project here
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).resolve().parent),
-                                                         os.environ.get("PYTHONPATH"))))
-FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
-
-
-def run_folder(resume):
-    """hydra.run.dir: the folder of the run that resume= names, else a new, unique runs/<date>/<time>."""
-    if resume:
-        if not Run(resume).holds_run():
-            raise ConfigError(f"resume={resume}: no run there (no config.yaml); give a run folder such as "
-                              f"resume=runs/<date>/<time>")
-        runfolder.lock_run_folder(resume)  # before Hydra writes its log there
-        return resume
-    folder = Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
-    runfolder.lock_run_folder(folder)
-    return folder
-
-
-def sweep_folder():
-    """hydra.sweep.dir of a multirun (a study): a new, unique runs/<date>/<time>-sweep; its jobs are run folders."""
-    return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S-sweep"))
-
-
-OmegaConf.register_new_resolver("run_dir", run_folder, use_cache=True, replace=True)
-OmegaConf.register_new_resolver("sweep_dir", sweep_folder, use_cache=True, replace=True)
-
-
-def shown(path):
-    """`path` as the user would type it: relative to where they started, when it lies below."""
-    path = Path(os.path.abspath(path))
-    try:
-        return str(path.relative_to(os.path.abspath(get_original_cwd())))
-    except ValueError:
-        return str(path)
-
-
-def prepare(cfg):
-    """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
-    run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
-    runfolder.lock_run_folder(run.dir)  # one process per run folder, before anything is written
-    overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
-    job = submitit_job()
-    if not cfg.resume and run.holds_run() and requeued_job(cfg, run, job):
-        log.info("%s: this job's own folder (submitit requeued job %s): resuming it", shown(run.dir), job)
-        cfg.resume, overrides = str(run.dir), []
-    if cfg.resume:
-        cfg = resumed_config(cfg, run, overrides)
-        runfolder.remove_stray_temporaries(run.dir)
-    elif run.holds_run():
-        raise RunError(f"hydra.run.dir={shown(run.dir)} holds a run already: continue it with "
-                       f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
-    elif job:
-        run.save_job(job)
-    if cfg.buffer.path:
-        cfg.buffer.path = to_absolute_path(cfg.buffer.path)
-    for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):  # relative to where the user started
-        if variable in os.environ:
-            os.environ[variable] = to_absolute_path(os.environ[variable])
-    OmegaConf.resolve(cfg)
-    schema.check(cfg)
-    if not cfg.resume:
-        take_reference_scores(cfg, overrides)
-    if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
-        raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
-    device = utils.pick_device(cfg.device)
-    cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
-    if not (cfg.resume and cfg.buffer.file or cfg.buffer.source == "minari"):  # the run records the file it read
-        cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())  # one download, before the seeds
-    cfg.buffer.sha256 = dataset_identity(cfg.buffer.file, cfg.buffer.sha256)  # the data's identity, kept
-    run.save_config(schema.to_yaml(cfg))
-    log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
-             utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
-    return cfg, run
-
-
-def command_line_scores(cfg, overrides):
-    """(env.ref_min_score, env.ref_max_score) when given as overrides, else None; ConfigError for one alone."""
-    keys = ("env.ref_min_score", "env.ref_max_score")
-    given = [key for key in keys if any(o.startswith(f"{key}=") for o in overrides)]
-    if len(given) == 1:
-        raise ConfigError(f"{given[0]} given alone: give env.ref_min_score and env.ref_max_score together")
-    return (float(cfg.env.ref_min_score), float(cfg.env.ref_max_score)) if given else None
-
-
-def take_reference_scores(cfg, overrides):
-    """env.ref_*_score and env.ref_source (their scale): a Minari dataset's (and its env, kwargs included), the
-    command line's, or D4RL's of cfgs/env/<name>.yaml."""
-    scores = command_line_scores(cfg, overrides)
-    if cfg.buffer.source == "minari":  # the env and the score's scale are the dataset's
-        facts = minari_facts(cfg.buffer.dataset, scores)
-        cfg.env.id, cfg.env.kwargs, cfg.buffer.file = facts["env_id"], facts["env_kwargs"], facts["file"]
-        cfg.env.ref_min_score, cfg.env.ref_max_score = facts["ref_min_score"], facts["ref_max_score"]
-        cfg.env.ref_source = facts["ref_source"]
-        schema.check(cfg)  # its reference scores too
-    elif scores:
-        cfg.env.ref_source = "command-line"
-
-
-def exit_if_finished(cfg, run):
-    """A resumed run whose every seed has its final evaluation: one line, exit 0, nothing written."""
-    if all(run.final(seed) is not None for seed in cfg.seeds):
-        print(f"{shown(run.dir)}: every seed {list(cfg.seeds)} finished already (scores in summary.json): nothing "
-              f"to do; add seeds with seeds=[...]")
-        raise SystemExit(0)
-
-
-def submitit_job():
-    """This process's submitit job id (kept when submitit requeues the job), or None outside a submitit job."""
-    if "submitit" not in sys.modules:  # a submitit launcher's job runs inside submitit, which imported it
-        return None
-    import submitit
-    try:
-        return str(submitit.JobEnvironment().job_id)
-    except RuntimeError:  # submitit is imported, but this is no job of it
-        return None
-
-
-def requeued_job(cfg, run, job):
-    """Is `run` this submitit job's own earlier attempt (submitit requeues a preempted job into its folder)?"""
-    if job is None or run.job() != job:
-        return False
-    saved, fresh = run.saved_config(), OmegaConf.to_container(cfg, resolve=True)
-    if fresh["buffer"]["path"]:
-        fresh["buffer"]["path"] = to_absolute_path(fresh["buffer"]["path"])
-    for config in (saved, fresh):  # what prepare() fills in
-        config["buffer"]["file"] = config["buffer"]["sha256"] = config["train"]["precision"] = config["resume"] = None
-        config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
-        config["env"]["ref_source"] = config["env"]["kwargs"] = None
-    return saved == fresh
-
-
-def parallel_jobs():
-    """How many jobs of this multirun share the machine (Hydra's joblib launcher: n_jobs); else 1."""
-    hydra_cfg = HydraConfig.get()
-    n_jobs = (hydra_cfg.launcher.get("n_jobs") or 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
-    return n_jobs if n_jobs > 0 else max(1, threads.usable_cores() + 1 + n_jobs)  # joblib: -1 = every core
-
-
-def resumed_config(cfg, run, overrides):
-    """The run's saved config in today's schema (newer keys take their defaults); seeds= adds seeds."""
-    schema.refuse_code_in_config(run.config_path())  # unknown keys: typed() below
-    saved = schema.typed(run.saved_config())
-    if any(o.startswith("seeds=") for o in overrides):
-        saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
-    exit_if_finished(saved, run)  # before the first line of the log
-    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
-    if ignored:
-        log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
-    saved.resume = cfg.resume
-    return saved
-
-
-def summarize(cfg, run):
-    """summary.json and the figure from the seeds' final.json; the score line in the log."""
-    summary = run.summarize(cfg.env.name, cfg.buffer.path or cfg.buffer.dataset, list(cfg.seeds))
-    run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
-    if summary["seeds"]:
-        spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
-        log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", utils.run_title(cfg),
-                 summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
-    return summary
-
-
-def fail(message, code=1):
-    """Log the one-line error (main.log keeps it), print it and exit."""
-    log.error(message)
-    print(message, file=sys.stderr)
-    raise SystemExit(code)
-
-
-def start(cfg):
-    """Signals caught from here on, the config checked and the run folder prepared: (cfg, run); a one-line
-    error and exit on a value or folder that cannot work. main_mp.py starts the same way."""
-    runfolder.stop_on_signals()
-    try:
-        return prepare(cfg)
-    except RunError as e:  # the folder belongs to another run: write nothing there
-        raise SystemExit(f"error: {e}")
-    except FATAL as e:
-        fail(f"error: {e}")
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
 def main(cfg):
-    cfg, run = start(cfg)
-    log.info("%s", threads.set_torch_threads(parallel_jobs(), cfg.train.threads))
+    cfg, run = launch.start(cfg)
+    log.info("%s", threads.set_torch_threads(launch.parallel_jobs(), cfg.train.threads))
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
     for seed in cfg.seeds:
@@ -232,8 +38,10 @@ def main(cfg):
         except core.NonFiniteLossError as e:
             log.error("%s", e)
             diverged.append(seed)
-        except Exception:  # a crashed seed keeps the others' results
+        except Exception as e:  # a crashed seed keeps the others' results
             log.error("seed %d failed:\n%s", seed, traceback.format_exc())
+            if launch.advice(e):  # every seed, and every resume, would fail the same way
+                fail(f"error: seed {seed}: {launch.advice(e)}")
             crashed.append(seed)
     summarize(cfg, run)
     if diverged:
@@ -243,62 +51,7 @@ def main(cfg):
         fail(f"seeds {crashed} failed; see {shown(run.dir / 'main.log')}. Resume with: {resume}")
 
 
-def cli(hydra_main):
-    """Call a @hydra.main function; a command line Hydra cannot compose ends in one line that names the key.
-
-    The assignment's hydra.run.chdir=<bool> is taken as the key Hydra 1.3 has for it, hydra.job.chdir.
-    """
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
-    sys.argv = [arg.replace("hydra.run.chdir=", "hydra.job.chdir=", 1) if arg.startswith("hydra.run.chdir=") else arg
-                for arg in sys.argv]
-    try:
-        schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
-        hydra_main()
-    except (HydraException, OmegaConfBaseException) as e:
-        message = composition_error(e)
-        raise SystemExit(f"error: {missing_launcher(message) or message}") from None
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel
-                    "submitit": ("hydra-submitit-launcher", "hydra_plugins.hydra_submitit_launcher")}  # slurm, ...
-
-
-def installed(module):
-    """Can `module` (dotted) be imported?"""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package is missing
-        return False
-
-
-def missing_launcher(message):
-    """The install line, when Hydra could not compose a launcher whose plugin is not installed; else None."""
-    for launcher, (package, module) in LAUNCHER_PLUGINS.items():
-        if f"hydra/launcher/{launcher}" in message and not installed(module):
-            return f"this hydra/launcher needs {package}: pip install -r requirements-extra.txt"
-    return None
-
-
-def composition_error(error):
-    """Hydra's or OmegaConf's error in one line, without the search path and the advice to append keys."""
-    chain = [error]
-    while chain[-1].__cause__:
-        chain.append(chain[-1].__cause__)
-    seen, todo = [], [error]
-    while todo:  # the run_dir resolver's own error, wherever Hydra and OmegaConf wrapped it
-        e = todo.pop()
-        if isinstance(e, ConfigError):
-            return str(e)
-        seen.append(e)
-        todo += [c for c in (e.__cause__, e.__context__) if c is not None and c not in seen]
-    noise = ("Config search path", "provider=", "reference_type", "object_type", "Set the environment", "To append")
-    lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
-    kept = list(dict.fromkeys(line for line in lines if not line.startswith(noise)))  # Hydra repeats OmegaConf
-    text = "; ".join(kept).replace("Error merging override ", "").replace(".;", ";").replace(":;", ":")
-    return f"{text} (keys and types: cfgs/config.yaml, cfgs/schema.py)"
-
 
 if __name__ == "__main__":
-    cli(main)
+    launch.setup()
+    launch.cli(main)

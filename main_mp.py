@@ -16,8 +16,9 @@ import hydra
 from omegaconf import OmegaConf
 
 import core
+import launch
 import runfolder
-from main import FATAL, cli, fail, parallel_jobs, shown, start, summarize
+from launch import FATAL, fail, parallel_jobs, shown, summarize
 from runfolder import Interrupted, Run
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
     except (*FATAL, core.NonFiniteLossError) as e:
         run.save_error(seed, str(e))
         sys.exit(STOPPED)
-    except BaseException:
-        run.save_error(seed, traceback.format_exc())
-        sys.exit(CRASHED)
+    except BaseException as e:
+        told = launch.advice(e)  # a failure every resume would meet again: what to change instead
+        run.save_error(seed, traceback.format_exc() + (f"{told}\n" if told else ""))
+        sys.exit(STOPPED if told else CRASHED)
 
 
 def wait(procs):
@@ -76,7 +78,7 @@ def reason(run: Run, seed: int, code: int) -> str:
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
 def main(cfg):
-    cfg, run = start(cfg)
+    cfg, run = launch.start(cfg)
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
     processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
@@ -105,4 +107,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    cli(main)
+    launch.setup()
+    launch.cli(main)

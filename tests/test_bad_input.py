@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
-import main
+import launch
 import report
 from cfgs import schema
 from cfgs.schema import ConfigError
@@ -39,7 +39,7 @@ def error_line(result):
 def test_a_value_of_the_wrong_type_is_named_by_hydra_in_one_line(override, message):
     with pytest.raises((HydraException, OmegaConfBaseException)) as err:
         compose(override)
-    line = main.composition_error(err.value)
+    line = launch.composition_error(err.value)
     assert line.startswith(message) and "\n" not in line and "To append" not in line
 
 
@@ -99,11 +99,22 @@ def test_the_command_line_prints_one_line_and_starts_nothing_on_a_wrong_type(tmp
     assert not (tmp_path / "run").exists(), "a config Hydra cannot compose makes no folder"
 
 
-def test_a_start_that_fails_on_a_value_keeps_its_error_in_main_log(hopper_file, tmp_path):
+def test_a_start_that_fails_before_training_leaves_no_run_folder_behind(hopper_file, tmp_path):
     result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "train.lr=-1", cwd=tmp_path)
     assert error_line(result) == "error: train.lr=-1.0: must be > 0"
-    (log,) = tmp_path.glob("runs/*/*/main.log")
-    assert "train.lr=-1.0: must be > 0" in log.read_text() and not list(log.parent.glob("seed*"))
+    missing = run_script("main.py", *TINY, f"buffer.path={tmp_path}/none.hdf5", cwd=tmp_path)
+    assert missing.returncode != 0 and "none.hdf5" in error_line(missing)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_start_in_the_folder_started_in_removes_only_its_own_log(hopper_file, tmp_path):
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "train.lr=-1", "hydra.run.chdir=false",
+                        cwd=here)
+    assert error_line(result) == "error: train.lr=-1.0: must be > 0"
+    assert sorted(p.name for p in here.iterdir()) == ["notes.txt"]
 
 
 def test_a_mistyped_resume_path_creates_nothing(tmp_path):
@@ -116,7 +127,7 @@ def test_a_mistyped_resume_path_creates_nothing(tmp_path):
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt: "runs/2026-01-01/12-00-00")
-    first, second = main.run_folder(None), main.run_folder(None)
+    first, second = launch.run_folder(None), launch.run_folder(None)
     assert first == "runs/2026-01-01/12-00-00" and second == "runs/2026-01-01/12-00-00-1"
     assert (tmp_path / first).is_dir() and (tmp_path / second).is_dir()
 
@@ -226,3 +237,53 @@ def test_main_mp_passes_sigterm_on_to_its_seeds_which_checkpoint(hopper_file, tm
                     f"Resume with: python main_mp.py resume={run_dir}")
     for seed in (0, 1):
         assert "stopped by SIGTERM at step" in (run_dir / f"seed{seed}" / "train.log").read_text()
+
+
+def test_hydra_run_chdir_false_runs_in_the_folder_started_in_unless_a_folder_is_named():
+    assert launch.assignment_chdir(["seeds=[0]", "hydra.run.chdir=false"], "/a b/it's") == [
+        "seeds=[0]", "hydra.job.chdir=false", "hydra.run.dir='/a b/it\\'s'"]
+    assert launch.assignment_chdir(["hydra.run.chdir=true"], "/x") == ["hydra.job.chdir=true"]
+    for named in ("hydra.run.dir=elsewhere", "resume=runs/x"):
+        assert launch.assignment_chdir([named, "hydra.run.chdir=false"], "/x") == [named, "hydra.job.chdir=false"]
+
+
+@pytest.mark.parametrize("script", ["main.py", "main_mp.py"])
+def test_an_error_is_printed_once_on_stderr_and_kept_in_the_log(script, hopper_file, tmp_path):
+    result = run_entry(script, tmp_path / "run", f"buffer.path={hopper_file}", "train.lr=-1", check=False)
+    assert error_line(result) == "error: train.lr=-1.0: must be > 0" and "must be > 0" not in result.stdout
+    assert "error: train.lr=-1.0: must be > 0" in (tmp_path / "run" / "main.log").read_text()
+
+
+@pytest.mark.parametrize("script", ["main.py", "main_mp.py"])
+@pytest.mark.parametrize("override, env, told", [
+    ("seeds=[4294967296]", {}, "give seeds=[...] between 0 and 2**32 - 1"),
+    ("env.id=Hopper-v3", {}, "change env.id"),  # gymnasium warns first that v3 is out of date
+    ("eval.video=true", {"MUJOCO_GL": "invalid"}, "MUJOCO_GL=invalid cannot render here: set MUJOCO_GL=egl"),
+])
+def test_a_failure_no_resume_fixes_says_what_to_change_not_resume(script, override, env, told, hopper_file, tmp_path):
+    result = run_entry(script, tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", override, check=False, env=env)
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and told in line and line.startswith(("error: seed ", "seeds [")), result.stderr
+    assert "Resume" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_start_that_cannot_render_leaves_one_line_and_no_run_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_d4rl_file(tmp_path / "data" / "hopper_medium-v2.hdf5")
+    result = run_script("main.py", *TINY, cwd=tmp_path, env={"MUJOCO_GL": "invalid",
+                                                           "D4RL_DATASET_DIR": str(tmp_path / "data")})
+    assert "MUJOCO_GL=invalid cannot render here" in error_line(result) and not (tmp_path / "runs").exists()
+
+
+class FakeWandbError(Exception):
+    __module__ = "wandb.errors.errors"
+
+
+@pytest.mark.parametrize("error, told", [
+    (MemoryError(), "out of memory: lower train.batch_size"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes"), "out of memory"),
+    (FakeWandbError("No API key configured. Use `wandb login` to log in."), "wandb.mode=offline"),
+])
+def test_out_of_memory_and_wandb_without_a_key_say_what_to_change(error, told):
+    assert told in launch.advice(error)
+    assert launch.advice(RuntimeError("injected crash in seed 0")) is None  # a crash a resume may get past

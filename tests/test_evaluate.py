@@ -1,6 +1,7 @@
 """evaluate.py on a tiny trained run: the sweep's CSV, figure and log; bad inputs in one line."""
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from omegaconf import OmegaConf
 import evaluate
 import utils
 from cfgs.schema import EvaluateConfig
-from conftest import copy_run, run_entry, run_script, write_d4rl_file
+from conftest import ROOT, copy_run, run_entry, run_script, write_d4rl_file
 
 
 def read(path):
@@ -117,3 +118,30 @@ def test_a_run_films_one_episode_of_each_seeds_final_policy(tmp_path):
     path = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
     run_entry("main.py", tmp_path / "run", f"buffer.path={path}", "seeds=[0]", "train.steps=5", "eval.video=true")
     assert (tmp_path / "run" / "seed0" / "video.mp4").stat().st_size > 0
+
+
+def test_evaluate_py_on_a_gallery_run_writes_under_runs_and_leaves_the_repository_unchanged(tmp_path):
+    gallery_run = ROOT / "gallery" / "hopper-medium"
+    status = lambda: subprocess.run(["git", "status", "--porcelain", "--ignored", "gallery"], cwd=ROOT,  # noqa
+                                    capture_output=True, text=True, check=True).stdout
+    before = status()
+    run_script("evaluate.py", f"run={gallery_run}", "targets=[3000]", "episodes=1", "name=quick", cwd=tmp_path,
+               check=True)
+    assert status() == before
+    out = tmp_path / "runs" / "evaluate" / "hopper-medium"
+    assert (out / "quick.csv").is_file() and (out / "evaluate.log").is_file() and (out / "seed0/quick.json").is_file()
+
+
+def test_evaluate_py_out_names_the_output_folder_and_the_run_is_left_unchanged(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    files = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    run_script("evaluate.py", f"run={run_dir}", "targets=[500]", "episodes=1", f"out={tmp_path}/sweeps",
+               check=True)
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == files
+    assert (tmp_path / "sweeps" / "sweep_final.csv").is_file() and (tmp_path / "sweeps" / "sweep_final.png").is_file()
+
+
+def test_only_runs_below_the_gallery_are_redirected(tmp_path):
+    gallery = tmp_path / "gallery"
+    assert evaluate.output_folder(gallery / "a" / "b", gallery) == Path("runs", "evaluate", "a", "b")
+    assert evaluate.output_folder(tmp_path / "runs" / "x", gallery) == tmp_path / "runs" / "x"

@@ -1,11 +1,15 @@
 """The lean install: each optional feature whose package is missing stops with one line naming the install line."""
+import ast
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 
-import main
+import launch
 from cfgs import schema
-from conftest import compose
+from conftest import ROOT, compose
 
 INSTALL_LINE = "pip install -r requirements-extra.txt"
 
@@ -41,9 +45,22 @@ def test_a_chosen_tool_that_is_not_installed_names_the_install_line(missing, ove
 ])
 def test_a_launcher_whose_plugin_is_not_installed_names_the_install_line(missing, message, package):
     missing("hydra_plugins")
-    assert main.missing_launcher(message) == f"this hydra/launcher needs {package}: {INSTALL_LINE}"
+    assert launch.missing_launcher(message) == f"this hydra/launcher needs {package}: {INSTALL_LINE}"
 
 
 def test_a_launcher_error_with_its_plugin_installed_is_left_as_hydra_says_it():
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    assert main.missing_launcher("In 'hydra/launcher/parallel': Could not load 'hydra/launcher/joblib'.") is None
+    assert launch.missing_launcher("In 'hydra/launcher/parallel': Could not load 'hydra/launcher/joblib'.") is None
+
+
+def test_importing_the_entry_points_changes_nothing_and_none_imports_another():
+    code = ("import os; from omegaconf import OmegaConf; before = os.environ.get('PYTHONPATH'); "
+            "import main, main_mp, evaluate; "
+            "assert os.environ.get('PYTHONPATH') == before, 'PYTHONPATH changed'; "
+            "assert not [r for r in ('run_dir', 'sweep_dir', 'existing_run') if OmegaConf.has_resolver(r)]")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    for script in ("main_mp.py", "evaluate.py"):
+        imported = {alias.name for node in ast.walk(ast.parse((ROOT / script).read_text()))
+                    if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        assert "main" not in imported, script

@@ -46,11 +46,17 @@ def test_each_logged_lr_is_the_one_its_step_used_and_a_short_last_interval_is_lo
     assert [(int(step), float(lr)) for step, _, lr in rows] == [(5, 0.5e-4), (10, 1e-4), (12, 1e-4)]  # lr * step / 10
 
 
-def test_the_assignments_hydra_run_chdir_false_runs_with_its_outputs_below_the_current_folder(hopper_file, tmp_path):
+def test_the_assignments_hydra_run_chdir_false_puts_the_runs_files_in_the_folder_started_in(hopper_file, tmp_path):
     run_script("main.py", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=5", "hydra.run.chdir=false",
-               cwd=tmp_path, check=True)  # Hydra 1.3 calls it hydra.job.chdir
-    (run_dir,) = tmp_path.glob("runs/*/*")
-    assert OmegaConf.load(run_dir / "config.yaml").train.steps == 5 and (run_dir / "seed0" / "final.json").exists()
+               cwd=tmp_path, check=True)
+    assert not (tmp_path / "runs").exists()
+    for name in ["config.yaml", "main.log", "results.png", "summary.json", "seed0/final.json"]:
+        assert (tmp_path / name).is_file(), name
+    assert OmegaConf.load(tmp_path / "config.yaml").train.steps == 5
+    again = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", "hydra.run.chdir=false",
+                       cwd=tmp_path)
+    assert again.returncode != 0 and "holds a run already" in again.stderr
+    assert OmegaConf.load(tmp_path / "config.yaml").train.steps == 5
 
 
 def test_checkpoint_alone_evaluates_and_refuses_another_env(tiny_run):
@@ -70,7 +76,8 @@ def test_main_keeps_going_after_a_crashed_seed_and_advises_to_resume(hopper_file
     assert result.returncode != 0 and lines == [f"seeds [0] failed; see {tmp_path}/main.log. Resume with: "
                                                 f"python main.py resume={tmp_path}"]
     assert (tmp_path / "seed1" / "final.json").exists() and json.loads(read(tmp_path / "summary.json"))["seeds"] == [1]
-    assert "injected crash in seed 0" in read(tmp_path / "main.log")
+    assert "injected crash in seed 0" in read(tmp_path / "main.log") and lines[0] in read(tmp_path / "main.log")
+    assert "ERROR" not in result.stdout and "failed" not in result.stdout  # printed once: on stderr
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(long_run, tmp_path):
