@@ -35,6 +35,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class RolloutStopped(Exception):
+    """A stop signal (its name: str(e)) arrived during a rollout that checks for one; its episodes are unfinished."""
+
+
 def masked_mse(pred, target, mask):
     """Mean squared error over the real (mask = 1) steps. pred, target (B, K, d); mask (B, K)."""
     return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum().clamp(min=1)
@@ -45,12 +49,13 @@ def masked_mse(pred, target, mask):
 
 
 @torch.inference_mode()
-def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(), max_steps=None):
+def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(), max_steps=None, stop=None):
     """Run `num_envs` episodes in lockstep (env i seeded seed + i), each conditioned on its target return.
 
     env_id: a gymnasium id or EnvSpec (env_spec). target_return: one number for all envs, or one per env
     (num_envs,). record: the envs to film, through the env's tracking camera. max_steps: the episodes' time
-    limit (default: the env's, 1000 for D4RL's envs).
+    limit (default: the env's, 1000 for D4RL's envs). stop: called before each env step; when it returns a
+    signal's name, the episodes are left and RolloutStopped raised (runfolder.stop_requested: a stop at once).
     Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
     make = [partial(gym.make, env_id, max_episode_steps=max_steps, render_mode="rgb_array", camera_name="track")
@@ -69,6 +74,9 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
     frames = {i: [] for i in record}
     obs, _ = envs.reset(seed=seed)
     for t in range(max_len):
+        if stop is not None and (signal_name := stop()):
+            envs.close()
+            raise RolloutStopped(signal_name)
         for i in frames:
             if active[i]:
                 frames[i].append(envs.envs[i].render())
@@ -90,10 +98,10 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
     return episode_returns, frames
 
 
-def evaluate(model, cfg, episodes, seed, vectorized=True):
-    """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ..."""
+def evaluate(model, cfg, episodes, seed, vectorized=True, stop=None):
+    """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ...; stop: rollout's."""
     play = partial(rollout, model, env_spec(cfg.env), target_return=cfg.eval.target_return,
-                   reward_scale=cfg.buffer.reward_scale, max_steps=cfg.env.max_episode_len)
+                   reward_scale=cfg.buffer.reward_scale, max_steps=cfg.env.max_episode_len, stop=stop)
     if vectorized:
         returns, _ = play(num_envs=episodes, seed=seed)
     else:
@@ -348,10 +356,14 @@ class SeedRecord:
         self.run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
 
     def finish(self, env) -> dict:
-        """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json."""
+        """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json.
+        A stop signal ends either at once (Interrupted): the final evaluation, which a resume repeats from last.pt
+        (the last step's) to the same scores, or the video, which is skipped (the scores are kept)."""
         self.bar.close()
-        summary = finish(self.model, self.cfg, env, self.seed, self.run, self.train_seconds())
+        summary = final_evaluation(self.model, self.cfg, self.seed, self.run, self.train_seconds())
         self.tracker.log("final", {"step": self.cfg.train.steps, **summary})
+        if self.cfg.eval.video:
+            film(self.model, self.cfg, env, self.seed, self.run)
         return summary
 
 
@@ -376,23 +388,42 @@ def check_finite(loss, seed, step, run):
             f"train.grad_clip (resuming {run.name} would reach the same loss), or check the dataset for bad values")
 
 
-def finish(model, cfg, env, seed, run, train_seconds):
-    """The final evaluation of `eval.final_episodes` fresh episodes, final.pt, final.json and the video."""
+def final_evaluation(model, cfg, seed: int, run: Run, train_seconds: float) -> dict:
+    """The final evaluation of `eval.final_episodes` fresh episodes: final.pt and final.json; returns final.json.
+    On a stop signal, Interrupted at once: final.json is not written and last.pt (the last step) resumes to it."""
     model.eval()
     run.save_policy(seed, "final.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
-    started, final_seed = time.time(), EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
-    result = evaluate(model, cfg, cfg.eval.final_episodes, seed=final_seed, vectorized=cfg.eval.vectorized)
+    started = time.time()
+    try:
+        result = evaluate(model, cfg, cfg.eval.final_episodes, seed=final_eval_seed(seed),
+                          vectorized=cfg.eval.vectorized, stop=runfolder.stop_requested)
+    except RolloutStopped as e:
+        raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
+                                    f"{cfg.train.steps} is kept, from which a resume repeats it") from None
     summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
     run.save_final(seed, summary)
-    if cfg.eval.video:
-        try:
-            _, frames = rollout(model, env_spec(cfg.env), 1, final_seed, cfg.eval.target_return,
-                                cfg.buffer.reward_scale, record=[0], max_steps=cfg.env.max_episode_len)
-            run.save_video(seed, "video.mp4", frames[0], fps=env.metadata["render_fps"])
-        except Exception as e:  # the scores stand without the video
-            log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)
     log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f", seed,
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
              result["score_std"])
     return summary
+
+
+def final_eval_seed(seed: int) -> int:
+    """The env seed of seed `seed`'s first final-eval episode (EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET)."""
+    return EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
+
+
+def film(model, cfg, env, seed: int, run: Run) -> None:
+    """video.mp4: the first final-eval episode, filmed. On a stop signal, Interrupted at once, the video skipped
+    (final.json is written already); a rendering error leaves the scores without the video."""
+    try:
+        _, frames = rollout(model, env_spec(cfg.env), 1, final_eval_seed(seed), cfg.eval.target_return,
+                            cfg.buffer.reward_scale, record=[0], max_steps=cfg.env.max_episode_len,
+                            stop=runfolder.stop_requested)
+        run.save_video(seed, "video.mp4", frames[0], fps=env.metadata["render_fps"])
+    except RolloutStopped as e:
+        raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
+                                    f"(final.json), the video skipped") from None
+    except Exception as e:  # the scores stand without the video
+        log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)

@@ -3,6 +3,7 @@ configs that name code, a second process on a run folder, orphaned seed processe
 finite, and a dataset file changed under a run. Each ends in one line and writes nothing it should not."""
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import h5py
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, copy_run, run_entry, run_script, start_script, write_d4rl_file
+from conftest import CRASH_ENV, TINY, copy_run, run_entry, run_script, start_script, write_d4rl_file
 
 
 def error_line(result):
@@ -269,3 +270,34 @@ def test_a_resume_removes_the_temporary_files_of_a_killed_write(long_run, tmp_pa
         path.write_bytes(b"half")
     run_script("main.py", f"resume={run_dir}", "seeds=[0,1]", check=True)
     assert not any(path.exists() for path in strays)
+
+
+# 6. Signals work to the end
+
+SCORES = ("return_mean", "return_std", "score_mean", "score_std", "episodes")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_final_evaluation_stops_it_and_a_resume_gives_the_same_scores(tiny_run, tmp_path, sig):
+    run_dir, path = tmp_path / "run", tiny_run[1]
+    result = run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", check=False,
+                       env={**CRASH_ENV, "DT_SIGNAL": f"final_evaluation:{sig}"})  # as the final eval starts
+    line = error_line(result)
+    assert result.returncode == 128 + signal.Signals[sig]
+    assert f"seed 0 stopped by {sig} during its final evaluation" in line and f"resume={run_dir}" in line
+    assert not (run_dir / "seed0" / "final.json").exists()
+    run_script("main.py", f"resume={run_dir}", check=True)
+    resumed, whole = (json.loads((d / "seed0" / "final.json").read_text()) for d in (run_dir, tiny_run[0]))
+    assert {k: resumed[k] for k in SCORES} == {k: whole[k] for k in SCORES}
+
+
+def test_a_signal_during_the_video_keeps_the_final_scores_and_skips_the_video(tiny_run, tmp_path):
+    run_dir, path = tmp_path / "run", tiny_run[1]
+    result = run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", "eval.video=true", check=False,
+                       env={**CRASH_ENV, "DT_SIGNAL": "film:SIGTERM"})
+    line = error_line(result)
+    assert result.returncode == 128 + signal.SIGTERM
+    assert "seed 0 stopped by SIGTERM during its video: its final scores are kept" in line
+    kept, whole = (json.loads((d / "seed0" / "final.json").read_text()) for d in (run_dir, tiny_run[0]))
+    assert {k: kept[k] for k in SCORES} == {k: whole[k] for k in SCORES}
+    assert not (run_dir / "seed0" / "video.mp4").exists() and not list(run_dir.rglob("*.tmp*"))
