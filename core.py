@@ -23,6 +23,7 @@ from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
 from runfolder import Run, Tracker
 
 log = logging.getLogger(__name__)
+utils.import_mujoco_without_opengl()  # OpenGL only for a video (film): a bad MUJOCO_GL fails no run without one
 # The assignment fixes gymnasium's -v4 envs: their advice to move to -v5 is no news on every run.
 warnings.filterwarnings("ignore", message=r".*The environment \w+-v4 is out of date", category=DeprecationWarning)
 logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module": no news
@@ -225,6 +226,8 @@ def train(cfg, seed: int, run: Run) -> dict:
     if (final := run.final(seed)) is not None:
         log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
         return final
+    if cfg.eval.video and (problem := utils.rendering_problem()):  # before training, not after it
+        raise ConfigError(f"eval.video=true: {problem}")
     utils.seed_everything(seed)
     device = utils.pick_device(cfg.device)
     precision = utils.pick_precision(cfg.train.precision, device)
@@ -416,14 +419,22 @@ def final_eval_seed(seed: int) -> int:
 
 def film(model, cfg, env, seed: int, run: Run) -> None:
     """video.mp4: the first final-eval episode, filmed. On a stop signal, Interrupted at once, the video skipped
-    (final.json is written already); a rendering error leaves the scores without the video."""
+    (final.json is written already). A rendering error (naming MUJOCO_GL's value) or a failed write (naming the file)
+    is one logged line: the scores stand without the video."""
     try:
         _, frames = rollout(model, env_spec(cfg.env), 1, final_eval_seed(seed), cfg.eval.target_return,
                             cfg.buffer.reward_scale, record=[0], max_steps=cfg.env.max_episode_len,
                             stop=runfolder.stop_requested)
-        run.save_video(seed, "video.mp4", frames[0], fps=env.metadata["render_fps"])
     except RolloutStopped as e:
         raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
                                     f"(final.json), the video skipped") from None
-    except Exception as e:  # the scores stand without the video
-        log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)
+    except Exception as e:  # OpenGL's errors have no common type
+        log.error("seed %d: no video: rendering failed with MUJOCO_GL=%s (%s: %s); %s", seed,
+                  os.environ.get("MUJOCO_GL"), type(e).__name__, e, utils.RENDERING_FIX)
+        return
+    path = run.seed_dir(seed) / "video.mp4"
+    try:
+        run.save_video(seed, path.name, frames[0], fps=env.metadata["render_fps"])
+    except OSError as e:
+        log.error("seed %d: no video: cannot write %s (%s); free space there (the scores are kept)", seed, path,
+                  e.strerror or e)

@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -244,6 +245,41 @@ def dataset_returns_figure(datasets: dict):
         ax.legend(loc="upper right", fontsize=7)
         ax.grid(alpha=0.3)
     return fig
+
+
+RENDERERS = ("egl", "osmesa", "glfw")  # the MUJOCO_GL values gymnasium's MuJoCo renderer accepts
+RENDERING_FIX = "headless rendering needs MUJOCO_GL=egl (or osmesa); or leave the video out with eval.video=false"
+
+
+def import_mujoco_without_opengl() -> None:
+    """Import mujoco with its OpenGL context left out (MUJOCO_GL=disable during the import), whatever MUJOCO_GL
+    says: a run without a video never touches OpenGL, and a bad MUJOCO_GL fails only where a video is filmed
+    (gymnasium's renderer reads MUJOCO_GL again then). Nothing happens when mujoco is imported already."""
+    if "mujoco" in sys.modules:
+        return
+    value = os.environ.get("MUJOCO_GL")
+    os.environ["MUJOCO_GL"] = "disable"
+    try:
+        import mujoco  # noqa: F401
+    finally:
+        if value is None:
+            del os.environ["MUJOCO_GL"]
+        else:
+            os.environ["MUJOCO_GL"] = value
+
+
+def rendering_problem() -> str | None:
+    """Why no video can be filmed here (MUJOCO_GL's value, or the error of an OpenGL context made with it), in one
+    line with the fix; None when a context can be made."""
+    value = os.environ.get("MUJOCO_GL")
+    if value not in RENDERERS:
+        return f"MUJOCO_GL={value}: not one of {', '.join(RENDERERS)}; {RENDERING_FIX}"
+    try:
+        from gymnasium.envs.mujoco.mujoco_rendering import _ALL_RENDERERS
+        _ALL_RENDERERS[value](16, 16).free()
+    except Exception as e:  # each backend fails its own way (ImportError, GLFWError, EGL errors)
+        return f"MUJOCO_GL={value}: no OpenGL context ({type(e).__name__}: {e}); {RENDERING_FIX}"
+    return None
 
 
 def save_video(frames, path, fps=30):

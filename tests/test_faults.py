@@ -301,3 +301,39 @@ def test_a_signal_during_the_video_keeps_the_final_scores_and_skips_the_video(ti
     kept, whole = (json.loads((d / "seed0" / "final.json").read_text()) for d in (run_dir, tiny_run[0]))
     assert {k: kept[k] for k in SCORES} == {k: whole[k] for k in SCORES}
     assert not (run_dir / "seed0" / "video.mp4").exists() and not list(run_dir.rglob("*.tmp*"))
+
+
+# 7. Every OSError and rendering error is one line naming the file or MUJOCO_GL's value, and the fix
+
+def test_a_bad_mujoco_gl_fails_no_run_without_a_video(hopper_file, tmp_path):
+    run_entry("main.py", tmp_path / "run", f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=10",
+              env={"MUJOCO_GL": "invalid"})  # check: it ends well
+    assert (tmp_path / "run" / "seed0" / "final.json").exists()
+
+
+def test_a_bad_mujoco_gl_with_a_video_is_one_line_before_training(hopper_file, tmp_path):
+    result = run_entry("main.py", tmp_path / "run", f"buffer.path={hopper_file}", "seeds=[0]", "eval.video=true",
+                       check=False, env={"MUJOCO_GL": "invalid"})
+    line = error_line(result)
+    assert "MUJOCO_GL=invalid" in line and "MUJOCO_GL=egl" in line and "Resume with" not in line
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "seed0" / "last.pt").exists()
+
+
+def test_a_full_disk_while_writing_the_video_names_the_file_not_mujoco_gl(tmp_path, small_frames, caplog):
+    import errno
+
+    from test_eval import fixed_policy
+
+    import core
+    from conftest import compose
+    from runfolder import Run
+
+    class FullDisk(Run):
+        def save_video(self, seed, name, frames, fps):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    cfg, run = compose("eval.video=true"), FullDisk(tmp_path / "run")
+    core.film(fixed_policy(cfg.env.id), cfg, core.gym.make(cfg.env.id), 0, run)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(run.seed_dir(0) / "video.mp4") in errors[0], errors
+    assert "No space left on device" in errors[0] and "MUJOCO_GL" not in errors[0]
