@@ -18,7 +18,7 @@ from tqdm import tqdm
 import runfolder
 import utils
 from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
-from cfgs.schema import ConfigError
+from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
 from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
 from runfolder import Run, Tracker
 
@@ -34,6 +34,10 @@ EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET = 1000, 100_000
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class NonFiniteScoreError(NonFiniteLossError):
+    """An evaluation's score became NaN or inf (the policy's actions or the env's rewards): the seed stops."""
 
 
 class RolloutStopped(Exception):
@@ -100,7 +104,13 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
 
 
 def evaluate(model, cfg, episodes, seed, vectorized=True, stop=None):
-    """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ...; stop: rollout's."""
+    """Mean/std return and normalized score over `episodes` episodes seeded seed, seed+1, ...; stop: rollout's.
+
+    The score is 100 (return - env.ref_min_score) / (env.ref_max_score - env.ref_min_score) whatever the time
+    limit: D4RL's references are returns of 1000-step episodes, so with env.max_episode_len below 1000 (the tests'
+    tiny runs) the score is not on D4RL's scale (scale_note says so in the log, and final.json keeps the time
+    limit); a longer limit is refused (cfgs/schema.py check_bounds).
+    """
     play = partial(rollout, model, env_spec(cfg.env), target_return=cfg.eval.target_return,
                    reward_scale=cfg.buffer.reward_scale, max_steps=cfg.env.max_episode_len, stop=stop)
     if vectorized:
@@ -375,12 +385,30 @@ def periodic_eval(model, cfg, seed: int, step: int, record: SeedRecord) -> dict:
     model.eval()
     result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
     model.train()
+    check_finite_score(result, seed, f"the eval at step {step}")
     log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
              record.train_rows[-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
     if result["score_mean"] > record.best_score:
         record.best_score = result["score_mean"]
         record.run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
     return {"step": step, **result}
+
+
+def check_finite_score(result: dict, seed: int, what: str) -> None:
+    """Stop the seed (NonFiniteScoreError, one line with the cause) on an evaluation whose score is NaN or inf."""
+    if not np.isfinite(result["score_mean"]):
+        raise NonFiniteScoreError(
+            f"seed {seed}: {what} scored {result['score_mean']} (mean return {result['return_mean']}): the policy's "
+            f"actions or the env's rewards are not finite; check the dataset and eval.target_return, and start a new "
+            f"run (a resume would score the same)")
+
+
+def scale_note(cfg) -> str:
+    """'' on D4RL's time limit; else what the score's scale is not (evaluate's docstring has the rule)."""
+    if cfg.env.max_episode_len >= D4RL_TIME_LIMIT:
+        return ""
+    return (f" (episodes cut at env.max_episode_len={cfg.env.max_episode_len} steps: not the scale of the "
+            f"references' {D4RL_TIME_LIMIT}-step episodes)")
 
 
 def check_finite(loss, seed, step, run):
@@ -403,12 +431,13 @@ def final_evaluation(model, cfg, seed: int, run: Run, train_seconds: float) -> d
     except RolloutStopped as e:
         raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
                                     f"{cfg.train.steps} is kept, from which a resume repeats it") from None
-    summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
+    check_finite_score(result, seed, "the final evaluation")
+    summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result, "time_limit": cfg.env.max_episode_len,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
     run.save_final(seed, summary)
-    log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f", seed,
+    log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f%s", seed,
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
-             result["score_std"])
+             result["score_std"], scale_note(cfg))
     return summary
 
 

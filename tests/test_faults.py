@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import CRASH_ENV, TINY, copy_run, run_entry, run_script, start_script, write_d4rl_file
@@ -337,3 +338,27 @@ def test_a_full_disk_while_writing_the_video_names_the_file_not_mujoco_gl(tmp_pa
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and str(run.seed_dir(0) / "video.mp4") in errors[0], errors
     assert "No space left on device" in errors[0] and "MUJOCO_GL" not in errors[0]
+
+
+# 5. A NaN score stops the seed with its cause; a time limit below D4RL's is said to give another scale
+
+def test_a_nan_score_at_an_evaluation_stops_the_seed_with_its_cause_and_writes_no_scores(tmp_path):
+    from test_eval import fixed_policy
+
+    import core
+    from conftest import compose
+    from runfolder import Run
+
+    cfg, run = compose(), Run(tmp_path / "run")
+    model = fixed_policy(cfg.env.id)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # NaN actions: NaN rewards (the control cost)
+    with pytest.raises(core.NonFiniteScoreError, match="seed 0: the final evaluation scored nan") as error:
+        core.final_evaluation(model, cfg, 0, run, train_seconds=1.0)
+    assert "\n" not in str(error.value) and run.final(0) is None
+
+
+def test_a_time_limit_below_d4rls_is_named_in_the_log_and_final_json(tiny_run):
+    run_dir = tiny_run[0]  # env.max_episode_len=100
+    assert "episodes cut at env.max_episode_len=100 steps: not the scale" in (run_dir / "main.log").read_text()
+    assert json.loads((run_dir / "seed0" / "final.json").read_text())["time_limit"] == 100
