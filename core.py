@@ -4,8 +4,10 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 
@@ -53,31 +55,72 @@ def masked_mse(pred, target, mask):
 # Evaluation: one loop over `num_envs` envs in lockstep; a single env is num_envs=1.
 
 
-@torch.inference_mode()
-def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(), max_steps=None, stop=None):
-    """Run `num_envs` episodes in lockstep (env i seeded seed + i), each conditioned on its target return.
+class Policy(Protocol):
+    """What rollout plays: a model of windows -> actions that tells its sizes, context length and device
+    (models.DecisionTransformer; the tests' stand-ins)."""
 
-    env_id: a gymnasium id or EnvSpec (env_spec). target_return: one number for all envs, or one per env
-    (num_envs,). record: the envs to film, through the env's tracking camera. max_steps: the episodes' time
-    limit (default: the env's, 1000 for D4RL's envs). stop: called before each env step; when it returns a
-    signal's name, the episodes are left and RolloutStopped raised (runfolder.stop_requested: a stop at once).
+    state_dim: int
+    act_dim: int
+    context_len: int  # K: the steps of history each call sees
+    device: torch.device
+    last_timestep: int  # later timesteps are clipped to it
+
+    def __call__(self, states, actions, returns_to_go, timesteps) -> tuple: ...
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """The episodes a rollout plays: `num_envs` envs of `env_id` (with `env_kwargs`) in lockstep, env i seeded
+    seed + i and conditioned on its target return (`targets`: one for all, or one per env (num_envs,)) in the env's
+    reward units, divided by `reward_scale` for the policy. time_limit: the episodes' limit (None: the env's, 1000
+    for D4RL's). record: the envs to film, through the env's tracking camera."""
+
+    env_id: str
+    num_envs: int
+    seed: int
+    targets: float | np.ndarray
+    reward_scale: float
+    time_limit: int | None = None
+    env_kwargs: dict = field(default_factory=dict)
+    record: tuple[int, ...] = ()
+
+    @classmethod
+    def of_run(cls, cfg: DictConfig, num_envs: int, seed: int, record: tuple[int, ...] = (),
+               targets: float | np.ndarray | None = None) -> "RolloutSpec":
+        """The run's episodes: its env (with env.kwargs), time limit, reward scale and, by default, target return."""
+        kwargs = OmegaConf.to_container(cfg.env.kwargs) if cfg.env.get("kwargs") else {}
+        return cls(cfg.env.id, num_envs, seed, cfg.eval.target_return if targets is None else targets,
+                   cfg.buffer.reward_scale, cfg.env.max_episode_len, kwargs, tuple(record))
+
+    def make(self, i: int) -> gym.Env:
+        """Env i of the rollout (rendering if it is filmed)."""
+        film = {"render_mode": "rgb_array", "camera_name": "track"} if i in self.record else {}
+        return gym.make(self.env_id, max_episode_steps=self.time_limit, **self.env_kwargs, **film)
+
+
+@torch.inference_mode()
+def rollout(policy: Policy, spec: RolloutSpec, stop: Callable[[], str | None] | None = None
+            ) -> tuple[np.ndarray, dict[int, list[np.ndarray]]]:
+    """Play the episodes of `spec` in lockstep, each conditioned on its target return lowered by its own rewards.
+
+    stop: called before each env step; when it returns a signal's name, the episodes are left and RolloutStopped
+    raised (runfolder.stop_requested: a stop at once).
     Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
-    make = [partial(gym.make, env_id, max_episode_steps=max_steps, render_mode="rgb_array", camera_name="track")
-            if i in record else partial(gym.make, env_id, max_episode_steps=max_steps) for i in range(num_envs)]
-    envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    num_envs, record = spec.num_envs, spec.record
+    envs = gym.vector.SyncVectorEnv([partial(spec.make, i) for i in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     max_len = envs.envs[0].spec.max_episode_steps
-    device, K = model.state_mean.device, model.context_len
-    states = torch.zeros(num_envs, max_len, model.state_dim, device=device)  # histories, (N, T, obs)
-    actions = torch.zeros(num_envs, max_len, model.act_dim, device=device)  # (N, T, act)
+    device, K = policy.device, policy.context_len
+    states = torch.zeros(num_envs, max_len, policy.state_dim, device=device)  # histories, (N, T, obs)
+    actions = torch.zeros(num_envs, max_len, policy.act_dim, device=device)  # (N, T, act)
     returns_to_go = torch.zeros(num_envs, max_len, 1, device=device)  # (N, T, 1)
-    last_timestep = model.embed_timestep.num_embeddings - 1  # clipped as in training
-    timesteps = torch.arange(max_len, device=device).clamp(max=last_timestep).expand(num_envs, max_len)  # (N, T)
-    target_left = np.broadcast_to(np.asarray(target_return, dtype=np.float64), (num_envs,)) / reward_scale  # (N,)
+    timesteps = torch.arange(max_len, device=device).clamp(max=policy.last_timestep).expand(num_envs, max_len)  # (N, T)
+    target_left = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (num_envs,)) / spec.reward_scale  # (N,)
     episode_returns = np.zeros(num_envs)
     active = np.ones(num_envs, dtype=bool)
     frames = {i: [] for i in record}
-    obs, _ = envs.reset(seed=seed)
+    obs, _ = envs.reset(seed=spec.seed)
     for t in range(max_len):
         if stop is not None and (signal_name := stop()):
             envs.close()
@@ -90,12 +133,12 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
         running = torch.as_tensor(np.flatnonzero(active), device=device)  # (n,) the envs still running
         window = slice(max(0, t - K + 1), t + 1)  # the last k <= K steps
         # All envs are at step t, so the window needs no padding; finished envs are left out.
-        action_preds, _, _ = model(states[running, window], actions[running, window],
-                                   returns_to_go[running, window], timesteps[running, window])  # (n, k, act)
+        action_preds, _, _ = policy(states[running, window], actions[running, window],
+                                    returns_to_go[running, window], timesteps[running, window])  # (n, k, act)
         actions[running, t] = action_preds[:, -1]
         obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
         episode_returns += reward * active  # reward counts only until each env is done
-        target_left = target_left - reward / reward_scale
+        target_left = target_left - reward / spec.reward_scale
         active &= ~(terminated | truncated)
         if not active.any():
             break
@@ -103,23 +146,31 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
     return episode_returns, frames
 
 
-def evaluate(model, cfg, episodes, seed, vectorized=True, stop=None):
-    """Mean/std return and normalized score over `episodes` episodes seeded seed, seed+1, ...; stop: rollout's.
+def evaluate(policy: Policy, spec: RolloutSpec, ref_scores: tuple[float, float], vectorized: bool = True,
+             stop: Callable[[], str | None] | None = None) -> dict:
+    """Mean/std return and normalized score over the spec's episodes (num_envs episodes seeded seed, seed+1, ...):
+    in one vectorized pass, or one episode after another. stop: rollout's.
 
-    The score is 100 (return - env.ref_min_score) / (env.ref_max_score - env.ref_min_score) whatever the time
-    limit: D4RL's references are returns of 1000-step episodes, so with env.max_episode_len below 1000 (the tests'
-    tiny runs) the score is not on D4RL's scale (scale_note says so in the log, and final.json keeps the time
-    limit); a longer limit is refused (cfgs/schema.py check_bounds).
+    The score is 100 (return - ref_min) / (ref_max - ref_min) (ref_scores: env.ref_min_score, ref_max_score)
+    whatever the time limit: D4RL's references are returns of 1000-step episodes, so with env.max_episode_len below
+    1000 (the tests' tiny runs) the score is not on D4RL's scale (scale_note says so in the log, and final.json
+    keeps the time limit); a longer limit is refused (cfgs/schema.py check_bounds).
     """
-    play = partial(rollout, model, env_spec(cfg.env), target_return=cfg.eval.target_return,
-                   reward_scale=cfg.buffer.reward_scale, max_steps=cfg.env.max_episode_len, stop=stop)
     if vectorized:
-        returns, _ = play(num_envs=episodes, seed=seed)
+        returns, _ = rollout(policy, spec, stop)
     else:
-        returns = np.concatenate([play(num_envs=1, seed=seed + i)[0] for i in range(episodes)])
-    scores = utils.normalized_score(returns, cfg.env.ref_min_score, cfg.env.ref_max_score)
+        targets = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (spec.num_envs,))
+        returns = np.concatenate([rollout(policy, dataclasses.replace(spec, num_envs=1, seed=spec.seed + i,
+                                                                      targets=targets[i], record=()), stop)[0]
+                                  for i in range(spec.num_envs)])
+    scores = utils.normalized_score(returns, *ref_scores)
     return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
             "score_mean": float(scores.mean()), "score_std": float(scores.std())}
+
+
+def reference_scores(cfg: DictConfig) -> tuple[float, float]:
+    """(env.ref_min_score, env.ref_max_score): the returns of scores 0 and 100."""
+    return cfg.env.ref_min_score, cfg.env.ref_max_score
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +434,8 @@ class SeedRecord:
 def periodic_eval(model, cfg, seed: int, step: int, record: SeedRecord) -> dict:
     """Evaluate `cfg.eval.episodes` episodes; best.pt when the score beats the best so far. Returns the eval row."""
     model.eval()
-    result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
+    result = evaluate(model, RolloutSpec.of_run(cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed),
+                      reference_scores(cfg), cfg.eval.vectorized)
     model.train()
     check_finite_score(result, seed, f"the eval at step {step}")
     log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
@@ -426,8 +478,8 @@ def final_evaluation(model, cfg, seed: int, run: Run, train_seconds: float) -> d
     run.save_policy(seed, "final.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
     started = time.time()
     try:
-        result = evaluate(model, cfg, cfg.eval.final_episodes, seed=final_eval_seed(seed),
-                          vectorized=cfg.eval.vectorized, stop=runfolder.stop_requested)
+        result = evaluate(model, RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
+                          reference_scores(cfg), cfg.eval.vectorized, stop=runfolder.stop_requested)
     except RolloutStopped as e:
         raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
                                     f"{cfg.train.steps} is kept, from which a resume repeats it") from None
@@ -451,8 +503,7 @@ def film(model, cfg, env, seed: int, run: Run) -> None:
     (final.json is written already). A rendering error (naming MUJOCO_GL's value) or a failed write (naming the file)
     is one logged line: the scores stand without the video."""
     try:
-        _, frames = rollout(model, env_spec(cfg.env), 1, final_eval_seed(seed), cfg.eval.target_return,
-                            cfg.buffer.reward_scale, record=[0], max_steps=cfg.env.max_episode_len,
+        _, frames = rollout(model, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
                             stop=runfolder.stop_requested)
     except RolloutStopped as e:
         raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "

@@ -139,6 +139,16 @@ class DecisionTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's tensors live (rollout puts its inputs there)."""
+        return self.state_mean.device
+
+    @property
+    def last_timestep(self) -> int:
+        """The last timestep the policy embeds; later steps are clipped to it, as in training."""
+        return self.embed_timestep.num_embeddings - 1
+
     def norm_state(self, states):
         """Environment state -> the dataset's zero mean, unit std."""
         return (states - self.state_mean) / self.state_std
