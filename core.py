@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
@@ -14,6 +15,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.envs.registration import EnvSpec
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -21,7 +23,7 @@ import runfolder
 import utils
 from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
 from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
-from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
+from models import MODELS, DecisionTransformer, DTConfig, policy_checkpoint, policy_from_checkpoint
 from runfolder import Run, Tracker
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class RolloutStopped(Exception):
     """A stop signal (its name: str(e)) arrived during a rollout that checks for one; its episodes are unfinished."""
 
 
-def masked_mse(pred, target, mask):
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the real (mask = 1) steps. pred, target (B, K, d); mask (B, K)."""
     return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum().clamp(min=1)
 
@@ -65,7 +67,8 @@ class Policy(Protocol):
     device: torch.device
     last_timestep: int  # later timesteps are clipped to it
 
-    def __call__(self, states, actions, returns_to_go, timesteps) -> tuple: ...
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                 timesteps: torch.Tensor) -> tuple: ...
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ def reference_scores(cfg: DictConfig) -> tuple[float, float]:
 # Building blocks of a run
 
 
-def env_spec(env_cfg):
+def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
     """What gym.make builds for a run: env.id, or with env.kwargs (a Minari dataset's env) its spec with them."""
     if not env_cfg.get("kwargs"):
         return env_cfg.id
@@ -185,11 +188,11 @@ def env_spec(env_cfg):
     return dataclasses.replace(spec, kwargs={**spec.kwargs, **OmegaConf.to_container(env_cfg.kwargs)})
 
 
-def space_dims(env):
+def space_dims(env: gym.Env) -> tuple[int, int]:
     return env.observation_space.shape[0], env.action_space.shape[0]
 
 
-def locate_dataset(cfg):
+def locate_dataset(cfg: DictConfig) -> str:
     """buffer.path, the Minari dataset's folder, or the D4RL file of env + dataset (downloaded when missing)."""
     if cfg.buffer.path:
         return cfg.buffer.path
@@ -198,7 +201,7 @@ def locate_dataset(cfg):
     return find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
 
 
-def load_transitions(cfg, env):
+def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
     """The transitions of the run's dataset (its recorded file, else the one env + dataset name), checked."""
     source = cfg.buffer.file or locate_dataset(cfg)
     read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_hdf5
@@ -207,13 +210,13 @@ def load_transitions(cfg, env):
     return transitions
 
 
-def load_data(cfg, env):
+def load_data(cfg: DictConfig, env: gym.Env) -> SequenceBuffer:
     """The SequenceBuffer of the run's dataset, checked against the env's spaces and action bounds."""
     return SequenceBuffer(load_transitions(cfg, env), cfg.buffer.context_len, cfg.buffer.reward_scale,
                           cfg.env.max_episode_len, cfg.buffer.sample_by, cfg.buffer.top_percent)
 
 
-def build_model(cfg, data, env):
+def build_model(cfg: DictConfig, data: SequenceBuffer, env: gym.Env) -> DecisionTransformer:
     """The configured model for this env's spaces, holding the dataset's state statistics and the action bounds."""
     config = DTConfig(*space_dims(env), context_len=cfg.buffer.context_len, max_timestep=cfg.env.max_episode_len,
                       embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
@@ -222,7 +225,7 @@ def build_model(cfg, data, env):
                                             action_low=env.action_space.low, action_high=env.action_space.high)
 
 
-def load_policy(path, env_id=None, device="cpu"):
+def load_policy(path: str | Path, env_id: str | None = None, device: str | torch.device = "cpu") -> DecisionTransformer:
     """The policy of a best.pt / final.pt checkpoint, ready to evaluate; loading it runs no code."""
     checkpoint = runfolder.load_checkpoint(path)
     if env_id is not None and checkpoint["env_id"] != env_id:
@@ -231,12 +234,12 @@ def load_policy(path, env_id=None, device="cpu"):
     return policy_from_checkpoint(checkpoint).to(device)
 
 
-def warmup_scheduler(optimizer, warmup_steps):
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from lr / warmup_steps to lr, then constant (the DT paper's schedule)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
 
 
-def to_device(arrays, device):
+def to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """numpy arrays -> tensors on `device`; to a GPU from pinned memory, without waiting for its running steps."""
     tensors = [torch.from_numpy(x) for x in arrays]
     if device.type == "cuda":  # a plain copy would block the host until the GPU's queue is empty
@@ -247,7 +250,8 @@ def to_device(arrays, device):
 LOSSES = ("loss", "action_mse", "state_mse", "rtg_mse")  # what train_step returns, in this order
 
 
-def losses(model, batch, train_cfg, precision):
+def losses(model: DecisionTransformer, batch: list[torch.Tensor], train_cfg: DictConfig,
+           precision: str) -> torch.Tensor:
     """The losses (4,): total, action MSE, next-state MSE and next return-to-go MSE (0 where that loss is off).
 
     The auxiliary targets are the next step's state (normalized) and return-to-go, read from the a_t token:
@@ -271,7 +275,9 @@ def losses(model, batch, train_cfg, precision):
     return torch.stack((loss, action_mse, state_mse, rtg_mse))
 
 
-def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
+def train_step(model: DecisionTransformer, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, batch: list[torch.Tensor], train_cfg: DictConfig,
+               precision: str) -> torch.Tensor:
     """Forward, the losses, backward, clip, AdamW; returns the detached losses (4,) of `losses`."""
     step_losses = losses(model, batch, train_cfg, precision)
     optimizer.zero_grad(set_to_none=True)
@@ -282,7 +288,7 @@ def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
     return step_losses.detach()
 
 
-def train(cfg, seed: int, run: Run) -> dict:
+def train(cfg: DictConfig, seed: int, run: Run) -> dict:
     """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores."""
     if (final := run.final(seed)) is not None:
         log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
@@ -337,7 +343,8 @@ class SeedRecord:
     bar: tqdm | None = None
 
     @classmethod
-    def resume(cls, cfg, seed: int, run: Run, model, optimizer, scheduler, rng) -> "SeedRecord":
+    def resume(cls, cfg: DictConfig, seed: int, run: Run, model: DecisionTransformer, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> "SeedRecord":
         """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng restored)."""
         record = cls(cfg, seed, run, model, optimizer, scheduler, rng)
         progress = run.load_state(seed, model, optimizer, scheduler, rng)
@@ -366,7 +373,7 @@ class SeedRecord:
                         disable=None)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.bar.close()
         self.tracker.__exit__(*exc)
 
@@ -419,7 +426,7 @@ class SeedRecord:
         cfg = self.cfg
         self.run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
 
-    def finish(self, env) -> dict:
+    def finish(self, env: gym.Env) -> dict:
         """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json.
         A stop signal ends either at once (Interrupted): the final evaluation, which a resume repeats from last.pt
         (the last step's) to the same scores, or the video, which is skipped (the scores are kept)."""
@@ -431,7 +438,7 @@ class SeedRecord:
         return summary
 
 
-def periodic_eval(model, cfg, seed: int, step: int, record: SeedRecord) -> dict:
+def periodic_eval(model: DecisionTransformer, cfg: DictConfig, seed: int, step: int, record: SeedRecord) -> dict:
     """Evaluate `cfg.eval.episodes` episodes; best.pt when the score beats the best so far. Returns the eval row."""
     model.eval()
     result = evaluate(model, RolloutSpec.of_run(cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed),
@@ -455,7 +462,7 @@ def check_finite_score(result: dict, seed: int, what: str) -> None:
             f"run (a resume would score the same)")
 
 
-def scale_note(cfg) -> str:
+def scale_note(cfg: DictConfig) -> str:
     """'' on D4RL's time limit; else what the score's scale is not (evaluate's docstring has the rule)."""
     if cfg.env.max_episode_len >= D4RL_TIME_LIMIT:
         return ""
@@ -463,7 +470,7 @@ def scale_note(cfg) -> str:
             f"references' {D4RL_TIME_LIMIT}-step episodes)")
 
 
-def check_finite(loss, seed, step, run):
+def check_finite(loss: float, seed: int, step: int, run: Run) -> None:
     """Stop on a NaN or inf loss: the checkpoint before it is kept, and a resumed run would reach it again."""
     if not np.isfinite(loss):
         raise NonFiniteLossError(
@@ -471,7 +478,7 @@ def check_finite(loss, seed, step, run):
             f"train.grad_clip (resuming {run.name} would reach the same loss), or check the dataset for bad values")
 
 
-def final_evaluation(model, cfg, seed: int, run: Run, train_seconds: float) -> dict:
+def final_evaluation(model: DecisionTransformer, cfg: DictConfig, seed: int, run: Run, train_seconds: float) -> dict:
     """The final evaluation of `eval.final_episodes` fresh episodes: final.pt and final.json; returns final.json.
     On a stop signal, Interrupted at once: final.json is not written and last.pt (the last step) resumes to it."""
     model.eval()
@@ -498,7 +505,7 @@ def final_eval_seed(seed: int) -> int:
     return EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
 
 
-def film(model, cfg, env, seed: int, run: Run) -> None:
+def film(model: DecisionTransformer, cfg: DictConfig, env: gym.Env, seed: int, run: Run) -> None:
     """video.mp4: the first final-eval episode, filmed. On a stop signal, Interrupted at once, the video skipped
     (final.json is written already). A rendering error (naming MUJOCO_GL's value) or a failed write (naming the file)
     is one logged line: the scores stand without the video."""
