@@ -111,10 +111,10 @@ def eval_steps_per_second(model, episodes, vectorized):
     model.eval()
     start = time.perf_counter()
     if vectorized:
-        core.rollout(model, "HalfCheetah-v4", episodes, 0, 6000, 1000)
+        core.rollout(model, core.RolloutSpec("HalfCheetah-v4", episodes, 0, 6000, 1000))
     else:
         for i in range(episodes):
-            core.rollout(model, "HalfCheetah-v4", 1, i, 6000, 1000)
+            core.rollout(model, core.RolloutSpec("HalfCheetah-v4", 1, i, 6000, 1000))
     seconds = time.perf_counter() - start
     return episodes * 1000 / seconds, seconds
 

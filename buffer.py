@@ -3,6 +3,8 @@
     python buffer.py [files ...] [--out runs/dataset_returns.png] [--force]   # trajectory-return histograms
                                                    # of the files (default: every file in $D4RL_DATASET_DIR)
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
@@ -10,10 +12,14 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import minari
 
 from cfgs.schema import DATASETS, ENVS, RTG_LIMIT, SAMPLE_BY
 
@@ -26,7 +32,7 @@ class DatasetError(RuntimeError):
     """A dataset that cannot be found, fetched or read; the message names the fix."""
 
 
-def discounted_cumsum(x, gamma=1.0):
+def discounted_cumsum(x: np.ndarray, gamma: float = 1.0) -> np.ndarray:
     """y[t] = sum_{k >= t} gamma^(k - t) x[k]; with gamma = 1 the return-to-go."""
     y = np.zeros_like(x, dtype=np.float64)
     running = 0.0
@@ -40,7 +46,7 @@ def discounted_cumsum(x, gamma=1.0):
 # Finding, downloading and checking D4RL files
 
 
-def dataset_file(env, dataset):
+def dataset_file(env: str, dataset: str) -> str:
     """D4RL's file name, e.g. ('hopper', 'medium-replay') -> 'hopper_medium_replay-v2.hdf5'."""
     if env not in ENVS:
         raise DatasetError(f"unknown env '{env}': choose one of {', '.join(ENVS)} (env=<name>)")
@@ -50,12 +56,12 @@ def dataset_file(env, dataset):
     return f"{env}_{dataset.replace('-', '_')}-v2.hdf5"
 
 
-def dataset_dir():
+def dataset_dir() -> Path:
     """$D4RL_DATASET_DIR if set, else d4rl's own cache ~/.d4rl/datasets."""
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
 
 
-def read_d4rl(path, obs_dim, act_dim):
+def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
     """The arrays of a D4RL-layout file, checked: keys, shapes for these space sizes, finite values.
 
     Raises DatasetError naming the fix for a missing, truncated, corrupt or mismatched file.
@@ -85,7 +91,7 @@ def read_d4rl(path, obs_dim, act_dim):
     return data
 
 
-def download(url, path):
+def download(url: str, path: Path) -> Path:
     """Fetch `url` into a temporary file beside `path`; the caller renames it once checked."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
@@ -106,7 +112,7 @@ def download(url, path):
     return tmp
 
 
-def find_dataset(env, dataset, obs_dim, act_dim):
+def find_dataset(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
     """Path of a checked D4RL file; downloaded into the cache when missing, truncated or corrupt."""
     name = dataset_file(env, dataset)
     path = dataset_dir() / name
@@ -135,19 +141,19 @@ def find_dataset(env, dataset, obs_dim, act_dim):
 # The data's identity: a run records its file's SHA-256 (buffer.sha256); hashed once per file, cached
 
 
-def sha256_cache_path():
+def sha256_cache_path() -> Path:
     """Where the hashes of dataset files are kept: $XDG_CACHE_HOME (or ~/.cache)/decision-transformer/."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     return cache / "decision-transformer" / "dataset_sha256.json"
 
 
-def hash_file(path):
+def hash_file(path: str | Path) -> str:
     """The SHA-256 of a file's bytes (hex)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def dataset_sha256(path) -> str:
+def dataset_sha256(path: str | Path) -> str:
     """The SHA-256 of a dataset file, hashed once per file: cached by its path, size and mtime (a 1M-row file is
     not read again at every start). An unwritable cache only costs the hashing again."""
     path = Path(path).resolve()
@@ -171,7 +177,7 @@ def dataset_sha256(path) -> str:
     return cache[key]
 
 
-def dataset_identity(file, recorded) -> str:
+def dataset_identity(file: str | None, recorded: str | None) -> str:
     """The SHA-256 of the run's dataset file (None for a Minari folder); DatasetError when `recorded` (the run's
     buffer.sha256) names another: a resume would train on other data."""
     if not file or not Path(file).is_file():
@@ -187,7 +193,7 @@ def dataset_identity(file, recorded) -> str:
 # Minari datasets (D4RL's maintained successor): ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's -v5 envs
 
 
-def load_minari(dataset_id):
+def load_minari(dataset_id: str) -> minari.MinariDataset:
     """A Minari dataset on disk, or DatasetError naming the command that fetches it."""
     import minari
     try:
@@ -198,14 +204,14 @@ def load_minari(dataset_id):
                            f"`minari download {dataset_id}`") from None
 
 
-def minari_ref_scores(metadata):
+def minari_ref_scores(metadata: dict) -> tuple[float, float] | None:
     """(ref_min_score, ref_max_score) of a Minari dataset's metadata, or None where it lacks either."""
     if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
         return None
     return float(metadata["ref_min_score"]), float(metadata["ref_max_score"])
 
 
-def expert_dataset_id(dataset_id):
+def expert_dataset_id(dataset_id: str) -> str | None:
     """The same env's Minari expert dataset of the newest version on disk, e.g. mujoco/hopper/expert-v0; or None."""
     import minari
     namespace = dataset_id.rsplit("/", 1)[0]  # mujoco/hopper
@@ -214,7 +220,8 @@ def expert_dataset_id(dataset_id):
     return experts[-1] if experts else None
 
 
-def reference_scores(dataset_id, metadata, command_line=None):
+def reference_scores(dataset_id: str, metadata: dict, command_line: tuple[float, float] | None = None) -> tuple[float,
+                     float, str]:
     """(ref_min_score, ref_max_score, ref_source) of a Minari dataset: its own; else those given on the command
     line; else its env's Minari expert dataset's, when that is on disk; else DatasetError naming both ways."""
     if (own := minari_ref_scores(metadata)) is not None:
@@ -234,7 +241,7 @@ def reference_scores(dataset_id, metadata, command_line=None):
                        f"return>, or put {namespace}/expert-v0 on disk (`minari download {namespace}/expert-v0`)")
 
 
-def minari_facts(dataset_id, command_line=None):
+def minari_facts(dataset_id: str, command_line: tuple[float, float] | None = None) -> dict:
     """What a run takes from a local Minari dataset: its data folder, its env (id and kwargs) and reference scores.
 
     command_line: (ref_min_score, ref_max_score) given as overrides, used when the dataset has none (Minari's
@@ -264,14 +271,14 @@ class Transitions:
     source: str = "dataset"  # the file, for messages
 
     @classmethod
-    def from_hdf5(cls, path, obs_dim, act_dim):
+    def from_hdf5(cls, path: str | Path, obs_dim: int, act_dim: int) -> Transitions:
         data = read_d4rl(path, obs_dim, act_dim)
         ends = data["terminals"].astype(bool) | data["timeouts"].astype(bool)
         return cls(data["observations"].astype(np.float32), data["actions"].astype(np.float32),
                    data["rewards"].astype(np.float32), ends, str(path))
 
     @classmethod
-    def from_minari(cls, folder, obs_dim, act_dim):
+    def from_minari(cls, folder: str | Path, obs_dim: int, act_dim: int) -> Transitions:
         """The episodes of a Minari dataset's data folder back to back (each episode's final observation dropped)."""
         import minari
         episodes = list(minari.MinariDataset(folder).iterate_episodes())
@@ -284,10 +291,10 @@ class Transitions:
         rewards = np.concatenate([e.rewards for e in episodes]).astype(np.float32)
         return cls(observations, actions, rewards, ends, str(folder))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rewards)
 
-    def trajectories(self):
+    def trajectories(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each trajectory's first step, length and return; the file's last, cut-off episode counts as one."""
         ends = np.flatnonzero(self.ends)
         if len(ends) == 0 or ends[-1] != len(self) - 1:
@@ -295,7 +302,7 @@ class Transitions:
         starts = np.concatenate(([0], ends[:-1] + 1))
         return starts, ends - starts + 1, np.add.reduceat(self.rewards.astype(np.float64), starts)
 
-    def check(self, action_low, action_high, tolerance=1e-4):
+    def check(self, action_low: np.ndarray, action_high: np.ndarray, tolerance: float = 1e-4) -> None:
         """Refuse data a DT cannot learn from, saying what is wrong with numbers; warn about short trajectories."""
         n = len(self)
         if n == 0:
@@ -326,7 +333,8 @@ class Transitions:
 REWARD_LIMIT = 1e4  # |reward| of one step: D4RL MuJoCo's are below 15; beyond, a file's rewards are not of these envs
 
 
-def check_reward_bounds(source, rewards, scaled_returns_to_go, reward_scale) -> None:
+def check_reward_bounds(source: str, rewards: np.ndarray, scaled_returns_to_go: np.ndarray,
+                        reward_scale: float) -> None:
     """DatasetError, naming the bound, for rewards beyond REWARD_LIMIT or returns-to-go that after reward_scale
     lie beyond what the model can embed (cfgs/schema.py RTG_LIMIT): its losses and scores could not be finite."""
     worst = np.abs(rewards).max(initial=0)
@@ -339,7 +347,7 @@ def check_reward_bounds(source, rewards, scaled_returns_to_go, reward_scale) -> 
                            f"{scaled:.3g}, beyond {RTG_LIMIT:g} (what the model can embed): raise buffer.reward_scale")
 
 
-def top_trajectories(returns, top_percent):
+def top_trajectories(returns: np.ndarray, top_percent: float) -> np.ndarray:
     """Percentile behaviour cloning: which trajectories have a return in the top `top_percent` % (a mask)."""
     return returns >= np.percentile(returns, 100.0 - top_percent)
 
@@ -347,7 +355,8 @@ def top_trajectories(returns, top_percent):
 class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""
 
-    def __init__(self, transitions, context_len, reward_scale, max_timestep, sample_by="length", top_percent=100.0):
+    def __init__(self, transitions: Transitions, context_len: int, reward_scale: float, max_timestep: int,
+                 sample_by: str = "length", top_percent: float = 100.0):
         starts, lengths, returns = transitions.trajectories()  # (trajectories,) each; starts: rows of the file
         keep = top_trajectories(returns, top_percent)
         self.lengths, self.returns = lengths[keep], returns[keep]  # (T,) the T trajectories kept
@@ -378,10 +387,10 @@ class SequenceBuffer:
         return weights / weights.sum()
 
     @property
-    def num_trajectories(self):
+    def num_trajectories(self) -> int:
         return len(self.lengths)
 
-    def sample(self, batch_size, rng):
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         """A batch of windows: trajectory first, then a start step; padded on the right, masked.
 
         Returns numpy arrays states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1),
@@ -403,7 +412,7 @@ class SequenceBuffer:
                 mask.astype(np.float32))
 
 
-def trajectory_scores(path) -> np.ndarray:
+def trajectory_scores(path: str | Path) -> np.ndarray:
     """The normalized returns of a D4RL file's trajectories; its env is read from the file name."""
     from omegaconf import OmegaConf
 
@@ -415,20 +424,20 @@ def trajectory_scores(path) -> np.ndarray:
     return utils.normalized_score(returns, env.ref_min_score, env.ref_max_score)
 
 
-def task_name(path) -> str:
+def task_name(path: str | Path) -> str:
     """hopper_medium_replay-v2.hdf5 -> hopper-medium-replay."""
     env, _, rest = Path(path).name.partition("_")
     return f"{env}-{rest.split('-v')[0].replace('_', '-')}"
 
 
-def plot_returns(paths, out) -> Path:
+def plot_returns(paths: list[str | Path], out: str | Path) -> Path:
     """The trajectory-return histogram of each D4RL file on the normalized-score axis, as the assignment's Figure 1."""
     import utils
     datasets = {task_name(p): trajectory_scores(p) for p in paths}
     return utils.save_png(utils.dataset_returns_figure(datasets), out)
 
 
-def new_file(path) -> Path:
+def new_file(path: str | Path) -> Path:
     """path, or path-1, path-2, ... with its suffix: the first that does not exist (nothing is replaced unasked)."""
     path = Path(path)
     return next(p for p in (path.with_stem(f"{path.stem}-{i}") if i else path for i in range(10_000)) if not p.exists())

@@ -4,25 +4,30 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
+from typing import Protocol
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.envs.registration import EnvSpec
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import runfolder
 import utils
 from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
-from cfgs.schema import ConfigError
-from models import MODELS, DTConfig, policy_checkpoint, policy_from_checkpoint
+from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
+from models import MODELS, DecisionTransformer, DTConfig, policy_checkpoint, policy_from_checkpoint
 from runfolder import Run, Tracker
 
 log = logging.getLogger(__name__)
+utils.import_mujoco_without_opengl()  # OpenGL only for a video (film): a bad MUJOCO_GL fails no run without one
 # The assignment fixes gymnasium's -v4 envs: their advice to move to -v5 is no news on every run.
 warnings.filterwarnings("ignore", message=r".*The environment \w+-v4 is out of date", category=DeprecationWarning)
 logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module": no news
@@ -35,7 +40,15 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def masked_mse(pred, target, mask):
+class NonFiniteScoreError(NonFiniteLossError):
+    """An evaluation's score became NaN or inf (the policy's actions or the env's rewards): the seed stops."""
+
+
+class RolloutStopped(Exception):
+    """A stop signal (its name: str(e)) arrived during a rollout that checks for one; its episodes are unfinished."""
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the real (mask = 1) steps. pred, target (B, K, d); mask (B, K)."""
     return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum().clamp(min=1)
 
@@ -44,31 +57,77 @@ def masked_mse(pred, target, mask):
 # Evaluation: one loop over `num_envs` envs in lockstep; a single env is num_envs=1.
 
 
-@torch.inference_mode()
-def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(), max_steps=None):
-    """Run `num_envs` episodes in lockstep (env i seeded seed + i), each conditioned on its target return.
+class Policy(Protocol):
+    """What rollout plays: a model of windows -> actions that tells its sizes, context length and device
+    (models.DecisionTransformer; the tests' stand-ins)."""
 
-    env_id: a gymnasium id or EnvSpec (env_spec). target_return: one number for all envs, or one per env
-    (num_envs,). record: the envs to film, through the env's tracking camera. max_steps: the episodes' time
-    limit (default: the env's, 1000 for D4RL's envs).
+    state_dim: int
+    act_dim: int
+    context_len: int  # K: the steps of history each call sees
+    device: torch.device
+    last_timestep: int  # later timesteps are clipped to it
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                 timesteps: torch.Tensor) -> tuple: ...
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """The episodes a rollout plays: `num_envs` envs of `env_id` (with `env_kwargs`) in lockstep, env i seeded
+    seed + i and conditioned on its target return (`targets`: one for all, or one per env (num_envs,)) in the env's
+    reward units, divided by `reward_scale` for the policy. time_limit: the episodes' limit (None: the env's, 1000
+    for D4RL's). record: the envs to film, through the env's tracking camera."""
+
+    env_id: str
+    num_envs: int
+    seed: int
+    targets: float | np.ndarray
+    reward_scale: float
+    time_limit: int | None = None
+    env_kwargs: dict = field(default_factory=dict)
+    record: tuple[int, ...] = ()
+
+    @classmethod
+    def of_run(cls, cfg: DictConfig, num_envs: int, seed: int, record: tuple[int, ...] = (),
+               targets: float | np.ndarray | None = None) -> "RolloutSpec":
+        """The run's episodes: its env (with env.kwargs), time limit, reward scale and, by default, target return."""
+        kwargs = OmegaConf.to_container(cfg.env.kwargs) if cfg.env.get("kwargs") else {}
+        return cls(cfg.env.id, num_envs, seed, cfg.eval.target_return if targets is None else targets,
+                   cfg.buffer.reward_scale, cfg.env.max_episode_len, kwargs, tuple(record))
+
+    def make(self, i: int) -> gym.Env:
+        """Env i of the rollout (rendering if it is filmed)."""
+        film = {"render_mode": "rgb_array", "camera_name": "track"} if i in self.record else {}
+        return gym.make(self.env_id, max_episode_steps=self.time_limit, **self.env_kwargs, **film)
+
+
+@torch.inference_mode()
+def rollout(policy: Policy, spec: RolloutSpec, stop: Callable[[], str | None] | None = None
+            ) -> tuple[np.ndarray, dict[int, list[np.ndarray]]]:
+    """Play the episodes of `spec` in lockstep, each conditioned on its target return lowered by its own rewards.
+
+    stop: called before each env step; when it returns a signal's name, the episodes are left and RolloutStopped
+    raised (runfolder.stop_requested: a stop at once).
     Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
-    make = [partial(gym.make, env_id, max_episode_steps=max_steps, render_mode="rgb_array", camera_name="track")
-            if i in record else partial(gym.make, env_id, max_episode_steps=max_steps) for i in range(num_envs)]
-    envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    num_envs, record = spec.num_envs, spec.record
+    envs = gym.vector.SyncVectorEnv([partial(spec.make, i) for i in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     max_len = envs.envs[0].spec.max_episode_steps
-    device, K = model.state_mean.device, model.context_len
-    states = torch.zeros(num_envs, max_len, model.state_dim, device=device)  # histories, (N, T, obs)
-    actions = torch.zeros(num_envs, max_len, model.act_dim, device=device)  # (N, T, act)
+    device, K = policy.device, policy.context_len
+    states = torch.zeros(num_envs, max_len, policy.state_dim, device=device)  # histories, (N, T, obs)
+    actions = torch.zeros(num_envs, max_len, policy.act_dim, device=device)  # (N, T, act)
     returns_to_go = torch.zeros(num_envs, max_len, 1, device=device)  # (N, T, 1)
-    last_timestep = model.embed_timestep.num_embeddings - 1  # clipped as in training
-    timesteps = torch.arange(max_len, device=device).clamp(max=last_timestep).expand(num_envs, max_len)  # (N, T)
-    target_left = np.broadcast_to(np.asarray(target_return, dtype=np.float64), (num_envs,)) / reward_scale  # (N,)
+    timesteps = torch.arange(max_len, device=device).clamp(max=policy.last_timestep).expand(num_envs, max_len)  # (N, T)
+    target_left = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (num_envs,)) / spec.reward_scale  # (N,)
     episode_returns = np.zeros(num_envs)
     active = np.ones(num_envs, dtype=bool)
     frames = {i: [] for i in record}
-    obs, _ = envs.reset(seed=seed)
+    obs, _ = envs.reset(seed=spec.seed)
     for t in range(max_len):
+        if stop is not None and (signal_name := stop()):
+            envs.close()
+            raise RolloutStopped(signal_name)
         for i in frames:
             if active[i]:
                 frames[i].append(envs.envs[i].render())
@@ -77,12 +136,12 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
         running = torch.as_tensor(np.flatnonzero(active), device=device)  # (n,) the envs still running
         window = slice(max(0, t - K + 1), t + 1)  # the last k <= K steps
         # All envs are at step t, so the window needs no padding; finished envs are left out.
-        action_preds, _, _ = model(states[running, window], actions[running, window],
-                                   returns_to_go[running, window], timesteps[running, window])  # (n, k, act)
+        action_preds, _, _ = policy(states[running, window], actions[running, window],
+                                    returns_to_go[running, window], timesteps[running, window])  # (n, k, act)
         actions[running, t] = action_preds[:, -1]
         obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
         episode_returns += reward * active  # reward counts only until each env is done
-        target_left = target_left - reward / reward_scale
+        target_left = target_left - reward / spec.reward_scale
         active &= ~(terminated | truncated)
         if not active.any():
             break
@@ -90,24 +149,38 @@ def rollout(model, env_id, num_envs, seed, target_return, reward_scale, record=(
     return episode_returns, frames
 
 
-def evaluate(model, cfg, episodes, seed, vectorized=True):
-    """Mean/std return and normalized D4RL score over `episodes` episodes seeded seed, seed+1, ..."""
-    play = partial(rollout, model, env_spec(cfg.env), target_return=cfg.eval.target_return,
-                   reward_scale=cfg.buffer.reward_scale, max_steps=cfg.env.max_episode_len)
+def evaluate(policy: Policy, spec: RolloutSpec, ref_scores: tuple[float, float], vectorized: bool = True,
+             stop: Callable[[], str | None] | None = None) -> dict:
+    """Mean/std return and normalized score over the spec's episodes (num_envs episodes seeded seed, seed+1, ...):
+    in one vectorized pass, or one episode after another. stop: rollout's.
+
+    The score is 100 (return - ref_min) / (ref_max - ref_min) (ref_scores: env.ref_min_score, ref_max_score)
+    whatever the time limit: D4RL's references are returns of 1000-step episodes, so with env.max_episode_len below
+    1000 (the tests' tiny runs) the score is not on D4RL's scale (scale_note says so in the log, and final.json
+    keeps the time limit); a longer limit is refused (cfgs/schema.py check_bounds).
+    """
     if vectorized:
-        returns, _ = play(num_envs=episodes, seed=seed)
+        returns, _ = rollout(policy, spec, stop)
     else:
-        returns = np.concatenate([play(num_envs=1, seed=seed + i)[0] for i in range(episodes)])
-    scores = utils.normalized_score(returns, cfg.env.ref_min_score, cfg.env.ref_max_score)
+        targets = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (spec.num_envs,))
+        returns = np.concatenate([rollout(policy, dataclasses.replace(spec, num_envs=1, seed=spec.seed + i,
+                                                                      targets=targets[i], record=()), stop)[0]
+                                  for i in range(spec.num_envs)])
+    scores = utils.normalized_score(returns, *ref_scores)
     return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
             "score_mean": float(scores.mean()), "score_std": float(scores.std())}
+
+
+def reference_scores(cfg: DictConfig) -> tuple[float, float]:
+    """(env.ref_min_score, env.ref_max_score): the returns of scores 0 and 100."""
+    return cfg.env.ref_min_score, cfg.env.ref_max_score
 
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks of a run
 
 
-def env_spec(env_cfg):
+def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
     """What gym.make builds for a run: env.id, or with env.kwargs (a Minari dataset's env) its spec with them."""
     if not env_cfg.get("kwargs"):
         return env_cfg.id
@@ -115,11 +188,11 @@ def env_spec(env_cfg):
     return dataclasses.replace(spec, kwargs={**spec.kwargs, **OmegaConf.to_container(env_cfg.kwargs)})
 
 
-def space_dims(env):
+def space_dims(env: gym.Env) -> tuple[int, int]:
     return env.observation_space.shape[0], env.action_space.shape[0]
 
 
-def locate_dataset(cfg):
+def locate_dataset(cfg: DictConfig) -> str:
     """buffer.path, the Minari dataset's folder, or the D4RL file of env + dataset (downloaded when missing)."""
     if cfg.buffer.path:
         return cfg.buffer.path
@@ -128,7 +201,7 @@ def locate_dataset(cfg):
     return find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
 
 
-def load_transitions(cfg, env):
+def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
     """The transitions of the run's dataset (its recorded file, else the one env + dataset name), checked."""
     source = cfg.buffer.file or locate_dataset(cfg)
     read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_hdf5
@@ -137,13 +210,13 @@ def load_transitions(cfg, env):
     return transitions
 
 
-def load_data(cfg, env):
+def load_data(cfg: DictConfig, env: gym.Env) -> SequenceBuffer:
     """The SequenceBuffer of the run's dataset, checked against the env's spaces and action bounds."""
     return SequenceBuffer(load_transitions(cfg, env), cfg.buffer.context_len, cfg.buffer.reward_scale,
                           cfg.env.max_episode_len, cfg.buffer.sample_by, cfg.buffer.top_percent)
 
 
-def build_model(cfg, data, env):
+def build_model(cfg: DictConfig, data: SequenceBuffer, env: gym.Env) -> DecisionTransformer:
     """The configured model for this env's spaces, holding the dataset's state statistics and the action bounds."""
     config = DTConfig(*space_dims(env), context_len=cfg.buffer.context_len, max_timestep=cfg.env.max_episode_len,
                       embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
@@ -152,7 +225,7 @@ def build_model(cfg, data, env):
                                             action_low=env.action_space.low, action_high=env.action_space.high)
 
 
-def load_policy(path, env_id=None, device="cpu"):
+def load_policy(path: str | Path, env_id: str | None = None, device: str | torch.device = "cpu") -> DecisionTransformer:
     """The policy of a best.pt / final.pt checkpoint, ready to evaluate; loading it runs no code."""
     checkpoint = runfolder.load_checkpoint(path)
     if env_id is not None and checkpoint["env_id"] != env_id:
@@ -161,12 +234,12 @@ def load_policy(path, env_id=None, device="cpu"):
     return policy_from_checkpoint(checkpoint).to(device)
 
 
-def warmup_scheduler(optimizer, warmup_steps):
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from lr / warmup_steps to lr, then constant (the DT paper's schedule)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
 
 
-def to_device(arrays, device):
+def to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """numpy arrays -> tensors on `device`; to a GPU from pinned memory, without waiting for its running steps."""
     tensors = [torch.from_numpy(x) for x in arrays]
     if device.type == "cuda":  # a plain copy would block the host until the GPU's queue is empty
@@ -177,7 +250,8 @@ def to_device(arrays, device):
 LOSSES = ("loss", "action_mse", "state_mse", "rtg_mse")  # what train_step returns, in this order
 
 
-def losses(model, batch, train_cfg, precision):
+def losses(model: DecisionTransformer, batch: list[torch.Tensor], train_cfg: DictConfig,
+           precision: str) -> torch.Tensor:
     """The losses (4,): total, action MSE, next-state MSE and next return-to-go MSE (0 where that loss is off).
 
     The auxiliary targets are the next step's state (normalized) and return-to-go, read from the a_t token:
@@ -201,7 +275,9 @@ def losses(model, batch, train_cfg, precision):
     return torch.stack((loss, action_mse, state_mse, rtg_mse))
 
 
-def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
+def train_step(model: DecisionTransformer, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, batch: list[torch.Tensor], train_cfg: DictConfig,
+               precision: str) -> torch.Tensor:
     """Forward, the losses, backward, clip, AdamW; returns the detached losses (4,) of `losses`."""
     step_losses = losses(model, batch, train_cfg, precision)
     optimizer.zero_grad(set_to_none=True)
@@ -212,11 +288,13 @@ def train_step(model, optimizer, scheduler, batch, train_cfg, precision):
     return step_losses.detach()
 
 
-def train(cfg, seed: int, run: Run) -> dict:
+def train(cfg: DictConfig, seed: int, run: Run) -> dict:
     """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores."""
     if (final := run.final(seed)) is not None:
         log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
         return final
+    if cfg.eval.video and (problem := utils.rendering_problem()):  # before training, not after it
+        raise ConfigError(f"eval.video=true: {problem}")
     utils.seed_everything(seed)
     device = utils.pick_device(cfg.device)
     precision = utils.pick_precision(cfg.train.precision, device)
@@ -265,7 +343,8 @@ class SeedRecord:
     bar: tqdm | None = None
 
     @classmethod
-    def resume(cls, cfg, seed: int, run: Run, model, optimizer, scheduler, rng) -> "SeedRecord":
+    def resume(cls, cfg: DictConfig, seed: int, run: Run, model: DecisionTransformer, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> "SeedRecord":
         """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng restored)."""
         record = cls(cfg, seed, run, model, optimizer, scheduler, rng)
         progress = run.load_state(seed, model, optimizer, scheduler, rng)
@@ -294,7 +373,7 @@ class SeedRecord:
                         disable=None)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.bar.close()
         self.tracker.__exit__(*exc)
 
@@ -347,19 +426,25 @@ class SeedRecord:
         cfg = self.cfg
         self.run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
 
-    def finish(self, env) -> dict:
-        """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json."""
+    def finish(self, env: gym.Env) -> dict:
+        """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json.
+        A stop signal ends either at once (Interrupted): the final evaluation, which a resume repeats from last.pt
+        (the last step's) to the same scores, or the video, which is skipped (the scores are kept)."""
         self.bar.close()
-        summary = finish(self.model, self.cfg, env, self.seed, self.run, self.train_seconds())
+        summary = final_evaluation(self.model, self.cfg, self.seed, self.run, self.train_seconds())
         self.tracker.log("final", {"step": self.cfg.train.steps, **summary})
+        if self.cfg.eval.video:
+            film(self.model, self.cfg, env, self.seed, self.run)
         return summary
 
 
-def periodic_eval(model, cfg, seed: int, step: int, record: SeedRecord) -> dict:
+def periodic_eval(model: DecisionTransformer, cfg: DictConfig, seed: int, step: int, record: SeedRecord) -> dict:
     """Evaluate `cfg.eval.episodes` episodes; best.pt when the score beats the best so far. Returns the eval row."""
     model.eval()
-    result = evaluate(model, cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed, cfg.eval.vectorized)
+    result = evaluate(model, RolloutSpec.of_run(cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed),
+                      reference_scores(cfg), cfg.eval.vectorized)
     model.train()
+    check_finite_score(result, seed, f"the eval at step {step}")
     log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
              record.train_rows[-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
     if result["score_mean"] > record.best_score:
@@ -368,7 +453,24 @@ def periodic_eval(model, cfg, seed: int, step: int, record: SeedRecord) -> dict:
     return {"step": step, **result}
 
 
-def check_finite(loss, seed, step, run):
+def check_finite_score(result: dict, seed: int, what: str) -> None:
+    """Stop the seed (NonFiniteScoreError, one line with the cause) on an evaluation whose score is NaN or inf."""
+    if not np.isfinite(result["score_mean"]):
+        raise NonFiniteScoreError(
+            f"seed {seed}: {what} scored {result['score_mean']} (mean return {result['return_mean']}): the policy's "
+            f"actions or the env's rewards are not finite; check the dataset and eval.target_return, and start a new "
+            f"run (a resume would score the same)")
+
+
+def scale_note(cfg: DictConfig) -> str:
+    """'' on D4RL's time limit; else what the score's scale is not (evaluate's docstring has the rule)."""
+    if cfg.env.max_episode_len >= D4RL_TIME_LIMIT:
+        return ""
+    return (f" (episodes cut at env.max_episode_len={cfg.env.max_episode_len} steps: not the scale of the "
+            f"references' {D4RL_TIME_LIMIT}-step episodes)")
+
+
+def check_finite(loss: float, seed: int, step: int, run: Run) -> None:
     """Stop on a NaN or inf loss: the checkpoint before it is kept, and a resumed run would reach it again."""
     if not np.isfinite(loss):
         raise NonFiniteLossError(
@@ -376,23 +478,50 @@ def check_finite(loss, seed, step, run):
             f"train.grad_clip (resuming {run.name} would reach the same loss), or check the dataset for bad values")
 
 
-def finish(model, cfg, env, seed, run, train_seconds):
-    """The final evaluation of `eval.final_episodes` fresh episodes, final.pt, final.json and the video."""
+def final_evaluation(model: DecisionTransformer, cfg: DictConfig, seed: int, run: Run, train_seconds: float) -> dict:
+    """The final evaluation of `eval.final_episodes` fresh episodes: final.pt and final.json; returns final.json.
+    On a stop signal, Interrupted at once: final.json is not written and last.pt (the last step) resumes to it."""
     model.eval()
     run.save_policy(seed, "final.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
-    started, final_seed = time.time(), EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
-    result = evaluate(model, cfg, cfg.eval.final_episodes, seed=final_seed, vectorized=cfg.eval.vectorized)
-    summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result,
+    started = time.time()
+    try:
+        result = evaluate(model, RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
+                          reference_scores(cfg), cfg.eval.vectorized, stop=runfolder.stop_requested)
+    except RolloutStopped as e:
+        raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
+                                    f"{cfg.train.steps} is kept, from which a resume repeats it") from None
+    check_finite_score(result, seed, "the final evaluation")
+    summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result, "time_limit": cfg.env.max_episode_len,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
     run.save_final(seed, summary)
-    if cfg.eval.video:
-        try:
-            _, frames = rollout(model, env_spec(cfg.env), 1, final_seed, cfg.eval.target_return,
-                                cfg.buffer.reward_scale, record=[0], max_steps=cfg.env.max_episode_len)
-            run.save_video(seed, "video.mp4", frames[0], fps=env.metadata["render_fps"])
-        except Exception as e:  # the scores stand without the video
-            log.error("seed %d: no video (%s); headless rendering needs MUJOCO_GL=egl or osmesa", seed, e)
-    log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f", seed,
+    log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f%s", seed,
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
-             result["score_std"])
+             result["score_std"], scale_note(cfg))
     return summary
+
+
+def final_eval_seed(seed: int) -> int:
+    """The env seed of seed `seed`'s first final-eval episode (EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET)."""
+    return EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
+
+
+def film(model: DecisionTransformer, cfg: DictConfig, env: gym.Env, seed: int, run: Run) -> None:
+    """video.mp4: the first final-eval episode, filmed. On a stop signal, Interrupted at once, the video skipped
+    (final.json is written already). A rendering error (naming MUJOCO_GL's value) or a failed write (naming the file)
+    is one logged line: the scores stand without the video."""
+    try:
+        _, frames = rollout(model, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
+                            stop=runfolder.stop_requested)
+    except RolloutStopped as e:
+        raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
+                                    f"(final.json), the video skipped") from None
+    except Exception as e:  # OpenGL's errors have no common type
+        log.error("seed %d: no video: rendering failed with MUJOCO_GL=%s (%s: %s); %s", seed,
+                  os.environ.get("MUJOCO_GL"), type(e).__name__, e, utils.RENDERING_FIX)
+        return
+    path = run.seed_dir(seed) / "video.mp4"
+    try:
+        run.save_video(seed, path.name, frames[0], fps=env.metadata["render_fps"])
+    except OSError as e:
+        log.error("seed %d: no video: cannot write %s (%s); free space there (the scores are kept)", seed, path,
+                  e.strerror or e)

@@ -113,9 +113,9 @@ def sweep_targets(cfg, train_cfg, data_returns):
 def sweep_seed(model, train_cfg, seed, targets, episodes, record):
     """One vectorized pass: returns (len(targets), episodes) and the recorded envs' frames."""
     conditions = np.repeat(targets, episodes)  # env j is conditioned on targets[j // episodes]
-    returns, frames = core.rollout(model, core.env_spec(train_cfg.env), len(conditions),
-                                   core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET, conditions,
-                                   train_cfg.buffer.reward_scale, record, train_cfg.env.max_episode_len)
+    spec = core.RolloutSpec.of_run(train_cfg, len(conditions), core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET,
+                                   tuple(record), targets=conditions)
+    returns, frames = core.rollout(model, spec)
     return returns.reshape(len(targets), episodes), frames
 
 

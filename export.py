@@ -9,12 +9,19 @@ units, timesteps (B, K) int64, mask (B, K) float32 (1: a real step; the real ste
 the action of the last step (B, act) in the env's bounds. The checkpoint's state statistics and action bounds and
 the run's reward scale are inside. OnnxPolicy keeps that window for an env loop (docs/export.md).
 """
+from __future__ import annotations
+
 import io
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from models import DecisionTransformer
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # export=<format>: the file's suffix
 INPUTS = ("states", "actions", "returns_to_go", "timesteps", "mask")
@@ -24,13 +31,14 @@ MISSING_PACKAGE = "pip install -r requirements-extra.txt"  # brings onnx and onn
 class ExportedPolicy(nn.Module):
     """A DecisionTransformer as a fixed-K policy: raw, left-padded windows -> the last step's action."""
 
-    def __init__(self, model, reward_scale):
+    def __init__(self, model: DecisionTransformer, reward_scale: float):
         super().__init__()
         self.model = model.eval()
         self.reward_scale = float(reward_scale)
         self.last_timestep = model.embed_timestep.num_embeddings - 1
 
-    def forward(self, states, actions, returns_to_go, timesteps, mask):
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor, timesteps: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
         """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K), mask (B, K) -> (B, act).
 
         The real steps are moved to the front of the window (a rotation): the causal attention keeps the padding
@@ -47,7 +55,7 @@ class ExportedPolicy(nn.Module):
         return torch.gather(action_preds, 1, last)[:, 0]  # (B, act)
 
 
-def example_inputs(model, batch=1):
+def example_inputs(model: DecisionTransformer, batch: int = 1) -> tuple[torch.Tensor, ...]:
     """A window of zeros (one real step) of the exported policy's input shapes and dtypes."""
     K, mask = model.context_len, torch.zeros(batch, model.context_len)
     mask[:, -1] = 1
@@ -55,7 +63,7 @@ def example_inputs(model, batch=1):
             torch.zeros(batch, K, dtype=torch.long), mask)
 
 
-def export_policy(model, reward_scale: float, fmt: str) -> bytes:
+def export_policy(model: DecisionTransformer, reward_scale: float, fmt: str) -> bytes:
     """The bytes of the policy file of format `fmt` (onnx, torchscript); ImportError names the install line.
     The model (a loaded policy) is moved to the CPU in fp32 and its parameters stop requiring gradients."""
     policy = ExportedPolicy(model.cpu().float(), reward_scale).eval().requires_grad_(False)  # outputs: no graph
@@ -80,7 +88,7 @@ def export_policy(model, reward_scale: float, fmt: str) -> bytes:
 class OnnxPolicy:
     """An exported .onnx policy in an env loop: keeps the episode's last K steps (numpy and onnxruntime only)."""
 
-    def __init__(self, path, target_return):
+    def __init__(self, path: str | Path, target_return: float):
         try:
             import onnxruntime
         except ImportError:
@@ -92,7 +100,7 @@ class OnnxPolicy:
         self.target_return = target_return
         self.reset()
 
-    def reset(self):
+    def reset(self) -> None:
         """A new episode: an empty window and the full target return to go."""
         K = self.K
         self.window = {"states": np.zeros((1, K, self.obs_dim), np.float32),
@@ -101,7 +109,7 @@ class OnnxPolicy:
                        "timesteps": np.zeros((1, K), np.int64), "mask": np.zeros((1, K), np.float32)}
         self.return_to_go, self.t = float(self.target_return), 0
 
-    def act(self, observation, reward=0.0):
+    def act(self, observation: np.ndarray, reward: float = 0.0) -> np.ndarray:
         """The action for `observation`; `reward`: the reward the previous action earned (0 at the first step)."""
         self.return_to_go -= reward
         for name, value in zip(INPUTS, (observation, 0.0, self.return_to_go, self.t, 1.0)):

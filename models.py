@@ -2,12 +2,15 @@
 
 Also the plain eager reference (ReferenceDT): the test oracle for the model and the benchmark's baseline.
 """
+from __future__ import annotations
+
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 
 class BitDropout(nn.Module):
@@ -16,11 +19,11 @@ class BitDropout(nn.Module):
     The drop probability is rounded to a multiple of 2^-15 (0.1 -> 0.100006).
     """
 
-    def __init__(self, p):
+    def __init__(self, p: float):
         super().__init__()
         self.threshold = round(p * 2**15)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
         n = x.numel()
@@ -32,7 +35,7 @@ class BitDropout(nn.Module):
 class MaskedCausalAttention(nn.Module):
     """Multi-head self-attention in which each token sees itself and the tokens before it."""
 
-    def __init__(self, embed_dim, n_heads, dropout, max_tokens):
+    def __init__(self, embed_dim: int, n_heads: int, dropout: float, max_tokens: int):
         super().__init__()
         assert embed_dim % n_heads == 0, "embed_dim must be divisible by n_heads"
         self.n_heads = n_heads
@@ -42,7 +45,7 @@ class MaskedCausalAttention(nn.Module):
         self.resid_drop = BitDropout(dropout)
         self.register_buffer("causal", torch.ones(max_tokens, max_tokens).triu(1).bool(), persistent=False)
 
-    def forward(self, x, rows=None):
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, Tq, C): the outputs of the tokens `rows` (a slice; default all, Tq = T)."""
         B, T, C = x.shape
         nh, hs = self.n_heads, C // self.n_heads
@@ -68,7 +71,7 @@ class MaskedCausalAttention(nn.Module):
 class Block(nn.Module):
     """A pre-LayerNorm transformer block: causal attention, then an MLP, each on a residual."""
 
-    def __init__(self, embed_dim, n_heads, dropout, max_tokens):
+    def __init__(self, embed_dim: int, n_heads: int, dropout: float, max_tokens: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(embed_dim)
         self.attn = MaskedCausalAttention(embed_dim, n_heads, dropout, max_tokens)
@@ -76,7 +79,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), BitDropout(dropout))
 
-    def forward(self, x, rows=None):
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, Tq, C): the outputs of the tokens `rows` (a slice; default all)."""
         h = self.ln_1(x)
         x = x if rows is None else x[:, rows]
@@ -105,7 +108,8 @@ class DecisionTransformer(nn.Module):
     mean/std and the action bounds (buffers, so in its state_dict), so a checkpoint is a complete policy.
     """
 
-    def __init__(self, config, state_mean=None, state_std=None, action_low=None, action_high=None):
+    def __init__(self, config: DTConfig, state_mean: ArrayLike | None = None, state_std: ArrayLike | None = None,
+                 action_low: ArrayLike | None = None, action_high: ArrayLike | None = None):
         super().__init__()
         self.config = config
         state_dim, act_dim, embed_dim, n_layers = config.state_dim, config.act_dim, config.embed_dim, config.n_layers
@@ -139,19 +143,30 @@ class DecisionTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def norm_state(self, states):
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's tensors live (rollout puts its inputs there)."""
+        return self.state_mean.device
+
+    @property
+    def last_timestep(self) -> int:
+        """The last timestep the policy embeds; later steps are clipped to it, as in training."""
+        return self.embed_timestep.num_embeddings - 1
+
+    def norm_state(self, states: torch.Tensor) -> torch.Tensor:
         """Environment state -> the dataset's zero mean, unit std."""
         return (states - self.state_mean) / self.state_std
 
-    def norm_action(self, actions):
+    def norm_action(self, actions: torch.Tensor) -> torch.Tensor:
         """Environment action -> [-1, 1]."""
         return 2 * (actions - self.action_low) / (self.action_high - self.action_low) - 1
 
-    def unnorm_action(self, actions):
+    def unnorm_action(self, actions: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> environment action."""
         return self.action_low + (actions + 1) / 2 * (self.action_high - self.action_low)
 
-    def forward(self, states, actions, returns_to_go, timesteps, predict_next=False):
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor, timesteps: torch.Tensor,
+                predict_next: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K).
 
         Returns action predictions (B, K, act) in the env's bounds and, with predict_next (the auxiliary
@@ -178,7 +193,7 @@ class DecisionTransformer(nn.Module):
         return_preds = self.predict_return(x[:, :, 2])  # (B, K, 1)
         return action_preds, state_preds, return_preds
 
-    def configure_optimizer(self, lr, weight_decay):
+    def configure_optimizer(self, lr: float, weight_decay: float) -> torch.optim.AdamW:
         """AdamW with weight decay on the weight matrices only (not biases, LayerNorms or embeddings)."""
         decay, no_decay = set(), set()
         for mn, m in self.named_modules():
@@ -201,7 +216,7 @@ class DecisionTransformer(nn.Module):
 class ReferenceBlock(nn.Module):
     """The straightforward transformer block: nn.MultiheadAttention with an explicit causal mask."""
 
-    def __init__(self, embed_dim, n_heads, dropout):
+    def __init__(self, embed_dim: int, n_heads: int, dropout: float):
         super().__init__()
         self.ln_1 = nn.LayerNorm(embed_dim)
         self.attn = nn.MultiheadAttention(embed_dim, n_heads, dropout=dropout, batch_first=True)
@@ -210,7 +225,7 @@ class ReferenceBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), nn.Dropout(dropout))
 
-    def forward(self, x, rows=None):
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """All tokens' outputs computed, then `rows` kept, as a plain implementation would."""
         T = x.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
@@ -220,7 +235,7 @@ class ReferenceBlock(nn.Module):
         return x if rows is None else x[:, rows]
 
 
-def reference_state_dict(project_state_dict):
+def reference_state_dict(project_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A DecisionTransformer's weights under ReferenceDT's names (fused qkv -> in_proj, proj -> out_proj)."""
     return {k.replace("attn.qkv.", "attn.in_proj_").replace("attn.proj.", "attn.out_proj."): v
             for k, v in project_state_dict.items()}
@@ -232,7 +247,7 @@ class ReferenceDT(DecisionTransformer):
     It starts from the weights the project's model would start from (the DT/GPT-2 initialization).
     """
 
-    def __init__(self, config, **normalization):
+    def __init__(self, config: DTConfig, **normalization: ArrayLike):
         super().__init__(config, **normalization)
         project_init = self.state_dict()
         self.drop = nn.Dropout(config.dropout)
@@ -240,7 +255,7 @@ class ReferenceDT(DecisionTransformer):
                                      for _ in range(config.n_layers)])
         self.load_state_dict(reference_state_dict(project_init))
 
-    def load_project_weights(self, model):
+    def load_project_weights(self, model: DecisionTransformer) -> ReferenceDT:
         """Copy a DecisionTransformer's weights."""
         self.load_state_dict(reference_state_dict(model.state_dict()))
         return self
@@ -249,13 +264,13 @@ class ReferenceDT(DecisionTransformer):
 MODELS = {"models.DecisionTransformer": DecisionTransformer, "models.ReferenceDT": ReferenceDT}  # model.implementation
 
 
-def policy_checkpoint(model, implementation, env_id):
+def policy_checkpoint(model: DecisionTransformer, implementation: str, env_id: str) -> dict:
     """best.pt / final.pt: the model's config and weights, plain values and tensors only."""
     return {"env_id": env_id, "model_class": implementation, "model_config": asdict(model.config),
             "model": model.state_dict()}
 
 
-def policy_from_checkpoint(checkpoint):
+def policy_from_checkpoint(checkpoint: dict) -> DecisionTransformer:
     """The model a policy_checkpoint dict describes, in eval mode."""
     name = checkpoint.get("model_class", "models.DecisionTransformer")
     if name not in MODELS:

@@ -4,6 +4,8 @@
     Tracker      a seed's metrics also in TensorBoard / W&B
     stop_on_signals, stop_requested, Interrupted   Ctrl-C, SIGTERM and a preemption notice: checkpoint, then stop
 """
+from __future__ import annotations
+
 import ctypes
 import errno
 import fcntl
@@ -14,6 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +32,9 @@ from utils import (
     spread,
     write_csv,
 )
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,7 @@ def _note_signal(signum, frame):
     _signals.append(signal.Signals(signum).name)
 
 
-def stop_on_signals():
+def stop_on_signals() -> None:
     """From now on SIGINT, SIGTERM and the preemption signal only set a flag that the training loop reads."""
     global _requeue
     previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
@@ -58,12 +64,12 @@ def stop_on_signals():
         signal.signal(sig, _note_signal)
 
 
-def stop_requested():
+def stop_requested() -> str | None:
     """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGUSR2), or None."""
     return _signals[0] if _signals else None
 
 
-def requeue_if_preempted():
+def requeue_if_preempted() -> None:
     """In a submitit job that got its preemption notice, after the checkpoint: let submitit requeue the job.
 
     submitit resubmits the same job (same overrides, same folder); main.py resumes that folder. Exits when requeued.
@@ -73,7 +79,7 @@ def requeue_if_preempted():
         _requeue(PREEMPTION_SIGNAL.value, None)
 
 
-def interrupted_exit_code():
+def interrupted_exit_code() -> int:
     """128 + the signal's number, as a shell reports a process a signal ended."""
     return 128 + signal.Signals[stop_requested()].value
 
@@ -103,7 +109,7 @@ class FolderInUseError(RunError, ConfigError):
     and a ConfigError (raised inside Hydra's resolvers, it reaches the one-line report)."""
 
 
-def lock_run_folder(folder) -> None:
+def lock_run_folder(folder: str | Path) -> None:
     """Hold the exclusive lock of `folder` (created if missing) until this process ends, or raise
     FolderInUseError naming the pid of the process that holds it. Locks of other folders this process held (a
     launcher's worker that ran an earlier job) are released: a process trains one run at a time."""
@@ -127,7 +133,7 @@ def lock_run_folder(folder) -> None:
     _held[folder] = fd
 
 
-def lock_holder(folder):
+def lock_holder(folder: str | Path) -> int | None:
     """The pid holding the flock of `folder` (Linux: /proc/locks), or None where it cannot be told."""
     stat = os.stat(folder)
     inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
@@ -160,7 +166,7 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def remove_stray_temporaries(folder) -> list:
+def remove_stray_temporaries(folder: str | Path) -> list:
     """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders (under the
     folder's lock no other process writes them); returns their paths."""
     folder = Path(folder)
@@ -185,16 +191,16 @@ class Run:
         seed<N>/events.out.tfevents.*, seed<N>/wandb/   with logger=[csv,tensorboard] / [csv,wandb]
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder: str | Path):
         self.dir = Path(os.path.abspath(folder))  # as the user named it (a symlinked runs/ stays runs/)
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The folder's last two parts (runs/<date>/<time> -> <date>/<time>): a label without machine paths."""
         return "/".join(self.dir.parts[-2:])
 
     @staticmethod
-    def claim_new_folder(base):
+    def claim_new_folder(base: str | Path) -> str:
         """Create and return a folder no other run has: base, else base-1, base-2, ... (atomic mkdir)."""
         Path(base).parent.mkdir(parents=True, exist_ok=True)
         for i in range(1000):
@@ -206,15 +212,15 @@ class Run:
                 continue
         raise RunError(f"{base}: 1000 runs of that name already exist")
 
-    def holds_run(self):
+    def holds_run(self) -> bool:
         return (self.dir / "config.yaml").is_file()
 
-    def seed_dir(self, seed):
+    def seed_dir(self, seed: int) -> Path:
         return self.dir / f"seed{seed}"
 
     # the config
 
-    def save_config(self, yaml_text):
+    def save_config(self, yaml_text: str) -> None:
         atomic_write_bytes(self.dir / "config.yaml", yaml_text.encode())
 
     def config_path(self) -> Path:
@@ -227,7 +233,7 @@ class Run:
         from cfgs import schema
         return schema.upgrade(OmegaConf.load(self.config_path()))
 
-    def config(self):
+    def config(self) -> DictConfig:
         """config.yaml on the schema (typed, upgraded, resolved): what every reader of a run uses."""
         from omegaconf import OmegaConf
 
@@ -236,17 +242,18 @@ class Run:
         OmegaConf.resolve(cfg)
         return cfg
 
-    def save_job(self, job_id):
+    def save_job(self, job_id: str) -> None:
         """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""
         atomic_write_bytes(self.dir / "submitit_job", job_id.encode())
 
-    def job(self):
+    def job(self) -> str | None:
         path = self.dir / "submitit_job"
         return path.read_text() if path.exists() else None
 
     # one seed's training state, metrics and checkpoints
 
-    def save_state(self, seed, model, optimizer, scheduler, rng, progress):
+    def save_state(self, seed: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, progress: dict) -> None:
         """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
         self.save_tables(seed, progress["train"], progress["eval"])
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -261,7 +268,8 @@ class Run:
         write_csv(train_rows, self.seed_dir(seed) / "train.csv")
         write_csv(eval_rows, self.seed_dir(seed) / "eval.csv")
 
-    def load_state(self, seed, model, optimizer, scheduler, rng):
+    def load_state(self, seed: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> dict | None:
         """Restore what save_state wrote and return the progress dict; None if the seed has no last.pt."""
         path = self.seed_dir(seed) / "last.pt"
         if not path.exists():
@@ -287,19 +295,19 @@ class Run:
         except RunError:
             return None
 
-    def save_policy(self, seed, name, policy):
+    def save_policy(self, seed: int, name: str, policy: dict) -> None:
         """best.pt / final.pt: a dict of tensors and plain values (loads with weights_only=True)."""
         atomic_torch_save(policy, self.seed_dir(seed) / name)
 
-    def policy_path(self, seed, name):
+    def policy_path(self, seed: int, name: str) -> Path:
         return self.seed_dir(seed) / name
 
-    def seed_log(self, seed):
+    def seed_log(self, seed: int) -> Path:
         """seed<N>/train.log, the log of the seed's own process (main_mp.py); its folder is made."""
         self.seed_dir(seed).mkdir(parents=True, exist_ok=True)
         return self.seed_dir(seed) / "train.log"
 
-    def save_error(self, seed, text):
+    def save_error(self, seed: int, text: str | None) -> None:
         """seed<N>/error.txt: why the seed's process stopped (main_mp.py); None removes an earlier one."""
         path = self.seed_dir(seed) / "error.txt"
         if text is None:
@@ -307,39 +315,39 @@ class Run:
         else:
             atomic_write_bytes(path, text.encode())
 
-    def error(self, seed):
+    def error(self, seed: int) -> str | None:
         path = self.seed_dir(seed) / "error.txt"
         return path.read_text() if path.exists() else None
 
-    def tracker(self, seed, cfg, step):
+    def tracker(self, seed: int, cfg: DictConfig, step: int) -> Tracker:
         """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
         return Tracker(cfg, self.seed_dir(seed), f"{self.name}/seed{seed}", step)
 
-    def save_final(self, seed, result):
+    def save_final(self, seed: int, result: dict) -> None:
         atomic_write_bytes(self.seed_dir(seed) / "final.json", json.dumps(result, indent=2).encode())
 
-    def final(self, seed):
+    def final(self, seed: int) -> dict | None:
         """The seed's final.json as a dict, or None while it is unfinished."""
         path = self.seed_dir(seed) / "final.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def save_video(self, seed, name, frames, fps):
+    def save_video(self, seed: int, name: str, frames: list[np.ndarray], fps: int) -> None:
         save_video(frames, self.seed_dir(seed) / name, fps)
 
-    def save_table(self, name, rows):
+    def save_table(self, name: str, rows: list[dict]) -> None:
         """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
         write_csv(rows, self.dir / name)
 
-    def save_sweep_part(self, seed, name, part):
+    def save_sweep_part(self, seed: int, name: str, part: dict) -> None:
         """One seed's finished sweep (its settings and rows): what a stopped evaluate.py keeps."""
         atomic_write_bytes(self.seed_dir(seed) / f"{name}.json", json.dumps(part).encode())
 
-    def sweep_part(self, seed, name):
+    def sweep_part(self, seed: int, name: str) -> dict | None:
         """What save_sweep_part kept, or None."""
         path = self.seed_dir(seed) / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def has_files(self, seed, names):
+    def has_files(self, seed: int, names: list[str]) -> bool:
         return all((self.seed_dir(seed) / name).exists() for name in names)
 
     # over seeds
@@ -372,7 +380,7 @@ class Run:
                            f"again") from None
 
     @staticmethod
-    def of_sweep(folder) -> list["Run"]:
+    def of_sweep(folder: str | Path) -> list["Run"]:
         """A multirun's runs/<date>/<time>-sweep folder -> its job runs 0, 1, ...; [] if it is no sweep folder."""
         folder = Path(folder)
         if not folder.is_dir() or (folder / "config.yaml").exists():
@@ -380,7 +388,7 @@ class Run:
         jobs = [Run(d) for d in folder.glob("*") if d.name.isdigit()]
         return sorted((job for job in jobs if job.holds_run()), key=lambda job: int(job.dir.name))
 
-    def summarize(self, env, dataset, seeds):
+    def summarize(self, env: str, dataset: str, seeds: list[int]) -> dict:
         """Gather the seeds' final.json into summary.json; return it."""
         finals = [f for f in (self.final(s) for s in self.seeds()) if f is not None]
         scores = [f["score_mean"] for f in finals]
@@ -392,7 +400,7 @@ class Run:
         atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
 
-    def plot(self, title, target_return, ref_min, ref_max):
+    def plot(self, title: str, target_return: float, ref_min: float, ref_max: float) -> None:
         """results.png from the seeds' metrics so far."""
         plot_results(self.tables("eval.csv"), self.tables("train.csv"), f"{title}   ({self.name})", target_return,
                      ref_min, ref_max, self.dir / "results.png")
@@ -400,7 +408,7 @@ class Run:
 
     # sharing
 
-    def publish(self, dest, policies: bool) -> list:
+    def publish(self, dest: str | Path, policies: bool) -> list:
         """Copy the finished seeds to share, without training state or this machine's paths (results.png drawn
         again). policies: keep each seed's final.pt and the first seed's video (a reference run); else the CSVs,
         summaries and figures only (a study run: its command makes the policies again). Returns the seeds left out."""
@@ -462,7 +470,7 @@ class Tracker:
     checkpoint are dropped) and its own W&B run (its id comes from the folder and the seed).
     """
 
-    def __init__(self, cfg, folder, name, step):
+    def __init__(self, cfg: DictConfig, folder: str | Path, name: str, step: int):
         from omegaconf import OmegaConf
         self.tensorboard = self.wandb = None
         config = OmegaConf.to_container(cfg)
@@ -477,7 +485,7 @@ class Tracker:
             self.tensorboard = SummaryWriter(folder, purge_step=step + 1 if step else None)
             self.tensorboard.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "), step)
 
-    def log(self, section, row):
+    def log(self, section: str, row: dict) -> None:
         """One row of train.csv / eval.csv / final.json as `<section>/<column>` at its step."""
         step = int(row["step"])
         metrics = {f"{section}/{k}": float(v) for k, v in row.items() if k not in ("step", "seed")}
@@ -487,17 +495,17 @@ class Tracker:
         if self.wandb:
             self.wandb.log(metrics, step=step)
 
-    def __enter__(self):
+    def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.tensorboard:
             self.tensorboard.close()
         if self.wandb:
             self.wandb.finish(exit_code=1 if exc[0] else 0)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | Path) -> dict:
     """A .pt file of this project, loaded without running code (weights_only); RunError if it is damaged."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,29 +1,40 @@
 """A small kit below the training loop: scores, seeding, devices, atomic files and CSVs, figures, video."""
+from __future__ import annotations
+
 import csv
 import hashlib
 import io
 import os
 import random
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from omegaconf import DictConfig
 
 
-def normalized_score(returns, ref_min, ref_max):
+def normalized_score(returns: ArrayLike, ref_min: float, ref_max: float) -> np.ndarray:
     """D4RL's normalized score: 0 = random policy, 100 = expert (d4rl's infos.py constants)."""
     return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
 
 
-def seed_everything(seed):
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def pick_device(name):
+def pick_device(name: str) -> torch.device:
     """auto: cuda, then Apple's mps, then cpu."""
     if name != "auto":
         return torch.device(name)
@@ -32,7 +43,7 @@ def pick_device(name):
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
-def native_bf16(device):
+def native_bf16(device: torch.device) -> bool:
     """Does `device` compute bf16 matmuls natively (CUDA with bf16; a CPU with avx512_bf16 or AMX)?"""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -42,14 +53,14 @@ def native_bf16(device):
     return False
 
 
-def pick_precision(precision, device):
+def pick_precision(precision: str, device: torch.device) -> str:
     """auto -> bf16 where `device` computes it natively, else fp32."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
 
 
-def spread(values) -> float | None:
+def spread(values: ArrayLike) -> float | None:
     """The std over seeds of `values`, or None for a single seed: one seed has no spread (decided here only)."""
     return float(np.std(values)) if len(values) > 1 else None
 
@@ -58,7 +69,7 @@ def spread(values) -> float | None:
 # Atomic writes: a file is either the old one or the complete new one, never half written.
 
 
-def atomic_write_bytes(path, data):
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -74,24 +85,24 @@ def atomic_write_bytes(path, data):
         raise
 
 
-def refuse_replacing(path, force: bool, option: str = "--force") -> None:
+def refuse_replacing(path: str | Path, force: bool, option: str = "--force") -> None:
     """SystemExit in one line when `path` exists and `force` was not given: an output replaces no file unasked."""
     if Path(path).exists() and not force:
         raise SystemExit(f"error: {path} exists: give another --out, or {option} to replace it")
 
 
-def file_sha256(path):
+def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def atomic_torch_save(obj, path):
+def atomic_torch_save(obj: object, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_csv(rows, path):
+def write_csv(rows: list[dict], path: str | Path) -> None:
     """Rows (a list of dicts with the same keys) -> CSV, atomically."""
     text = io.StringIO()
     if rows:
@@ -101,7 +112,7 @@ def write_csv(rows, path):
     atomic_write_bytes(path, text.getvalue().encode())
 
 
-def read_csv(path):
+def read_csv(path: str | Path) -> dict[str, np.ndarray]:
     """CSV -> dict of float arrays by column; empty dict if the file is missing or empty."""
     path = Path(path)
     if not path.exists():
@@ -115,14 +126,14 @@ def read_csv(path):
 # The results figure and the video
 
 
-def run_title(cfg):
+def run_title(cfg: DictConfig) -> str:
     """'hopper-medium', 'medium-v0 (minari, Hopper-v5)', or the env and the file name for buffer.path."""
     if cfg.buffer.source == "minari":
         return f"{cfg.buffer.dataset.split('/')[-1]} (minari, {cfg.env.id})"
     return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"
 
 
-def mean_std_over_seeds(curves, key):
+def mean_std_over_seeds(curves: list[dict], key: str) -> tuple[np.ndarray, ...] | None:
     """Steps, mean, std and seed count of `key` over the seeds, at every step some seed has reached.
 
     A seed still training counts only at the steps it has reached, so earlier seeds' curves stay whole.
@@ -137,7 +148,7 @@ def mean_std_over_seeds(curves, key):
             np.array([len(v) for v in values]))
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib.pyplot drawing to files only (the Agg backend), imported when a figure is first drawn."""
     import matplotlib
     matplotlib.use("Agg")
@@ -145,7 +156,7 @@ def pyplot():
     return plt
 
 
-def save_png(fig, path):
+def save_png(fig: Figure, path: str | Path) -> str | Path:
     """The figure as a PNG, written atomically; the figure is closed. Returns path."""
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=110)
@@ -154,7 +165,8 @@ def save_png(fig, path):
     return path
 
 
-def plot_results(eval_tables, train_tables, title, target_return, ref_min, ref_max, path):
+def plot_results(eval_tables: list[dict], train_tables: list[dict], title: str, target_return: float, ref_min: float,
+                 ref_max: float, path: str | Path) -> None:
     """Draw the results figure (results.png) from the seeds' eval.csv and train.csv tables (Run.tables)."""
     plt = pyplot()
 
@@ -194,7 +206,8 @@ def plot_results(eval_tables, train_tables, title, target_return, ref_min, ref_m
     save_png(fig, path)
 
 
-def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):
+def plot_sweep(rows: list[dict], data_scores: np.ndarray | None, to_score: Callable[[np.ndarray], np.ndarray],
+               title: str, path: str | Path, trained_scores: np.ndarray | None = None) -> None:
     """The return-to-go sweep: achieved against target normalized score (mean +- std over seeds), the line
     achieved = target, and the dataset's trajectories (their range shaded, the behaviour mean dashed; data_scores
     None: left out); trained_scores: the trajectories the policy trained on, when percentile BC kept only some
@@ -225,7 +238,7 @@ def plot_sweep(rows, data_scores, to_score, title, path, trained_scores=None):
     save_png(fig, path)
 
 
-def dataset_returns_figure(datasets: dict):
+def dataset_returns_figure(datasets: dict) -> Figure:
     """Each dataset's trajectory returns as a histogram on the normalized-score axis, two per row, page wide
     (6.85 in, 7-8 pt text): the mean dotted, the best trajectory dashed. datasets: {name: normalized returns}."""
     plt = pyplot()
@@ -246,7 +259,42 @@ def dataset_returns_figure(datasets: dict):
     return fig
 
 
-def save_video(frames, path, fps=30):
+RENDERERS = ("egl", "osmesa", "glfw")  # the MUJOCO_GL values gymnasium's MuJoCo renderer accepts
+RENDERING_FIX = "headless rendering needs MUJOCO_GL=egl (or osmesa); or leave the video out with eval.video=false"
+
+
+def import_mujoco_without_opengl() -> None:
+    """Import mujoco with its OpenGL context left out (MUJOCO_GL=disable during the import), whatever MUJOCO_GL
+    says: a run without a video never touches OpenGL, and a bad MUJOCO_GL fails only where a video is filmed
+    (gymnasium's renderer reads MUJOCO_GL again then). Nothing happens when mujoco is imported already."""
+    if "mujoco" in sys.modules:
+        return
+    value = os.environ.get("MUJOCO_GL")
+    os.environ["MUJOCO_GL"] = "disable"
+    try:
+        import mujoco  # noqa: F401
+    finally:
+        if value is None:
+            del os.environ["MUJOCO_GL"]
+        else:
+            os.environ["MUJOCO_GL"] = value
+
+
+def rendering_problem() -> str | None:
+    """Why no video can be filmed here (MUJOCO_GL's value, or the error of an OpenGL context made with it), in one
+    line with the fix; None when a context can be made."""
+    value = os.environ.get("MUJOCO_GL")
+    if value not in RENDERERS:
+        return f"MUJOCO_GL={value}: not one of {', '.join(RENDERERS)}; {RENDERING_FIX}"
+    try:
+        from gymnasium.envs.mujoco.mujoco_rendering import _ALL_RENDERERS
+        _ALL_RENDERERS[value](16, 16).free()
+    except Exception as e:  # each backend fails its own way (ImportError, GLFWError, EGL errors)
+        return f"MUJOCO_GL={value}: no OpenGL context ({type(e).__name__}: {e}); {RENDERING_FIX}"
+    return None
+
+
+def save_video(frames: list[np.ndarray], path: str | Path, fps: int = 30) -> None:
     import imageio.v2 as imageio
 
     path = Path(path)

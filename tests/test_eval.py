@@ -3,9 +3,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from core import evaluate, rollout
+from core import RolloutSpec, evaluate, rollout
 from models import DecisionTransformer, DTConfig
 
 
@@ -17,39 +16,41 @@ def fixed_policy(env_id):
     return DecisionTransformer(config, action_low=env.action_space.low, action_high=env.action_space.high).eval()
 
 
-def eval_cfg(env_id):
-    return OmegaConf.create({"env": {"id": env_id, "ref_min_score": -20.272305, "ref_max_score": 3234.3,
-                                     "max_episode_len": 1000},
-                             "eval": {"target_return": 3600}, "buffer": {"reward_scale": 1000}})
+HOPPER_REFS = (-20.272305, 3234.3)  # D4RL's hopper reference returns
+
+
+def episodes(num_envs, seed=0, targets=3600.0, **kw):
+    """Hopper-v4 episodes conditioned on targets (reward scale 1000)."""
+    return RolloutSpec("Hopper-v4", num_envs, seed, targets, 1000, **kw)
 
 
 def test_vectorized_eval_equals_episodes_one_after_another():
-    model, cfg = fixed_policy("Hopper-v4"), eval_cfg("Hopper-v4")
-    vectorized = evaluate(model, cfg, episodes=4, seed=7, vectorized=True)
-    sequential = evaluate(model, cfg, episodes=4, seed=7, vectorized=False)
+    model = fixed_policy("Hopper-v4")
+    vectorized = evaluate(model, episodes(4, seed=7), HOPPER_REFS, vectorized=True)
+    sequential = evaluate(model, episodes(4, seed=7), HOPPER_REFS, vectorized=False)
     for key in vectorized:
         np.testing.assert_allclose(vectorized[key], sequential[key], rtol=1e-4)
 
 
 def test_reward_counts_only_until_each_env_is_done():
     model = fixed_policy("Hopper-v4")
-    returns, _ = rollout(model, "Hopper-v4", num_envs=3, seed=0, target_return=3600, reward_scale=1000)
+    returns, _ = rollout(model, episodes(3))
     for i, episode_return in enumerate(returns):  # replay each episode alone with the same actions
-        single, _ = rollout(model, "Hopper-v4", num_envs=1, seed=i, target_return=3600, reward_scale=1000)
+        single, _ = rollout(model, episodes(1, seed=i))
         assert episode_return == pytest.approx(single[0], rel=1e-4)
 
 
 def test_normalized_score_uses_d4rl_reference_returns():
-    model, cfg = fixed_policy("Hopper-v4"), eval_cfg("Hopper-v4")
-    result = evaluate(model, cfg, episodes=2, seed=0)
+    model = fixed_policy("Hopper-v4")
+    result = evaluate(model, episodes(2), HOPPER_REFS)
     expected = 100 * (result["return_mean"] - -20.272305) / (3234.3 - -20.272305)
     assert result["score_mean"] == pytest.approx(expected)
 
 
 def test_video_shows_the_filmed_env_until_its_episode_ends(small_frames):
     model = fixed_policy("Hopper-v4")
-    _, alone = rollout(model, "Hopper-v4", 1, 0, 3600, 1000, record=[0])
-    _, beside_others = rollout(model, "Hopper-v4", 3, 0, 3600, 1000, record=[0])
+    _, alone = rollout(model, episodes(1, record=(0,)))
+    _, beside_others = rollout(model, episodes(3, record=(0,)))
     alone, beside_others = alone[0], beside_others[0]
     assert 1 < len(alone) < 1000, "this policy falls: the video stops with the episode"
     assert len(beside_others) == len(alone) and alone[0].ndim == 3 and alone[0].shape[2] == 3
@@ -70,8 +71,7 @@ class Gait(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.state_dim, self.act_dim, self.context_len = 17, 6, 1
-        self.register_buffer("state_mean", torch.zeros(17))
-        self.embed_timestep = torch.nn.Embedding(1000, 1)
+        self.device, self.last_timestep = torch.device("cpu"), 999
 
     @staticmethod
     def torques(timesteps):
@@ -82,7 +82,7 @@ class Gait(torch.nn.Module):
 
 
 def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_camera_loses_it(small_frames):
-    returns, frames = rollout(Gait(), "HalfCheetah-v4", 1, 0, 6000, 1000, record=[0], max_steps=150)
+    returns, frames = rollout(Gait(), RolloutSpec("HalfCheetah-v4", 1, 0, 6000, 1000, time_limit=150, record=(0,)))
     tracked = np.array([robot_share(f) for f in frames[0]])  # filmed by rollout's camera
     assert returns[0] < -150, "the gait ran several metres (backwards)"
     assert len(tracked) == 150 and tracked.min() > 0.01, f"robot out of view in {np.sum(tracked <= 0.01)} frames"
@@ -96,13 +96,13 @@ def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_cam
     env.close()
 
 
-@pytest.mark.parametrize("episodes", [1, 2])
-def test_one_pass_over_several_targets_equals_a_pass_per_target(episodes):
+@pytest.mark.parametrize("per_target", [1, 2])
+def test_one_pass_over_several_targets_equals_a_pass_per_target(per_target):
     model, targets = fixed_policy("Hopper-v4"), np.array([500.0, 3600.0])
-    together, _ = rollout(model, "Hopper-v4", 2 * episodes, 7, np.repeat(targets, episodes), 1000)
+    together, _ = rollout(model, RolloutSpec("Hopper-v4", 2 * per_target, 7, np.repeat(targets, per_target), 1000))
     for i, target in enumerate(targets):
-        alone, _ = rollout(model, "Hopper-v4", episodes, 7 + i * episodes, target, 1000)
-        np.testing.assert_allclose(together[i * episodes:(i + 1) * episodes], alone, rtol=1e-5)
+        alone, _ = rollout(model, RolloutSpec("Hopper-v4", per_target, 7 + i * per_target, target, 1000))
+        np.testing.assert_allclose(together[i * per_target:(i + 1) * per_target], alone, rtol=1e-5)
 
 
 class Still(torch.nn.Module):
@@ -111,8 +111,7 @@ class Still(torch.nn.Module):
     def __init__(self, state_dim, act_dim, context_len):
         super().__init__()
         self.state_dim, self.act_dim, self.context_len = state_dim, act_dim, context_len
-        self.register_buffer("state_mean", torch.zeros(state_dim))
-        self.embed_timestep = torch.nn.Embedding(1000, 1)
+        self.device, self.last_timestep = torch.device("cpu"), 999
         self.windows = []  # one (n, k) array per step
 
     def forward(self, states, actions, returns_to_go, timesteps):
@@ -123,7 +122,7 @@ class Still(torch.nn.Module):
 def test_each_env_is_conditioned_on_its_target_lowered_by_its_own_rewards():
     targets, scale, steps, K = np.array([100.0, 2000.0, 3600.0]), 1000.0, 12, 4
     model = Still(11, 3, K)
-    returns, _ = rollout(model, "Hopper-v4", 3, 5, targets, scale, max_steps=steps)
+    returns, _ = rollout(model, RolloutSpec("Hopper-v4", 3, 5, targets, scale, time_limit=steps))
     env = gym.make("Hopper-v4")
     for i, target in enumerate(targets):  # the same episode again, alone: its rewards
         env.reset(seed=5 + i)

@@ -76,8 +76,7 @@ def test_evaluate_py_exports_each_seed_and_the_onnx_file_drives_an_episode_as_th
         "seed0/final.onnx", "seed1/final.onnx"]
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model = core.load_policy(run_dir / "seed0" / "final.pt")
-    expected, _ = core.rollout(model, cfg.env.id, 1, 7, cfg.eval.target_return, cfg.buffer.reward_scale,
-                               max_steps=cfg.env.max_episode_len)
+    expected, _ = core.rollout(model, core.RolloutSpec.of_run(cfg, 1, 7))
 
     policy = export.OnnxPolicy(run_dir / "seed0" / "final.onnx", target_return=cfg.eval.target_return)
     env = gym.make(cfg.env.id, max_episode_steps=cfg.env.max_episode_len)

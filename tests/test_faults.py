@@ -3,6 +3,7 @@ configs that name code, a second process on a run folder, orphaned seed processe
 finite, and a dataset file changed under a run. Each ends in one line and writes nothing it should not."""
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import h5py
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY, copy_run, run_entry, run_script, start_script, write_d4rl_file
+from conftest import CRASH_ENV, TINY, copy_run, run_entry, run_script, start_script, write_d4rl_file
 
 
 def error_line(result):
@@ -269,3 +271,94 @@ def test_a_resume_removes_the_temporary_files_of_a_killed_write(long_run, tmp_pa
         path.write_bytes(b"half")
     run_script("main.py", f"resume={run_dir}", "seeds=[0,1]", check=True)
     assert not any(path.exists() for path in strays)
+
+
+# 6. Signals work to the end
+
+SCORES = ("return_mean", "return_std", "score_mean", "score_std", "episodes")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_final_evaluation_stops_it_and_a_resume_gives_the_same_scores(tiny_run, tmp_path, sig):
+    run_dir, path = tmp_path / "run", tiny_run[1]
+    result = run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", check=False,
+                       env={**CRASH_ENV, "DT_SIGNAL": f"final_evaluation:{sig}"})  # as the final eval starts
+    line = error_line(result)
+    assert result.returncode == 128 + signal.Signals[sig]
+    assert f"seed 0 stopped by {sig} during its final evaluation" in line and f"resume={run_dir}" in line
+    assert not (run_dir / "seed0" / "final.json").exists()
+    run_script("main.py", f"resume={run_dir}", check=True)
+    resumed, whole = (json.loads((d / "seed0" / "final.json").read_text()) for d in (run_dir, tiny_run[0]))
+    assert {k: resumed[k] for k in SCORES} == {k: whole[k] for k in SCORES}
+
+
+def test_a_signal_during_the_video_keeps_the_final_scores_and_skips_the_video(tiny_run, tmp_path):
+    run_dir, path = tmp_path / "run", tiny_run[1]
+    result = run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", "eval.video=true", check=False,
+                       env={**CRASH_ENV, "DT_SIGNAL": "film:SIGTERM"})
+    line = error_line(result)
+    assert result.returncode == 128 + signal.SIGTERM
+    assert "seed 0 stopped by SIGTERM during its video: its final scores are kept" in line
+    kept, whole = (json.loads((d / "seed0" / "final.json").read_text()) for d in (run_dir, tiny_run[0]))
+    assert {k: kept[k] for k in SCORES} == {k: whole[k] for k in SCORES}
+    assert not (run_dir / "seed0" / "video.mp4").exists() and not list(run_dir.rglob("*.tmp*"))
+
+
+# 7. Every OSError and rendering error is one line naming the file or MUJOCO_GL's value, and the fix
+
+def test_a_bad_mujoco_gl_fails_no_run_without_a_video(hopper_file, tmp_path):
+    run_entry("main.py", tmp_path / "run", f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=10",
+              env={"MUJOCO_GL": "invalid"})  # check: it ends well
+    assert (tmp_path / "run" / "seed0" / "final.json").exists()
+
+
+def test_a_bad_mujoco_gl_with_a_video_is_one_line_before_training(hopper_file, tmp_path):
+    result = run_entry("main.py", tmp_path / "run", f"buffer.path={hopper_file}", "seeds=[0]", "eval.video=true",
+                       check=False, env={"MUJOCO_GL": "invalid"})
+    line = error_line(result)
+    assert "MUJOCO_GL=invalid" in line and "MUJOCO_GL=egl" in line and "Resume with" not in line
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "seed0" / "last.pt").exists()
+
+
+def test_a_full_disk_while_writing_the_video_names_the_file_not_mujoco_gl(tmp_path, small_frames, caplog):
+    import errno
+
+    from test_eval import fixed_policy
+
+    import core
+    from conftest import compose
+    from runfolder import Run
+
+    class FullDisk(Run):
+        def save_video(self, seed, name, frames, fps):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    cfg, run = compose("eval.video=true"), FullDisk(tmp_path / "run")
+    core.film(fixed_policy(cfg.env.id), cfg, core.gym.make(cfg.env.id), 0, run)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(run.seed_dir(0) / "video.mp4") in errors[0], errors
+    assert "No space left on device" in errors[0] and "MUJOCO_GL" not in errors[0]
+
+
+# 5. A NaN score stops the seed with its cause; a time limit below D4RL's is said to give another scale
+
+def test_a_nan_score_at_an_evaluation_stops_the_seed_with_its_cause_and_writes_no_scores(tmp_path):
+    from test_eval import fixed_policy
+
+    import core
+    from conftest import compose
+    from runfolder import Run
+
+    cfg, run = compose(), Run(tmp_path / "run")
+    model = fixed_policy(cfg.env.id)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # NaN actions: NaN rewards (the control cost)
+    with pytest.raises(core.NonFiniteScoreError, match="seed 0: the final evaluation scored nan") as error:
+        core.final_evaluation(model, cfg, 0, run, train_seconds=1.0)
+    assert "\n" not in str(error.value) and run.final(0) is None
+
+
+def test_a_time_limit_below_d4rls_is_named_in_the_log_and_final_json(tiny_run):
+    run_dir = tiny_run[0]  # env.max_episode_len=100
+    assert "episodes cut at env.max_episode_len=100 steps: not the scale" in (run_dir / "main.log").read_text()
+    assert json.loads((run_dir / "seed0" / "final.json").read_text())["time_limit"] == 100
