@@ -35,9 +35,9 @@ def main(cfg):
             summarize(cfg, run)
             runfolder.requeue_if_preempted()
             fail(f"interrupted: {e}. Resume with: {resume}", code=runfolder.interrupted_exit_code())
-        except core.NonFiniteLossError as e:
+        except core.NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
             log.error("%s", e)
-            diverged.append(seed)
+            diverged.append((seed, str(e)))
         except Exception as e:  # a crashed seed keeps the others' results
             log.error("seed %d failed:\n%s", seed, traceback.format_exc())
             if launch.advice(e):  # every seed, and every resume, would fail the same way
@@ -45,11 +45,10 @@ def main(cfg):
             crashed.append(seed)
     summarize(cfg, run)
     if diverged:
-        fail(f"seeds {diverged} stopped on a NaN or inf loss (see main.log): start a new run with a lower train.lr "
-             f"or train.grad_clip" + (f"; seeds {crashed} crashed" if crashed else ""))
+        fail(f"seeds {[seed for seed, _ in diverged]} stopped: {diverged[0][1]}"
+             + (f"; seeds {crashed} crashed" if crashed else ""))
     if crashed:
         fail(f"seeds {crashed} failed; see {shown(run.dir / 'main.log')}. Resume with: {resume}")
-
 
 
 if __name__ == "__main__":
