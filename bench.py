@@ -21,22 +21,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 import core
 import utils
 from buffer import SequenceBuffer, Transitions
-from cfgs.schema import Config
+from cfgs import schema
 from models import DecisionTransformer, DTConfig, ReferenceDT
 
-CFG = OmegaConf.structured(Config)  # the defaults of cfgs/config.yaml (a test checks that they agree)
+CFG = schema.defaults()  # the values of cfgs/config.yaml
 SHAPES = {"hopper": (11, 3), "walker2d": (17, 6)}  # (state dim, action dim) of the -v4 envs
 
 
-def default_model_config(state_dim, act_dim, **overrides):
+def default_model_config(state_dim: int, act_dim: int, **overrides: Any) -> DTConfig:
     """The default config's model (cfgs/config.yaml) for these space sizes."""
     m = CFG.model
     return DTConfig(**{**dict(state_dim=state_dim, act_dim=act_dim, context_len=CFG.buffer.context_len,
@@ -44,34 +44,35 @@ def default_model_config(state_dim, act_dim, **overrides):
                        **overrides})
 
 
-def random_batch(state_dim, act_dim, batch_size=CFG.train.batch_size, K=CFG.buffer.context_len, seed=0):
+def random_batch(state_dim: int, act_dim: int, batch_size: int = CFG.train.batch_size, K: int = CFG.buffer.context_len,
+                 seed: int = 0) -> tuple:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(batch_size, K, state_dim, generator=g), torch.rand(batch_size, K, act_dim, generator=g) * 2 - 1,
             torch.randn(batch_size, K, 1, generator=g), torch.randint(0, 1000, (batch_size, K), generator=g),
             torch.ones(batch_size, K))
 
 
-def train_stepper(model, batch, precision="fp32"):
+def train_stepper(model: torch.nn.Module, batch: tuple, precision: str = "fp32") -> Callable[[], float]:
     """A function that runs one core.train_step (forward, backward, clip, AdamW; the default config's optimizer
     and schedule) on `batch` and returns its seconds."""
     optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
     scheduler = core.warmup_scheduler(optimizer, CFG.train.warmup_steps)
     model.train()
 
-    def step():
+    def step() -> float:
         start = time.perf_counter()
         core.train_step(model, optimizer, scheduler, batch, CFG.train, precision)[0].item()
         return time.perf_counter() - start
     return step
 
 
-def time_train_step(model, batch, steps, precision="fp32"):
+def time_train_step(model: torch.nn.Module, batch: tuple, steps: int, precision: str = "fp32") -> float:
     """Median seconds of core.train_step with the default config, after 10 warm-up steps."""
     step = train_stepper(model, batch, precision)
     return float(np.median([step() for _ in range(steps + 10)][10:]))
 
 
-def train_step_flops(config, batch_size=CFG.train.batch_size):
+def train_step_flops(config: DTConfig, batch_size: int = CFG.train.batch_size) -> float:
     """Matmul FLOPs of one training step of the plain model (forward x 3 for forward + backward)."""
     T, C, L = 3 * config.context_len, config.embed_dim, config.n_layers
     per_token_layer = 2 * 12 * C * C  # qkv 3C^2, proj C^2, MLP 8C^2; 2 FLOPs per multiply-add
@@ -79,7 +80,8 @@ def train_step_flops(config, batch_size=CFG.train.batch_size):
     return 3 * batch_size * T * L * (per_token_layer + attention)
 
 
-def sampling_seconds(state_dim, act_dim, reps=500, trajectories=1000, length=1000):
+def sampling_seconds(state_dim: int, act_dim: int, reps: int = 500, trajectories: int = 1000,
+                     length: int = 1000) -> float:
     """Median host time of SequenceBuffer.sample for a default batch from a D4RL-sized buffer (1M steps)."""
     rng = np.random.default_rng(0)
     n = trajectories * length
@@ -96,7 +98,7 @@ def sampling_seconds(state_dim, act_dim, reps=500, trajectories=1000, length=100
     return float(np.median(times))
 
 
-def matmul_gflops(dtype, n=1024, reps=30):
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 30) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -106,7 +108,7 @@ def matmul_gflops(dtype, n=1024, reps=30):
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def eval_steps_per_second(model, episodes, vectorized):
+def eval_steps_per_second(model: torch.nn.Module, episodes: int, vectorized: bool) -> tuple:
     """Env steps per second of HalfCheetah-v4 (it never falls, so every episode lasts 1000 steps)."""
     model.eval()
     start = time.perf_counter()
@@ -119,14 +121,15 @@ def eval_steps_per_second(model, episodes, vectorized):
     return episodes * 1000 / seconds, seconds
 
 
-def _parallel_worker(steps, num_processes, batch_size, shape, precision, queue):
+def _parallel_worker(steps: int, num_processes: int, batch_size: int, shape: dict, precision: str, queue: Any) -> None:
     threads.set_torch_threads(num_processes)
     model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
     batch = random_batch(*SHAPES["hopper"], batch_size, shape["context_len"])
     queue.put(1.0 / time_train_step(model, batch, steps, precision))
 
 
-def parallel_steps_per_second(steps, batch_size, shape, precision, num_processes=3):
+def parallel_steps_per_second(steps: int, batch_size: int, shape: dict, precision: str,
+                              num_processes: int = 3) -> float:
     """Total training steps/s of `num_processes` seeds trained side by side, as main_mp.py does."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -159,7 +162,7 @@ except KeyboardInterrupt:
 """
 
 
-def new_path(path):
+def new_path(path: Path) -> Path:
     """`path`, or path-<n> with the first n that names no file yet: an earlier output is never replaced."""
     n = 0
     while path.exists():
@@ -168,7 +171,7 @@ def new_path(path):
     return path
 
 
-def end_processes(procs):
+def end_processes(procs: list) -> None:
     """Terminate `procs` (stopped ones too), then kill those still alive after 5 s; return once all have exited."""
     for p in procs:
         if p.poll() is None:
@@ -183,7 +186,7 @@ def end_processes(procs):
 
 
 @contextlib.contextmanager
-def competitors(n, seconds):
+def competitors(n: int, seconds: float) -> Iterator[list]:
     """`n` CPU-bound processes (a busy loop each) that end by themselves after `seconds` and are ended when the
     block is left, however it is left (an exception, Ctrl-C, SIGTERM through busy_main's handler)."""
     procs = []
@@ -195,7 +198,7 @@ def competitors(n, seconds):
         end_processes(procs)
 
 
-def start_setting(name, batch_size, shape):
+def start_setting(name: str, batch_size: int, shape: dict) -> subprocess.Popen:
     """A process of `python bench.py --worker` with the setting's environment; it reports its thread line."""
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_ENV}
     env.update({k: str(threads.usable_cores()) if v == ALL else v for k, v in BUSY_SETTINGS[name].items()})
@@ -205,7 +208,7 @@ def start_setting(name, batch_size, shape):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
-def time_setting(proc, steps):
+def time_setting(proc: subprocess.Popen, steps: int) -> dict:
     """Seconds of each of `steps` training steps in a setting's process. Between its turns the process is stopped
     (SIGSTOP): OpenMP threads that wait actively would otherwise spin through the other settings' turns."""
     proc.send_signal(signal.SIGCONT)
@@ -221,7 +224,7 @@ def time_setting(proc, steps):
     return json.loads(line)
 
 
-def busy_worker(batch_size, shape):
+def busy_worker(batch_size: int, shape: dict) -> None:
     """--worker: a setting's process. The default precision's step on a hopper batch, timed on request: each
     line on stdin asks for n steps, each answer is a JSON list of their seconds."""
     policy = threads.set_torch_threads(1)
@@ -239,7 +242,7 @@ def busy_worker(batch_size, shape):
         pass
 
 
-def busy_level(workers, n, steps, rounds, seconds):
+def busy_level(workers: dict, n: int, steps: int, rounds: int, seconds: float) -> dict:
     """The step's median ms per setting beside `n` competitors, the settings interleaved round by round."""
     with competitors(n, seconds) as procs:
         print(f"{n} competitors: pids {' '.join(str(p.pid) for p in procs)}", flush=True)
@@ -254,7 +257,7 @@ def busy_level(workers, n, steps, rounds, seconds):
             "competitors_ended_early": ended_early, "ms": {k: float(np.median(v)) * 1e3 for k, v in times.items()}}
 
 
-def busy_table(results):
+def busy_table(results: dict) -> str:
     """The markdown table of --busy: per load level and setting, ms a step and the ratios to the default and to
     the best setting at that level."""
     lines = ["| competitors | load (1 min) | setting | threads, wait | ms / step | / default | / best |",
@@ -268,7 +271,7 @@ def busy_table(results):
     return "\n".join(lines)
 
 
-def busy_main(args, shape, out):
+def busy_main(args: argparse.Namespace, shape: dict, out: Path) -> None:
     """--busy: start a process per setting, then for each N time them beside N competitors; a table and JSON."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so that the competitors end
     workers = {}
@@ -301,7 +304,7 @@ def busy_main(args, shape, out):
     print(f"wrote {out}")
 
 
-def machine():
+def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
@@ -310,7 +313,7 @@ def machine():
             "bf16_cpu": utils.native_bf16(torch.device("cpu")), "device": "cpu"}
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, help="timed training steps per measurement (default 200; --busy: 30, "
                         "a setting's steps at each load, spread over the rounds)")

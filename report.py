@@ -18,6 +18,7 @@ import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -88,13 +89,13 @@ class FinishedRun:
         """The seeds whose final score is NaN or inf."""
         return [f["seed"] for f in self.summary["per_seed"] if not np.isfinite(f["score_mean"])]
 
-    def curve(self, csv_name: str, key: str):
+    def curve(self, csv_name: str, key: str) -> Optional[tuple]:
         """(steps, mean, std) over seeds of column `key` of each seed's csv_name; None where no seed has it."""
         curve = utils.mean_std_over_seeds([t for t in self.run.tables(csv_name) if key in t], key)
         return None if curve is None else curve[:3]
 
 
-def load_run(path) -> FinishedRun:
+def load_run(path: Union[str, Path]) -> FinishedRun:
     """A finished run folder; SystemExit with one line if it is not one."""
     run = Run(path)
     if not run.dir.is_dir():
@@ -119,7 +120,7 @@ def load_run(path) -> FinishedRun:
     return FinishedRun(run, flatten(config), summary)
 
 
-def expand_sweeps(paths) -> list:
+def expand_sweeps(paths: list) -> list:
     """A multirun's runs/<date>/<time>-sweep folder stands for its job folders 0, 1, ... (each a run)."""
     return [p for path in paths for p in ([job.dir for job in Run.of_sweep(path)] or [path])]
 
@@ -138,12 +139,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 @lru_cache(maxsize=None)
 def default_config(env: str) -> dict:
     """cfgs/'s values for env=<env>, flat (what `python main.py env=<env>` starts from)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "cfgs"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"env={env}"] if env in ENVS else [])
-    return flatten(OmegaConf.to_container(cfg, resolve=True))
+    return flatten(OmegaConf.to_container(schema.defaults(env), resolve=True))
 
 
 def changes(run: FinishedRun) -> dict:
@@ -179,7 +175,7 @@ def setting(run: FinishedRun) -> str:
     return ", ".join(str(w).replace("models.ReferenceDT", "plain eager model") for w in words)
 
 
-def percentile_setting(run: FinishedRun):
+def percentile_setting(run: FinishedRun) -> Optional[str]:
     """'DT, top 10%' etc. for runs that differ from the default in percentile BC's keys (and precision) only."""
     if set(changes(run)) - {*PERCENTILE_KEYS, "train.precision"}:
         return None
@@ -187,7 +183,7 @@ def percentile_setting(run: FinishedRun):
     return name if name in PERCENTILE_SETTINGS else None
 
 
-def aux_setting(run: FinishedRun):
+def aux_setting(run: FinishedRun) -> Optional[str]:
     """'action only', '+ next state', '+ next state and return-to-go' for runs that change only the aux losses."""
     changed = changes(run)
     if set(changed) - {*AUX_KEYS, "train.precision"}:
@@ -203,7 +199,7 @@ def overrides(run: FinishedRun) -> str:
     return " ".join([f"env={run.config.get('env.name')}", *(f"{k}={v}" for k, v in changed)])
 
 
-def task_order(task: str):
+def task_order(task: str) -> tuple:
     env, _, dataset = task.partition("-")
     return (ENVS.index(env) if env in ENVS else len(ENVS), DATASETS.index(dataset) if dataset in DATASETS else 99,
             task)
@@ -238,7 +234,7 @@ def pooled_scores(runs: list) -> list:
     return [s for run in runs for s in run.scores()]
 
 
-def reference(settings: dict):
+def reference(settings: dict) -> Optional[list]:
     """A task's default runs (its setting 'DT, all data'), or None."""
     return settings.get(PERCENTILE_SETTINGS[0])
 
@@ -247,7 +243,7 @@ def reference(settings: dict):
 # Numbers in words
 
 
-def number(x, digits: int = 1) -> str:
+def number(x: float, digits: int = 1) -> str:
     """x to `digits` decimals; 'n/a' for a missing or non-finite value (no nan or inf in a sentence)."""
     return f"{x:.{digits}f}" if x is not None and np.isfinite(x) else "n/a"
 
@@ -280,7 +276,7 @@ def env_facts(env: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
 
 
-def bar_and_paper(run: FinishedRun):
+def bar_and_paper(run: FinishedRun) -> tuple:
     """The assignment's bar and the DT paper's D4RL score of the run's task (None where there is none)."""
     if not run.on_d4rl_scale:
         return None, None
@@ -292,7 +288,7 @@ def bar_and_paper(run: FinishedRun):
 # The datasets: each task's trajectory returns (normalized), read from its file where it is on this machine
 
 
-def dataset_path(run: FinishedRun):
+def dataset_path(run: FinishedRun) -> Optional[Path]:
     """The run's dataset file on this machine: its recorded path, else that name in D4RL_DATASET_DIR; or None."""
     from buffer import dataset_dir
     buffer = run.run.saved_config().get("buffer", {})
@@ -305,14 +301,14 @@ def dataset_path(run: FinishedRun):
     return None
 
 
-def data_scores(run: FinishedRun):
+def data_scores(run: FinishedRun) -> Optional[np.ndarray]:
     """The normalized returns of the trajectories in the run's dataset file, where it is on this machine."""
     path = dataset_path(run)
     return None if path is None else trajectory_scores(path)
 
 
 @lru_cache(maxsize=None)
-def trajectory_scores(path: Path):
+def trajectory_scores(path: Path) -> np.ndarray:
     from buffer import trajectory_scores as read
     return read(path)
 
@@ -333,13 +329,13 @@ def different_files(runs: list) -> list:
 # Figures: drawn at the size they are placed on the page, so a font's size is its printed size
 
 
-def pyplot():
+def pyplot() -> Any:
     plt = utils.pyplot()
     plt.rcParams.update(FIGURE_STYLE)
     return plt
 
 
-def legibility_problems(fig) -> list:
+def legibility_problems(fig: Any) -> list:
     """What would be illegible on the page: text under MIN_FONT_PT, a legend over MAX_LEGEND_ENTRIES entries,
     overlapping tick labels, text cut off at the figure's edge."""
     from matplotlib.legend import Legend
@@ -365,7 +361,7 @@ def legibility_problems(fig) -> list:
     return problems
 
 
-def shown_tick(tick) -> bool:
+def shown_tick(tick: Any) -> bool:
     """Is the tick inside its axis' view (drawn)?"""
     from matplotlib.axis import XTick
     axis = tick.axes.xaxis if isinstance(tick, XTick) else tick.axes.yaxis
@@ -373,7 +369,7 @@ def shown_tick(tick) -> bool:
     return low - 1e-9 * abs(high - low) <= tick.get_loc() <= high + 1e-9 * abs(high - low)
 
 
-def save_figure(fig, path) -> Path:
+def save_figure(fig: Any, path: Union[str, Path]) -> Path:
     """The figure as a PNG at typeset.DPI (placed at its own width), after its legibility check."""
     problems = legibility_problems(fig)
     if problems or fig.get_figwidth() > typeset.TEXT_WIDTH_IN + 1e-6:
@@ -386,7 +382,7 @@ def save_figure(fig, path) -> Path:
     return Path(path)
 
 
-def grid(plt, panels: int, columns: int, row_height: float):
+def grid(plt: Any, panels: int, columns: int, row_height: float) -> tuple:
     """A figure of `panels` axes in rows of `columns`, page wide; unused axes hidden."""
     rows = -(-panels // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(typeset.TEXT_WIDTH_IN, row_height * rows), squeeze=False,
@@ -396,7 +392,7 @@ def grid(plt, panels: int, columns: int, row_height: float):
     return fig, list(axes.flat[:panels])
 
 
-def training_figure(references: dict):
+def training_figure(references: dict) -> Any:
     """The assignment's results figure for the medium tasks: eval score and training loss over training."""
     plt = pyplot()
     tasks = list(references)
@@ -423,7 +419,7 @@ def training_figure(references: dict):
     return fig
 
 
-def sweep_rows(run: FinishedRun):
+def sweep_rows(run: FinishedRun) -> Optional[tuple]:
     """evaluate.py's sweep of the run: (target scores, per-seed achieved scores (targets, seeds)); None without."""
     rows = run.run.run_table("sweep_final.csv")
     if not rows:
@@ -434,7 +430,7 @@ def sweep_rows(run: FinishedRun):
     return utils.normalized_score(targets, run.config["env.ref_min_score"], run.config["env.ref_max_score"]), achieved
 
 
-def sweep_figure(sweeps: dict, datasets: dict):
+def sweep_figure(sweeps: dict, datasets: dict) -> Any:
     """Achieved against target normalized score, one panel per task, with the line achieved = target."""
     plt = pyplot()
     fig, axes = grid(plt, len(sweeps), 3, 2.05)
@@ -452,7 +448,7 @@ def sweep_figure(sweeps: dict, datasets: dict):
     return fig
 
 
-def grouped_bars(results: dict, settings: tuple):
+def grouped_bars(results: dict, settings: tuple) -> Any:
     """Bars of each setting's mean final score per task, its seeds as dots. results: {task: {setting: scores}}."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(typeset.TEXT_WIDTH_IN, 2.6), layout="constrained")
@@ -472,7 +468,7 @@ def grouped_bars(results: dict, settings: tuple):
     return fig
 
 
-def family_figure(settings: dict):
+def family_figure(settings: dict) -> Any:
     """One task's runs: each setting's eval score over training (mean ± std over seeds), one small panel each."""
     plt = pyplot()
     fig, axes = grid(plt, len(settings), 4, 1.5)
@@ -513,7 +509,7 @@ def results_table(grouped: dict, datasets: dict, d4rl_scale: bool = True) -> lis
     return rows
 
 
-def question_results(grouped: dict, classify, names: tuple):
+def question_results(grouped: dict, classify: Callable, names: tuple) -> tuple:
     """The runs that answer one question (classify: run -> its setting's name, or None): {task: {setting: pooled
     scores}}, and notes naming the settings that stand in at another precision than the reference runs' bf16."""
     results, notes = {}, []
@@ -550,7 +546,7 @@ def question_findings(results: dict, baseline: str) -> str:
             f"pair{'s' * (within != 1)}.")
 
 
-def read_findings(path) -> list:
+def read_findings(path: Union[str, Path]) -> list:
     """A markdown file of '#' headings, paragraphs and '- ' bullet lists -> blocks."""
     blocks, text, items = [], [], []
     for line in Path(path).read_text().splitlines() + [""]:
@@ -575,7 +571,7 @@ def read_findings(path) -> list:
 SUMMARY_HEADING = "In short"  # the findings' section that opens the report
 
 
-def split_summary(blocks: list):
+def split_summary(blocks: list) -> tuple:
     """The findings' "## In short" section (it opens the report) and the other blocks (they follow the figures)."""
     start = next((i for i, block in enumerate(blocks) if block == heading(2, SUMMARY_HEADING)), None)
     if start is None:
@@ -585,7 +581,8 @@ def split_summary(blocks: list):
     return blocks[start:end], blocks[:start] + blocks[end:]
 
 
-def main_part(runs: list, grouped: dict, datasets: dict, figures: dict, standin: bool, findings) -> list:
+def main_part(runs: list, grouped: dict, datasets: dict, figures: dict, standin: bool,
+              findings: Optional[Union[str, Path]]) -> list:
     """The short paper: answers, results, one figure per question, method."""
     label = " (stand-in data)" if standin else ""
     summary, rest = split_summary(read_findings(findings)) if findings else ([], [])
@@ -692,7 +689,8 @@ def draw_figures(runs: list, grouped: dict, datasets: dict, out: str) -> dict:
     return figures
 
 
-def write_report(runs: list, out: str, standin: bool = False, findings=None) -> list:
+def write_report(runs: list, out: str, standin: bool = False,
+                 findings: Optional[Union[str, Path]] = None) -> list:
     """<out>.pdf, <out>.md and the figures <out>_*.png, each written atomically; returns their paths."""
     grouped = by_task(runs)
     datasets = {name: scores for name, s in grouped.items() if reference(s)
@@ -710,13 +708,13 @@ def write_report(runs: list, out: str, standin: bool = False, findings=None) -> 
 
 def new_stem(stem: str) -> str:
     """stem, or stem-1, stem-2, ...: the first whose outputs are all new files (nothing of the user's is replaced)."""
-    def taken(s):
+    def taken(s: str) -> bool:
         return any(Path(p).name.startswith(Path(s).name + suffix) for p in Path(s).parent.glob(f"{Path(s).name}*")
                    for suffix in (".pdf", ".md", "_"))
     return next(s for s in (f"{stem}-{i}" if i else stem for i in range(10_000)) if not taken(s))
 
 
-def main(argv=None):
+def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders runs/<date>/<time> made by main.py or main_mp.py")
     parser.add_argument("--out", help="path stem of the outputs: <out>.pdf, <out>.md, <out>_*.png (default: "

@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Union
 
 from PIL import Image
 
@@ -24,7 +25,7 @@ def paragraph(text: str) -> tuple:
     return ("paragraph", text)
 
 
-def bullets(items) -> tuple:
+def bullets(items: list) -> tuple:
     return ("bullets", list(items))
 
 
@@ -32,7 +33,7 @@ def table(header: list, rows: list) -> tuple:
     return ("table", header, rows)
 
 
-def image(path, caption: str) -> tuple:
+def image(path: Union[str, Path], caption: str) -> tuple:
     return ("image", Path(path), caption)
 
 
@@ -77,7 +78,7 @@ def breakable(text: str) -> str:
     return re.sub(r"([./_=])", "\\1\u200b", str(text))
 
 
-def placed_width_in(path) -> float:
+def placed_width_in(path: Union[str, Path]) -> float:
     """The width a PNG is placed at: its own size at DPI, at most the text width."""
     with Image.open(path) as png:
         return min(TEXT_WIDTH_IN, png.size[0] / DPI)

@@ -1,18 +1,18 @@
 """The config's schema: one dataclass per section of cfgs/config.yaml, and the rules its values must meet.
 
 OmegaConf rejects a value of the wrong type by itself (`train.batch_size=abc`); `check(cfg)` rejects a value
-of the right type that cannot work (`train.lr=-1`), naming the field and what is allowed. The YAML files in
-cfgs/ stay the place to read and override the values; the defaults below are the DT paper's (Table 8).
+of the right type that cannot work (`train.lr=-1`), naming the field and what is allowed. The dataclasses hold
+types and rules only: every value is written once, in the YAML files of cfgs/ (`defaults()` composes them).
 """
 import importlib.util
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 ENVS = ("hopper", "halfcheetah", "walker2d")
@@ -35,11 +35,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Rule:
     """What a field's value must be: a test and the words that say it."""
-    holds: Any  # value -> bool
+    holds: Callable[[Any], bool]
     says: str
 
 
-def finite(v):
+def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
@@ -60,96 +60,94 @@ DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cu
               "choose auto, cpu, cuda, cuda:<index> or mps")
 
 
-def one_of(choices):
+def one_of(choices: Sequence[str]) -> Rule:
     return Rule(lambda v: v in choices, f"choose one of {', '.join(choices)}")
 
 
-def ruled(default, rule):
-    """A field with its default and the rule its value must meet."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
+def ruled(rule: Rule) -> Any:
+    """A field with the rule its value must meet; its value comes from the YAML files in cfgs/."""
+    return field(default=MISSING, metadata={"rule": rule})
 
 
 @dataclass
 class EnvConfig:
     """cfgs/env/<name>.yaml: the gymnasium env and the d4rl facts the score needs."""
-    name: str = ruled(MISSING, one_of(ENVS))
+    name: str = ruled(one_of(ENVS))
     id: str = MISSING  # gymnasium id, e.g. Hopper-v4
-    target_return: float = ruled(MISSING, FINITE)  # the return-to-go the policy is conditioned on at eval
-    max_episode_len: int = ruled(1000, POSITIVE)  # eval episodes' time limit (D4RL: 1000); timestep embedding size
-    ref_min_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: random policy
-    ref_max_score: float = ruled(MISSING, FINITE)  # d4rl infos.py: expert policy
-    ref_source: str = ruled("d4rl", one_of(REF_SOURCES))  # set at start: where ref_*_score come from (their scale)
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # set at start for Minari: gym.make's kwargs of its env
-    assignment_bar: Dict[str, float] = field(default_factory=dict)  # per dataset: the 3-seed mean must exceed it
-    dt_paper_score: Dict[str, float] = field(default_factory=dict)  # per dataset: Chen et al. 2021, Table 2
+    target_return: float = ruled(FINITE)  # the return-to-go the policy is conditioned on at eval
+    max_episode_len: int = ruled(POSITIVE)  # eval episodes' time limit (D4RL: 1000); timestep embedding size
+    ref_min_score: float = ruled(FINITE)  # d4rl infos.py: random policy
+    ref_max_score: float = ruled(FINITE)  # d4rl infos.py: expert policy
+    ref_source: str = ruled(one_of(REF_SOURCES))  # set at start: where ref_*_score come from (their scale)
+    kwargs: Dict[str, Any] = MISSING  # set at start for Minari: gym.make's kwargs of its env
+    assignment_bar: Dict[str, float] = MISSING  # per dataset: the 3-seed mean must exceed it
+    dt_paper_score: Dict[str, float] = MISSING  # per dataset: Chen et al. 2021, Table 2
 
 
 @dataclass
 class BufferConfig:
-    source: str = ruled("d4rl", one_of(SOURCES))
-    dataset: str = "medium"  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0
-    path: Optional[str] = None  # any D4RL-layout hdf5 file; overrides env + dataset
-    file: Optional[str] = None  # set at start: the file this run reads (kept for resume)
-    sha256: Optional[str] = None  # set at start: the SHA-256 of that file (a resume on a changed file stops)
-    context_len: int = ruled(20, POSITIVE)  # K: steps of history the model sees
-    reward_scale: float = ruled(1000.0, POSITIVE)  # returns-to-go are divided by this
-    sample_by: str = ruled("length", one_of(SAMPLE_BY))  # length: every step equally likely
-    top_percent: float = ruled(100.0, PERCENT)  # percentile behaviour cloning: keep the top x% by return
+    source: str = ruled(one_of(SOURCES))
+    dataset: str = MISSING  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0
+    path: Optional[str] = MISSING  # any D4RL-layout hdf5 file; overrides env + dataset
+    file: Optional[str] = MISSING  # set at start: the file this run reads (kept for resume)
+    sha256: Optional[str] = MISSING  # set at start: the SHA-256 of that file (a resume on a changed file stops)
+    context_len: int = ruled(POSITIVE)  # K: steps of history the model sees
+    reward_scale: float = ruled(POSITIVE)  # returns-to-go are divided by this
+    sample_by: str = ruled(one_of(SAMPLE_BY))  # length: every step equally likely
+    top_percent: float = ruled(PERCENT)  # percentile behaviour cloning: keep the top x% by return
 
 
 @dataclass
 class ModelConfig:
-    implementation: str = ruled("models.DecisionTransformer", one_of(MODELS))  # models.ReferenceDT: plain eager
-    embed_dim: int = ruled(128, POSITIVE)
-    n_layers: int = ruled(3, AT_LEAST_ONE)
-    n_heads: int = ruled(1, POSITIVE)
-    dropout: float = ruled(0.1, PROBABILITY)
-    condition_on_return: bool = True  # false: the return-to-go input is zeroed (plain BC, the DT paper's %BC)
+    implementation: str = ruled(one_of(MODELS))  # models.ReferenceDT: plain eager
+    embed_dim: int = ruled(POSITIVE)
+    n_layers: int = ruled(AT_LEAST_ONE)
+    n_heads: int = ruled(POSITIVE)
+    dropout: float = ruled(PROBABILITY)
+    condition_on_return: bool = MISSING  # false: the return-to-go input is zeroed (plain BC, the DT paper's %BC)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = ruled(20_000, POSITIVE)
-    batch_size: int = ruled(64, POSITIVE)
-    lr: float = ruled(1e-4, POSITIVE)
-    weight_decay: float = ruled(1e-4, NON_NEGATIVE)
-    warmup_steps: int = ruled(10_000, POSITIVE)  # linear warmup of the lr, then constant
-    grad_clip: float = ruled(0.25, POSITIVE)  # max global gradient norm
-    aux_state_coef: float = ruled(0.0, NON_NEGATIVE)  # weight of the next-state prediction loss
-    aux_rtg_coef: float = ruled(0.0, NON_NEGATIVE)  # weight of the next return-to-go prediction loss
-    precision: str = ruled("auto", one_of(PRECISIONS))  # auto: bf16 where the hardware computes it natively
-    threads: Optional[int] = ruled(None, THREADS)  # torch threads; null: the usable cores shared by the processes
-    log_every: int = ruled(100, POSITIVE)
-    eval_every: int = ruled(2000, POSITIVE)
-    checkpoint_every: int = ruled(1000, POSITIVE)
+    steps: int = ruled(POSITIVE)
+    batch_size: int = ruled(POSITIVE)
+    lr: float = ruled(POSITIVE)
+    weight_decay: float = ruled(NON_NEGATIVE)
+    warmup_steps: int = ruled(POSITIVE)  # linear warmup of the lr, then constant
+    grad_clip: float = ruled(POSITIVE)  # max global gradient norm
+    aux_state_coef: float = ruled(NON_NEGATIVE)  # weight of the next-state prediction loss
+    aux_rtg_coef: float = ruled(NON_NEGATIVE)  # weight of the next return-to-go prediction loss
+    precision: str = ruled(one_of(PRECISIONS))  # auto: bf16 where the hardware computes it natively
+    threads: Optional[int] = ruled(THREADS)  # torch threads; null: the usable cores shared by the processes
+    log_every: int = ruled(POSITIVE)
+    eval_every: int = ruled(POSITIVE)
+    checkpoint_every: int = ruled(POSITIVE)
 
 
 @dataclass
 class EvalConfig:
-    episodes: int = ruled(10, POSITIVE)  # envs run in lockstep at each periodic eval
-    final_episodes: int = ruled(100, POSITIVE)  # the final score, as the DT paper and CORL report it
-    target_return: float = ruled("${env.target_return}", FINITE)
-    vectorized: bool = True  # false: episodes one after another in a single env (debugging)
-    video: bool = True  # mp4 of the final policy (MUJOCO_GL=egl when headless)
+    episodes: int = ruled(POSITIVE)  # envs run in lockstep at each periodic eval
+    final_episodes: int = ruled(POSITIVE)  # the final score, as the DT paper and CORL report it
+    target_return: float = ruled(FINITE)
+    vectorized: bool = MISSING  # false: episodes one after another in a single env (debugging)
+    video: bool = MISSING  # mp4 of the final policy (MUJOCO_GL=egl when headless)
 
 
 @dataclass
 class WandbConfig:
     """Weights & Biases, when logger=[csv,wandb]: one W&B run per seed, grouped by the run folder."""
-    project: str = "decision-transformer"
-    entity: Optional[str] = None  # your W&B user or team; null: the default of `wandb login`
-    mode: str = ruled("online", one_of(("online", "offline")))  # offline: `wandb sync` the files later
+    project: str = MISSING
+    entity: Optional[str] = MISSING  # your W&B user or team; null: the default of `wandb login`
+    mode: str = ruled(one_of(("online", "offline")))  # offline: `wandb sync` the files later
 
 
 @dataclass
 class Config:
-    env: EnvConfig = MISSING
-    seeds: List[int] = ruled([0, 1, 2], SEEDS)
-    device: str = ruled("auto", DEVICE)  # auto: cuda, then mps, then cpu
-    resume: Optional[str] = None  # runs/<date>/<time>: continue that run (with seeds=[...]: add seeds)
-    logger: List[str] = ruled(["csv"], LOGGER)  # where the metrics go: csv, and tensorboard, wandb
+    env: EnvConfig = field(default_factory=EnvConfig)
+    seeds: List[int] = ruled(SEEDS)
+    device: str = ruled(DEVICE)  # auto: cuda, then mps, then cpu
+    resume: Optional[str] = MISSING  # runs/<date>/<time>: continue that run (with seeds=[...]: add seeds)
+    logger: List[str] = ruled(LOGGER)  # where the metrics go: csv, and tensorboard, wandb
     wandb: WandbConfig = field(default_factory=WandbConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -161,22 +159,22 @@ class Config:
 class EvaluateConfig:
     """cfgs/evaluate.yaml: evaluate.py's sweep of target returns over a run's saved policies."""
     run: str = MISSING  # the run folder, runs/<date>/<time>
-    checkpoint: str = ruled("final", one_of(("final", "best")))  # each seed's final.pt or best.pt
-    targets: Optional[List[float]] = None  # the returns to condition on; null: 0.25x..1.5x the env's and the best
-    episodes: int = ruled(10, POSITIVE)  # per target and seed, all in one vectorized pass per seed
-    video: bool = False  # one episode per target: seed<N>/<name>_<target>.mp4
-    device: str = ruled("cpu", DEVICE)
-    name: str = ruled("sweep_${checkpoint}", FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
-    export: Optional[str] = ruled(None, Rule(lambda v: v in (None, "onnx", "torchscript"),
+    checkpoint: str = ruled(one_of(("final", "best")))  # each seed's final.pt or best.pt
+    targets: Optional[List[float]] = MISSING  # the returns to condition on; null: 0.25x..1.5x the env's and the best
+    episodes: int = ruled(POSITIVE)  # per target and seed, all in one vectorized pass per seed
+    video: bool = MISSING  # one episode per target: seed<N>/<name>_<target>.mp4
+    device: str = ruled(DEVICE)
+    name: str = ruled(FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
+    export: Optional[str] = ruled(Rule(lambda v: v in (None, "onnx", "torchscript"),
                                              "choose onnx or torchscript (or null: the sweep)"))  # export.py
-    overwrite: bool = False  # true: replace a stored sweep of this name made with other targets or episodes
+    overwrite: bool = MISSING  # true: replace a stored sweep of this name made with other targets or episodes
 
 
 RUN_FILE_STEMS = ("final", "best", "last", "results", "config", "summary", "train", "eval", "main", "video",
                   "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.* (cfgs/../utils.py Run)
 
 
-def refuse_run_file_name(name) -> None:
+def refuse_run_file_name(name: str) -> None:
     """evaluate.py's name=: ConfigError when its outputs would replace one of a run's own files."""
     if name.lower() in RUN_FILE_STEMS:
         raise ConfigError(f"name={name}: a run's own files are named so ({name}.*): choose another name, e.g. "
@@ -193,12 +191,39 @@ RUN_FOLDER = {"run": {"dir": "${run_dir:${resume}}"},
                       "chdir": True},  # work inside the run folder (stray files such as MUJOCO_LOG.TXT land there)
               "output_subdir": None}  # no .hydra/ copies: config.yaml is the run's record
 DEFAULTS = ["schema", "run_folder", "_self_"]  # the defaults list of a config file
-ConfigStore.instance().store(name="schema", node=Config)
+CFGS = Path(__file__).resolve().parent
+
+
+def own_values(name: str) -> DictConfig:
+    """cfgs/<name>.yaml's own values on its schema (Config or EvaluateConfig): without its defaults list, its
+    env group and its hydra settings."""
+    values = OmegaConf.load(CFGS / f"{name}.yaml")
+    for key in ("defaults", "hydra"):
+        values.pop(key, None)
+    return OmegaConf.merge(OmegaConf.structured(EvaluateConfig if name == "evaluate" else Config), values)
+
+
+def default_env() -> str:
+    """The env that cfgs/config.yaml's defaults list chooses when the command line names none."""
+    listed = OmegaConf.load(CFGS / "config.yaml").defaults
+    return next(entry.env for entry in listed if OmegaConf.is_dict(entry) and "env" in entry)
+
+
+def defaults(env: Optional[str] = None) -> DictConfig:
+    """What `python main.py env=<env>` starts from, unresolved: cfgs/config.yaml's values over cfgs/env/<env>.yaml's
+    on the schema (as Hydra composes them; a test checks that they agree). env: one of ENVS; else the default env."""
+    env_values = OmegaConf.load(CFGS / "env" / f"{env if env in ENVS else default_env()}.yaml")
+    return OmegaConf.merge(OmegaConf.structured(Config), {"env": env_values}, own_values("config"))
+
+
+# The `schema` entry of a config file's defaults list: the types and rules, with cfgs/config.yaml's values, so that
+# a saved config.yaml that lacks a newer key (an older run's) still composes; its env's values: typed() below.
+ConfigStore.instance().store(name="schema", node=own_values("config"))
 ConfigStore.instance().store(name="run_folder", node=RUN_FOLDER, package="hydra")
-ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+ConfigStore.instance().store(name="evaluate_schema", node=own_values("evaluate"))
 
 
-def check(cfg):
+def check(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first field of a training config whose value cannot work."""
     check_fields(Config, cfg)
     check_env(cfg)
@@ -230,7 +255,7 @@ RTG_LIMIT = 1e4  # |return-to-go / reward_scale| the model is given: D4RL's best
 D4RL_TIME_LIMIT = 1000  # the episode length D4RL's reference scores (env.ref_min_score, ref_max_score) assume
 
 
-def check_bounds(cfg):
+def check_bounds(cfg: DictConfig) -> None:
     """Raise ConfigError on values of the right type whose results cannot be finite or meaningful."""
     if cfg.train.warmup_steps > cfg.train.steps:
         raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps}: must be at most train.steps="
@@ -241,7 +266,7 @@ def check_bounds(cfg):
     check_return_to_go("eval.target_return", [cfg.eval.target_return], cfg.buffer.reward_scale)
 
 
-def check_return_to_go(field_name, returns, reward_scale) -> None:
+def check_return_to_go(field_name: str, returns: Sequence[float], reward_scale: float) -> None:
     """Raise ConfigError when a return to condition on, divided by reward_scale, lies beyond what the model can
     embed (RTG_LIMIT)."""
     for value in returns:
@@ -250,7 +275,7 @@ def check_return_to_go(field_name, returns, reward_scale) -> None:
                               f"within +-{RTG_LIMIT * reward_scale:g} (|return / reward_scale| <= {RTG_LIMIT:g})")
 
 
-def check_env(cfg):
+def check_env(cfg: DictConfig) -> None:
     """env.id: a registered gymnasium id of env.name's robot (Hopper-v4, or Hopper-v5 where the spaces match)."""
     import gymnasium as gym
     if cfg.env.id not in gym.registry or not cfg.env.id.lower().startswith(f"{cfg.env.name}-v"):
@@ -259,7 +284,7 @@ def check_env(cfg):
                           f"{', '.join(sorted(versions)[-2:])}")
 
 
-def check_dataset(cfg):
+def check_dataset(cfg: DictConfig) -> None:
     """buffer.dataset: a D4RL dataset name, or with buffer.source=minari a Minari id of env.name's robot."""
     buffer = cfg.buffer
     if buffer.source == "d4rl":
@@ -279,7 +304,7 @@ def check_dataset(cfg):
         raise ConfigError("buffer.source=minari: minari is not installed: pip install -r requirements-extra.txt")
 
 
-def check_fields(schema, node, prefix=""):
+def check_fields(schema: type, node: DictConfig, prefix: str = "") -> None:
     """Raise ConfigError naming the first field of `node` that breaks its rule in the dataclass `schema`."""
     for f in fields(schema):
         value = node[f.name]
@@ -290,12 +315,12 @@ def check_fields(schema, node, prefix=""):
             raise ConfigError(f"{prefix}{f.name}={shown}: {f.metadata['rule'].says}")
 
 
-def to_yaml(cfg):
+def to_yaml(cfg: DictConfig) -> str:
     """A run's config.yaml: the resolved config, with the defaults list that makes it a config file to re-run."""
     return OmegaConf.to_yaml(OmegaConf.create({"defaults": DEFAULTS})) + OmegaConf.to_yaml(cfg)
 
 
-def upgrade(saved):
+def upgrade(saved: DictConfig) -> dict:
     """A run's saved config as a plain dict in today's keys: the one migration step of old runs' configs (the
     defaults list, which makes config.yaml a file to re-run, is not part of the config; a Minari run before
     env.ref_source has Minari's scores)."""
@@ -307,15 +332,16 @@ def upgrade(saved):
     return saved
 
 
-def typed(tree):
-    """A plain or loaded config on the schema: wrong types and unknown keys raise ConfigError."""
+def typed(tree: Any) -> DictConfig:
+    """A plain or loaded config on the schema, a key it lacks (an older run's) taking cfgs/'s value for its env:
+    wrong types and unknown keys raise ConfigError."""
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), tree)
+        return OmegaConf.merge(defaults((tree.get("env") or {}).get("name")), tree)
     except OmegaConfBaseException as e:
         raise ConfigError(one_line(e)) from None
 
 
-def one_line(error):
+def one_line(error: Exception) -> str:
     """An OmegaConf error as 'key: what is wrong'."""
     message = str(error).splitlines()[0]
     key = getattr(error, "full_key", None)
@@ -330,7 +356,7 @@ HYDRA_DATA_KEYS = ("run", "sweep", "job", "output_subdir", "mode", "verbose")  #
 DEFAULTS_ALLOWED = ("schema", "run_folder", "evaluate_schema", "_self_", "env")
 
 
-def refuse_code_in_config(path, node=None) -> None:
+def refuse_code_in_config(path: Union[str, Path], node: Optional[type] = None) -> None:
     """Raise ConfigError in one line if the config file `path` names code (hydra.callbacks, _target_ anywhere,
     a logging factory) or, with the dataclass `node`, holds a key its schema lacks. Reads the file as plain YAML:
     nothing in it is resolved or acted on."""
@@ -360,7 +386,7 @@ def refuse_code_in_config(path, node=None) -> None:
             raise ConfigError(f"{path}: {one_line(e)}") from None
 
 
-def code_keys(tree, prefix=""):
+def code_keys(tree: Any, prefix: str = "") -> Iterator[str]:
     """The dotted names of every key in a plain config tree that names code (CODE_KEYS, hydra.callbacks)."""
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
     for key, value in items:
@@ -370,7 +396,7 @@ def code_keys(tree, prefix=""):
         yield from code_keys(value, f"{name}.")
 
 
-def refuse_code_in_argv(argv) -> None:
+def refuse_code_in_argv(argv: Sequence[str]) -> None:
     """Before Hydra reads anything: the config a command line names with --config-path/--config-dir is checked
     with refuse_code_in_config, and no override names code (_target_, hydra.callbacks)."""
     script = Path(argv[0]).stem
@@ -388,7 +414,7 @@ def refuse_code_in_argv(argv) -> None:
             refuse_code_in_config(path)
 
 
-def config_options(args):
+def config_options(args: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
     """Hydra's config options of a command line ({'--config-path': ..., ...}, long names) and its overrides."""
     short = {"-cp": "--config-path", "-cn": "--config-name", "-cd": "--config-dir"}
     options, overrides, args = {}, [], list(args)

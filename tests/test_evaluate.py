@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 import evaluate
 import utils
-from cfgs.schema import EvaluateConfig
+from cfgs import schema
 from conftest import ROOT, copy_run, run_entry, run_script, write_d4rl_file
 
 
@@ -71,7 +71,7 @@ def test_a_sweep_of_the_best_policies_films_each_target_and_reuses_only_with_its
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     train_cfg.env.max_episode_len = 3  # episodes of 3 steps: software rendering takes ~0.1 s a frame
     OmegaConf.save(train_cfg, run_dir / "config.yaml")
-    cfg = OmegaConf.merge(OmegaConf.structured(EvaluateConfig),
+    cfg = OmegaConf.merge(schema.own_values("evaluate"),
                           {"run": str(run_dir), "checkpoint": "best", "targets": [500, 3600], "episodes": 1})
 
     def sweep(video=True):  # in this process, so that small_frames films small frames
