@@ -274,6 +274,7 @@ def busy_table(results: dict) -> str:
 def busy_main(args: argparse.Namespace, shape: dict, out: Path) -> None:
     """--busy: start a process per setting, then for each N time them beside N competitors; a table and JSON."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so that the competitors end
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C even where the parent ignored SIGINT
     workers = {}
     try:
         for name in BUSY_SETTINGS:
