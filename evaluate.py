@@ -209,7 +209,7 @@ def export_run(cfg, out_folder=None):
     """Each seed's policy (cfg.checkpoint) as one file of format cfg.export, in the output folder's seed<N>/ (the
     run's own, but for a gallery run: output_folder) or out_folder's; returns the paths."""
     run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
-    train_cfg = schema.typed(schema.upgrade(OmegaConf.load(run.config_path())))
+    train_cfg = run.config()
     paths = []
     for seed in seeds_with(run, cfg):
         policy = core.load_policy(run.policy_path(seed, f"{cfg.checkpoint}.pt"))

@@ -112,6 +112,8 @@ def prepare(cfg):
             os.environ[variable] = to_absolute_path(os.environ[variable])
     OmegaConf.resolve(cfg)
     schema.check(cfg)
+    if cfg.eval.video and (problem := utils.rendering_problem()):  # before the folder holds a run, not after training
+        raise ConfigError(f"eval.video=true: {problem}")
     if not cfg.resume:
         take_reference_scores(cfg, overrides)
     if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
