@@ -3,6 +3,7 @@ import threads  # noqa: I001  first, before torch loads: the tests' processes wa
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import h5py
@@ -144,3 +145,14 @@ def compose(*overrides, tiny=True):
         cfg = hydra.compose("config", overrides=[*(TINY if tiny else []), *overrides])
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def wait_for_training(run_dir, timeout=120):
+    """Until every seed of run_dir has logged a few steps."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        csvs = list(run_dir.glob("seed*/train.csv"))
+        if csvs and all(len(p.read_text().splitlines()) > 3 for p in csvs):
+            return
+        time.sleep(0.05)
+    raise AssertionError("training did not start")

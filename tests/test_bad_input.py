@@ -16,7 +16,17 @@ import launch
 import report
 from cfgs import schema
 from cfgs.schema import ConfigError
-from conftest import CRASH_ENV, TINY, compose, copy_run, run_entry, run_script, start_script, write_d4rl_file
+from conftest import (
+    CRASH_ENV,
+    TINY,
+    compose,
+    copy_run,
+    run_entry,
+    run_script,
+    start_script,
+    wait_for_training,
+    write_d4rl_file,
+)
 from runfolder import Run, RunError
 
 
@@ -191,16 +201,6 @@ def test_report_py_names_an_empty_summary(tmp_path):
     (tmp_path / "summary.json").write_text("")
     with pytest.raises(SystemExit, match=f"error: {tmp_path}/summary.json is empty or not JSON"):
         report.main([str(tmp_path), "--out", str(tmp_path / "report")])
-
-
-def wait_for_training(run_dir, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        csvs = list(run_dir.glob("seed*/train.csv"))
-        if csvs and all(len(p.read_text().splitlines()) > 3 for p in csvs):
-            return
-        time.sleep(0.05)
-    raise AssertionError("training did not start")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

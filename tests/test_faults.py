@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CRASH_ENV, TINY, copy_run, run_entry, run_script, start_script, write_d4rl_file
+from conftest import CRASH_ENV, TINY, copy_run, run_entry, run_script, start_script, wait_for_training, write_d4rl_file
 
 
 def error_line(result):
@@ -23,17 +23,6 @@ def error_line(result):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1, f"exit {result.returncode}:\n{result.stderr}"
     return lines[0]
-
-
-def wait_for_training(run_dir, timeout=120):
-    """Until every seed of run_dir has logged a few steps."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        csvs = list(run_dir.glob("seed*/train.csv"))
-        if csvs and all(len(p.read_text().splitlines()) > 3 for p in csvs):
-            return
-        time.sleep(0.05)
-    raise AssertionError("training did not start")
 
 
 LONG = ["train.steps=100000", "train.eval_every=100000", "train.checkpoint_every=5"]
