@@ -162,15 +162,6 @@ except KeyboardInterrupt:
 """
 
 
-def new_path(path: Path) -> Path:
-    """`path`, or path-<n> with the first n that names no file yet: an earlier output is never replaced."""
-    n = 0
-    while path.exists():
-        n += 1
-        path = path.with_name(f"{path.stem.rsplit('-', 1)[0] if n > 1 else path.stem}-{n}{path.suffix}")
-    return path
-
-
 def end_processes(procs: list) -> None:
     """Terminate `procs` (stopped ones too), then kill those still alive after 5 s; return once all have exited."""
     for p in procs:
@@ -337,7 +328,8 @@ def main() -> None:
     shape = dict(context_len=args.context_len, embed_dim=args.embed_dim, n_layers=args.n_layers)
     if args.worker:
         return busy_worker(args.batch_size, shape)
-    out = Path(args.out) if args.out else new_path(Path("bench.json"))
+    out = Path(args.out) if args.out else utils.new_path(Path("runs") / "bench.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.busy:
         args.steps = args.steps or 30  # a spinning setting beside 2 competitors may take seconds a step
         return busy_main(args, shape, out)

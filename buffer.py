@@ -437,12 +437,6 @@ def plot_returns(paths: list[str | Path], out: str | Path) -> Path:
     return utils.save_png(utils.dataset_returns_figure(datasets), out)
 
 
-def new_file(path: str | Path) -> Path:
-    """path, or path-1, path-2, ... with its suffix: the first that does not exist (nothing is replaced unasked)."""
-    path = Path(path)
-    return next(p for p in (path.with_stem(f"{path.stem}-{i}") if i else path for i in range(10_000)) if not p.exists())
-
-
 if __name__ == "__main__":
     import argparse
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -450,15 +444,15 @@ if __name__ == "__main__":
     parser.add_argument("--out", help="the figure (default: runs/dataset_returns.png, or -1, -2, ... if it exists)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
+    import utils
     if args.out:
-        import utils
         utils.refuse_replacing(args.out, args.force)
     files = args.files or sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
     unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
     if not files or unknown:
         raise SystemExit(f"error: {'no .hdf5 files in ' + str(dataset_dir()) if not files else unknown[0]}: give "
                          f"files named <env>_<dataset>-v2.hdf5 with env one of {', '.join(ENVS)}")
-    out = Path(args.out) if args.out else new_file(Path("runs") / "dataset_returns.png")
+    out = Path(args.out) if args.out else utils.new_path(Path("runs") / "dataset_returns.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         plot_returns(sorted(files, key=lambda f: (ENVS.index(Path(f).name.split("_")[0]), f)), out)

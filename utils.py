@@ -85,6 +85,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def new_path(path: Path) -> Path:
+    """path, or path-1, path-2, ... with its suffix: the first that names no file (an output replaces nothing)."""
+    return next(p for p in (path.with_stem(f"{path.stem}-{i}") if i else path for i in range(10_000)) if not p.exists())
+
+
 def refuse_replacing(path: str | Path, force: bool, option: str = "--force") -> None:
     """SystemExit in one line when `path` exists and `force` was not given: an output replaces no file unasked."""
     if Path(path).exists() and not force:

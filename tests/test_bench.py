@@ -5,11 +5,11 @@ import time
 from pathlib import Path
 
 import core
-from bench import new_path
 from cfgs import schema
 from conftest import compose, run_script, start_script
 from models import ReferenceDT
 from runfolder import Run
+from utils import new_path
 
 
 def test_bench_writes_every_measurement(tmp_path):
