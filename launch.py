@@ -4,11 +4,13 @@ one-line errors), the command line (cli), and how a failure that no resume can f
 setup() is called by each entry point before anything else of Hydra: the project on PYTHONPATH (a launcher's job
 finds it) and the resolvers of hydra.run.dir and hydra.sweep.dir.
 """
+import contextlib
 import importlib.util
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -153,8 +155,13 @@ def take_reference_scores(cfg, overrides):
 
 
 def exit_if_finished(cfg, run):
-    """A resumed run whose every seed has its final evaluation: one line, exit 0, nothing written."""
-    if all(run.final(seed) is not None for seed in cfg.seeds):
+    """A resumed run whose every seed has its final evaluation: one line, exit 0, nothing written; unless its
+    summary.json is missing or damaged (a full disk), which the resume writes again."""
+    try:
+        summarized = run.summary() is not None
+    except RunError:
+        summarized = False
+    if summarized and all(run.final(seed) is not None for seed in cfg.seeds):
         print(f"{shown(run.dir)}: every seed {list(cfg.seeds)} finished already (scores in summary.json): nothing "
               f"to do; add seeds with seeds=[...]")
         raise SystemExit(0)
@@ -224,9 +231,21 @@ def fail(message, code=1):
     raise SystemExit(code)
 
 
+@contextlib.contextmanager
+def stop_on_write_errors(resume: str) -> Iterator[None]:
+    """A write that fails (a full disk, a read-only folder) ends the run in one line naming the file and the fix;
+    what is written stays, and `resume` (the command) continues from it."""
+    try:
+        yield
+    except utils.WriteError as e:
+        fail(f"error: {e}; then resume with: {resume}")
+
+
 def errors_to_the_log_file_only():
     """Hydra's console handler (stdout) leaves out errors: each is printed once, as one line on stderr (fail), and
-    kept with its details (a traceback) in the log file."""
+    kept with its details (a traceback) in the log file. A log line that cannot be written (a full disk) is dropped
+    without a traceback: the one-line error says why."""
+    logging.raiseExceptions = False
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler:  # the console; not the log file (a FileHandler)
             handler.addFilter(lambda record: record.levelno < logging.ERROR)
@@ -242,7 +261,7 @@ def start(cfg):
     except RunError as e:  # the folder belongs to another run: write nothing there
         raise SystemExit(f"error: {e}")
     except Exception as e:  # noqa: BLE001  a value, file or machine that cannot work: no run folder is left
-        told = f"{e}" if isinstance(e, FATAL) else advice(e)
+        told = f"{e}" if isinstance(e, (*FATAL, utils.WriteError)) else advice(e)
         log.error("error: %s", told or e, exc_info=not told)
         discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
         if told is None:

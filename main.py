@@ -16,6 +16,7 @@ import launch
 import runfolder
 from launch import FATAL, fail, shown, summarize
 from runfolder import Interrupted
+from utils import WriteError
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +27,27 @@ def main(cfg):
     log.info("%s", threads.set_torch_threads(launch.parallel_jobs(), cfg.train.threads))
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
-    for seed in cfg.seeds:
-        try:
-            core.train(cfg, seed, run)
-        except FATAL as e:
-            fail(f"error: {e}")
-        except Interrupted as e:
-            summarize(cfg, run)
-            runfolder.requeue_if_preempted()
-            fail(f"interrupted: {e}. Resume with: {resume}", code=runfolder.interrupted_exit_code())
-        except core.NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
-            log.error("%s", e)
-            diverged.append((seed, str(e)))
-        except Exception as e:  # a crashed seed keeps the others' results
-            log.error("seed %d failed:\n%s", seed, traceback.format_exc())
-            if launch.advice(e):  # every seed, and every resume, would fail the same way
-                fail(f"error: seed {seed}: {launch.advice(e)}")
-            crashed.append(seed)
-    summarize(cfg, run)
+    with launch.stop_on_write_errors(resume):
+        for seed in cfg.seeds:
+            try:
+                core.train(cfg, seed, run)
+            except FATAL as e:
+                fail(f"error: {e}")
+            except Interrupted as e:
+                summarize(cfg, run)
+                runfolder.requeue_if_preempted()
+                fail(f"interrupted: {e}. Resume with: {resume}", code=runfolder.interrupted_exit_code())
+            except core.NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
+                log.error("%s", e)
+                diverged.append((seed, str(e)))
+            except WriteError:  # a full disk or a read-only folder: the next seeds' writes would fail too
+                raise
+            except Exception as e:  # a crashed seed keeps the others' results
+                log.error("seed %d failed:\n%s", seed, traceback.format_exc())
+                if launch.advice(e):  # every seed, and every resume, would fail the same way
+                    fail(f"error: seed {seed}: {launch.advice(e)}")
+                crashed.append(seed)
+        summarize(cfg, run)
     if diverged:
         fail(f"seeds {[seed for seed, _ in diverged]} stopped: {diverged[0][1]}"
              + (f"; seeds {crashed} crashed" if crashed else ""))

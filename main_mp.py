@@ -10,7 +10,6 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import traceback
 
 import hydra
 from omegaconf import OmegaConf
@@ -26,13 +25,14 @@ log = logging.getLogger(__name__)
 CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, data or NaN error: resume would not help
 
 
-def train_seed(cfg_dict, seed, run_dir, num_processes):
-    """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; the exit code says how."""
+def train_seed(cfg_dict, seed, run_dir, num_processes, cause):
+    """Body of one seed's process: its own log file (seed<N>/train.log, with a crash's traceback); why it stopped, in
+    one line, sent to the parent (cause: a pipe's end, which needs no disk); the exit code says how."""
     runfolder.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
     logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    run.save_error(seed, None)  # from an earlier, resumed attempt
+    launch.errors_to_the_log_file_only()
     runfolder.stop_on_signals()
     log.info("seed %d: %s", seed, threads.set_torch_threads(num_processes, cfg_dict["train"]["threads"]))
     try:
@@ -41,11 +41,12 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
         log.warning("%s", e)
         sys.exit(runfolder.interrupted_exit_code())
     except (*FATAL, core.NonFiniteLossError) as e:
-        run.save_error(seed, str(e))
+        cause.send(str(e))
         sys.exit(STOPPED)
     except BaseException as e:
+        log.exception("seed %d failed", seed)
         told = launch.advice(e)  # a failure every resume would meet again: what to change instead
-        run.save_error(seed, traceback.format_exc() + (f"{told}\n" if told else ""))
+        cause.send(told or f"{type(e).__name__}: {e}")
         sys.exit(STOPPED if told else CRASHED)
 
 
@@ -62,11 +63,10 @@ def wait(procs):
             p.join(timeout=0.2)
 
 
-def reason(run: Run, seed: int, code: int) -> str:
-    """One line on how a seed's process ended, and where its checkpoint stands."""
-    error = run.error(seed)
-    if code in (CRASHED, STOPPED) and error:
-        return error.strip().splitlines()[-1]
+def reason(run: Run, seed: int, code: int, cause: str | None) -> str:
+    """One line on how a seed's process ended (cause: the line it sent, if any), and where its checkpoint stands."""
+    if code in (CRASHED, STOPPED) and cause:
+        return cause
     step = run.checkpoint_step(seed)
     saved = f"its checkpoint is at step {step}" if step else "no checkpoint yet (a resumed run starts it at step 0)"
     if code > 128:
@@ -82,17 +82,22 @@ def main(cfg):
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
     processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
-    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes),
+    pipes = {seed: ctx.Pipe(duplex=False) for seed in cfg.seeds}  # (receiving, sending) end: a seed's cause
+    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes, pipes[seed][1]),
                                name=f"seed{seed}") for seed in cfg.seeds}
     for p in procs.values():
         p.start()
     wait(procs)
+    causes = {seed: receiving.recv() for seed, (receiving, _) in pipes.items() if receiving.poll()}
     ended = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
+    told = {seed: reason(run, seed, code, causes.get(seed)) for seed, code in ended.items()}
     for seed, code in ended.items():
         stopped_by_user = code > 128 or code < 0 and runfolder.stop_requested()
-        log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, reason(run, seed, code))
-    summarize(cfg, run)
-    resume = f"Resume with: python main_mp.py resume={shown(run.dir)}"
+        log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, told[seed])
+    command = f"python main_mp.py resume={shown(run.dir)}"
+    with launch.stop_on_write_errors(command):
+        summarize(cfg, run)
+    resume = f"Resume with: {command}"
     if ended and (runfolder.stop_requested() or any(code > 128 for code in ended.values())):
         runfolder.requeue_if_preempted()
         fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
@@ -100,10 +105,10 @@ def main(cfg):
     stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)
     crashed = sorted(seed for seed, code in ended.items() if code != STOPPED)
     if stopped:
-        fail(f"seeds {stopped} stopped: {reason(run, stopped[0], STOPPED)}" +
+        fail(f"seeds {stopped} stopped: {told[stopped[0]]}" +
              (f"; seeds {crashed} failed" if crashed else ""))
     if crashed:
-        fail(f"seeds {crashed} failed; the figure and summary.json hold the others. {resume}")
+        fail(f"seeds {crashed} failed ({told[crashed[0]]}); the figure and summary.json hold the others. {resume}")
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def remove_stray_temporaries(folder: str | Path) -> list:
 class Run:
     """A run folder and every file in it; nothing else writes there.
 
-        config.yaml, main.log       the resolved config; the log (main_mp.py: and seed<N>/train.log, error.txt)
+        config.yaml, main.log       the resolved config; the log (main_mp.py: and each seed's seed<N>/train.log)
         submitit_job                the submitit job that made the folder (Hydra's submitit launchers only)
         results.png, summary.json   the figure and the final scores over seeds
         seed<N>/train.csv, eval.csv the metrics, rewritten at each checkpoint
@@ -306,18 +306,6 @@ class Run:
         """seed<N>/train.log, the log of the seed's own process (main_mp.py); its folder is made."""
         self.seed_dir(seed).mkdir(parents=True, exist_ok=True)
         return self.seed_dir(seed) / "train.log"
-
-    def save_error(self, seed: int, text: str | None) -> None:
-        """seed<N>/error.txt: why the seed's process stopped (main_mp.py); None removes an earlier one."""
-        path = self.seed_dir(seed) / "error.txt"
-        if text is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write_bytes(path, text.encode())
-
-    def error(self, seed: int) -> str | None:
-        path = self.seed_dir(seed) / "error.txt"
-        return path.read_text() if path.exists() else None
 
     def tracker(self, seed: int, cfg: DictConfig, step: int) -> Tracker:
         """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""

@@ -69,19 +69,30 @@ def spread(values: ArrayLike) -> float | None:
 # Atomic writes: a file is either the old one or the complete new one, never half written.
 
 
+class WriteError(OSError):
+    """A file that could not be written (a full disk, a read-only folder): the message names it and the fix."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename} ({self.strerror}): free space on its disk or make its folder writable"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """`data` into `path` by a temporary file and a rename; WriteError naming `path` when that fails."""
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for sharing
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as e:
+        if tmp:
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise WriteError(e.errno, e.strerror, str(path)) from None
         raise
 
 

@@ -1,6 +1,8 @@
 """The fault battery of issue 30, black box: the entry points on tiny fixture datasets and tiny configs meet shared
 configs that name code, a second process on a run folder, orphaned seed processes, values whose results cannot be
-finite, and a dataset file changed under a run. Each ends in one line and writes nothing it should not."""
+finite, a dataset file changed under a run, and writes that fail. Each ends in one line and writes nothing it should
+not."""
+import errno
 import fcntl
 import hashlib
 import json
@@ -309,9 +311,33 @@ def test_a_bad_mujoco_gl_with_a_video_is_one_line_before_training(hopper_file, t
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "seed0" / "last.pt").exists()
 
 
-def test_a_full_disk_while_writing_the_video_names_the_file_not_mujoco_gl(tmp_path, small_frames, caplog):
-    import errno
+WRITES = [("main.py", "config.yaml", "EROFS"), ("main.py", "seed0/train.csv", "ENOSPC"),
+          ("main.py", "seed0/last.pt", "EROFS"), ("main.py", "results.png", "ENOSPC"),
+          ("main.py", "seed0/final.json", "ENOSPC"), ("main.py", "summary.json", "ENOSPC"),
+          ("main_mp.py", "seed0/last.pt", "ENOSPC"), ("main_mp.py", "summary.json", "EROFS")]
 
+
+@pytest.mark.parametrize("script, file, error", WRITES)
+def test_a_write_that_fails_is_one_line_naming_the_file_and_a_resume_continues(tiny_run, tmp_path, script, file,
+                                                                              error):
+    run_dir, path = tmp_path / "run", tiny_run[1]
+    result = run_entry(script, run_dir, f"buffer.path={path}", "seeds=[0]", check=False,
+                       env={**CRASH_ENV, "DT_WRITE_ERROR": f"{Path(file).name}:{error}"})  # from its first write on
+    line = error_line(result)
+    assert f"cannot write {run_dir / file} ({os.strerror(getattr(errno, error))})" in line
+    assert "free space on its disk or make its folder writable" in line and "Traceback" not in result.stderr
+    assert not list(run_dir.rglob("*.tmp"))
+    if file == "config.yaml":  # nothing started: nothing to resume
+        assert "resume" not in line and not (run_dir / "config.yaml").exists()
+        return
+    assert f"resume with: python {script} resume={run_dir}" in line.lower()
+    run_script(script, f"resume={run_dir}", check=True)  # what was written stays: it resumes to the same scores
+    resumed, whole = (json.loads((d / "seed0" / "final.json").read_text()) for d in (run_dir, tiny_run[0]))
+    assert {k: resumed[k] for k in SCORES} == {k: whole[k] for k in SCORES}
+    assert json.loads((run_dir / "summary.json").read_text())["seeds"] == [0]
+
+
+def test_a_full_disk_while_writing_the_video_names_the_file_not_mujoco_gl(tmp_path, small_frames, caplog):
     from test_eval import fixed_policy
 
     import core

@@ -3,12 +3,18 @@ too):
     DT_CRASH=<seed>:<raise|kill|nan>      core.train crashes for this seed (nan: stops as on a NaN loss)
     DT_SIGNAL=<function>:<SIGNAME>        core.<function> first sends the signal to its own process (a stop signal
                                           that arrives just as, say, the final evaluation starts), then runs
+    DT_WRITE_ERROR=<file name>:<ERRNO>    utils.atomic_write_bytes fails from the first write of a file of that name
+                                          on, every later write too: ENOSPC as on a full disk (its data goes to
+                                          /dev/full), another errno (EROFS: a read-only folder) as its temporary
+                                          file is made
 """
+import errno
 import importlib.abc
 import importlib.util
 import os
 import signal
 import sys
+import types
 
 
 def wrap_train(module, seed, how):
@@ -36,24 +42,49 @@ def wrap_with_signal(module, name, signal_name):
     setattr(module, name, signalled)
 
 
-class _WrapCore(importlib.abc.MetaPathFinder):
+def fail_writes(module, name, errno_name):
+    mkstemp, failing = module.tempfile.mkstemp, []
+
+    def failing_mkstemp(*args, prefix="", **kwargs):
+        if prefix != f".{name}." and not failing:
+            return mkstemp(*args, prefix=prefix, **kwargs)
+        failing.append(prefix)
+        code = getattr(errno, errno_name)
+        if code != errno.ENOSPC:
+            raise OSError(code, os.strerror(code))
+        fd, tmp = mkstemp(*args, prefix=prefix, **kwargs)  # a temporary file the write leaves to remove
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)  # its writes: ENOSPC
+        os.close(full)
+        return fd, tmp
+
+    module.tempfile = types.SimpleNamespace(mkstemp=failing_mkstemp)  # utils' own name for tempfile only
+
+
+WRAPPERS = {"core": {"DT_CRASH": wrap_train, "DT_SIGNAL": wrap_with_signal}, "utils": {"DT_WRITE_ERROR": fail_writes}}
+
+
+class _Wrap(importlib.abc.MetaPathFinder):
+    """Wraps a module of WRAPPERS as it is first imported, as its variables ask."""
+
+    wrapped = set()
+
     def find_spec(self, name, path, target=None):
-        if name != "core":
+        if name not in WRAPPERS or name in self.wrapped:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("core")
+        self.wrapped.add(name)
+        spec = importlib.util.find_spec(name)
         exec_module = spec.loader.exec_module
 
         def exec_and_wrap(module):
             exec_module(module)
-            if "DT_CRASH" in os.environ:
-                wrap_train(module, *os.environ["DT_CRASH"].split(":"))
-            if "DT_SIGNAL" in os.environ:
-                wrap_with_signal(module, *os.environ["DT_SIGNAL"].split(":"))
+            for variable, wrap in WRAPPERS[name].items():
+                if variable in os.environ:
+                    wrap(module, *os.environ[variable].split(":"))
 
         spec.loader.exec_module = exec_and_wrap
         return spec
 
 
-if "DT_CRASH" in os.environ or "DT_SIGNAL" in os.environ:
-    sys.meta_path.insert(0, _WrapCore())
+if any(variable in os.environ for wrappers in WRAPPERS.values() for variable in wrappers):
+    sys.meta_path.insert(0, _Wrap())
