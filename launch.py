@@ -105,6 +105,9 @@ def prepare(cfg):
     elif run.holds_run():
         raise RunError(f"hydra.run.dir={shown(run.dir)} holds a run already: continue it with "
                        f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
+    elif in_the_way := run.outputs_present(list(cfg.seeds)):
+        raise RunError(f"hydra.run.dir={shown(run.dir)} holds what a run writes ({', '.join(in_the_way)}): move "
+                       f"that away, or choose another folder (leave hydra.run.dir out for a new one)")
     elif job:
         run.save_job(job)
     if cfg.buffer.path:
@@ -258,8 +261,9 @@ def start(cfg):
     runfolder.stop_on_signals()
     try:
         return prepare(cfg)
-    except RunError as e:  # the folder belongs to another run: write nothing there
-        raise SystemExit(f"error: {e}")
+    except RunError as e:  # the folder belongs to another run, or holds files a run writes: nothing written there
+        discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
+        raise SystemExit(f"error: {e}") from None
     except Exception as e:  # noqa: BLE001  a value, file or machine that cannot work: no run folder is left
         told = f"{e}" if isinstance(e, (*FATAL, utils.WriteError)) else advice(e)
         log.error("error: %s", told or e, exc_info=not told)
@@ -276,8 +280,9 @@ def cli(hydra_main):
     """
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
     sys.argv = [sys.argv[0], *assignment_chdir(sys.argv[1:], os.getcwd())]
-    if f"hydra.run.dir={quoted(os.getcwd())}" in sys.argv and not Path("main.log").exists():
-        _claimed[Path.cwd().resolve()] = False  # its main.log is this start's
+    named = named_run_dir(sys.argv[1:])
+    if named and named.is_dir() and not (named / "main.log").exists():
+        _claimed[named] = False  # its main.log is this start's
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         hydra_main()
@@ -305,6 +310,17 @@ def assignment_chdir(args, cwd):
 def quoted(value):
     """`value` as a quoted string of Hydra's override grammar (spaces, commas, brackets kept as they are)."""
     return "'" + value.replace("'", "\\'") + "'"
+
+
+def named_run_dir(args):
+    """The folder the command line's (last) hydra.run.dir= names, resolved, as quoted() or plainly; else None."""
+    values = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
+    if not values:
+        return None
+    value = values[-1]
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1].replace("\\" + value[0], value[0])
+    return Path(value).resolve()
 
 
 LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel

@@ -215,6 +215,11 @@ class Run:
     def holds_run(self) -> bool:
         return (self.dir / "config.yaml").is_file()
 
+    def outputs_present(self, seeds: list[int]) -> list[str]:
+        """The files and seed folders here that a new run of `seeds` would write over (this folder holds no run)."""
+        names = ["results.png", "summary.json", "submitit_job", *(f"seed{seed}" for seed in seeds)]
+        return [name for name in names if (self.dir / name).exists()]
+
     def seed_dir(self, seed: int) -> Path:
         return self.dir / f"seed{seed}"
 

@@ -1,7 +1,7 @@
 """The fault battery of issue 30, black box: the entry points on tiny fixture datasets and tiny configs meet shared
 configs that name code, a second process on a run folder, orphaned seed processes, values whose results cannot be
-finite, a dataset file changed under a run, and writes that fail. Each ends in one line and writes nothing it should
-not."""
+finite, a dataset file changed under a run, folders holding what a run writes, and writes that fail. Each ends in
+one line and writes nothing it should not."""
 import errno
 import fcntl
 import hashlib
@@ -244,6 +244,21 @@ def test_bench_py_replaces_no_results_unasked(tmp_path):
     out.write_text("{}")
     line = error_line(run_script("bench.py", "--steps", "1", "--out", str(out)))
     assert str(out) in line and "--force" in line and out.read_text() == "{}"
+
+
+@pytest.mark.parametrize("named", ["hydra.run.dir=.", "hydra.run.chdir=false", "hydra.run.dir=<folder>"])
+def test_a_run_refuses_a_folder_holding_what_a_run_writes_and_leaves_it_as_it_was(hopper_file, tmp_path, named):
+    folder = tmp_path / "mine"
+    (folder / "seed0").mkdir(parents=True)
+    (folder / "results.png").write_bytes(b"my figure")
+    (folder / "summary.json").write_text("{}")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    override = named.replace("<folder>", str(folder))
+    result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", override,
+                        cwd=tmp_path if "<folder>" in named else folder)
+    line = error_line(result)
+    assert "holds what a run writes (results.png, summary.json, seed0)" in line and "hydra.run.dir=" in line
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_resuming_a_finished_run_writes_nothing(tiny_run, tmp_path):
