@@ -1,23 +1,26 @@
 """What the entry points share below them: the start of a run (its folder, claimed and locked; its checked config;
-one-line errors), the command line (cli), and how a failure that no resume can fix is told (advice).
+one-line errors), a multirun's jobs (job: one failed job leaves the others running; cli: one line per failed job),
+the command line (cli), and how a failure that no resume can fix is told (advice).
 
 setup() is called by each entry point before anything else of Hydra: the project on PYTHONPATH (a launcher's job
 finds it) and the resolvers of hydra.run.dir and hydra.sweep.dir.
 """
 import contextlib
+import functools
 import importlib.util
 import logging
+import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd, to_absolute_path
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
@@ -32,6 +35,7 @@ from runfolder import Run, RunError
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
 _claimed = {}  # folder -> whether this process created it (else only its main.log): removed if the start fails
+failed_jobs = []  # a study's FailedJob, as they reach this process: cli reports them when the study ends
 
 
 def run_folder(resume):
@@ -227,11 +231,19 @@ def summarize(cfg, run):
     return summary
 
 
+class Failed(SystemExit):
+    """A run's end on an error: its one line, which cli prints on stderr (a study's job hands it to the study's
+    report instead: job), and its exit code."""
+
+    def __init__(self, line: str, code: int = 1):
+        super().__init__(code)
+        self.line = line
+
+
 def fail(message, code=1):
-    """Log the one-line error (main.log keeps it; errors_to_the_log_file_only), print it on stderr and exit."""
+    """Log the one-line error (main.log keeps it; errors_to_the_log_file_only) and end with it (Failed)."""
     log.error(message)
-    print(message, file=sys.stderr)
-    raise SystemExit(code)
+    raise Failed(message, code)
 
 
 @contextlib.contextmanager
@@ -263,18 +275,69 @@ def start(cfg):
         return prepare(cfg)
     except RunError as e:  # the folder belongs to another run, or holds files a run writes: nothing written there
         discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
-        raise SystemExit(f"error: {e}") from None
+        raise Failed(f"error: {e}") from None
     except Exception as e:  # noqa: BLE001  a value, file or machine that cannot work: no run folder is left
         told = f"{e}" if isinstance(e, (*FATAL, utils.WriteError)) else advice(e)
         log.error("error: %s", told or e, exc_info=not told)
         discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
         if told is None:
             raise
-        raise SystemExit(f"error: {told}") from None
+        raise Failed(f"error: {told}") from None
+
+
+class FailedJob:
+    """A study's job (a multirun's) that ended on an error, as the job's return value: Hydra's launchers run the
+    other jobs on (a raised error stops the basic launcher, and the joblib launcher kills the running jobs). Each one
+    made in this process (a job of the basic launcher) or unpickled here (a job's result from a worker of the joblib
+    or submitit launcher) is kept in failed_jobs, which cli reports when the study ends."""
+
+    def __init__(self, number: int, folder: str, line: str, code: int):
+        self.number, self.folder, self.line, self.code = number, folder, line, code
+        failed_jobs.append(self)
+
+    def __reduce__(self) -> tuple:  # unpickled, it is made (and kept) again by __init__
+        return FailedJob, (self.number, self.folder, self.line, self.code)
+
+
+def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob | None]:
+    """An entry point's task, below @hydra.main. In a multirun (a study) any end on an error returns a FailedJob with
+    its one line, and the other jobs run on; a job in a worker process of the joblib launcher dies with the study's
+    process (no orphan goes on writing). Outside a multirun, the task as it is."""
+
+    @functools.wraps(task)
+    def study_job(cfg: DictConfig) -> FailedJob | None:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return task(cfg)
+        if hydra_cfg.launcher._target_.startswith(LAUNCHER_PLUGINS["joblib"][1]):
+            runfolder.die_with_parent(multiprocessing.parent_process().pid)
+        failed = functools.partial(FailedJob, hydra_cfg.job.num, shown(hydra_cfg.runtime.output_dir))
+        try:
+            task(cfg)
+        except Failed as e:
+            return failed(e.line, e.code)
+        except SystemExit as e:  # 0: nothing to do; else submitit's exit once it requeued the job, for it to handle
+            if e.code:
+                raise
+        except Exception as e:  # noqa: BLE001  a crash: its traceback goes to the job's main.log
+            log.exception("error")
+            return failed(f"error: {type(e).__name__}: {e} (its traceback: main.log)", 1)
+        return None
+
+    return study_job
+
+
+def report_failed_jobs() -> None:
+    """The end of a study whose jobs failed (failed_jobs): one line for each (its folder, then its own line: the
+    cause, and how to resume one a resume continues), in job order; the exit code is the highest of theirs."""
+    for failed in sorted(failed_jobs, key=lambda failed: failed.number):
+        print(f"{failed.folder}: {failed.line}", file=sys.stderr)
+    raise SystemExit(max(failed.code for failed in failed_jobs))
 
 
 def cli(hydra_main):
-    """Call a @hydra.main function; a command line Hydra cannot compose ends in one line that names the key.
+    """Call a @hydra.main function: a command line Hydra cannot compose ends in one line that names the key, a run
+    that failed in its one line (Failed), and a study (a multirun) whose jobs failed in one line for each.
 
     The assignment's hydra.run.chdir=<bool> is taken as the key Hydra 1.3 has for it (assignment_chdir).
     """
@@ -283,14 +346,21 @@ def cli(hydra_main):
     named = named_run_dir(sys.argv[1:])
     if named and named.is_dir() and not (named / "main.log").exists():
         _claimed[named] = False  # its main.log is this start's
+    if {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(sys.argv[1:]):
+        runfolder.pass_stops_to_children()  # the joblib launcher's workers: their jobs checkpoint and stop
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         hydra_main()
+    except Failed as e:
+        print(e.line, file=sys.stderr)
+        raise SystemExit(e.code) from None
     except (HydraException, OmegaConfBaseException) as e:
         message = composition_error(e)
         raise SystemExit(f"error: {missing_launcher(message) or message}") from None
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    if failed_jobs:
+        report_failed_jobs()
 
 
 def assignment_chdir(args, cwd):

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
+@launch.job
 def main(cfg):
     cfg, run = launch.start(cfg)
     log.info("%s", threads.set_torch_threads(launch.parallel_jobs(), cfg.train.threads))

@@ -77,6 +77,7 @@ def reason(run: Run, seed: int, code: int, cause: str | None) -> str:
 
 
 @hydra.main(config_path="cfgs", config_name="config", version_base="1.3")
+@launch.job
 def main(cfg):
     cfg, run = launch.start(cfg)
     ctx = mp.get_context("spawn")

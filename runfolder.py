@@ -6,12 +6,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -62,6 +64,18 @@ def stop_on_signals() -> None:
         _requeue = previous
     for sig in STOP_SIGNALS:
         signal.signal(sig, _note_signal)
+
+
+def pass_stops_to_children() -> None:
+    """In a study's own process (a multirun's): SIGINT and SIGTERM are noted and passed on to its child processes,
+    the joblib launcher's workers, whose jobs checkpoint and stop; the study waits for them and reports each job."""
+    def pass_on(signum, frame):
+        _note_signal(signum, frame)
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(child.pid, signum)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, pass_on)
 
 
 def stop_requested() -> str | None:

@@ -3,6 +3,7 @@ import threads  # noqa: I001  first, before torch loads: the tests' processes wa
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -137,6 +138,27 @@ def no_entry_left_running():
 def run_entry(script, run_dir, *overrides, check=True, env=None):
     """Run main.py / main_mp.py with the tiny config into run_dir; return the CompletedProcess."""
     return run_script(script, *TINY, f"hydra.run.dir={run_dir}", *overrides, check=check, env=env)
+
+
+SHORT_MULTIRUN = [*TINY, "seeds=[0]", "eval.final_episodes=1", "eval.episodes=1"]
+
+
+def multirun(cwd, *overrides, script="main.py", env=None, wait=True):
+    """python main.py -m ... in `cwd` (its runs/ folder), on the tiny D4RL file in cwd (data_dir): a
+    CompletedProcess, or with wait=False the started Entry."""
+    process = start_script(script, "-m", *SHORT_MULTIRUN, *overrides, cwd=cwd,
+                           env={"D4RL_DATASET_DIR": str(cwd), **(env or {})})
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """tmp_path, holding a tiny hopper_medium-v2.hdf5 (D4RL_DATASET_DIR of a multirun)."""
+    write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
+    return tmp_path
 
 
 def compose(*overrides, tiny=True):

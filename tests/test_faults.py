@@ -1,7 +1,7 @@
 """The fault battery of issue 30, black box: the entry points on tiny fixture datasets and tiny configs meet shared
-configs that name code, a second process on a run folder, orphaned seed processes, values whose results cannot be
-finite, a dataset file changed under a run, folders holding what a run writes, and writes that fail. Each ends in
-one line and writes nothing it should not."""
+configs that name code, a second process on a run folder, orphaned seed processes, failing and stopped jobs of a
+study, values whose results cannot be finite, a dataset file changed under a run, folders holding what a run writes,
+and writes that fail. Each ends in one line and writes nothing it should not."""
 import errno
 import fcntl
 import hashlib
@@ -17,7 +17,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CRASH_ENV, TINY, copy_run, run_entry, run_script, start_script, wait_for_training, write_d4rl_file
+from conftest import (
+    CRASH_ENV,
+    TINY,
+    copy_run,
+    multirun,
+    run_entry,
+    run_script,
+    start_script,
+    wait_for_training,
+    write_d4rl_file,
+)
 
 
 def error_line(result):
@@ -134,13 +144,94 @@ def test_main_mp_seed_processes_die_with_their_parent(hopper_file, tmp_path):
     assert len(seeds) == 2
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait(60)
-    deadline = time.time() + 60
-    while any(alive(p) for p in seeds) and time.time() < deadline:
+    assert not left_running(seeds), "seed processes went on after their parent's kill -9"
+
+
+def left_running(pids, timeout=60):
+    """Those of pids still running after `timeout` seconds, killed then (none outlives the test)."""
+    deadline = time.time() + timeout
+    while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
-    left = [p for p in seeds if alive(p)]
+    left = [p for p in pids if alive(p)]
     for p in left:
         os.kill(p, signal.SIGKILL)
-    assert not left, "seed processes went on after their parent's kill -9"
+    return left
+
+
+# 4. A study survives its jobs
+
+def lines(text):
+    """The lines of a command's output that are not blank."""
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def sweep_of(data_dir):
+    """The one sweep folder of a multirun in data_dir, as its lines name it (relative to data_dir)."""
+    (sweep,) = data_dir.glob("runs/*/*-sweep")
+    return sweep.relative_to(data_dir)
+
+
+def wait_for_checkpoints(study, data_dir, jobs, timeout=180):
+    """Until `jobs` jobs of the running study in data_dir have a checkpoint."""
+    deadline = time.time() + timeout
+    while len(list(data_dir.glob("runs/*/*-sweep/*/seed0/last.pt"))) < jobs:
+        assert study.poll() is None and time.time() < deadline, study.communicate()
+        time.sleep(0.05)
+
+
+FAILING_JOB = {  # job 0 fails (refused at start, or its seed stops on a NaN loss), job 1 is healthy
+    "refused": ({}, ["train.warmup_steps=1000000000,5"], "train.warmup_steps=1000000000: must be at most"),
+    "nan": ({**CRASH_ENV, "DT_CRASH": "1:nan"}, ["seeds=[1],[0]"], "the loss became nan"),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILING_JOB))
+@pytest.mark.parametrize("launcher", ["basic", "parallel"])
+def test_a_failing_job_neither_stops_nor_kills_the_other_jobs(data_dir, launcher, failure):
+    if launcher == "parallel":
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    env, sweep_overrides, cause = FAILING_JOB[failure]
+    result = multirun(data_dir, f"hydra/launcher={launcher}", *sweep_overrides, env=env)
+    (line,) = lines(result.stderr)
+    sweep = sweep_of(data_dir)
+    assert result.returncode == 1
+    assert line.startswith(f"{sweep / '0'}: ") and cause in line and "Traceback" not in result.stderr
+    healthy = data_dir / sweep / "1"
+    assert json.loads((healthy / "summary.json").read_text())["seeds"] == [0]
+    assert (healthy / "seed0" / "final.json").exists()
+
+
+def test_after_a_stop_every_unfinished_job_is_told_how_to_resume(data_dir):
+    study = multirun(data_dir, *LONG, "buffer.top_percent=50,100", wait=False)
+    wait_for_checkpoints(study, data_dir, 1)  # job 0's: the jobs run one after another
+    study.send_signal(signal.SIGTERM)
+    _, err = study.communicate(timeout=300)
+    sweep = sweep_of(data_dir)
+    assert study.returncode == 128 + signal.SIGTERM and len(lines(err)) == 2, err
+    for job, line in zip(("0", "1"), lines(err)):
+        assert line.startswith(f"{sweep / job}: interrupted: ") and line.endswith(
+            f"Resume with: python main.py resume={sweep / job}")
+        assert (data_dir / sweep / job / "seed0" / "last.pt").exists()
+
+
+def loky_workers(pid):
+    """The pids of the joblib launcher's worker processes below pid."""
+    return [p for p in children(pid) if b"LokyProcess" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_no_worker_of_a_stopped_parallel_study_goes_on_running(data_dir, sig):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    study = multirun(data_dir, "hydra/launcher=parallel", *LONG, "buffer.top_percent=50,100", wait=False)
+    wait_for_checkpoints(study, data_dir, 2)
+    workers = loky_workers(study.pid)
+    assert len(workers) == 2
+    study.send_signal(signal.Signals[sig])
+    _, err = study.communicate(timeout=300)
+    assert not left_running(workers), "workers went on after their study ended"
+    if sig == "SIGTERM":  # each job checkpointed and says how to resume
+        assert study.returncode == 128 + signal.SIGTERM and len(lines(err)) == 2, err
+        assert all("interrupted: seed 0 stopped by SIGTERM" in line and "Resume with" in line for line in lines(err))
 
 
 # 5. Values whose results cannot be finite or meaningful: refused before training, naming the field and bound

@@ -3,7 +3,6 @@
 import importlib.util
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,25 +15,7 @@ import core
 import report
 import utils
 from cfgs import schema
-from conftest import TINY, compose, run_entry, start_script, write_d4rl_file
-
-SHORT_MULTIRUN = [*TINY, "seeds=[0]", "eval.final_episodes=1", "eval.episodes=1"]
-
-
-def multirun(cwd, *overrides, script="main.py", env=None, wait=True):
-    """python main.py -m ... in `cwd` (its runs/ folder), on the tiny D4RL file in cwd."""
-    process = start_script(script, "-m", *SHORT_MULTIRUN, *overrides, cwd=cwd,
-                           env={"D4RL_DATASET_DIR": str(cwd), **(env or {})})
-    if not wait:
-        return process
-    out, err = process.communicate(timeout=600)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
-    return tmp_path
+from conftest import compose, multirun, run_entry
 
 
 def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(data_dir):
