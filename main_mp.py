@@ -30,9 +30,10 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
     """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; the exit code says how."""
     runfolder.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
-    logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
+    folder = run.seed(seed)
+    logging.basicConfig(filename=folder.log_path(), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    run.save_error(seed, None)  # from an earlier, resumed attempt
+    folder.save_error(None)  # from an earlier, resumed attempt
     runfolder.stop_on_signals()
     log.info("seed %d: %s", seed, threads.set_torch_threads(num_processes, cfg_dict["train"]["threads"]))
     try:
@@ -41,11 +42,11 @@ def train_seed(cfg_dict, seed, run_dir, num_processes):
         log.warning("%s", e)
         sys.exit(runfolder.interrupted_exit_code())
     except (*FATAL, core.NonFiniteLossError) as e:
-        run.save_error(seed, str(e))
+        folder.save_error(str(e))
         sys.exit(STOPPED)
     except BaseException as e:
         told = launch.advice(e)  # a failure every resume would meet again: what to change instead
-        run.save_error(seed, traceback.format_exc() + (f"{told}\n" if told else ""))
+        folder.save_error(traceback.format_exc() + (f"{told}\n" if told else ""))
         sys.exit(STOPPED if told else CRASHED)
 
 
@@ -64,10 +65,10 @@ def wait(procs):
 
 def reason(run: Run, seed: int, code: int) -> str:
     """One line on how a seed's process ended, and where its checkpoint stands."""
-    error = run.error(seed)
+    error = run.seed(seed).error()
     if code in (CRASHED, STOPPED) and error:
         return error.strip().splitlines()[-1]
-    step = run.checkpoint_step(seed)
+    step = run.seed(seed).checkpoint_step()
     saved = f"its checkpoint is at step {step}" if step else "no checkpoint yet (a resumed run starts it at step 0)"
     if code > 128:
         return f"interrupted by {signal.Signals(code - 128).name}, {saved}"
