@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from gymnasium.envs.registration import EnvSpec
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
+import progress
 import runfolder
 import utils
 from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
@@ -288,8 +288,9 @@ def train_step(model: DecisionTransformer, optimizer: torch.optim.Optimizer,
     return step_losses.detach()
 
 
-def train(cfg: DictConfig, seed: int, run: Run) -> dict:
-    """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores."""
+def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None = None) -> dict:
+    """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores and
+    reports its progress to `show` (default: a bar)."""
     if (final := run.seed(seed).final()) is not None:
         log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
         return final
@@ -302,7 +303,8 @@ def train(cfg: DictConfig, seed: int, run: Run) -> dict:
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
     scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
     rng = np.random.default_rng(seed)
-    record = SeedRecord.resume(cfg, seed, run, model, optimizer, scheduler, rng)
+    record = SeedRecord.resume(cfg, seed, run, model, optimizer, scheduler, rng,
+                               progress.Bar() if show is None else show)
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
              len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
     with record:
@@ -320,7 +322,7 @@ def train(cfg: DictConfig, seed: int, run: Run) -> dict:
 @dataclass
 class SeedRecord:
     """One seed's record below the loop: metrics, checkpoint cadence, best/final policies, the NaN guard, the stop
-    signal, the tracker and the progress bar. Its state (a dict in last.pt) resumes a seed exactly."""
+    signal, the tracker and the progress it shows. Its state (a dict in last.pt) resumes a seed exactly."""
 
     cfg: DictConfig
     seed: int
@@ -329,6 +331,7 @@ class SeedRecord:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     rng: np.random.Generator
+    show: progress.Reporter  # where the progress goes: main.py's bar, main_mp.py's parent
     folder: SeedFolder = field(init=False)  # the seed's folder in run
     step: int = 0  # the last step trained (and checkpointed)
     best_score: float = -np.inf  # the best periodic eval's score: best.pt's
@@ -336,32 +339,34 @@ class SeedRecord:
     eval_rows: list[dict] = field(default_factory=list)  # eval.csv
     seconds_before: float = 0.0  # training seconds of earlier attempts
     loss_sums: list[float] | torch.Tensor = field(default_factory=lambda: [0.0] * len(LOSSES))  # since the last log
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.time)  # this attempt's start
+    first_step: int = 0  # the step this attempt started after
+    eval_seconds: float = 0.0  # this attempt's periodic evals
+    last_eval_seconds: float | None = None  # the last one's, in this attempt
     evaluated: bool = False  # at the current step
     tracker: Tracker | None = None
-    bar: tqdm | None = None
 
     def __post_init__(self) -> None:
         self.folder = self.run.seed(self.seed)
 
     @classmethod
     def resume(cls, cfg: DictConfig, seed: int, run: Run, model: DecisionTransformer, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> "SeedRecord":
+               scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
+               show: progress.Reporter) -> "SeedRecord":
         """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng restored)."""
-        record = cls(cfg, seed, run, model, optimizer, scheduler, rng)
-        progress = record.folder.load_state(model, optimizer, scheduler, rng)
-        if progress is not None:
-            log.info("seed %d: resumed at step %d", seed, progress["step"])
-            record.step, record.best_score, record.seconds_before = (progress["step"], progress["best_score"],
-                                                                     progress["seconds"])
-            record.train_rows, record.eval_rows = progress["train"], progress["eval"]
-            record.loss_sums = progress.get("loss_sums", record.loss_sums)
+        record = cls(cfg, seed, run, model, optimizer, scheduler, rng, show)
+        state = record.folder.load_state(model, optimizer, scheduler, rng)
+        if state is not None:
+            log.info("seed %d: resumed at step %d", seed, state["step"])
+            record.step, record.best_score, record.seconds_before = state["step"], state["best_score"], state["seconds"]
+            record.train_rows, record.eval_rows = state["train"], state["eval"]
+            record.loss_sums = state.get("loss_sums", record.loss_sums)
         device = next(model.parameters()).device
         record.loss_sums = torch.tensor(record.loss_sums, device=device)  # (4,) summed on the device: no sync
-        record.started = time.time()
+        record.started, record.first_step = time.time(), record.step
         return record
 
-    def progress(self) -> dict:
+    def state(self) -> dict:
         """The state last.pt keeps (SeedFolder.save_state)."""
         return {"step": self.step, "best_score": self.best_score, "train": self.train_rows, "eval": self.eval_rows,
                 "seconds": self.train_seconds(), "loss_sums": self.loss_sums.tolist()}
@@ -371,18 +376,27 @@ class SeedRecord:
 
     def __enter__(self) -> "SeedRecord":
         self.tracker = self.folder.tracker(self.cfg, self.step).__enter__()
-        self.bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc=f"seed {self.seed}", mininterval=2,
-                        disable=None)
+        self.report(self.step)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+        self.show.close()
         self.tracker.__exit__(*exc)
+
+    def report(self, step: int) -> None:
+        """Show the seed's progress at `step`: its loss, last score and, from this attempt's times, its ETA."""
+        estimate = (None, None)
+        if step > self.first_step and self.last_eval_seconds is not None:
+            step_seconds = (time.time() - self.started - self.eval_seconds) / (step - self.first_step)
+            estimate = progress.estimate(self.cfg, step, step_seconds, self.last_eval_seconds)
+        loss = self.train_rows[-1]["loss"] if self.train_rows else None
+        score = self.eval_rows[-1]["score_mean"] if self.eval_rows else None
+        self.show(progress.SeedProgress(self.seed, step, self.cfg.train.steps, loss, score, len(self.eval_rows),
+                                        *estimate, at=time.time()))
 
     def add_losses(self, losses: torch.Tensor) -> None:
         """One step's losses (4,), summed until the next log line."""
         self.loss_sums += losses
-        self.bar.update()
 
     def log_when_due(self, step: int, lr: float) -> None:
         """Every train.log_every steps and at the last: the mean losses since the last row, checked, in train.csv."""
@@ -396,7 +410,7 @@ class SeedRecord:
         logged = LOSSES if aux else LOSSES[:1]  # without auxiliary losses the total is the action MSE
         self.train_rows.append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
         self.tracker.log("train", self.train_rows[-1])
-        self.bar.set_postfix(loss=f"{means['loss']:.4f}")
+        self.report(step)
         if len(self.train_rows) == 1 and not self.eval_rows:  # something to look at before the first checkpoint
             self.folder.save_tables(self.train_rows, self.eval_rows)
             self.run.plot(self.cfg)
@@ -405,8 +419,12 @@ class SeedRecord:
         """Every train.eval_every steps and at the last: an eval row, and best.pt when the score is the best."""
         self.evaluated = step % self.cfg.train.eval_every == 0 or step == self.cfg.train.steps
         if self.evaluated:
+            started = time.time()
             self.eval_rows.append(periodic_eval(self.model, self.cfg, self.seed, step, self))
+            self.last_eval_seconds = time.time() - started
+            self.eval_seconds += self.last_eval_seconds
             self.tracker.log("eval", self.eval_rows[-1])
+            self.report(step)
 
     def checkpoint_when_due(self, step: int) -> None:
         """After an eval, every train.checkpoint_every steps and on a stop signal: CSVs and last.pt; the figure
@@ -416,7 +434,7 @@ class SeedRecord:
             if stop:  # between log steps: no checkpoint of weights whose loss is unchecked
                 check_finite(self.loss_sums.sum().item(), self.seed, step, self.run)
             self.step = step
-            self.folder.save_state(self.model, self.optimizer, self.scheduler, self.rng, self.progress())
+            self.folder.save_state(self.model, self.optimizer, self.scheduler, self.rng, self.state())
         if self.evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
             self.run.plot(self.cfg)
         if stop:
@@ -427,7 +445,7 @@ class SeedRecord:
         """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json.
         A stop signal ends either at once (Interrupted): the final evaluation, which a resume repeats from last.pt
         (the last step's) to the same scores, or the video, which is skipped (the scores are kept)."""
-        self.bar.close()
+        self.show.close()
         summary = final_evaluation(self.model, self.cfg, self.folder, self.train_seconds())
         self.tracker.log("final", {"step": self.cfg.train.steps, **summary})
         if self.cfg.eval.video:
