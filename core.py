@@ -339,10 +339,7 @@ class SeedRecord:
     eval_rows: list[dict] = field(default_factory=list)  # eval.csv
     seconds_before: float = 0.0  # training seconds of earlier attempts
     loss_sums: list[float] | torch.Tensor = field(default_factory=lambda: [0.0] * len(LOSSES))  # since the last log
-    started: float = field(default_factory=time.time)  # this attempt's start
-    first_step: int = 0  # the step this attempt started after
-    eval_seconds: float = 0.0  # this attempt's periodic evals
-    last_eval_seconds: float | None = None  # the last one's, in this attempt
+    pace: progress.Pace = field(default_factory=progress.Pace)  # this attempt's clock: its time, its ETA
     evaluated: bool = False  # at the current step
     tracker: Tracker | None = None
 
@@ -363,7 +360,7 @@ class SeedRecord:
             record.loss_sums = state.get("loss_sums", record.loss_sums)
         device = next(model.parameters()).device
         record.loss_sums = torch.tensor(record.loss_sums, device=device)  # (4,) summed on the device: no sync
-        record.started, record.first_step = time.time(), record.step
+        record.pace = progress.Pace(first_step=record.step)
         return record
 
     def state(self) -> dict:
@@ -372,7 +369,7 @@ class SeedRecord:
                 "seconds": self.train_seconds(), "loss_sums": self.loss_sums.tolist()}
 
     def train_seconds(self) -> float:
-        return self.seconds_before + time.time() - self.started
+        return self.seconds_before + self.pace.seconds()
 
     def __enter__(self) -> "SeedRecord":
         self.tracker = self.folder.tracker(self.cfg, self.step).__enter__()
@@ -384,15 +381,11 @@ class SeedRecord:
         self.tracker.__exit__(*exc)
 
     def report(self, step: int) -> None:
-        """Show the seed's progress at `step`: its loss, last score and, from this attempt's times, its ETA."""
-        estimate = (None, None)
-        if step > self.first_step and self.last_eval_seconds is not None:
-            step_seconds = (time.time() - self.started - self.eval_seconds) / (step - self.first_step)
-            estimate = progress.estimate(self.cfg, step, step_seconds, self.last_eval_seconds)
+        """Show the seed's progress at `step`: its loss, last score and ETA (from this attempt's pace)."""
         loss = self.train_rows[-1]["loss"] if self.train_rows else None
         score = self.eval_rows[-1]["score_mean"] if self.eval_rows else None
         self.show(progress.SeedProgress(self.seed, step, self.cfg.train.steps, loss, score, len(self.eval_rows),
-                                        *estimate, at=time.time()))
+                                        *self.pace.estimate(self.cfg, step), at=time.time()))
 
     def add_losses(self, losses: torch.Tensor) -> None:
         """One step's losses (4,), summed until the next log line."""
@@ -419,10 +412,8 @@ class SeedRecord:
         """Every train.eval_every steps and at the last: an eval row, and best.pt when the score is the best."""
         self.evaluated = step % self.cfg.train.eval_every == 0 or step == self.cfg.train.steps
         if self.evaluated:
-            started = time.time()
-            self.eval_rows.append(periodic_eval(self.model, self.cfg, self.seed, step, self))
-            self.last_eval_seconds = time.time() - started
-            self.eval_seconds += self.last_eval_seconds
+            with self.pace.timing_eval():
+                self.eval_rows.append(periodic_eval(self.model, self.cfg, self.seed, step, self))
             self.tracker.log("eval", self.eval_rows[-1])
             self.report(step)
 

@@ -17,9 +17,12 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Protocol
+from multiprocessing.context import BaseContext
+from typing import Protocol, TextIO
 
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -45,12 +48,43 @@ class SeedProgress:
         """seconds_left, counted down to now."""
         return None if self.seconds_left is None else max(0.0, self.seconds_left - (time.time() - self.at))
 
+    def measures(self) -> list[str]:
+        """['loss 0.0123', 'score 45.1'], as far as they are known."""
+        return [*([] if self.loss is None else [f"loss {self.loss:.4f}"]),
+                *([] if self.score is None else [f"score {self.score:.1f}"])]
+
     def text(self) -> str:
-        """'step 4200/20000, loss 0.0123, score 45.1': what is known of it."""
-        known = [f"step {self.step}/{self.steps}"]
-        known += [] if self.loss is None else [f"loss {self.loss:.4f}"]
-        known += [] if self.score is None else [f"score {self.score:.1f}"]
-        return ", ".join(known)
+        """'step 4200/20000, loss 0.0123, score 45.1'."""
+        return ", ".join([f"step {self.step}/{self.steps}", *self.measures()])
+
+
+@dataclass
+class Pace:
+    """A seed's clock in this attempt (a resumed seed measures again): its seconds, and the seconds of its training
+    steps and periodic evals that its ETA is estimated from."""
+
+    first_step: int = 0  # the step this attempt started after
+    started: float = field(default_factory=time.time)
+    eval_seconds: float = 0.0  # the periodic evals'
+    last_eval_seconds: float | None = None  # the last periodic eval's
+
+    def seconds(self) -> float:
+        return time.time() - self.started
+
+    @contextmanager
+    def timing_eval(self) -> Iterator[None]:
+        """Around a periodic eval: its seconds."""
+        started = time.time()
+        yield
+        self.last_eval_seconds = time.time() - started
+        self.eval_seconds += self.last_eval_seconds
+
+    def estimate(self, cfg: DictConfig, step: int) -> tuple[float | None, float | None]:
+        """estimate() at `step` from the seconds measured so far; (None, None) before a step and an eval."""
+        if step == self.first_step or self.last_eval_seconds is None:
+            return None, None
+        step_seconds = (self.seconds() - self.eval_seconds) / (step - self.first_step)
+        return estimate(cfg, step, step_seconds, self.last_eval_seconds)
 
 
 def estimate(cfg: DictConfig, step: int, step_seconds: float, eval_seconds: float) -> tuple[float, float]:
@@ -65,8 +99,8 @@ def estimate(cfg: DictConfig, step: int, step_seconds: float, eval_seconds: floa
 
 
 def after_ctrl_c() -> None:
-    """On a terminal, back to the start of the line: what is printed after a Ctrl-C covers the '^C' the terminal
-    echoed there (after the bar's last state, or after a log line) instead of following it on its line."""
+    """On a terminal, back to the start of the line: a message printed after a Ctrl-C covers the '^C' that the
+    terminal echoed at the start of a line (below a log line) instead of following it."""
     for stream in (sys.stdout, sys.stderr):
         if stream.isatty():
             stream.write("\r")
@@ -93,7 +127,7 @@ class Bar:
     def __init__(self, later_seeds: int = 0):
         self.later_seeds = later_seeds
         self.bar: tqdm | None = None
-        self.consoles: list[tuple[logging.StreamHandler, object]] = []  # (handler, its own stream) while open
+        self.consoles: list[tuple[logging.StreamHandler, TextIO]] = []  # (handler, its own stream) while open
 
     def __call__(self, progress: SeedProgress) -> None:
         if self.bar is None:
@@ -108,9 +142,8 @@ class Bar:
         return progress.left_now() + self.later_seeds * progress.seed_seconds
 
     def postfix(self, progress: SeedProgress) -> str:
-        known = [] if progress.loss is None else [f"loss {progress.loss:.4f}"]
-        known += [] if progress.score is None else [f"score {progress.score:.1f}"]
-        return ", ".join([*known, f"run ETA {duration(self.run_left(progress))}"])
+        """'loss 0.0123, score 45.1, run ETA 1:02:03'."""
+        return ", ".join([*progress.measures(), f"run ETA {duration(self.run_left(progress))}"])
 
     def open(self, progress: SeedProgress) -> None:
         width = shutil.get_terminal_size().columns - 3  # room after it for the '^C' a terminal echoes on Ctrl-C
@@ -136,7 +169,7 @@ class Bar:
 class AboveTheBar:
     """A console stream whose lines tqdm prints above its bars (tqdm.write)."""
 
-    def __init__(self, stream: object):
+    def __init__(self, stream: TextIO):
         self.stream = stream
 
     def write(self, text: str) -> None:
@@ -166,7 +199,7 @@ class SeedsLine:
         seed 0: step 4200/20000, loss 0.0123, score 45.1, ETA 12:03 | seed 1: ... | run ETA 14:10
     """
 
-    def __init__(self, seeds: list[int], context: object, every: float = 30):
+    def __init__(self, seeds: list[int], context: BaseContext, every: float = 30):
         pipes = {seed: context.Pipe(duplex=False) for seed in seeds}  # (receiver, sender) each
         self.receivers = {seed: receiver for seed, (receiver, _) in pipes.items()}
         self.senders = {seed: Sender(sender) for seed, (_, sender) in pipes.items()}
