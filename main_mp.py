@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 import core
 import launch
+import progress
 import runfolder
 from launch import FATAL, fail, parallel_jobs, shown, summarize
 from runfolder import Interrupted, Run
@@ -26,48 +27,55 @@ log = logging.getLogger(__name__)
 CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, data or NaN error: resume would not help
 
 
-def train_seed(cfg_dict, seed, run_dir, num_processes):
-    """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; the exit code says how."""
+def train_seed(cfg_dict, seed, run_dir, num_processes, show):
+    """Body of one seed's process: its own log file; its error in seed<seed>/error.txt; its progress sent to the
+    parent (show: a progress.Sender); the exit code says how."""
     runfolder.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
-    logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
+    folder = run.seed(seed)
+    logging.basicConfig(filename=folder.log_path(), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    run.save_error(seed, None)  # from an earlier, resumed attempt
+    folder.save_error(None)  # from an earlier, resumed attempt
     runfolder.stop_on_signals()
     log.info("seed %d: %s", seed, threads.set_torch_threads(num_processes, cfg_dict["train"]["threads"]))
     try:
-        core.train(OmegaConf.create(cfg_dict), seed, run)
+        core.train(OmegaConf.create(cfg_dict), seed, run, show)
     except Interrupted as e:
         log.warning("%s", e)
         sys.exit(runfolder.interrupted_exit_code())
     except (*FATAL, core.NonFiniteLossError) as e:
-        run.save_error(seed, str(e))
+        folder.save_error(str(e))
         sys.exit(STOPPED)
     except BaseException as e:
         told = launch.advice(e)  # a failure every resume would meet again: what to change instead
-        run.save_error(seed, traceback.format_exc() + (f"{told}\n" if told else ""))
+        folder.save_error(traceback.format_exc() + (f"{told}\n" if told else ""))
         sys.exit(STOPPED if told else CRASHED)
 
 
-def wait(procs):
-    """Join the seeds' processes; a SIGINT or SIGTERM to this process is passed on to them (they checkpoint)."""
+def wait(procs, line):
+    """Join the seeds' processes, logging their progress line (a progress.SeedsLine); a SIGINT or SIGTERM to this
+    process is passed on to them (they checkpoint)."""
     passed_on = False
     while any(p.is_alive() for p in procs.values()):
+        line.update({seed for seed, p in procs.items() if not p.is_alive()})
         if runfolder.stop_requested() and not passed_on:
+            progress.after_ctrl_c()
+            log.warning("%s: each seed writes a checkpoint of its current step, then stops", runfolder.stop_requested())
             for p in procs.values():
                 if p.is_alive():
                     os.kill(p.pid, signal.SIGTERM)
             passed_on = True
         for p in procs.values():
             p.join(timeout=0.2)
+    line.update(set(procs))  # what the seeds sent last: their final state after their last eval
 
 
 def reason(run: Run, seed: int, code: int) -> str:
     """One line on how a seed's process ended, and where its checkpoint stands."""
-    error = run.error(seed)
+    error = run.seed(seed).error()
     if code in (CRASHED, STOPPED) and error:
         return error.strip().splitlines()[-1]
-    step = run.checkpoint_step(seed)
+    step = run.seed(seed).checkpoint_step()
     saved = f"its checkpoint is at step {step}" if step else "no checkpoint yet (a resumed run starts it at step 0)"
     if code > 128:
         return f"interrupted by {signal.Signals(code - 128).name}, {saved}"
@@ -82,11 +90,13 @@ def main(cfg):
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
     processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
-    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes),
+    line = progress.SeedsLine(list(cfg.seeds), ctx)
+    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes, line.senders[seed]),
                                name=f"seed{seed}") for seed in cfg.seeds}
     for p in procs.values():
         p.start()
-    wait(procs)
+    line.started()
+    wait(procs, line)
     ended = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
     for seed, code in ended.items():
         stopped_by_user = code > 128 or code < 0 and runfolder.stop_requested()
