@@ -32,7 +32,7 @@ import core
 import export
 import launch
 import utils
-from buffer import DatasetError, dataset_dir, dataset_file, dataset_identity, top_trajectories
+from buffer import DatasetError, dataset_identity, run_dataset_file, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from runfolder import Run, RunError
@@ -72,7 +72,7 @@ def dataset_returns(train_cfg, env):
     machine's D4RL folder; None when neither is here (a copied run: the sweep goes on without the data)."""
     recorded = train_cfg.buffer.file
     if recorded and not Path(recorded).exists():
-        found = local_d4rl_file(train_cfg)
+        found = run_dataset_file(train_cfg.buffer)
         if found is None:
             log.warning("%s (the run's dataset) is not here: evaluating without it; the figure leaves out the "
                         "data's range", recorded)
@@ -82,14 +82,6 @@ def dataset_returns(train_cfg, env):
     else:
         warn_if_dataset_changed(train_cfg.buffer)
     return core.load_transitions(train_cfg, env).trajectories()[2]
-
-
-def local_d4rl_file(train_cfg):
-    """The file of the run's D4RL env + dataset in $D4RL_DATASET_DIR (nothing is downloaded), or None."""
-    if train_cfg.buffer.source != "d4rl" or train_cfg.buffer.path:
-        return None
-    path = dataset_dir() / dataset_file(train_cfg.env.name, train_cfg.buffer.dataset)
-    return path if path.exists() else None
 
 
 def warn_if_dataset_changed(buffer_cfg):

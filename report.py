@@ -289,22 +289,10 @@ def bar_and_paper(run: FinishedRun) -> tuple:
 # The datasets: each task's trajectory returns (normalized), read from its file where it is on this machine
 
 
-def dataset_path(run: FinishedRun) -> Optional[Path]:
-    """The run's dataset file on this machine: its recorded path, else that name in D4RL_DATASET_DIR; or None."""
-    from buffer import dataset_dir
-    buffer = run.run.saved_config().get("buffer", {})
-    recorded = buffer.get("file") or buffer.get("path")
-    if not recorded or buffer.get("source", "d4rl") != "d4rl":
-        return None
-    for candidate in (Path(recorded), ROOT / recorded, dataset_dir() / Path(recorded).name):
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
-
-
 def data_scores(run: FinishedRun) -> Optional[np.ndarray]:
     """The normalized returns of the trajectories in the run's dataset file, where it is on this machine."""
-    path = dataset_path(run)
+    from buffer import run_dataset_file
+    path = run_dataset_file(run.run.saved_config().get("buffer", {}))
     return None if path is None else trajectory_scores(path)
 
 
