@@ -148,6 +148,7 @@ BUSY_SETTINGS = {  # name -> the OpenMP environment its process starts with; the
     "default": {}, "1 thread": {"OMP_NUM_THREADS": "1"},
     "all cores, active": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "ACTIVE"},
     "all cores, passive": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE"},
+    "all cores, spin 1k": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"},
     "all cores, spin 10k": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"},
     # libgomp's default without OMP_WAIT_POLICY (what runs waited before threads.py): spin 300 000 times, then sleep
     "all cores, spin 300k": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "300000"}}
@@ -268,17 +269,20 @@ def busy_main(args: argparse.Namespace, shape: dict, out: Path) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C even where the parent ignored SIGINT
     workers = {}
     try:
-        for name in BUSY_SETTINGS:
-            workers[name] = start_setting(name, args.batch_size, shape)
+        workers["default"] = start_setting("default", args.batch_size, shape)
+        lines = {"default": workers["default"].stdout.readline()}  # started alone: it sees the machine as it is
+        workers.update({name: start_setting(name, args.batch_size, shape) for name in BUSY_SETTINGS
+                        if name != "default"})
         settings = {}
         for name, proc in workers.items():
-            line = proc.stdout.readline()
+            line = lines.get(name) or proc.stdout.readline()
             if not line:
                 raise SystemExit(f"error: bench.py --worker {name!r} failed (code {proc.wait()}); see above")
             proc.send_signal(signal.SIGSTOP)  # until its turn
             ready = json.loads(line)
-            settings[name] = {"threads": ready["threads"], "wait": ready["policy"].rsplit(" wait ", 1)[-1],
-                              "policy": ready["policy"], "precision": ready["precision"]}
+            wait = ready["policy"].rsplit(" wait ", 1)[-1].split(" (")[0]  # without the why
+            settings[name] = {"threads": ready["threads"], "wait": wait, "policy": ready["policy"],
+                              "precision": ready["precision"]}
         print(f"settings' processes: pids {' '.join(str(p.pid) for p in workers.values())}", flush=True)
         results = {"machine": machine(), "shape": {"batch_size": args.batch_size, **shape}, "settings": settings,
                    "steps": args.steps, "rounds": args.rounds,

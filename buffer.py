@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +60,15 @@ def dataset_file(env: str, dataset: str) -> str:
 def dataset_dir() -> Path:
     """$D4RL_DATASET_DIR if set, else d4rl's own cache ~/.d4rl/datasets."""
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
+
+
+def run_dataset_file(buffer_cfg: Mapping) -> Path | None:
+    """The D4RL file a run read, on this machine: its recorded buffer.file (or buffer.path), else a file of that
+    name in the D4RL folder (a run copied from elsewhere); None for Minari data or where neither is here."""
+    recorded = buffer_cfg.get("file") or buffer_cfg.get("path")
+    if not recorded or buffer_cfg.get("source", "d4rl") != "d4rl":
+        return None
+    return next((p for p in (Path(recorded), dataset_dir() / Path(recorded).name) if p.is_file()), None)
 
 
 def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from gymnasium.envs.registration import EnvSpec
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
+import progress
 import runfolder
 import utils
 from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
 from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
 from models import MODELS, DecisionTransformer, DTConfig, policy_checkpoint, policy_from_checkpoint
-from runfolder import Run, Tracker
+from runfolder import Run, SeedFolder, Tracker
 
 log = logging.getLogger(__name__)
 utils.import_mujoco_without_opengl()  # OpenGL only for a video (film): a bad MUJOCO_GL fails no run without one
@@ -288,9 +288,10 @@ def train_step(model: DecisionTransformer, optimizer: torch.optim.Optimizer,
     return step_losses.detach()
 
 
-def train(cfg: DictConfig, seed: int, run: Run) -> dict:
-    """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores."""
-    if (final := run.final(seed)) is not None:
+def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None = None) -> dict:
+    """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores and
+    reports its progress to `show` (default: a bar)."""
+    if (final := run.seed(seed).final()) is not None:
         log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
         return final
     utils.seed_everything(seed)
@@ -302,7 +303,8 @@ def train(cfg: DictConfig, seed: int, run: Run) -> dict:
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
     scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
     rng = np.random.default_rng(seed)
-    record = SeedRecord.resume(cfg, seed, run, model, optimizer, scheduler, rng)
+    record = SeedRecord.resume(cfg, seed, run, model, optimizer, scheduler, rng,
+                               progress.Bar() if show is None else show)
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
              len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
     with record:
@@ -320,7 +322,7 @@ def train(cfg: DictConfig, seed: int, run: Run) -> dict:
 @dataclass
 class SeedRecord:
     """One seed's record below the loop: metrics, checkpoint cadence, best/final policies, the NaN guard, the stop
-    signal, the tracker and the progress bar. Its state (a dict in last.pt) resumes a seed exactly."""
+    signal, the tracker and the progress it shows. Its state (a dict in last.pt) resumes a seed exactly."""
 
     cfg: DictConfig
     seed: int
@@ -329,56 +331,65 @@ class SeedRecord:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     rng: np.random.Generator
+    show: progress.Reporter  # where the progress goes: main.py's bar, main_mp.py's parent
+    folder: SeedFolder = field(init=False)  # the seed's folder in run
     step: int = 0  # the last step trained (and checkpointed)
     best_score: float = -np.inf  # the best periodic eval's score: best.pt's
     train_rows: list[dict] = field(default_factory=list)  # train.csv
     eval_rows: list[dict] = field(default_factory=list)  # eval.csv
     seconds_before: float = 0.0  # training seconds of earlier attempts
     loss_sums: list[float] | torch.Tensor = field(default_factory=lambda: [0.0] * len(LOSSES))  # since the last log
-    started: float = field(default_factory=time.time)
+    pace: progress.Pace = field(default_factory=progress.Pace)  # this attempt's clock: its time, its ETA
     evaluated: bool = False  # at the current step
     tracker: Tracker | None = None
-    bar: tqdm | None = None
+
+    def __post_init__(self) -> None:
+        self.folder = self.run.seed(self.seed)
 
     @classmethod
     def resume(cls, cfg: DictConfig, seed: int, run: Run, model: DecisionTransformer, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> "SeedRecord":
+               scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
+               show: progress.Reporter) -> "SeedRecord":
         """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng restored)."""
-        record = cls(cfg, seed, run, model, optimizer, scheduler, rng)
-        progress = run.load_state(seed, model, optimizer, scheduler, rng)
-        if progress is not None:
-            log.info("seed %d: resumed at step %d", seed, progress["step"])
-            record.step, record.best_score, record.seconds_before = (progress["step"], progress["best_score"],
-                                                                     progress["seconds"])
-            record.train_rows, record.eval_rows = progress["train"], progress["eval"]
-            record.loss_sums = progress.get("loss_sums", record.loss_sums)
+        record = cls(cfg, seed, run, model, optimizer, scheduler, rng, show)
+        state = record.folder.load_state(model, optimizer, scheduler, rng)
+        if state is not None:
+            log.info("seed %d: resumed at step %d", seed, state["step"])
+            record.step, record.best_score, record.seconds_before = state["step"], state["best_score"], state["seconds"]
+            record.train_rows, record.eval_rows = state["train"], state["eval"]
+            record.loss_sums = state.get("loss_sums", record.loss_sums)
         device = next(model.parameters()).device
         record.loss_sums = torch.tensor(record.loss_sums, device=device)  # (4,) summed on the device: no sync
-        record.started = time.time()
+        record.pace = progress.Pace(first_step=record.step)
         return record
 
-    def progress(self) -> dict:
-        """The state last.pt keeps (Run.save_state)."""
+    def state(self) -> dict:
+        """The state last.pt keeps (SeedFolder.save_state)."""
         return {"step": self.step, "best_score": self.best_score, "train": self.train_rows, "eval": self.eval_rows,
                 "seconds": self.train_seconds(), "loss_sums": self.loss_sums.tolist()}
 
     def train_seconds(self) -> float:
-        return self.seconds_before + time.time() - self.started
+        return self.seconds_before + self.pace.seconds()
 
     def __enter__(self) -> "SeedRecord":
-        self.tracker = self.run.tracker(self.seed, self.cfg, self.step).__enter__()
-        self.bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc=f"seed {self.seed}", mininterval=2,
-                        disable=None)
+        self.tracker = self.folder.tracker(self.cfg, self.step).__enter__()
+        self.report(self.step)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+        self.show.close()
         self.tracker.__exit__(*exc)
+
+    def report(self, step: int) -> None:
+        """Show the seed's progress at `step`: its loss, last score and ETA (from this attempt's pace)."""
+        loss = self.train_rows[-1]["loss"] if self.train_rows else None
+        score = self.eval_rows[-1]["score_mean"] if self.eval_rows else None
+        self.show(progress.SeedProgress(self.seed, step, self.cfg.train.steps, loss, score, len(self.eval_rows),
+                                        *self.pace.estimate(self.cfg, step), at=time.time()))
 
     def add_losses(self, losses: torch.Tensor) -> None:
         """One step's losses (4,), summed until the next log line."""
         self.loss_sums += losses
-        self.bar.update()
 
     def log_when_due(self, step: int, lr: float) -> None:
         """Every train.log_every steps and at the last: the mean losses since the last row, checked, in train.csv."""
@@ -392,17 +403,19 @@ class SeedRecord:
         logged = LOSSES if aux else LOSSES[:1]  # without auxiliary losses the total is the action MSE
         self.train_rows.append({"step": step, **{k: means[k] for k in logged}, "lr": lr})
         self.tracker.log("train", self.train_rows[-1])
-        self.bar.set_postfix(loss=f"{means['loss']:.4f}")
+        self.report(step)
         if len(self.train_rows) == 1 and not self.eval_rows:  # something to look at before the first checkpoint
-            self.run.save_tables(self.seed, self.train_rows, self.eval_rows)
-            self.plot()
+            self.folder.save_tables(self.train_rows, self.eval_rows)
+            self.run.plot(self.cfg)
 
     def evaluate_when_due(self, step: int) -> None:
         """Every train.eval_every steps and at the last: an eval row, and best.pt when the score is the best."""
         self.evaluated = step % self.cfg.train.eval_every == 0 or step == self.cfg.train.steps
         if self.evaluated:
-            self.eval_rows.append(periodic_eval(self.model, self.cfg, self.seed, step, self))
+            with self.pace.timing_eval():
+                self.eval_rows.append(periodic_eval(self.model, self.cfg, self.seed, step, self))
             self.tracker.log("eval", self.eval_rows[-1])
+            self.report(step)
 
     def checkpoint_when_due(self, step: int) -> None:
         """After an eval, every train.checkpoint_every steps and on a stop signal: CSVs and last.pt; the figure
@@ -412,27 +425,22 @@ class SeedRecord:
             if stop:  # between log steps: no checkpoint of weights whose loss is unchecked
                 check_finite(self.loss_sums.sum().item(), self.seed, step, self.run)
             self.step = step
-            self.run.save_state(self.seed, self.model, self.optimizer, self.scheduler, self.rng, self.progress())
+            self.folder.save_state(self.model, self.optimizer, self.scheduler, self.rng, self.state())
         if self.evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
-            self.plot()
+            self.run.plot(self.cfg)
         if stop:
             raise runfolder.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is "
                                         f"written")
-
-    def plot(self) -> None:
-        """results.png from the seeds' metrics so far."""
-        cfg = self.cfg
-        self.run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
 
     def finish(self, env: gym.Env) -> dict:
         """The final evaluation (final.pt, final.json, the video), also in the tracker; returns final.json.
         A stop signal ends either at once (Interrupted): the final evaluation, which a resume repeats from last.pt
         (the last step's) to the same scores, or the video, which is skipped (the scores are kept)."""
-        self.bar.close()
-        summary = final_evaluation(self.model, self.cfg, self.seed, self.run, self.train_seconds())
+        self.show.close()
+        summary = final_evaluation(self.model, self.cfg, self.folder, self.train_seconds())
         self.tracker.log("final", {"step": self.cfg.train.steps, **summary})
         if self.cfg.eval.video:
-            film(self.model, self.cfg, env, self.seed, self.run)
+            film(self.model, self.cfg, env, self.folder)
         return summary
 
 
@@ -447,7 +455,7 @@ def periodic_eval(model: DecisionTransformer, cfg: DictConfig, seed: int, step: 
              record.train_rows[-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])
     if result["score_mean"] > record.best_score:
         record.best_score = result["score_mean"]
-        record.run.save_policy(seed, "best.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
+        record.folder.save_policy("best", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
     return {"step": step, **result}
 
 
@@ -476,11 +484,12 @@ def check_finite(loss: float, seed: int, step: int, run: Run) -> None:
             f"train.grad_clip (resuming {run.name} would reach the same loss), or check the dataset for bad values")
 
 
-def final_evaluation(model: DecisionTransformer, cfg: DictConfig, seed: int, run: Run, train_seconds: float) -> dict:
+def final_evaluation(model: DecisionTransformer, cfg: DictConfig, folder: SeedFolder, train_seconds: float) -> dict:
     """The final evaluation of `eval.final_episodes` fresh episodes: final.pt and final.json; returns final.json.
     On a stop signal, Interrupted at once: final.json is not written and last.pt (the last step) resumes to it."""
+    seed = folder.seed
     model.eval()
-    run.save_policy(seed, "final.pt", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
+    folder.save_policy("final", policy_checkpoint(model, cfg.model.implementation, cfg.env.id))
     started = time.time()
     try:
         result = evaluate(model, RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
@@ -491,7 +500,7 @@ def final_evaluation(model: DecisionTransformer, cfg: DictConfig, seed: int, run
     check_finite_score(result, seed, "the final evaluation")
     summary = {"seed": seed, "episodes": cfg.eval.final_episodes, **result, "time_limit": cfg.env.max_episode_len,
                "train_seconds": train_seconds, "final_eval_seconds": time.time() - started}
-    run.save_final(seed, summary)
+    folder.save_final(summary)
     log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f%s", seed,
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
              result["score_std"], scale_note(cfg))
@@ -503,10 +512,11 @@ def final_eval_seed(seed: int) -> int:
     return EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
 
 
-def film(model: DecisionTransformer, cfg: DictConfig, env: gym.Env, seed: int, run: Run) -> None:
+def film(model: DecisionTransformer, cfg: DictConfig, env: gym.Env, folder: SeedFolder) -> None:
     """video.mp4: the first final-eval episode, filmed. On a stop signal, Interrupted at once, the video skipped
     (final.json is written already). A rendering error (naming MUJOCO_GL's value) or a failed write (naming the file)
     is one logged line: the scores stand without the video."""
+    seed = folder.seed
     try:
         _, frames = rollout(model, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
                             stop=runfolder.stop_requested)
@@ -517,9 +527,8 @@ def film(model: DecisionTransformer, cfg: DictConfig, env: gym.Env, seed: int, r
         log.error("seed %d: no video: rendering failed with MUJOCO_GL=%s (%s: %s); %s", seed,
                   os.environ.get("MUJOCO_GL"), type(e).__name__, e, utils.RENDERING_FIX)
         return
-    path = run.seed_dir(seed) / "video.mp4"
     try:
-        run.save_video(seed, path.name, frames[0], fps=env.metadata["render_fps"])
+        folder.save_video(frames[0], env.metadata["render_fps"])
     except OSError as e:
-        log.error("seed %d: no video: cannot write %s (%s); free space there (the scores are kept)", seed, path,
-                  e.strerror or e)
+        log.error("seed %d: no video: cannot write %s (%s); free space there (the scores are kept)", seed,
+                  folder.video_path(), e.strerror or e)

@@ -32,7 +32,7 @@ import core
 import export
 import launch
 import utils
-from buffer import DatasetError, dataset_dir, dataset_file, dataset_identity, top_trajectories
+from buffer import DatasetError, dataset_identity, run_dataset_file, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from runfolder import Run, RunError
@@ -72,7 +72,7 @@ def dataset_returns(train_cfg, env):
     machine's D4RL folder; None when neither is here (a copied run: the sweep goes on without the data)."""
     recorded = train_cfg.buffer.file
     if recorded and not Path(recorded).exists():
-        found = local_d4rl_file(train_cfg)
+        found = run_dataset_file(train_cfg.buffer)
         if found is None:
             log.warning("%s (the run's dataset) is not here: evaluating without it; the figure leaves out the "
                         "data's range", recorded)
@@ -82,14 +82,6 @@ def dataset_returns(train_cfg, env):
     else:
         warn_if_dataset_changed(train_cfg.buffer)
     return core.load_transitions(train_cfg, env).trajectories()[2]
-
-
-def local_d4rl_file(train_cfg):
-    """The file of the run's D4RL env + dataset in $D4RL_DATASET_DIR (nothing is downloaded), or None."""
-    if train_cfg.buffer.source != "d4rl" or train_cfg.buffer.path:
-        return None
-    path = dataset_dir() / dataset_file(train_cfg.env.name, train_cfg.buffer.dataset)
-    return path if path.exists() else None
 
 
 def warn_if_dataset_changed(buffer_cfg):
@@ -126,7 +118,7 @@ def refuse_replacing_sweep(run, out, cfg, targets):
         return
     wanted = ([float(t) for t in targets], cfg.episodes)
     for seed in run.seeds():
-        kept = out.sweep_part(seed, cfg.name)
+        kept = out.seed(seed).sweep_part(cfg.name)
         if kept and (kept["settings"]["targets"], kept["settings"]["episodes"]) != wanted:
             raise ConfigError(f"name={cfg.name}: the run holds a sweep of that name with other targets or episodes "
                               f"({cfg.name}.csv): give a new name=<name>, or overwrite=true to replace it")
@@ -149,10 +141,9 @@ def plot_sweep(rows, data_returns, score, train_cfg, title, path):
 
 def seeds_with(run, cfg):
     """The run's seeds that have the policy file cfg.checkpoint names; ConfigError when none has."""
-    name = f"{cfg.checkpoint}.pt"
-    seeds = [s for s in run.seeds() if run.policy_path(s, name).exists()]
+    seeds = [s for s in run.seeds() if run.seed(s).policy_path(cfg.checkpoint).exists()]
     if not seeds:
-        raise ConfigError(f"run={cfg.run}: no seed<N>/{name} there; evaluate a run that has trained "
+        raise ConfigError(f"run={cfg.run}: no seed<N>/{cfg.checkpoint}.pt there; evaluate a run that has trained "
                           f"(best.pt is written at its first eval, final.pt at its end)")
     return seeds
 
@@ -161,7 +152,6 @@ def evaluate_run(cfg, out_folder=None):
     """The sweep of cfg.run: its CSV and figure in out_folder (default: output_folder's); returns the rows."""
     run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = run.config()
-    name = f"{cfg.checkpoint}.pt"
     seeds = seeds_with(run, cfg)
     env = gym.make(core.env_spec(train_cfg.env))
     data_returns = dataset_returns(train_cfg, env)
@@ -173,15 +163,16 @@ def evaluate_run(cfg, out_folder=None):
     bar = tqdm(total=len(seeds) * len(targets) * cfg.episodes, desc=f"{len(targets)} targets x {cfg.episodes} "
                f"episodes x {len(seeds)} seeds", unit="episode", disable=None)
     for seed in seeds:
-        path = run.policy_path(seed, name)
+        path, folder = run.seed(seed).policy_path(cfg.checkpoint), out.seed(seed)
         videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
         settings = sweep_settings(path, targets, cfg, videos)
-        kept = out.sweep_part(seed, cfg.name)
-        if kept and kept["settings"] == settings and out.has_files(seed, videos):
+        kept = folder.sweep_part(cfg.name)
+        if kept and kept["settings"] == settings and folder.has_videos(videos):
             rows += kept["rows"]
             reused.append(seed)
             bar.update(len(targets) * cfg.episodes)
-            log.info("seed %d: reused seed%d/%s.json (same policy, targets and episodes)", seed, seed, cfg.name)
+            log.info("seed %d: reused %s (same policy, targets and episodes)", seed,
+                     folder.sweep_path(cfg.name).relative_to(out.dir))
             continue
         model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
         returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
@@ -189,15 +180,16 @@ def evaluate_run(cfg, out_folder=None):
                       "score": float(score(r))}
                      for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
         for i, video in zip(record, videos):
-            out.save_video(seed, video, frames[i], fps=env.metadata["render_fps"])
-        out.save_sweep_part(seed, cfg.name, {"settings": settings, "rows": seed_rows})
+            folder.save_video(frames[i], env.metadata["render_fps"], video)
+        folder.save_sweep_part(cfg.name, {"settings": settings, "rows": seed_rows})
         rows += seed_rows
         bar.update(len(targets) * cfg.episodes)
         log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
     bar.close()
     seconds = time.time() - started
     out.save_table(f"{cfg.name}.csv", rows)
-    plot_sweep(rows, data_returns, score, train_cfg, f"{utils.run_title(train_cfg)}   ({run.name}, {name})",
+    policy_file = run.seed(seeds[0]).policy_path(cfg.checkpoint).name
+    plot_sweep(rows, data_returns, score, train_cfg, f"{utils.run_title(train_cfg)}   ({run.name}, {policy_file})",
                out.dir / f"{cfg.name}.png")
     log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s", len(targets), cfg.episodes,
              len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "",
@@ -212,12 +204,12 @@ def export_run(cfg, out_folder=None):
     train_cfg = run.config()
     paths = []
     for seed in seeds_with(run, cfg):
-        policy = core.load_policy(run.policy_path(seed, f"{cfg.checkpoint}.pt"))
+        policy = core.load_policy(run.seed(seed).policy_path(cfg.checkpoint))
         try:
             data = export.export_policy(policy, train_cfg.buffer.reward_scale, cfg.export)
         except ImportError as e:
             raise ConfigError(str(e)) from None
-        paths.append(out.policy_path(seed, f"{cfg.checkpoint}{export.FORMATS[cfg.export]}"))
+        paths.append(out.seed(seed).policy_path(cfg.checkpoint, export.FORMATS[cfg.export]))
         utils.atomic_write_bytes(paths[-1], data)
         log.info("seed %d: %s", seed, paths[-1])
     return paths

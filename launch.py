@@ -168,7 +168,7 @@ def exit_if_finished(cfg, run):
         summarized = run.summary() is not None
     except RunError:
         summarized = False
-    if summarized and all(run.final(seed) is not None for seed in cfg.seeds):
+    if summarized and all(run.seed(seed).final() is not None for seed in cfg.seeds):
         print(f"{shown(run.dir)}: every seed {list(cfg.seeds)} finished already (scores in summary.json): nothing "
               f"to do; add seeds with seeds=[...]")
         raise SystemExit(0)
@@ -223,7 +223,7 @@ def resumed_config(cfg, run, overrides):
 def summarize(cfg, run):
     """summary.json and the figure from the seeds' final.json; the score line in the log."""
     summary = run.summarize(cfg.env.name, cfg.buffer.path or cfg.buffer.dataset, list(cfg.seeds))
-    run.plot(utils.run_title(cfg), cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score)
+    run.plot(cfg)
     if summary["seeds"]:
         spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
         log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", utils.run_title(cfg),

@@ -13,6 +13,7 @@ import hydra
 
 import core
 import launch
+import progress
 import runfolder
 from launch import FATAL, fail, shown, summarize
 from runfolder import Interrupted
@@ -29,12 +30,14 @@ def main(cfg):
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
     with launch.stop_on_write_errors(resume):
-        for seed in cfg.seeds:
+        for i, seed in enumerate(cfg.seeds):
+            later = [s for s in cfg.seeds[i + 1:] if run.seed(s).final() is None]  # in the run's ETA
             try:
-                core.train(cfg, seed, run)
+                core.train(cfg, seed, run, progress.Bar(later_seeds=len(later)))
             except FATAL as e:
                 fail(f"error: {e}")
             except Interrupted as e:
+                progress.after_ctrl_c()
                 summarize(cfg, run)
                 runfolder.requeue_if_preempted()
                 fail(f"interrupted: {e}. Resume with: {resume}", code=runfolder.interrupted_exit_code())

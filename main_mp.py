@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 import core
 import launch
+import progress
 import runfolder
 from launch import FATAL, fail, parallel_jobs, shown, summarize
 from runfolder import Interrupted, Run
@@ -25,49 +26,56 @@ log = logging.getLogger(__name__)
 CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, data or NaN error: resume would not help
 
 
-def train_seed(cfg_dict, seed, run_dir, num_processes, cause):
-    """Body of one seed's process: its own log file (seed<N>/train.log, with a crash's traceback); why it stopped, in
-    one line, sent to the parent (cause: a pipe's end, which needs no disk); the exit code says how."""
+def train_seed(cfg_dict, seed, run_dir, num_processes, show):
+    """Body of one seed's process: its own log file (seed<N>/train.log, with a crash's traceback); its progress, and
+    why it stopped in one line, sent to the parent (show: a progress.Sender, a pipe's end, which needs no disk); the
+    exit code says how."""
     runfolder.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
-    logging.basicConfig(filename=run.seed_log(seed), level=logging.INFO,
+    folder = run.seed(seed)
+    logging.basicConfig(filename=folder.log_path(), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     launch.errors_to_the_log_file_only()
     runfolder.stop_on_signals()
     log.info("seed %d: %s", seed, threads.set_torch_threads(num_processes, cfg_dict["train"]["threads"]))
     try:
-        core.train(OmegaConf.create(cfg_dict), seed, run)
+        core.train(OmegaConf.create(cfg_dict), seed, run, show)
     except Interrupted as e:
         log.warning("%s", e)
         sys.exit(runfolder.interrupted_exit_code())
     except (*FATAL, core.NonFiniteLossError) as e:
-        cause.send(str(e))
+        show.stopped(str(e))
         sys.exit(STOPPED)
     except BaseException as e:
         log.exception("seed %d failed", seed)
         told = launch.advice(e)  # a failure every resume would meet again: what to change instead
-        cause.send(told or f"{type(e).__name__}: {e}")
+        show.stopped(told or f"{type(e).__name__}: {e}")
         sys.exit(STOPPED if told else CRASHED)
 
 
-def wait(procs):
-    """Join the seeds' processes; a SIGINT or SIGTERM to this process is passed on to them (they checkpoint)."""
+def wait(procs, line):
+    """Join the seeds' processes, logging their progress line (a progress.SeedsLine); a SIGINT or SIGTERM to this
+    process is passed on to them (they checkpoint)."""
     passed_on = False
     while any(p.is_alive() for p in procs.values()):
+        line.update({seed for seed, p in procs.items() if not p.is_alive()})
         if runfolder.stop_requested() and not passed_on:
+            progress.after_ctrl_c()
+            log.warning("%s: each seed writes a checkpoint of its current step, then stops", runfolder.stop_requested())
             for p in procs.values():
                 if p.is_alive():
                     os.kill(p.pid, signal.SIGTERM)
             passed_on = True
         for p in procs.values():
             p.join(timeout=0.2)
+    line.update(set(procs))  # what the seeds sent last: their final state after their last eval
 
 
 def reason(run: Run, seed: int, code: int, cause: str | None) -> str:
     """One line on how a seed's process ended (cause: the line it sent, if any), and where its checkpoint stands."""
     if code in (CRASHED, STOPPED) and cause:
         return cause
-    step = run.checkpoint_step(seed)
+    step = run.seed(seed).checkpoint_step()
     saved = f"its checkpoint is at step {step}" if step else "no checkpoint yet (a resumed run starts it at step 0)"
     if code > 128:
         return f"interrupted by {signal.Signals(code - 128).name}, {saved}"
@@ -83,15 +91,15 @@ def main(cfg):
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
     processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
-    pipes = {seed: ctx.Pipe(duplex=False) for seed in cfg.seeds}  # (receiving, sending) end: a seed's cause
-    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes, pipes[seed][1]),
+    line = progress.SeedsLine(list(cfg.seeds), ctx)
+    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes, line.senders[seed]),
                                name=f"seed{seed}") for seed in cfg.seeds}
     for p in procs.values():
         p.start()
-    wait(procs)
-    causes = {seed: receiving.recv() for seed, (receiving, _) in pipes.items() if receiving.poll()}
+    line.started()
+    wait(procs, line)
     ended = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
-    told = {seed: reason(run, seed, code, causes.get(seed)) for seed, code in ended.items()}
+    told = {seed: reason(run, seed, code, line.causes.get(seed)) for seed, code in ended.items()}
     for seed, code in ended.items():
         stopped_by_user = code > 128 or code < 0 and runfolder.stop_requested()
         log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, told[seed])

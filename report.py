@@ -89,9 +89,10 @@ class FinishedRun:
         """The seeds whose final score is NaN or inf."""
         return [f["seed"] for f in self.summary["per_seed"] if not np.isfinite(f["score_mean"])]
 
-    def curve(self, csv_name: str, key: str) -> Optional[tuple]:
-        """(steps, mean, std) over seeds of column `key` of each seed's csv_name; None where no seed has it."""
-        curve = utils.mean_std_over_seeds([t for t in self.run.tables(csv_name) if key in t], key)
+    def curve(self, kind: str, key: str) -> Optional[tuple]:
+        """(steps, mean, std) over seeds of column `key` of each seed's `kind` table (train, eval); None where no
+        seed has it."""
+        curve = utils.mean_std_over_seeds([t for t in self.run.tables(kind) if key in t], key)
         return None if curve is None else curve[:3]
 
 
@@ -288,22 +289,10 @@ def bar_and_paper(run: FinishedRun) -> tuple:
 # The datasets: each task's trajectory returns (normalized), read from its file where it is on this machine
 
 
-def dataset_path(run: FinishedRun) -> Optional[Path]:
-    """The run's dataset file on this machine: its recorded path, else that name in D4RL_DATASET_DIR; or None."""
-    from buffer import dataset_dir
-    buffer = run.run.saved_config().get("buffer", {})
-    recorded = buffer.get("file") or buffer.get("path")
-    if not recorded or buffer.get("source", "d4rl") != "d4rl":
-        return None
-    for candidate in (Path(recorded), ROOT / recorded, dataset_dir() / Path(recorded).name):
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
-
-
 def data_scores(run: FinishedRun) -> Optional[np.ndarray]:
     """The normalized returns of the trajectories in the run's dataset file, where it is on this machine."""
-    path = dataset_path(run)
+    from buffer import run_dataset_file
+    path = run_dataset_file(run.run.saved_config().get("buffer", {}))
     return None if path is None else trajectory_scores(path)
 
 
@@ -401,10 +390,10 @@ def training_figure(references: dict) -> Any:
         runs = references[name]
         score_ax, loss_ax = axes[0, column], axes[1, column]
         for run in runs[:1]:  # pooled runs share a setting; the first one's curves stand for it
-            steps, mean, std = run.curve("eval.csv", "score_mean")
+            steps, mean, std = run.curve("eval", "score_mean")
             score_ax.plot(steps, mean, color="C0", marker="o", markersize=2, label="eval, mean of seeds")
             score_ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.25, label="± std")
-            loss = run.curve("train.csv", "action_mse") or run.curve("train.csv", "loss")
+            loss = run.curve("train", "action_mse") or run.curve("train", "loss")
             loss_ax.plot(loss[0], loss[1], color="C1")
         bar, _ = bar_and_paper(runs[0])
         if bar is not None:
@@ -473,7 +462,7 @@ def family_figure(settings: dict) -> Any:
     plt = pyplot()
     fig, axes = grid(plt, len(settings), 4, 1.5)
     for ax, (name, runs) in zip(axes, settings.items()):
-        curve = runs[0].curve("eval.csv", "score_mean")
+        curve = runs[0].curve("eval", "score_mean")
         if curve is not None:
             steps, mean, std = curve
             ax.plot(steps, mean, color="C0")

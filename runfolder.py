@@ -1,6 +1,7 @@
 """The run folder's owner: one API writes and reads a run folder and its seed folders, and the stop signals.
 
     Run          the run folder: its config (loaded once, upgraded once), seeds, summary, per-seed tables, sweeps
+    SeedFolder   one seed's folder (run.seed(n)): metrics, training state, policies, final scores, video, its log
     Tracker      a seed's metrics also in TensorBoard / W&B
     stop_on_signals, stop_requested, Interrupted   Ctrl-C, SIGTERM and a preemption notice: checkpoint, then stop
 """
@@ -192,17 +193,13 @@ def remove_stray_temporaries(folder: str | Path) -> list:
 
 
 class Run:
-    """A run folder and every file in it; nothing else writes there.
+    """A run folder and its own files; each seed's folder is a SeedFolder (run.seed(n)); nothing else writes there.
 
         config.yaml, main.log       the resolved config; the log (main_mp.py: and each seed's seed<N>/train.log)
         submitit_job                the submitit job that made the folder (Hydra's submitit launchers only)
         results.png, summary.json   the figure and the final scores over seeds
-        seed<N>/train.csv, eval.csv the metrics, rewritten at each checkpoint
-        seed<N>/last.pt             the training state resume= continues from
-        seed<N>/best.pt, final.pt   the policy at its best periodic eval and at the end
-        seed<N>/final.json          the final evaluation; video.mp4 one episode of it
-        sweep_final.csv/.png        evaluate.py's sweep of target returns; seed<N>/sweep_final.json each seed's part
-        seed<N>/events.out.tfevents.*, seed<N>/wandb/   with logger=[csv,tensorboard] / [csv,wandb]
+        sweep_final.csv/.png        evaluate.py's sweep of target returns
+        seed<N>/                    SeedFolder: one seed's metrics, checkpoints, final scores and video
     """
 
     def __init__(self, folder: str | Path):
@@ -231,11 +228,8 @@ class Run:
 
     def outputs_present(self, seeds: list[int]) -> list[str]:
         """The files and seed folders here that a new run of `seeds` would write over (this folder holds no run)."""
-        names = ["results.png", "summary.json", "submitit_job", *(f"seed{seed}" for seed in seeds)]
+        names = ["results.png", "summary.json", "submitit_job", *(self.seed(seed).dir.name for seed in seeds)]
         return [name for name in names if (self.dir / name).exists()]
-
-    def seed_dir(self, seed: int) -> Path:
-        return self.dir / f"seed{seed}"
 
     # the config
 
@@ -269,107 +263,25 @@ class Run:
         path = self.dir / "submitit_job"
         return path.read_text() if path.exists() else None
 
-    # one seed's training state, metrics and checkpoints
+    # the seeds
 
-    def save_state(self, seed: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, progress: dict) -> None:
-        """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
-        self.save_tables(seed, progress["train"], progress["eval"])
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "progress": progress}
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        atomic_torch_save(state, self.seed_dir(seed) / "last.pt")
-
-    def save_tables(self, seed: int, train_rows: list[dict], eval_rows: list[dict]) -> None:
-        """seed<N>/train.csv and eval.csv (a checkpoint rewrites them with its rows)."""
-        write_csv(train_rows, self.seed_dir(seed) / "train.csv")
-        write_csv(eval_rows, self.seed_dir(seed) / "eval.csv")
-
-    def load_state(self, seed: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> dict | None:
-        """Restore what save_state wrote and return the progress dict; None if the seed has no last.pt."""
-        path = self.seed_dir(seed) / "last.pt"
-        if not path.exists():
-            return None
-        try:
-            state = load_checkpoint(path)
-        except RunError as e:
-            raise RunError(f"{e}; delete it to train seed {seed} again from step 0") from None
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return state["progress"]
-
-    def checkpoint_step(self, seed: int) -> int | None:
-        """The step seed<N>/last.pt holds, or None without a readable one."""
-        path = self.seed_dir(seed) / "last.pt"
-        try:
-            return load_checkpoint(path)["progress"]["step"] if path.exists() else None
-        except RunError:
-            return None
-
-    def save_policy(self, seed: int, name: str, policy: dict) -> None:
-        """best.pt / final.pt: a dict of tensors and plain values (loads with weights_only=True)."""
-        atomic_torch_save(policy, self.seed_dir(seed) / name)
-
-    def policy_path(self, seed: int, name: str) -> Path:
-        return self.seed_dir(seed) / name
-
-    def seed_log(self, seed: int) -> Path:
-        """seed<N>/train.log, the log of the seed's own process (main_mp.py); its folder is made."""
-        self.seed_dir(seed).mkdir(parents=True, exist_ok=True)
-        return self.seed_dir(seed) / "train.log"
-
-    def tracker(self, seed: int, cfg: DictConfig, step: int) -> Tracker:
-        """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
-        return Tracker(cfg, self.seed_dir(seed), f"{self.name}/seed{seed}", step)
-
-    def save_final(self, seed: int, result: dict) -> None:
-        atomic_write_bytes(self.seed_dir(seed) / "final.json", json.dumps(result, indent=2).encode())
-
-    def final(self, seed: int) -> dict | None:
-        """The seed's final.json as a dict, or None while it is unfinished."""
-        path = self.seed_dir(seed) / "final.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def save_video(self, seed: int, name: str, frames: list[np.ndarray], fps: int) -> None:
-        save_video(frames, self.seed_dir(seed) / name, fps)
-
-    def save_table(self, name: str, rows: list[dict]) -> None:
-        """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
-        write_csv(rows, self.dir / name)
-
-    def save_sweep_part(self, seed: int, name: str, part: dict) -> None:
-        """One seed's finished sweep (its settings and rows): what a stopped evaluate.py keeps."""
-        atomic_write_bytes(self.seed_dir(seed) / f"{name}.json", json.dumps(part).encode())
-
-    def sweep_part(self, seed: int, name: str) -> dict | None:
-        """What save_sweep_part kept, or None."""
-        path = self.seed_dir(seed) / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def has_files(self, seed: int, names: list[str]) -> bool:
-        return all((self.seed_dir(seed) / name).exists() for name in names)
-
-    # over seeds
+    def seed(self, seed: int) -> SeedFolder:
+        """The folder of seed `seed` (made when a file is first written there)."""
+        return SeedFolder(self, seed)
 
     def seeds(self) -> list[int]:
         """The seeds that have a folder here."""
         return sorted(int(d.name[4:]) for d in self.dir.glob("seed*") if d.name[4:].isdigit())
 
-    def table(self, seed: int, name: str) -> dict:
-        """seed<N>/<name> (train.csv, eval.csv) as float arrays by column; {} while it is not written."""
-        return read_csv(self.seed_dir(seed) / name)
+    def tables(self, kind: str) -> list[dict]:
+        """Every seed's `kind` table (train, eval), in seed order."""
+        return [self.seed(seed).table(kind) for seed in self.seeds()]
 
-    def tables(self, name: str) -> list[dict]:
-        """Every seed's <name> table, in seed order."""
-        return [self.table(seed, name) for seed in self.seeds()]
+    # the run's own tables, summary and figure
+
+    def save_table(self, name: str, rows: list[dict]) -> None:
+        """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
+        write_csv(rows, self.dir / name)
 
     def run_table(self, name: str) -> dict:
         """A CSV of the run's own (evaluate.py's sweep_final.csv) as float arrays by column; {} if missing."""
@@ -397,7 +309,7 @@ class Run:
 
     def summarize(self, env: str, dataset: str, seeds: list[int]) -> dict:
         """Gather the seeds' final.json into summary.json; return it."""
-        finals = [f for f in (self.final(s) for s in self.seeds()) if f is not None]
+        finals = [f for f in (self.seed(s).final() for s in self.seeds()) if f is not None]
         scores = [f["score_mean"] for f in finals]
         summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
                    "missing_seeds": sorted(set(seeds) - {f["seed"] for f in finals}),
@@ -407,11 +319,10 @@ class Run:
         atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
 
-    def plot(self, title: str, target_return: float, ref_min: float, ref_max: float) -> None:
-        """results.png from the seeds' metrics so far."""
-        plot_results(self.tables("eval.csv"), self.tables("train.csv"), f"{title}   ({self.name})", target_return,
-                     ref_min, ref_max, self.dir / "results.png")
-
+    def plot(self, cfg: DictConfig, label: str | None = None) -> None:
+        """results.png from the seeds' metrics so far, titled with the run's config and `label` (default: name)."""
+        plot_results(self.tables("eval"), self.tables("train"), f"{run_title(cfg)}   ({label or self.name})",
+                     cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score, self.dir / "results.png")
 
     # sharing
 
@@ -425,10 +336,10 @@ class Run:
         if dest.exists():
             raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
         seeds = self.seeds()
-        unfinished = [f"seed{s}" for s in seeds if self.final(s) is None]
+        unfinished = [self.seed(s).dir.name for s in seeds if self.seed(s).final() is None]
         if len(unfinished) == len(seeds):
             raise SystemExit(f"error: --publish {self.dir}: no seed has finished (no final.json); resume it first")
-        video = Path(f"seed{seeds[0]}", "video.mp4")
+        video = self.seed(seeds[0]).video_path().relative_to(self.dir)
         for path in sorted(self.dir.rglob("*")):
             relative = path.relative_to(self.dir)
             if path.is_dir() or relative.parts[0] in unfinished or not shared(relative, policies, video):
@@ -445,12 +356,130 @@ class Run:
         from cfgs.schema import ConfigError
         copy = Run(dest)
         try:  # drawn again: without unfinished seeds, and titled without this machine's paths
-            cfg = copy.config()
-            plot_results(copy.tables("eval.csv"), copy.tables("train.csv"), f"{run_title(cfg)}   ({self.name})",
-                         cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score, dest / "results.png")
+            copy.plot(copy.config(), label=self.name)
         except (ConfigError, OmegaConfBaseException):  # unknown keys: no figure rather than a stale one
             (dest / "results.png").unlink(missing_ok=True)
         return unfinished
+
+
+class SeedFolder:
+    """One seed's folder, seed<N>/ of a run, and every file in it; nothing else names them.
+
+        train.csv, eval.csv         the metrics, rewritten at each checkpoint
+        last.pt                     the training state resume= continues from
+        best.pt, final.pt           the policy at its best periodic eval and at the end (export.py: final.onnx, ...)
+        final.json                  the final evaluation; video.mp4 one episode of it
+        train.log                   main_mp.py: the seed process's log (a crash's traceback)
+        <name>.json, <name>_*.mp4   evaluate.py's sweep of this seed and its videos
+        events.out.tfevents.*, wandb/   with logger=[csv,tensorboard] / [csv,wandb]
+    """
+
+    def __init__(self, run: Run, seed: int):
+        self.seed = seed
+        self.dir = run.dir / f"seed{seed}"
+        self.label = f"{run.name}/seed{seed}"  # the trackers' name of the seed
+
+    # training state, metrics and checkpoints
+
+    def save_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, progress: dict) -> None:
+        """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
+        self.save_tables(progress["train"], progress["eval"])
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "progress": progress}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        atomic_torch_save(state, self.dir / "last.pt")
+
+    def save_tables(self, train_rows: list[dict], eval_rows: list[dict]) -> None:
+        """train.csv and eval.csv (a checkpoint rewrites them with its rows)."""
+        write_csv(train_rows, self.dir / "train.csv")
+        write_csv(eval_rows, self.dir / "eval.csv")
+
+    def table(self, kind: str) -> dict:
+        """<kind>.csv (train, eval) as float arrays by column; {} while it is not written."""
+        return read_csv(self.dir / f"{kind}.csv")
+
+    def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> dict | None:
+        """Restore what save_state wrote and return the progress dict; None if the seed has no last.pt."""
+        path = self.dir / "last.pt"
+        if not path.exists():
+            return None
+        try:
+            state = load_checkpoint(path)
+        except RunError as e:
+            raise RunError(f"{e}; delete it to train seed {self.seed} again from step 0") from None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state["progress"]
+
+    def checkpoint_step(self) -> int | None:
+        """The step last.pt holds, or None without a readable one."""
+        path = self.dir / "last.pt"
+        try:
+            return load_checkpoint(path)["progress"]["step"] if path.exists() else None
+        except RunError:
+            return None
+
+    def save_policy(self, which: str, policy: dict) -> None:
+        """best.pt / final.pt (which: best, final): a dict of tensors and plain values (weights_only loads it)."""
+        atomic_torch_save(policy, self.policy_path(which))
+
+    def policy_path(self, which: str, suffix: str = ".pt") -> Path:
+        """The policy file of `which` (best, final); another suffix: its export (.onnx, ...)."""
+        return self.dir / f"{which}{suffix}"
+
+    def tracker(self, cfg: DictConfig, step: int) -> Tracker:
+        """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
+        return Tracker(cfg, self.dir, self.label, step)
+
+    # the end of the seed
+
+    def save_final(self, result: dict) -> None:
+        atomic_write_bytes(self.dir / "final.json", json.dumps(result, indent=2).encode())
+
+    def final(self) -> dict | None:
+        """final.json as a dict, or None while the seed is unfinished."""
+        path = self.dir / "final.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_video(self, frames: list[np.ndarray], fps: int, name: str = "video.mp4") -> None:
+        save_video(frames, self.video_path(name), fps)
+
+    def video_path(self, name: str = "video.mp4") -> Path:
+        """video.mp4 (the final policy's episode), or evaluate.py's video `name`."""
+        return self.dir / name
+
+    # main_mp.py's seed process
+
+    def log_path(self) -> Path:
+        """train.log, the log of the seed's own process (main_mp.py); the folder is made."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir / "train.log"
+
+    # evaluate.py
+
+    def save_sweep_part(self, name: str, part: dict) -> None:
+        """The seed's finished sweep `name` (its settings and rows): what a stopped evaluate.py keeps."""
+        atomic_write_bytes(self.sweep_path(name), json.dumps(part).encode())
+
+    def sweep_part(self, name: str) -> dict | None:
+        """What save_sweep_part kept, or None."""
+        path = self.sweep_path(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def sweep_path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def has_videos(self, names: list[str]) -> bool:
+        return all(self.video_path(name).exists() for name in names)
 
 
 NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT", "run.lock")  # state, job id, others' logs

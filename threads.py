@@ -1,22 +1,65 @@
-"""How many torch threads a process uses, and how its OpenMP threads wait: a policy that holds on a busy machine.
+"""How many torch threads a process uses, and how they wait: fast on an idle machine, no collapse on a busy one.
 
 Imported first by the entry points (main.py, main_mp.py, evaluate.py, bench.py), before anything imports torch:
-torch's OpenMP runtime (libgomp) reads OMP_WAIT_POLICY once, when it loads, so it must be in the environment
-by then, and seed processes (main_mp.py's, Hydra's launchers') inherit it. PASSIVE: a thread that reaches a
-barrier first sleeps instead of spinning. With spinning threads (libgomp's default spins ~300 000 times, ACTIVE
-forever) a step of two threads beside other CPU-bound processes waits at every barrier for a thread that has
-lost its core: 1348 ms a step instead of 88 ms with one thread (issue 31). docs/speed.md has the measurements.
+torch's OpenMP runtime (libgomp) reads its wait policy once, when it loads, so it must be in the environment by
+then; seed processes (main_mp.py's, Hydra's launchers') inherit it. A thread that reaches a barrier first waits
+for its siblings. If it spins long (libgomp's default: ~300 000 times, then sleep) and another process has taken
+its sibling's core, it burns the core that sibling needs: 1348 ms a step instead of 88 ms with one thread
+(issue 31). If it sleeps at once (OMP_WAIT_POLICY=PASSIVE), every one of a step's parallel regions pays a futex
+wake-up: 1.3x slower on an idle machine. So: passive, after a short spin (SPIN_WHEN_IDLE) where the usable cores
+are idle when the process starts, and passive at once where other processes keep them busy. The wait changes
+speed only, never the numbers (docs/speed.md has both measurements); the thread count is fixed for the run, as
+it changes the rounding.
 
-OMP_WAIT_POLICY or OMP_NUM_THREADS in the environment, and train.threads in the config, override the policy.
+OMP_WAIT_POLICY, GOMP_SPINCOUNT or OMP_NUM_THREADS in the environment, and train.threads, override the policy.
 """
 import os
 import sys
+import time
 
-WAIT_POLICY = "PASSIVE"
-if "torch" not in sys.modules:  # later it would change nothing, and the log would say what is not so
-    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
-WAITING = os.environ.get("OMP_WAIT_POLICY", "libgomp's default (spin, then sleep)").lower() + (
-    f" (GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']})" if os.environ.get("GOMP_SPINCOUNT") else "")
+SPIN_WHEN_IDLE = 1000  # GOMP_SPINCOUNT on an idle machine: short enough to cost little if others start later
+BUSY_CORES = 0.5  # other processes' busy cores at start from which threads wait passively at once
+
+
+def others_busy_cores(seconds: float = 0.2) -> float | None:
+    """The usable cores' busy time over `seconds` (/proc/stat; this process sleeps meanwhile), in cores, or None
+    where /proc/stat is not there."""
+    def busy_ticks() -> int:
+        busy = 0
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *ticks = line.split()
+                if name[3:].isdigit() and int(name[3:]) in cpus:
+                    user, nice, system, idle, iowait, irq, softirq, steal = map(int, ticks[:8])
+                    busy += user + nice + system + irq + softirq + steal
+        return busy
+    if not (os.path.exists("/proc/stat") and hasattr(os, "sched_getaffinity")):
+        return None
+    cpus = os.sched_getaffinity(0)
+    before = busy_ticks()
+    time.sleep(seconds)
+    return (busy_ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds
+
+
+def choose_wait_policy() -> str:
+    """Set OpenMP's wait in the environment, unless it is there already (the user's, or a parent process's), and
+    say which and why."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        why = "from the environment"
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        busy = None if os.environ.get("OMP_NUM_THREADS") == "1" else others_busy_cores()
+        why = "one thread" if busy is None else f"other processes kept {busy:.1f} cores busy at start"
+        if busy is not None and busy < BUSY_CORES:
+            os.environ["GOMP_SPINCOUNT"] = str(SPIN_WHEN_IDLE)
+            why = "the usable cores were idle at start"
+    policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
+    spins = os.environ.get("GOMP_SPINCOUNT") or ("0" if policy == "PASSIVE" else "300000")  # libgomp's defaults
+    wait = "active (spin)" if policy == "ACTIVE" else "passive" if spins == "0" else f"spin {spins} times, then sleep"
+    return f"{wait} ({why})"
+
+
+WAITING = choose_wait_policy() if "torch" not in sys.modules else "as torch started (threads imported after it)"
 
 
 def usable_cores() -> int:

@@ -178,13 +178,13 @@ def test_a_stop_between_log_steps_keeps_no_checkpoint_of_a_nan_loss(hopper_file,
     run = Run(tmp_path)
     with pytest.raises(core.NonFiniteLossError, match="the loss became nan before step 3"):
         core.train(compose(f"buffer.path={hopper_file}"), 0, run)  # log steps: 5, 10, ...
-    assert steps == [1, 2, 3] and not (run.seed_dir(0) / "last.pt").exists()
+    assert steps == [1, 2, 3] and run.seed(0).checkpoint_step() is None
 
 
 def test_a_damaged_checkpoint_is_named_with_the_fix(hopper_file, tmp_path):
     run = Run(tmp_path)
-    run.seed_dir(0).mkdir()
-    (run.seed_dir(0) / "last.pt").write_bytes(b"PK\x03\x04 half a zip file")
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed0" / "last.pt").write_bytes(b"PK\x03\x04 half a zip file")
     with pytest.raises(RunError, match=r"seed0/last.pt cannot be read .*delete it to train seed 0 again from step 0"):
         core.train(compose(f"buffer.path={hopper_file}"), 0, run)
 

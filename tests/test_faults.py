@@ -448,16 +448,16 @@ def test_a_full_disk_while_writing_the_video_names_the_file_not_mujoco_gl(tmp_pa
 
     import core
     from conftest import compose
-    from runfolder import Run
+    from runfolder import Run, SeedFolder
 
-    class FullDisk(Run):
-        def save_video(self, seed, name, frames, fps):
+    class FullDisk(SeedFolder):
+        def save_video(self, frames, fps, name="video.mp4"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    cfg, run = compose("eval.video=true"), FullDisk(tmp_path / "run")
-    core.film(fixed_policy(cfg.env.id), cfg, core.gym.make(cfg.env.id), 0, run)
+    cfg = compose("eval.video=true")
+    core.film(fixed_policy(cfg.env.id), cfg, core.gym.make(cfg.env.id), FullDisk(Run(tmp_path / "run"), 0))
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and str(run.seed_dir(0) / "video.mp4") in errors[0], errors
+    assert len(errors) == 1 and str(tmp_path / "run" / "seed0" / "video.mp4") in errors[0], errors
     assert "No space left on device" in errors[0] and "MUJOCO_GL" not in errors[0]
 
 
@@ -475,8 +475,8 @@ def test_a_nan_score_at_an_evaluation_stops_the_seed_with_its_cause_and_writes_n
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))  # NaN actions: NaN rewards (the control cost)
     with pytest.raises(core.NonFiniteScoreError, match="seed 0: the final evaluation scored nan") as error:
-        core.final_evaluation(model, cfg, 0, run, train_seconds=1.0)
-    assert "\n" not in str(error.value) and run.final(0) is None
+        core.final_evaluation(model, cfg, run.seed(0), train_seconds=1.0)
+    assert "\n" not in str(error.value) and run.seed(0).final() is None
 
 
 def test_a_time_limit_below_d4rls_is_named_in_the_log_and_final_json(tiny_run):

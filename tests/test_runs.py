@@ -194,7 +194,7 @@ def test_each_auxiliary_loss_is_logged_in_its_own_column(hopper_file, tmp_path):
 
 def test_every_gallery_config_and_policy_loads_without_migration_shims():
     runs = [run for run in map(Run, sorted((ROOT / "gallery").iterdir())) if run.holds_run()]
-    policies = [(run, run.policy_path(seed, "final.pt")) for run in runs for seed in run.seeds()]
+    policies = [(run, run.seed(seed).policy_path("final")) for run in runs for seed in run.seeds()]
     assert len(runs) > 10 and len([path for _, path in policies if path.exists()]) > 10
     for run, path in policies:
         cfg = run.config()  # typed: a key of older code would fail here

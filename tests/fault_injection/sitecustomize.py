@@ -20,14 +20,14 @@ import types
 def wrap_train(module, seed, how):
     train = module.train
 
-    def crashing_train(cfg, s, run):
+    def crashing_train(cfg, s, run, *args):
         if s == int(seed):
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if how == "nan":
                 module.check_finite(float("nan"), s, 5, run)
             raise RuntimeError(f"injected crash in seed {s}")
-        return train(cfg, s, run)
+        return train(cfg, s, run, *args)
 
     module.train = crashing_train
 
