@@ -6,7 +6,7 @@ then; seed processes (main_mp.py's, Hydra's launchers') inherit it. A thread tha
 for its siblings. If it spins long (libgomp's default: ~300 000 times, then sleep) and another process has taken
 its sibling's core, it burns the core that sibling needs: 1348 ms a step instead of 88 ms with one thread
 (issue 31). If it sleeps at once (OMP_WAIT_POLICY=PASSIVE), every one of a step's parallel regions pays a futex
-wake-up: 1.3x slower on an idle machine. So: passive, after a short spin (SPIN_WHEN_IDLE) where the usable cores
+wake-up: 1.36x slower on an idle machine. So: passive, after a short spin (SPIN_WHEN_IDLE) where the usable cores
 are idle when the process starts, and passive at once where other processes keep them busy. The wait changes
 speed only, never the numbers (docs/speed.md has both measurements); the thread count is fixed for the run, as
 it changes the rounding.
