@@ -346,8 +346,7 @@ def cli(hydra_main):
     named = named_run_dir(sys.argv[1:])
     if named and named.is_dir() and not (named / "main.log").exists():
         _claimed[named] = False  # its main.log is this start's
-    if {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(sys.argv[1:]):
-        runfolder.pass_stops_to_children()  # the joblib launcher's workers: their jobs checkpoint and stop
+    runfolder.pass_stops_to_children()  # in a study: the joblib launcher's workers checkpoint and stop
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         hydra_main()

@@ -2,7 +2,7 @@
 (main.py: a bar per seed; main_mp.py: one line over its seeds, printed by the parent process).
 
 The ETA (estimate) comes from what the seed measured in this attempt (a resumed seed measures again):
-    training     steps left x seconds per training step (the evals' time left out)
+    training     steps left x seconds per training step, of the recent steps (Pace; the evals' time left out)
     evals        periodic evals left x the last one's seconds
     final eval   the last periodic eval's seconds x eval.final_episodes / eval.episodes (linear in the episodes,
                  though a pass runs its envs in lockstep: it errs long)
@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,13 +61,22 @@ class SeedProgress:
 
 @dataclass
 class Pace:
-    """A seed's clock in this attempt (a resumed seed measures again): its seconds, and the seconds of its training
-    steps and periodic evals that its ETA is estimated from."""
+    """A seed's clock in this attempt (a resumed seed measures again): its seconds, and the pace of its recent
+    training steps and its last periodic eval, which its ETA is estimated from.
+
+    The step pace is that of the last `window` estimates, not of the whole attempt: a pause (a process stopped with
+    Ctrl-Z or SIGSTOP) or a neighbour that came or went stops counting once the window has passed it.
+    """
 
     first_step: int = 0  # the step this attempt started after
     started: float = field(default_factory=time.time)
     eval_seconds: float = 0.0  # the periodic evals'
     last_eval_seconds: float | None = None  # the last periodic eval's
+    window: int = 20  # estimates whose pace counts (main.py's defaults: 2 000 steps)
+    marks: deque[tuple[float, int, float]] = field(init=False)  # (time, step, eval_seconds) at recent estimates
+
+    def __post_init__(self) -> None:
+        self.marks = deque([(self.started, self.first_step, 0.0)], maxlen=self.window + 1)
 
     def seconds(self) -> float:
         return time.time() - self.started
@@ -80,10 +90,13 @@ class Pace:
         self.eval_seconds += self.last_eval_seconds
 
     def estimate(self, cfg: DictConfig, step: int) -> tuple[float | None, float | None]:
-        """estimate() at `step` from the seconds measured so far; (None, None) before a step and an eval."""
-        if step == self.first_step or self.last_eval_seconds is None:
+        """estimate() at `step` from the recent steps' seconds; (None, None) before a step and an eval."""
+        if step > self.marks[-1][1]:
+            self.marks.append((time.time(), step, self.eval_seconds))
+        (then, then_step, then_evals), (now, _, evals) = self.marks[0], self.marks[-1]
+        if step == then_step or self.last_eval_seconds is None:
             return None, None
-        step_seconds = (self.seconds() - self.eval_seconds) / (step - self.first_step)
+        step_seconds = (now - then - (evals - then_evals)) / (step - then_step)
         return estimate(cfg, step, step_seconds, self.last_eval_seconds)
 
 

@@ -68,15 +68,32 @@ def stop_on_signals() -> None:
 
 
 def pass_stops_to_children() -> None:
-    """In a study's own process (a multirun's): SIGINT and SIGTERM are noted and passed on to its child processes,
-    the joblib launcher's workers, whose jobs checkpoint and stop; the study waits for them and reports each job."""
+    """In an entry point's own process: SIGINT and SIGTERM that reach a study's process (a multirun's, however it was
+    asked for) while the joblib launcher's workers run are noted and passed on to them, whose jobs checkpoint and
+    stop; the study waits for them and reports each job. Elsewhere the signals act as before (a run's job takes
+    them over when it starts: stop_on_signals)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
     def pass_on(signum, frame):
+        workers = [child for child in multiprocessing.active_children() if type(child).__name__ == "LokyProcess"]
+        if not workers:
+            act_as_before(before[signum], signum, frame)
+            return
         _note_signal(signum, frame)
-        for child in multiprocessing.active_children():
+        for worker in workers:
             with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-                os.kill(child.pid, signum)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+                os.kill(worker.pid, signum)
+    for sig in before:
         signal.signal(sig, pass_on)
+
+
+def act_as_before(handler, signum, frame) -> None:
+    """What the signal would have done under `handler` (Python's handler, the default action, or ignored)."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def stop_requested() -> str | None:

@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 
 from conftest import (
     CRASH_ENV,
+    ROOT,
+    SHORT_MULTIRUN,
     TINY,
     copy_run,
     multirun,
@@ -219,10 +221,21 @@ def loky_workers(pid):
     return [p for p in children(pid) if b"LokyProcess" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
-def test_no_worker_of_a_stopped_parallel_study_goes_on_running(data_dir, sig):
+def parallel_study(data_dir, asked):
+    """A study of two long jobs side by side (the joblib launcher), asked for with -m or in a config file."""
+    if asked == "-m":
+        return multirun(data_dir, "hydra/launcher=parallel", *LONG, "buffer.top_percent=50,100", wait=False)
+    config = (ROOT / "cfgs" / "config.yaml").read_text() + "\nhydra:\n  mode: MULTIRUN\n"  # the project's, a study
+    (data_dir / "study.yaml").write_text(config)
+    return start_script("main.py", f"--config-dir={data_dir}", "--config-name=study", "hydra/launcher=parallel",
+                        *SHORT_MULTIRUN, *LONG, "buffer.top_percent=50,100", cwd=data_dir,
+                        env={"D4RL_DATASET_DIR": str(data_dir)})
+
+
+@pytest.mark.parametrize("sig, asked", [("SIGTERM", "-m"), ("SIGKILL", "-m"), ("SIGTERM", "in a config file")])
+def test_no_worker_of_a_stopped_parallel_study_goes_on_running(data_dir, sig, asked):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    study = multirun(data_dir, "hydra/launcher=parallel", *LONG, "buffer.top_percent=50,100", wait=False)
+    study = parallel_study(data_dir, asked)
     wait_for_checkpoints(study, data_dir, 2)
     workers = loky_workers(study.pid)
     assert len(workers) == 2

@@ -16,9 +16,10 @@ import time
 import pytest
 
 import core
+import progress
 import utils
 from conftest import ROOT, TINY, compose, entry_env, run_entry
-from progress import Bar, SeedProgress, SeedsLine, estimate
+from progress import Bar, Pace, SeedProgress, SeedsLine, estimate
 from runfolder import Run
 
 
@@ -37,6 +38,23 @@ def test_a_seeds_eta_covers_its_steps_and_evals_left_its_final_evaluation_and_it
     assert estimate(cfg, step=100, step_seconds=1.0, eval_seconds=2.0)[0] == final_and_video
     no_video = compose("train.steps=100", "train.eval_every=50", "eval.episodes=10", "eval.final_episodes=100")
     assert estimate(no_video, step=100, step_seconds=1.0, eval_seconds=2.0)[0] == 2.0 * 100 / 10
+
+
+def test_a_pause_stops_counting_in_the_eta_once_the_window_has_passed_it(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    cfg = compose("train.steps=1000", "train.eval_every=1000", "eval.episodes=10", "eval.final_episodes=10")
+    pace = Pace(started=clock[0], window=3)
+    with pace.timing_eval():  # an eval of 5 s: its time is not the steps'
+        clock[0] += 5.0
+    left = []
+    for step in range(100, 700, 100):  # 100 steps in 10 s each, and a pause of 600 s before step 200
+        clock[0] += 10.0 + 600.0 * (step == 200)
+        left.append(pace.estimate(cfg, step)[0])
+    end = 5.0 + 5.0  # the eval at step 1000 and the final evaluation (10 episodes, as a periodic eval)
+    assert left[0] == pytest.approx(900 * 0.1 + end)
+    assert left[1] > 800 * 0.1 + end + 100  # the pause still counts ...
+    assert left[-1] == pytest.approx(400 * 0.1 + end)  # ... and no more, three estimates after it
 
 
 def test_main_pys_run_eta_adds_the_later_seeds_one_after_another():
