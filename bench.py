@@ -80,6 +80,22 @@ def train_step_flops(config: DTConfig, batch_size: int = CFG.train.batch_size) -
     return 3 * batch_size * T * L * (per_token_layer + attention)
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def matmul_share(model: torch.nn.Module, batch: tuple, precision: str, steps: int = 20) -> float:
+    """The matmuls' share of a train step's op time (torch.profiler's self CPU time, after 5 warm-up steps): a step
+    that kept these matmuls and did nothing else would take this share of the step."""
+    step = train_stepper(model, batch, precision)
+    for _ in range(5):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            step()
+    self_us = {event.key: event.self_cpu_time_total for event in profiler.key_averages()}
+    return sum(self_us.get(op, 0.0) for op in MATMUL_OPS) / sum(self_us.values())
+
+
 def sampling_seconds(state_dim: int, act_dim: int, reps: int = 500, trajectories: int = 1000,
                      length: int = 1000) -> float:
     """Median host time of SequenceBuffer.sample for a default batch from a D4RL-sized buffer (1M steps)."""
@@ -365,6 +381,10 @@ def main() -> None:
                                  "speedup_default": ref_s / ours[default], "gflop_per_step": flops / 1e9}
         rows.append((f"train step {env} reference fp32", ref_s * 1e3, 1 / ref_s, 1.0,
                      flops / ref_s / 1e9 / peak["fp32"]))
+    hopper = results["train"]["hopper"]
+    model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
+    share = matmul_share(model, random_batch(*SHAPES["hopper"], args.batch_size, args.context_len), default)
+    hopper.update(matmul_share=share, matmul_only_speedup=hopper["reference_ms"] / (share * hopper[f"{default}_ms"]))
     results["batch_sampling_ms"] = sampling_seconds(*SHAPES["hopper"], trajectories=args.trajectories) * 1e3
 
     model = DecisionTransformer(default_model_config(17, 6, **shape))
@@ -375,13 +395,15 @@ def main() -> None:
                        "speedup": vec_rate / seq_rate}
     results["parallel_3_seeds_steps_per_s"] = parallel_steps_per_second(min(args.steps, 100), args.batch_size, shape,
                                                                         default)
-    one_seed = 1e3 / results["train"]["hopper"][f"{default}_ms"]
+    one_seed = 1e3 / hopper[f"{default}_ms"]
 
     print(f"machine: {results['machine']}; default precision here: {default}")
     print("matmul peak (1024^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     print(f"{'measurement':42s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
     for name, ms, rate, ratio, frac in rows:
         print(f"{name:42s} {ms:8.1f} {rate:8.2f} {ratio:6.2f}x {frac:7.0%}")
+    print(f"the hopper {default} step's matmuls: {hopper['matmul_share']:.0%} of its op time; a step of only these "
+          f"matmuls would be {hopper['matmul_only_speedup']:.2f}x the reference")
     print(f"batch sampling (numpy, host): {results['batch_sampling_ms']:.2f} ms, "
           f"{results['batch_sampling_ms'] / results['train']['hopper'][f'{default}_ms']:.1%} of the hopper step")
     e = results["eval"]

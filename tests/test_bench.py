@@ -25,6 +25,10 @@ def test_bench_writes_every_measurement(tmp_path):
         assert train["speedup_default"] == train[f"speedup_{results['default_precision']}"]
     assert results["eval"]["vectorized_steps_per_s"] > 0 and results["eval"]["sequential_steps_per_s"] > 0
     assert results["batch_sampling_ms"] > 0 and results["parallel_3_seeds_steps_per_s"] > 0
+    hopper = results["train"]["hopper"]  # the matmuls' share of the default step, and a step of only them
+    assert 0 < hopper["matmul_share"] < 1
+    assert hopper["matmul_only_speedup"] > hopper["speedup_default"]
+    assert "a step of only these matmuls would be" in result.stdout
     assert "train step hopper project fp32" in result.stdout and "eval 1 x 1000 steps" in result.stdout
     assert results["shape"] == {"batch_size": 4, "context_len": 5, "embed_dim": 16, "n_layers": 1}
 
