@@ -234,18 +234,30 @@ def time_setting(proc: subprocess.Popen, steps: int) -> dict:
 
 def busy_worker(batch_size: int, shape: dict) -> None:
     """--worker: a setting's process. The default precision's step on a hopper batch, timed on request: each
-    line on stdin asks for n steps, each answer is a JSON list of their seconds."""
+    line on stdin asks for n steps, each answer is a JSON list of their seconds. Where a run's threads would follow
+    the load (no OMP_NUM_THREADS; core.thread_governor), so do this process's, measured from the start of each turn
+    (it is stopped between turns), after two untimed steps."""
     policy = threads.set_torch_threads(1)
     torch.manual_seed(0)
     precision = utils.pick_precision(CFG.train.precision, torch.device("cpu"))
     model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
-    step = train_stepper(model, random_batch(*SHAPES["hopper"], batch_size, shape["context_len"]), precision)
+    batch = random_batch(*SHAPES["hopper"], batch_size, shape["context_len"])
+    step = train_stepper(model, batch, precision)
+    most = torch.get_num_threads()
+    follows = (not os.environ.get("OMP_NUM_THREADS") and most > 1 and threads.can_measure_load()
+               and core.same_bits_at_thread_counts(model, list(batch), CFG.train, precision, range(1, most + 1)))
+    policy += "; threads follow the load" if follows else ""
     for _ in range(5):  # warm-up
         step()
-    print(json.dumps({"threads": torch.get_num_threads(), "policy": policy, "precision": precision}), flush=True)
+    count = f"1-{most} (follow the load)" if follows else most
+    print(json.dumps({"threads": count, "policy": policy, "precision": precision}), flush=True)
     try:
         for request in sys.stdin:
-            print(json.dumps([step() for _ in range(int(request))]), flush=True)
+            governor = threads.Governor(most, every=0.25) if follows else lambda: None
+            for _ in range(2):
+                governor()
+                step()
+            print(json.dumps([governor() or step() for _ in range(int(request))]), flush=True)
     except KeyboardInterrupt:  # the benchmark ends this process itself
         pass
 

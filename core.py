@@ -1,4 +1,5 @@
 """Training and evaluation of one seed: batches -> masked action MSE -> AdamW; periodic evals."""
+import copy
 import dataclasses
 import logging
 import os
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import progress
 import runfolder
+import threads
 import utils
 from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
 from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
@@ -288,6 +290,46 @@ def train_step(model: DecisionTransformer, optimizer: torch.optim.Optimizer,
     return step_losses.detach()
 
 
+def same_bits_at_thread_counts(model: DecisionTransformer, batch: list[torch.Tensor], train_cfg: DictConfig,
+                               precision: str, counts: range) -> bool:
+    """Whether a copy of `model` gives the same gradients, gradient norm and eval actions, bit for bit, on `batch` at
+    each of these torch thread counts (the same dropout at each). Leaves the model, torch's RNG and threads as
+    they were."""
+    threads_before, rng_before = torch.get_num_threads(), torch.get_rng_state()
+    outcomes = []
+    for count in counts:
+        torch.set_num_threads(count)
+        torch.set_rng_state(rng_before)
+        twin = copy.deepcopy(model).train()
+        losses(twin, batch, train_cfg, precision)[0].backward()
+        norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), train_cfg.grad_clip)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            actions = twin.eval()(*batch[:4])[0]  # (B, K, act)
+        outcomes.append([*(p.grad for p in twin.parameters() if p.grad is not None), norm, actions])
+    torch.set_num_threads(threads_before)
+    torch.set_rng_state(rng_before)
+    return all(torch.equal(a, b) for outcome in outcomes[1:] for a, b in zip(outcomes[0], outcome))
+
+
+def thread_governor(cfg: DictConfig, model: DecisionTransformer, data: SequenceBuffer, device: torch.device,
+                    precision: str) -> Callable[[], None]:
+    """threads.Governor (torch threads that follow the load) where it changes no number: on a CPU, with the thread
+    count chosen by the run (not OMP_NUM_THREADS or train.threads) and above one, and a step shown to give the same
+    bits at each count; else a call that does nothing. Logs which and why."""
+    most = torch.get_num_threads()
+    if device.type != "cpu" or most == 1 or cfg.train.threads or os.environ.get("OMP_NUM_THREADS") \
+            or not threads.can_measure_load():
+        return lambda: None
+    batch = to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), device)  # the run's rng untouched
+    if not same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, most + 1)):
+        log.info("torch threads stay at %d: this step's numbers depend on the thread count here (%s)", most,
+                 precision)
+        return lambda: None
+    log.info("torch threads follow the load, 1 to %d (the cores other processes leave free): this step gives the "
+             "same numbers at each count", most)
+    return threads.Governor(most)
+
+
 def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None = None) -> dict:
     """Train one seed of `run` and evaluate it; its SeedRecord keeps the metrics, checkpoints and final scores and
     reports its progress to `show` (default: a bar)."""
@@ -307,9 +349,11 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None =
                                progress.Bar() if show is None else show)
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
              len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
+    follow_the_load = thread_governor(cfg, model, data, device, precision)
     with record:
         model.train()
         for step in range(record.step + 1, cfg.train.steps + 1):
+            follow_the_load()
             batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             record.add_losses(train_step(model, optimizer, scheduler, batch, cfg.train, precision))

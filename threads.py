@@ -8,8 +8,9 @@ its sibling's core, it burns the core that sibling needs: 1348 ms a step instead
 (issue 31). If it sleeps at once (OMP_WAIT_POLICY=PASSIVE), every one of a step's parallel regions pays a futex
 wake-up: 1.36x slower on an idle machine. So: passive, after a short spin (SPIN_WHEN_IDLE) where the usable cores
 are idle when the process starts, and passive at once where other processes keep them busy. The wait changes
-speed only, never the numbers (docs/speed.md has both measurements); the thread count is fixed for the run, as
-it changes the rounding.
+speed only, never the numbers (docs/speed.md has both measurements). The thread count then follows the load
+(Governor): a neighbour that takes a core costs the run a thread; core.thread_governor turns it on only where the
+step is shown to give the same bits at each count (it would otherwise change the rounding).
 
 OMP_WAIT_POLICY, GOMP_SPINCOUNT or OMP_NUM_THREADS in the environment, and train.threads, override the policy.
 """
@@ -21,24 +22,31 @@ SPIN_WHEN_IDLE = 1000  # GOMP_SPINCOUNT on an idle machine: short enough to cost
 BUSY_CORES = 0.5  # other processes' busy cores at start from which threads wait passively at once
 
 
+def busy_ticks(cpus: set[int]) -> int:
+    """The clock ticks the cores `cpus` have been busy since boot (/proc/stat)."""
+    busy = 0
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *ticks = line.split()
+            if name[3:].isdigit() and int(name[3:]) in cpus:
+                user, nice, system, idle, iowait, irq, softirq, steal = map(int, ticks[:8])
+                busy += user + nice + system + irq + softirq + steal
+    return busy
+
+
+def can_measure_load() -> bool:
+    return os.path.exists("/proc/stat") and hasattr(os, "sched_getaffinity")
+
+
 def others_busy_cores(seconds: float = 0.2) -> float | None:
-    """The usable cores' busy time over `seconds` (/proc/stat; this process sleeps meanwhile), in cores, or None
-    where /proc/stat is not there."""
-    def busy_ticks() -> int:
-        busy = 0
-        with open("/proc/stat") as stat:
-            for line in stat:
-                name, *ticks = line.split()
-                if name[3:].isdigit() and int(name[3:]) in cpus:
-                    user, nice, system, idle, iowait, irq, softirq, steal = map(int, ticks[:8])
-                    busy += user + nice + system + irq + softirq + steal
-        return busy
-    if not (os.path.exists("/proc/stat") and hasattr(os, "sched_getaffinity")):
+    """The usable cores' busy time over `seconds` (this process sleeps meanwhile), in cores, or None where
+    /proc/stat is not there."""
+    if not can_measure_load():
         return None
     cpus = os.sched_getaffinity(0)
-    before = busy_ticks()
+    before = busy_ticks(cpus)
     time.sleep(seconds)
-    return (busy_ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds
+    return (busy_ticks(cpus) - before) / os.sysconf("SC_CLK_TCK") / seconds
 
 
 def choose_wait_policy() -> str:
@@ -81,3 +89,41 @@ def set_torch_threads(num_processes: int, threads: int | None = None) -> str:
         why = f"{usable_cores()} usable cores shared by {num_processes} process{'es' * (num_processes > 1)}"
     count = torch.get_num_threads()
     return f"{count} torch thread{'s' * (count > 1)} ({why}); OpenMP threads wait {WAITING}"
+
+
+class OthersLoad:
+    """The cores other processes kept busy since the last call: the usable cores' busy time less this process's."""
+
+    def __init__(self):
+        self.cpus = os.sched_getaffinity(0)
+        self.last = self.read()
+
+    def read(self) -> tuple[float, float, float]:
+        """(now, the cores' busy seconds, this process's CPU seconds)."""
+        own = os.times()
+        return time.monotonic(), busy_ticks(self.cpus) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+    def __call__(self) -> float:
+        (then, busy_then, own_then), (now, busy, own) = self.last, self.read()
+        self.last = (now, busy, own)
+        return max(0.0, (busy - busy_then) - (own - own_then)) / max(now - then, 1e-9)
+
+
+class Governor:
+    """Torch threads that follow the load: every `every` seconds, as many as the usable cores other processes leave
+    free (at least one, at most `most`). A neighbour that takes a core then costs this run a thread, not a collapse
+    (docs/speed.md). Only for a step whose numbers do not depend on the thread count (core.thread_governor checks)."""
+
+    def __init__(self, most: int, every: float = 2.0, others_busy=None):
+        self.most, self.every = most, every
+        self.others_busy = others_busy or OthersLoad()  # () -> cores busy with other processes since the last call
+        self.next_check = time.monotonic() + every
+
+    def __call__(self) -> None:
+        """Between two steps: the thread count for the load now, when a check is due."""
+        import torch
+        if time.monotonic() < self.next_check:
+            return
+        self.next_check = time.monotonic() + self.every
+        free = usable_cores() - self.others_busy()
+        torch.set_num_threads(min(self.most, max(1, round(free))))

@@ -153,19 +153,22 @@ def test_report_py_reads_a_run_folder_made_by_main_py(tiny_run, tmp_path):
     assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF")
 
 
-PRE_REFACTOR = "90006b3"  # the last commit before cfgs/schema.py and the Run class; a refactor keeps its numbers
+# A refactor keeps the numbers: 90006b3 (before cfgs/schema.py and the Run class) to f385ba1 gave the same CSVs; then
+# models.LayerNorm changed the rounding on purpose (thread-independent gradients; its 3-seed score checked in
+# docs/speed.md), so the pin moved to that commit.
+PRE_REFACTOR = "b0c8c03"
 
 
 def test_the_refactor_left_the_metrics_byte_identical(hopper_file, tmp_path):
-    """The typed config and the Run changed no number: the old code's tiny run writes the same CSVs."""
+    """The code since PRE_REFACTOR changed no number: the old code's tiny run writes the same CSVs."""
     old = tmp_path / "old"
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", PRE_REFACTOR], capture_output=True)
     if archive.returncode != 0:
         pytest.skip(f"commit {PRE_REFACTOR} is not in this clone ({archive.stderr.decode().strip()})")
     old.mkdir()
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-    same = [f"buffer.path={hopper_file}", "seeds=[0]", "env.max_episode_len=1000"]  # the old code's episodes
-    run_entry("main.py", tmp_path / "new", *same, "train.precision=fp32")  # the old code's only precision
+    same = [f"buffer.path={hopper_file}", "seeds=[0]", "env.max_episode_len=1000", "train.precision=fp32"]
+    run_entry("main.py", tmp_path / "new", *same)
     run_script(old / "main.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}", *same, cwd=old, check=True, fresh=True)
     for name in ["train.csv", "eval.csv"]:
         assert read(tmp_path / "run" / "seed0" / name) == read(tmp_path / "new" / "seed0" / name), name

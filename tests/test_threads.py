@@ -10,7 +10,7 @@ import pytest
 import threads
 from cfgs import schema
 from cfgs.schema import ConfigError
-from conftest import ROOT, compose
+from conftest import ROOT, TINY, compose, run_script
 
 
 @pytest.fixture
@@ -102,3 +102,118 @@ def test_a_thread_count_below_one_is_refused():
 def test_the_log_says_how_many_threads_a_run_uses_and_why(tiny_run):
     run_dir, _ = tiny_run
     assert "1 torch thread (OMP_NUM_THREADS=1); OpenMP threads wait" in (run_dir / "main.log").read_text()
+
+
+# Threads that follow the load (threads.Governor), where the step's numbers do not depend on the thread count
+
+@pytest.mark.parametrize("others, most, count", [(0.0, 2, 2), (0.3, 2, 2), (1.0, 2, 1), (1.9, 2, 1), (5.0, 4, 3),
+                                                 (0.0, 4, 4), (8.0, 4, 1)])
+def test_the_governor_gives_torch_the_cores_other_processes_leave_free(eight_cores, monkeypatch, others, most,
+                                                                       count):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2 if most == 2 else 8)
+    governor = threads.Governor(most, every=0.0, others_busy=lambda: others)
+    governor()
+    assert eight_cores.get_num_threads() == count
+
+
+def test_the_governor_checks_the_load_only_when_due(eight_cores):
+    calls = []
+    governor = threads.Governor(2, every=60.0, others_busy=lambda: calls.append(1) or 0.0)
+    governor()
+    assert calls == []
+
+
+def test_the_load_of_other_processes_is_told_from_this_ones_own(monkeypatch):
+    clock = {"now": 100.0, "busy_ticks": 0, "own": 0.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(threads, "busy_ticks", lambda cpus: clock["busy_ticks"])
+    monkeypatch.setattr(threads.os, "times", lambda: os.times_result((clock["own"], 0.0, 0.0, 0.0, 0.0)))
+    others = threads.OthersLoad()
+    tick = os.sysconf("SC_CLK_TCK")
+    clock.update(now=102.0, busy_ticks=4 * tick, own=2.4)  # 2 s: the cores busy 4 s, 2.4 of them this process's
+    assert others() == pytest.approx(0.8)
+    clock.update(now=104.0, busy_ticks=6 * tick, own=4.4)  # 2 s more: all of it this process's
+    assert others() == pytest.approx(0.0)
+
+
+WIDER = ["train.batch_size=16", "buffer.context_len=10", "model.embed_dim=32"]  # than the tiny run's
+
+
+def project_step_setup(hopper_file, *overrides):
+    """(cfg, model, data, precision) of a tiny hopper run on the project's model."""
+    import gymnasium as gym
+
+    import core
+    import utils
+    cfg = compose(f"buffer.path={hopper_file}", *overrides)
+    env = gym.make(core.env_spec(cfg.env))
+    data = core.load_data(cfg, env)
+    precision = utils.pick_precision(cfg.train.precision, utils.pick_device("cpu"))
+    return cfg, core.build_model(cfg, data, env), data, precision
+
+
+def test_torchs_fused_layer_norm_makes_a_steps_numbers_depend_on_the_thread_count(hopper_file):
+    import numpy as np
+    import torch
+
+    import core
+    cfg, model, data, precision = project_step_setup(hopper_file, *WIDER)
+    batch = core.to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), torch.device("cpu"))
+    assert core.same_bits_at_thread_counts(model, batch, cfg.train, "fp32", range(1, 2))  # one count: trivially
+    model.embed_ln = torch.nn.LayerNorm(cfg.model.embed_dim)  # torch's own: its weight gradient is summed per thread
+    assert not core.same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, 3))
+
+
+def test_where_the_check_passes_steps_at_changing_thread_counts_give_the_same_weights(hopper_file, eight_cores):
+    import numpy as np
+
+    import core
+    cfg, model, data, precision = project_step_setup(hopper_file, *WIDER)
+    batch = core.to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), eight_cores.device("cpu"))
+    if not core.same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, 3)):
+        pytest.skip(f"on this machine the {precision} step's numbers depend on the thread count")
+    weights = {}
+    for counts in ([2], [1, 2], [2, 2, 1]):
+        eight_cores.manual_seed(0)
+        twin = core.build_model(cfg, data, core.gym.make(core.env_spec(cfg.env)))
+        optimizer = twin.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
+        scheduler = core.warmup_scheduler(optimizer, cfg.train.warmup_steps)
+        twin.train()
+        for step in range(6):
+            eight_cores.set_num_threads(counts[step % len(counts)])
+            core.train_step(twin, optimizer, scheduler, batch, cfg.train, precision)
+        weights[tuple(counts)] = [p.detach().clone() for p in twin.parameters()]
+    assert all(eight_cores.equal(a, b) for a, b in zip(weights[(2,)], weights[(1, 2)]))
+    assert all(eight_cores.equal(a, b) for a, b in zip(weights[(2,)], weights[(2, 2, 1)]))
+
+
+def test_a_run_says_whether_its_threads_follow_the_load_and_a_fixed_count_keeps_them(hopper_file, eight_cores,
+                                                                                    caplog):
+    import core
+    cfg, model, data, precision = project_step_setup(hopper_file, *WIDER)
+    eight_cores.set_num_threads(2)
+    with caplog.at_level("INFO", logger="core"):
+        governor = core.thread_governor(cfg, model, data, eight_cores.device("cpu"), precision)
+    follows = isinstance(governor, threads.Governor)
+    assert ("torch threads follow the load, 1 to 2" if follows else "torch threads stay at 2") in caplog.text
+    fixed, *_ = project_step_setup(hopper_file, *WIDER, "train.threads=2")
+    assert not isinstance(core.thread_governor(fixed, model, data, eight_cores.device("cpu"), precision),
+                          threads.Governor)
+
+
+def test_where_the_check_passes_a_run_gives_the_same_csvs_at_one_thread_and_two(hopper_file, tmp_path):
+    import numpy as np
+    import torch
+
+    import core
+    cfg, model, data, precision = project_step_setup(hopper_file)  # the tiny run's model and batch
+    batch = core.to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), torch.device("cpu"))
+    if not core.same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, 3)):
+        pytest.skip(f"on this machine the {precision} step's numbers depend on the thread count")
+    tables = []
+    for count in ("1", "2"):
+        run_dir = tmp_path / f"threads{count}"
+        run_script("main.py", *TINY, f"hydra.run.dir={run_dir}", f"buffer.path={hopper_file}", "seeds=[0]",
+                   env={"OMP_NUM_THREADS": count}, check=True, fresh=True)
+        tables.append([(run_dir / "seed0" / name).read_bytes() for name in ("train.csv", "eval.csv")])
+    assert tables[0] == tables[1]
