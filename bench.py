@@ -244,8 +244,7 @@ def busy_worker(batch_size: int, shape: dict) -> None:
     batch = random_batch(*SHAPES["hopper"], batch_size, shape["context_len"])
     step = train_stepper(model, batch, precision)
     most = torch.get_num_threads()
-    follows = (not os.environ.get("OMP_NUM_THREADS") and most > 1 and threads.can_measure_load()
-               and core.same_bits_at_thread_counts(model, list(batch), CFG.train, precision, range(1, most + 1)))
+    follows = isinstance(core.thread_governor(CFG, model, list(batch), precision), threads.Governor)
     policy += "; threads follow the load" if follows else ""
     for _ in range(5):  # warm-up
         step()

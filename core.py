@@ -311,16 +311,15 @@ def same_bits_at_thread_counts(model: DecisionTransformer, batch: list[torch.Ten
     return all(torch.equal(a, b) for outcome in outcomes[1:] for a, b in zip(outcomes[0], outcome))
 
 
-def thread_governor(cfg: DictConfig, model: DecisionTransformer, data: SequenceBuffer, device: torch.device,
+def thread_governor(cfg: DictConfig, model: DecisionTransformer, batch: list[torch.Tensor],
                     precision: str) -> Callable[[], None]:
     """threads.Governor (torch threads that follow the load) where it changes no number: on a CPU, with the thread
-    count chosen by the run (not OMP_NUM_THREADS or train.threads) and above one, and a step shown to give the same
-    bits at each count; else a call that does nothing. Logs which and why."""
+    count chosen by the run (not OMP_NUM_THREADS or train.threads) and above one, and a step on `batch` shown to give
+    the same bits at each count; else a call that does nothing. Logs which and why."""
     most = torch.get_num_threads()
-    if device.type != "cpu" or most == 1 or cfg.train.threads or os.environ.get("OMP_NUM_THREADS") \
+    if batch[0].device.type != "cpu" or most == 1 or cfg.train.threads or os.environ.get("OMP_NUM_THREADS") \
             or not threads.can_measure_load():
         return lambda: None
-    batch = to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), device)  # the run's rng untouched
     if not same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, most + 1)):
         log.info("torch threads stay at %d: this step's numbers depend on the thread count here (%s)", most,
                  precision)
@@ -349,7 +348,8 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None =
                                progress.Bar() if show is None else show)
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
              len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
-    follow_the_load = thread_governor(cfg, model, data, device, precision)
+    probe = to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), device)  # the run's rng untouched
+    follow_the_load = thread_governor(cfg, model, probe, precision)
     with record:
         model.train()
         for step in range(record.step + 1, cfg.train.steps + 1):

@@ -38,15 +38,32 @@ def can_measure_load() -> bool:
     return os.path.exists("/proc/stat") and hasattr(os, "sched_getaffinity")
 
 
+class OthersLoad:
+    """The cores other processes kept busy since the last call: the usable cores' busy time less this process's."""
+
+    def __init__(self):
+        self.cpus = os.sched_getaffinity(0)
+        self.last = self.read()
+
+    def read(self) -> tuple[float, float, float]:
+        """(now, the cores' busy seconds, this process's CPU seconds)."""
+        own = os.times()
+        return time.monotonic(), busy_ticks(self.cpus) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+    def __call__(self) -> float:
+        (then, busy_then, own_then), (now, busy, own) = self.last, self.read()
+        self.last = (now, busy, own)
+        return max(0.0, (busy - busy_then) - (own - own_then)) / max(now - then, 1e-9)
+
+
 def others_busy_cores(seconds: float = 0.2) -> float | None:
-    """The usable cores' busy time over `seconds` (this process sleeps meanwhile), in cores, or None where
+    """The cores other processes keep busy, measured over `seconds` while this process sleeps, or None where
     /proc/stat is not there."""
     if not can_measure_load():
         return None
-    cpus = os.sched_getaffinity(0)
-    before = busy_ticks(cpus)
+    others = OthersLoad()
     time.sleep(seconds)
-    return (busy_ticks(cpus) - before) / os.sysconf("SC_CLK_TCK") / seconds
+    return others()
 
 
 def choose_wait_policy() -> str:
@@ -89,24 +106,6 @@ def set_torch_threads(num_processes: int, threads: int | None = None) -> str:
         why = f"{usable_cores()} usable cores shared by {num_processes} process{'es' * (num_processes > 1)}"
     count = torch.get_num_threads()
     return f"{count} torch thread{'s' * (count > 1)} ({why}); OpenMP threads wait {WAITING}"
-
-
-class OthersLoad:
-    """The cores other processes kept busy since the last call: the usable cores' busy time less this process's."""
-
-    def __init__(self):
-        self.cpus = os.sched_getaffinity(0)
-        self.last = self.read()
-
-    def read(self) -> tuple[float, float, float]:
-        """(now, the cores' busy seconds, this process's CPU seconds)."""
-        own = os.times()
-        return time.monotonic(), busy_ticks(self.cpus) / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-    def __call__(self) -> float:
-        (then, busy_then, own_then), (now, busy, own) = self.last, self.read()
-        self.last = (now, busy, own)
-        return max(0.0, (busy - busy_then) - (own - own_then)) / max(now - then, 1e-9)
 
 
 class Governor:

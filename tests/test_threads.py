@@ -140,36 +140,33 @@ WIDER = ["train.batch_size=16", "buffer.context_len=10", "model.embed_dim=32"]  
 
 
 def project_step_setup(hopper_file, *overrides):
-    """(cfg, model, data, precision) of a tiny hopper run on the project's model."""
+    """(cfg, model, data, batch, precision) of a tiny hopper run on the project's model; batch: one sampled batch."""
     import gymnasium as gym
+    import numpy as np
 
     import core
     import utils
     cfg = compose(f"buffer.path={hopper_file}", *overrides)
     env = gym.make(core.env_spec(cfg.env))
     data = core.load_data(cfg, env)
+    batch = core.to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), utils.pick_device("cpu"))
     precision = utils.pick_precision(cfg.train.precision, utils.pick_device("cpu"))
-    return cfg, core.build_model(cfg, data, env), data, precision
+    return cfg, core.build_model(cfg, data, env), data, batch, precision
 
 
 def test_torchs_fused_layer_norm_makes_a_steps_numbers_depend_on_the_thread_count(hopper_file):
-    import numpy as np
     import torch
 
     import core
-    cfg, model, data, precision = project_step_setup(hopper_file, *WIDER)
-    batch = core.to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), torch.device("cpu"))
+    cfg, model, _, batch, precision = project_step_setup(hopper_file, *WIDER)
     assert core.same_bits_at_thread_counts(model, batch, cfg.train, "fp32", range(1, 2))  # one count: trivially
     model.embed_ln = torch.nn.LayerNorm(cfg.model.embed_dim)  # torch's own: its weight gradient is summed per thread
     assert not core.same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, 3))
 
 
 def test_where_the_check_passes_steps_at_changing_thread_counts_give_the_same_weights(hopper_file, eight_cores):
-    import numpy as np
-
     import core
-    cfg, model, data, precision = project_step_setup(hopper_file, *WIDER)
-    batch = core.to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), eight_cores.device("cpu"))
+    cfg, model, data, batch, precision = project_step_setup(hopper_file, *WIDER)
     if not core.same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, 3)):
         pytest.skip(f"on this machine the {precision} step's numbers depend on the thread count")
     weights = {}
@@ -190,24 +187,19 @@ def test_where_the_check_passes_steps_at_changing_thread_counts_give_the_same_we
 def test_a_run_says_whether_its_threads_follow_the_load_and_a_fixed_count_keeps_them(hopper_file, eight_cores,
                                                                                     caplog):
     import core
-    cfg, model, data, precision = project_step_setup(hopper_file, *WIDER)
+    cfg, model, _, batch, precision = project_step_setup(hopper_file, *WIDER)
     eight_cores.set_num_threads(2)
     with caplog.at_level("INFO", logger="core"):
-        governor = core.thread_governor(cfg, model, data, eight_cores.device("cpu"), precision)
+        governor = core.thread_governor(cfg, model, batch, precision)
     follows = isinstance(governor, threads.Governor)
     assert ("torch threads follow the load, 1 to 2" if follows else "torch threads stay at 2") in caplog.text
     fixed, *_ = project_step_setup(hopper_file, *WIDER, "train.threads=2")
-    assert not isinstance(core.thread_governor(fixed, model, data, eight_cores.device("cpu"), precision),
-                          threads.Governor)
+    assert not isinstance(core.thread_governor(fixed, model, batch, precision), threads.Governor)
 
 
 def test_where_the_check_passes_a_run_gives_the_same_csvs_at_one_thread_and_two(hopper_file, tmp_path):
-    import numpy as np
-    import torch
-
     import core
-    cfg, model, data, precision = project_step_setup(hopper_file)  # the tiny run's model and batch
-    batch = core.to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), torch.device("cpu"))
+    cfg, model, _, batch, precision = project_step_setup(hopper_file)  # the tiny run's model and a batch
     if not core.same_bits_at_thread_counts(model, batch, cfg.train, precision, range(1, 3)):
         pytest.skip(f"on this machine the {precision} step's numbers depend on the thread count")
     tables = []
