@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,13 +62,21 @@ def dataset_dir() -> Path:
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
 
 
-def run_dataset_file(buffer_cfg: Mapping) -> Path | None:
-    """The D4RL file a run read, on this machine: its recorded buffer.file (or buffer.path), else a file of that
-    name in the D4RL folder (a run copied from elsewhere); None for Minari data or where neither is here."""
-    recorded = buffer_cfg.get("file") or buffer_cfg.get("path")
+def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
+    """The D4RL files a run read, on this machine: each recorded file (buffer.files, or buffer.path), else a file
+    of that name in the D4RL folder (a run copied from elsewhere); None for Minari data or where one is missing."""
+    recorded = buffer_cfg.get("files") or as_list(buffer_cfg.get("path"))
     if not recorded or buffer_cfg.get("source", "d4rl") != "d4rl":
         return None
-    return next((p for p in (Path(recorded), dataset_dir() / Path(recorded).name) if p.is_file()), None)
+    found = [next((p for p in (Path(r), dataset_dir() / Path(r).name) if p.is_file()), None) for r in recorded]
+    return None if None in found else found
+
+
+def as_list(paths: str | Sequence[str] | None) -> list[str]:
+    """buffer.path as a list of files: one file, or several read in order as one dataset."""
+    if not paths:
+        return []
+    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
@@ -122,7 +130,17 @@ def download(url: str, path: Path) -> Path:
     return tmp
 
 
-def find_dataset(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
+def find_dataset(env: str, dataset: str, obs_dim: int, act_dim: int) -> list[Path]:
+    """The checked D4RL file of env + dataset, downloaded into the cache when missing, truncated or corrupt; for
+    medium-expert where only its medium and expert files are here, those two in that order (D4RL made it so)."""
+    name = dataset_file(env, dataset)
+    parts = [dataset_dir() / dataset_file(env, part) for part in ("medium", "expert")]
+    if dataset == "medium-expert" and not (dataset_dir() / name).exists() and all(p.exists() for p in parts):
+        return [find_file(env, part, obs_dim, act_dim) for part in ("medium", "expert")]
+    return [find_file(env, dataset, obs_dim, act_dim)]
+
+
+def find_file(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
     """Path of a checked D4RL file; downloaded into the cache when missing, truncated or corrupt."""
     name = dataset_file(env, dataset)
     path = dataset_dir() / name
@@ -187,16 +205,17 @@ def dataset_sha256(path: str | Path) -> str:
     return cache[key]
 
 
-def dataset_identity(file: str | None, recorded: str | None) -> str:
-    """The SHA-256 of the run's dataset file (None for a Minari folder); DatasetError when `recorded` (the run's
-    buffer.sha256) names another: a resume would train on other data."""
-    if not file or not Path(file).is_file():
-        return recorded
-    sha = dataset_sha256(file)
-    if recorded and sha != recorded:
-        raise DatasetError(f"buffer.file={file}: the file changed since the run started (SHA-256 {recorded[:12]}... "
-                           f"recorded, {sha[:12]}... now): put the run's file back, or start a new run on this one")
-    return sha
+def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None) -> list[str] | None:
+    """The SHA-256 of each of the run's dataset files (None for a Minari folder); DatasetError when `recorded` (the
+    run's buffer.sha256) names another: a resume would train on other data."""
+    if not files or not all(Path(f).is_file() for f in files):
+        return None if recorded is None else list(recorded)
+    shas = [dataset_sha256(f) for f in files]
+    for file, sha, was in zip(files, shas, recorded or [None] * len(files)):
+        if was and sha != was:
+            raise DatasetError(f"buffer.files: {file} changed since the run started (SHA-256 {was[:12]}... "
+                               f"recorded, {sha[:12]}... now): put the run's file back, or start a new run on it")
+    return shas
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +305,18 @@ class Transitions:
         ends = data["terminals"].astype(bool) | data["timeouts"].astype(bool)
         return cls(data["observations"].astype(np.float32), data["actions"].astype(np.float32),
                    data["rewards"].astype(np.float32), ends, str(path))
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | Path], obs_dim: int, act_dim: int) -> Transitions:
+        """D4RL-layout files read in order as one dataset; each file's last step ends a trajectory."""
+        parts = [cls.from_hdf5(p, obs_dim, act_dim) for p in paths]
+        if len(parts) == 1:
+            return parts[0]
+        for part in parts[:-1]:
+            part.ends[-1] = True  # a file's cut-off last episode does not run on into the next file
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("observations", "actions", "rewards",
+                                                                               "ends")),
+                   " + ".join(p.source for p in parts))
 
     @classmethod
     def from_minari(cls, folder: str | Path, obs_dim: int, act_dim: int) -> Transitions:

@@ -2,6 +2,7 @@
 import copy
 import dataclasses
 import logging
+import math
 import os
 import time
 import warnings
@@ -23,7 +24,7 @@ import progress
 import runfolder
 import threads
 import utils
-from buffer import SequenceBuffer, Transitions, find_dataset, load_minari
+from buffer import SequenceBuffer, Transitions, as_list, find_dataset, load_minari
 from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
 from models import MODELS, DecisionTransformer, DTConfig, policy_checkpoint, policy_from_checkpoint
 from runfolder import Run, SeedFolder, Tracker
@@ -194,20 +195,23 @@ def space_dims(env: gym.Env) -> tuple[int, int]:
     return env.observation_space.shape[0], env.action_space.shape[0]
 
 
-def locate_dataset(cfg: DictConfig) -> str:
-    """buffer.path, the Minari dataset's folder, or the D4RL file of env + dataset (downloaded when missing)."""
+def locate_dataset(cfg: DictConfig) -> list[str]:
+    """buffer.path's files, the Minari dataset's folder, or the D4RL files of env + dataset (downloaded when
+    missing)."""
     if cfg.buffer.path:
-        return cfg.buffer.path
+        return as_list(cfg.buffer.path)
     if cfg.buffer.source == "minari":
-        return str(load_minari(cfg.buffer.dataset).storage.data_path)
-    return find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))
+        return [str(load_minari(cfg.buffer.dataset).storage.data_path)]
+    return [str(p) for p in find_dataset(cfg.env.name, cfg.buffer.dataset, *space_dims(gym.make(cfg.env.id)))]
 
 
 def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
-    """The transitions of the run's dataset (its recorded file, else the one env + dataset name), checked."""
-    source = cfg.buffer.file or locate_dataset(cfg)
-    read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_hdf5
-    transitions = read(source, *space_dims(env))
+    """The transitions of the run's dataset (its recorded files, else those env + dataset name), checked."""
+    sources = cfg.buffer.files or locate_dataset(cfg)
+    if cfg.buffer.source == "minari":
+        transitions = Transitions.from_minari(sources[0], *space_dims(env))
+    else:
+        transitions = Transitions.from_files(sources, *space_dims(env))
     transitions.check(env.action_space.low, env.action_space.high)
     return transitions
 
@@ -236,9 +240,39 @@ def load_policy(path: str | Path, env_id: str | None = None, device: str | torch
     return policy_from_checkpoint(checkpoint).to(device)
 
 
-def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from lr / warmup_steps to lr, then constant (the DT paper's schedule)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
+def lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg: DictConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from lr / warmup_steps to lr, then constant (the DT paper's schedule) or a cosine down to 0
+    at train.steps."""
+    warmup, steps, cosine = train_cfg.warmup_steps, train_cfg.steps, train_cfg.lr_schedule == "cosine"
+
+    def factor(s: int) -> float:
+        if s + 1 < warmup or not cosine:
+            return min(1.0, (s + 1) / warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s + 1 - warmup) / max(1, steps - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class EMA:
+    """An exponential moving average of a model's weights (decay d: w <- d w + (1 - d) w_model after each step),
+    with d ramped as min(d, (1 + n) / (10 + n)) over the first updates so that early evals are not the initial
+    weights'. Its `policy` is what a run evaluates and saves."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.policy = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.policy.parameters()), list(model.parameters()), 1 - d)
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.updates = state["updates"]
 
 
 def to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
@@ -342,12 +376,13 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None =
     data = load_data(cfg, env)
     model = build_model(cfg, data, env).to(device)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
-    scheduler = warmup_scheduler(optimizer, cfg.train.warmup_steps)
+    scheduler = lr_scheduler(optimizer, cfg.train)
+    ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     rng = np.random.default_rng(seed)
     record = SeedRecord.resume(cfg, seed, run, model, optimizer, scheduler, rng,
-                               progress.Bar() if show is None else show)
+                               progress.Bar() if show is None else show, ema)
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
-             len(data.rewards), cfg.buffer.path or cfg.buffer.dataset, device, precision, torch.get_num_threads())
+             len(data.rewards), utils.dataset_name(cfg), device, precision, torch.get_num_threads())
     probe = to_device(data.sample(cfg.train.batch_size, np.random.default_rng(0)), device)  # the run's rng untouched
     follow_the_load = thread_governor(cfg, model, probe, precision)
     with record:
@@ -357,6 +392,8 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None =
             batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             record.add_losses(train_step(model, optimizer, scheduler, batch, cfg.train, precision))
+            if ema is not None:
+                ema.update(model)
             record.log_when_due(step, lr)
             record.evaluate_when_due(step)
             record.checkpoint_when_due(step)  # and on a stop signal, which then ends training (Interrupted)
@@ -384,6 +421,7 @@ class SeedRecord:
     seconds_before: float = 0.0  # training seconds of earlier attempts
     loss_sums: list[float] | torch.Tensor = field(default_factory=lambda: [0.0] * len(LOSSES))  # since the last log
     pace: progress.Pace = field(default_factory=progress.Pace)  # this attempt's clock: its time, its ETA
+    ema: EMA | None = None  # train.ema_decay: the averaged weights, evaluated and saved as the policy
     evaluated: bool = False  # at the current step
     tracker: Tracker | None = None
 
@@ -393,15 +431,17 @@ class SeedRecord:
     @classmethod
     def resume(cls, cfg: DictConfig, seed: int, run: Run, model: DecisionTransformer, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
-               show: progress.Reporter) -> "SeedRecord":
-        """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng restored)."""
-        record = cls(cfg, seed, run, model, optimizer, scheduler, rng, show)
+               show: progress.Reporter, ema: EMA | None = None) -> "SeedRecord":
+        """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng, EMA restored)."""
+        record = cls(cfg, seed, run, model, optimizer, scheduler, rng, show, ema=ema)
         state = record.folder.load_state(model, optimizer, scheduler, rng)
         if state is not None:
             log.info("seed %d: resumed at step %d", seed, state["step"])
             record.step, record.best_score, record.seconds_before = state["step"], state["best_score"], state["seconds"]
             record.train_rows, record.eval_rows = state["train"], state["eval"]
             record.loss_sums = state.get("loss_sums", record.loss_sums)
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
         device = next(model.parameters()).device
         record.loss_sums = torch.tensor(record.loss_sums, device=device)  # (4,) summed on the device: no sync
         record.pace = progress.Pace(first_step=record.step)
@@ -409,8 +449,14 @@ class SeedRecord:
 
     def state(self) -> dict:
         """The state last.pt keeps (SeedFolder.save_state)."""
-        return {"step": self.step, "best_score": self.best_score, "train": self.train_rows, "eval": self.eval_rows,
-                "seconds": self.train_seconds(), "loss_sums": self.loss_sums.tolist()}
+        state = {"step": self.step, "best_score": self.best_score, "train": self.train_rows, "eval": self.eval_rows,
+                 "seconds": self.train_seconds(), "loss_sums": self.loss_sums.tolist()}
+        return state if self.ema is None else {**state, "ema": self.ema.state_dict()}
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """What is evaluated and saved: the model, or its moving average (train.ema_decay)."""
+        return self.model if self.ema is None else self.ema.policy
 
     def train_seconds(self) -> float:
         return self.seconds_before + self.pace.seconds()
@@ -457,7 +503,7 @@ class SeedRecord:
         self.evaluated = step % self.cfg.train.eval_every == 0 or step == self.cfg.train.steps
         if self.evaluated:
             with self.pace.timing_eval():
-                self.eval_rows.append(periodic_eval(self.model, self.cfg, self.seed, step, self))
+                self.eval_rows.append(periodic_eval(self.policy, self.cfg, self.seed, step, self))
             self.tracker.log("eval", self.eval_rows[-1])
             self.report(step)
 
@@ -481,19 +527,20 @@ class SeedRecord:
         A stop signal ends either at once (Interrupted): the final evaluation, which a resume repeats from last.pt
         (the last step's) to the same scores, or the video, which is skipped (the scores are kept)."""
         self.show.close()
-        summary = final_evaluation(self.model, self.cfg, self.folder, self.train_seconds())
+        summary = final_evaluation(self.policy, self.cfg, self.folder, self.train_seconds())
         self.tracker.log("final", {"step": self.cfg.train.steps, **summary})
         if self.cfg.eval.video:
-            film(self.model, self.cfg, env, self.folder)
+            film(self.policy, self.cfg, env, self.folder)
         return summary
 
 
 def periodic_eval(model: DecisionTransformer, cfg: DictConfig, seed: int, step: int, record: SeedRecord) -> dict:
     """Evaluate `cfg.eval.episodes` episodes; best.pt when the score beats the best so far. Returns the eval row."""
+    was_training = model.training
     model.eval()
     result = evaluate(model, RolloutSpec.of_run(cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed),
                       reference_scores(cfg), cfg.eval.vectorized)
-    model.train()
+    model.train(was_training)
     check_finite_score(result, seed, f"the eval at step {step}")
     log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f", seed, step,
              record.train_rows[-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"])

@@ -32,7 +32,7 @@ import core
 import export
 import launch
 import utils
-from buffer import DatasetError, dataset_identity, run_dataset_file, top_trajectories
+from buffer import DatasetError, dataset_identity, run_dataset_files, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from runfolder import Run, RunError
@@ -70,15 +70,16 @@ def output_option(args):
 def dataset_returns(train_cfg, env):
     """The returns of the run's dataset's trajectories: its recorded file, else the same D4RL dataset in this
     machine's D4RL folder; None when neither is here (a copied run: the sweep goes on without the data)."""
-    recorded = train_cfg.buffer.file
-    if recorded and not Path(recorded).exists():
-        found = run_dataset_file(train_cfg.buffer)
+    recorded = train_cfg.buffer.files
+    if recorded and not all(Path(f).exists() for f in recorded):
+        found = run_dataset_files(train_cfg.buffer)
         if found is None:
             log.warning("%s (the run's dataset) is not here: evaluating without it; the figure leaves out the "
-                        "data's range", recorded)
+                        "data's range", " + ".join(recorded))
             return None
-        log.warning("%s (the run's dataset) is not here: the data's returns come from %s", recorded, found)
-        train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"file": str(found)}})
+        log.warning("%s (the run's dataset) is not here: the data's returns come from %s", " + ".join(recorded),
+                    " + ".join(map(str, found)))
+        train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"files": [str(f) for f in found]}})
     else:
         warn_if_dataset_changed(train_cfg.buffer)
     return core.load_transitions(train_cfg, env).trajectories()[2]
@@ -87,7 +88,7 @@ def dataset_returns(train_cfg, env):
 def warn_if_dataset_changed(buffer_cfg):
     """A warning when the run's dataset file is not the one it trained on (its recorded SHA-256)."""
     try:
-        dataset_identity(buffer_cfg.file, buffer_cfg.sha256)
+        dataset_identity(buffer_cfg.files, buffer_cfg.sha256)
     except DatasetError as e:
         log.warning("%s: the data's returns shown are the file's of today", e)
 

@@ -27,7 +27,7 @@ import core
 import runfolder
 import threads
 import utils
-from buffer import DatasetError, dataset_identity, minari_facts
+from buffer import DatasetError, as_list, dataset_identity, minari_facts
 from cfgs import schema
 from cfgs.schema import ConfigError
 from runfolder import Run, RunError
@@ -114,8 +114,9 @@ def prepare(cfg):
                        f"that away, or choose another folder (leave hydra.run.dir out for a new one)")
     elif job:
         run.save_job(job)
-    if cfg.buffer.path:
-        cfg.buffer.path = to_absolute_path(cfg.buffer.path)
+    if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):
+        paths = [to_absolute_path(p) for p in as_list(cfg.buffer.path)]
+        cfg.buffer.path = paths[0] if isinstance(cfg.buffer.path, str) else paths
     for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):  # relative to where the user started
         if variable in os.environ:
             os.environ[variable] = to_absolute_path(os.environ[variable])
@@ -125,13 +126,14 @@ def prepare(cfg):
         raise ConfigError(f"eval.video=true: {problem}")
     if not cfg.resume:
         take_reference_scores(cfg, overrides)
-    if cfg.buffer.path and not Path(cfg.buffer.path).is_file():
-        raise ConfigError(f"buffer.path={cfg.buffer.path}: no such file")
+    for path in as_list(cfg.buffer.path):
+        if not Path(path).is_file():
+            raise ConfigError(f"buffer.path: {path}: no such file")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
-    if not (cfg.resume and cfg.buffer.file or cfg.buffer.source == "minari"):  # the run records the file it read
-        cfg.buffer.file = str(Path(core.locate_dataset(cfg)).resolve())  # one download, before the seeds
-    cfg.buffer.sha256 = dataset_identity(cfg.buffer.file, cfg.buffer.sha256)  # the data's identity, kept
+    if not (cfg.resume and cfg.buffer.files or cfg.buffer.source == "minari"):  # the run records the files it read
+        cfg.buffer.files = [str(Path(p).resolve()) for p in core.locate_dataset(cfg)]  # one download, before seeds
+    cfg.buffer.sha256 = dataset_identity(cfg.buffer.files, cfg.buffer.sha256)  # the data's identity, kept
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
@@ -153,7 +155,7 @@ def take_reference_scores(cfg, overrides):
     scores = command_line_scores(cfg, overrides)
     if cfg.buffer.source == "minari":  # the env and the score's scale are the dataset's
         facts = minari_facts(cfg.buffer.dataset, scores)
-        cfg.env.id, cfg.env.kwargs, cfg.buffer.file = facts["env_id"], facts["env_kwargs"], facts["file"]
+        cfg.env.id, cfg.env.kwargs, cfg.buffer.files = facts["env_id"], facts["env_kwargs"], [facts["file"]]
         cfg.env.ref_min_score, cfg.env.ref_max_score = facts["ref_min_score"], facts["ref_max_score"]
         cfg.env.ref_source = facts["ref_source"]
         schema.check(cfg)  # its reference scores too
@@ -191,9 +193,10 @@ def requeued_job(cfg, run, job):
         return False
     saved, fresh = run.saved_config(), OmegaConf.to_container(cfg, resolve=True)
     if fresh["buffer"]["path"]:
-        fresh["buffer"]["path"] = to_absolute_path(fresh["buffer"]["path"])
+        paths = [to_absolute_path(p) for p in as_list(fresh["buffer"]["path"])]
+        fresh["buffer"]["path"] = paths[0] if isinstance(fresh["buffer"]["path"], str) else paths
     for config in (saved, fresh):  # what prepare() fills in
-        config["buffer"]["file"] = config["buffer"]["sha256"] = config["train"]["precision"] = config["resume"] = None
+        config["buffer"]["files"] = config["buffer"]["sha256"] = config["train"]["precision"] = config["resume"] = None
         config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
         config["env"]["ref_source"] = config["env"]["kwargs"] = None
     return saved == fresh
@@ -222,7 +225,7 @@ def resumed_config(cfg, run, overrides):
 
 def summarize(cfg, run):
     """summary.json and the figure from the seeds' final.json; the score line in the log."""
-    summary = run.summarize(cfg.env.name, cfg.buffer.path or cfg.buffer.dataset, list(cfg.seeds))
+    summary = run.summarize(cfg.env.name, utils.dataset_name(cfg), list(cfg.seeds))
     run.plot(cfg)
     if summary["seeds"]:
         spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"

@@ -33,7 +33,7 @@ from typeset import bullets, heading, image, pagebreak, paragraph, table
 ROOT = Path(__file__).resolve().parent
 ENVS, DATASETS = schema.ENVS, schema.DATASETS
 # Keys that are a run's task or bookkeeping, not its setting (they never make two runs differ in a comparison)
-BOOKKEEPING = ("resume", "seeds", "buffer.dataset", "buffer.source", "buffer.file", "buffer.sha256", "buffer.path",
+BOOKKEEPING = ("resume", "seeds", "buffer.dataset", "buffer.source", "buffer.files", "buffer.sha256", "buffer.path",
                "device", "eval.video", "logger", "env.kwargs",
                "wandb.", "env.assignment_bar", "env.dt_paper_score", "env.ref_source", "train.threads",
                "train.log_every", "train.checkpoint_every")
@@ -115,9 +115,10 @@ def load_run(path: Union[str, Path]) -> FinishedRun:
         config = OmegaConf.to_container(schema.typed(config), resolve=True)
     except (schema.ConfigError, OmegaConfBaseException):
         pass
-    for key in ("file", "path"):  # the file's name: its folder is the machine's, not the run's
-        if config.get("buffer", {}).get(key):
-            config["buffer"][key] = Path(config["buffer"][key]).name
+    for key in ("files", "path"):  # the files' names: their folder is the machine's, not the run's
+        value = config.get("buffer", {}).get(key)
+        if value:
+            config["buffer"][key] = Path(value).name if isinstance(value, str) else [Path(v).name for v in value]
     return FinishedRun(run, flatten(config), summary)
 
 
@@ -290,10 +291,10 @@ def bar_and_paper(run: FinishedRun) -> tuple:
 
 
 def data_scores(run: FinishedRun) -> Optional[np.ndarray]:
-    """The normalized returns of the trajectories in the run's dataset file, where it is on this machine."""
-    from buffer import run_dataset_file
-    path = run_dataset_file(run.run.saved_config().get("buffer", {}))
-    return None if path is None else trajectory_scores(path)
+    """The normalized returns of the trajectories in the run's dataset files, where they are on this machine."""
+    from buffer import run_dataset_files
+    paths = run_dataset_files(run.run.saved_config().get("buffer", {}))
+    return None if paths is None else np.concatenate([trajectory_scores(p) for p in paths])
 
 
 @lru_cache(maxsize=None)
@@ -306,9 +307,8 @@ def different_files(runs: list) -> list:
     """Sentences naming runs of one comparison that read different files of the same name (by SHA-256)."""
     by_name = {}
     for run in runs:
-        sha = run.config.get("buffer.sha256")
-        if sha:
-            by_name.setdefault(run.config.get("buffer.file"), {}).setdefault(sha, []).append(run.label)
+        for file, sha in zip(run.config.get("buffer.files") or [], run.config.get("buffer.sha256") or []):
+            by_name.setdefault(file, {}).setdefault(sha, []).append(run.label)
     return [f"Runs on different files named {name}: " + "; ".join(f"{', '.join(labels)} (SHA-256 {sha[:12]})"
                                                                   for sha, labels in shas.items()) + "."
             for name, shas in by_name.items() if len(shas) > 1]
@@ -650,8 +650,9 @@ def missing_text(runs: list) -> str:
 
 
 def data_identity(run: FinishedRun) -> str:
-    sha = run.config.get("buffer.sha256")
-    return f"{run.config.get('buffer.file') or '-'} ({sha[:12] if sha else 'not recorded'})"
+    files, shas = run.config.get("buffer.files") or ["-"], run.config.get("buffer.sha256") or []
+    return " + ".join(f"{file} ({sha[:12] if sha else 'not recorded'})"
+                      for file, sha in zip(files, [*shas, *[None] * len(files)]))
 
 
 def draw_figures(runs: list, grouped: dict, datasets: dict, out: str) -> dict:

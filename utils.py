@@ -142,11 +142,19 @@ def read_csv(path: str | Path) -> dict[str, np.ndarray]:
 # The results figure and the video
 
 
+def dataset_name(cfg: DictConfig) -> str:
+    """buffer.dataset, or the stems of buffer.path's files joined by '+'."""
+    if not cfg.buffer.path:
+        return cfg.buffer.dataset
+    paths = [cfg.buffer.path] if isinstance(cfg.buffer.path, str) else cfg.buffer.path
+    return "+".join(Path(p).stem for p in paths)
+
+
 def run_title(cfg: DictConfig) -> str:
-    """'hopper-medium', 'medium-v0 (minari, Hopper-v5)', or the env and the file name for buffer.path."""
+    """'hopper-medium', 'medium-v0 (minari, Hopper-v5)', or the env and the file names for buffer.path."""
     if cfg.buffer.source == "minari":
         return f"{cfg.buffer.dataset.split('/')[-1]} (minari, {cfg.env.id})"
-    return f"{cfg.env.name}-{Path(cfg.buffer.path).stem if cfg.buffer.path else cfg.buffer.dataset}"
+    return f"{cfg.env.name}-{dataset_name(cfg)}"
 
 
 def mean_std_over_seeds(curves: list[dict], key: str) -> tuple[np.ndarray, ...] | None:

@@ -24,6 +24,7 @@ SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<
 REF_SOURCES = ("d4rl", "minari", "minari-expert", "command-line")
 SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")  # after the linear warm-up
 MODELS = ("models.DecisionTransformer", "models.ReferenceDT")
 LOGGERS = ("csv", "tensorboard", "wandb")  # csv: the run's own record (resume, the figure and report.py read it)
 
@@ -56,6 +57,9 @@ LOGGER = Rule(lambda v: "csv" in v and set(v) <= set(LOGGERS),
               "logger=[csv,tensorboard]")
 FILE_STEM = Rule(lambda v: re.fullmatch(r"[\w-]+", v) is not None, "use letters, digits, _ and - (a file name)")
 THREADS = Rule(lambda v: v is None or v >= 1, "give null (the usable cores shared by the processes) or a count >= 1")
+PATHS = Rule(lambda v: v is None or (isinstance(v, str) and v != "")
+             or (OmegaConf.is_list(v) and len(v) > 0 and all(isinstance(p, str) and p for p in v)),
+             "give a file, or a list of files read in order as one dataset: buffer.path=[a.hdf5,b.hdf5]")
 DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()),
               "choose auto, cpu, cuda, cuda:<index> or mps")
 
@@ -88,9 +92,9 @@ class EnvConfig:
 class BufferConfig:
     source: str = ruled(one_of(SOURCES))
     dataset: str = MISSING  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0
-    path: Optional[str] = MISSING  # any D4RL-layout hdf5 file; overrides env + dataset
-    file: Optional[str] = MISSING  # set at start: the file this run reads (kept for resume)
-    sha256: Optional[str] = MISSING  # set at start: the SHA-256 of that file (a resume on a changed file stops)
+    path: Any = ruled(PATHS)  # a D4RL-layout hdf5 file, or a list read in order as one dataset; overrides dataset
+    files: Optional[List[str]] = MISSING  # set at start: the files this run reads, in order (kept for resume)
+    sha256: Optional[List[str]] = MISSING  # set at start: each file's SHA-256 (a resume on a changed file stops)
     context_len: int = ruled(POSITIVE)  # K: steps of history the model sees
     reward_scale: float = ruled(POSITIVE)  # returns-to-go are divided by this
     sample_by: str = ruled(one_of(SAMPLE_BY))  # length: every step equally likely
@@ -113,7 +117,9 @@ class TrainConfig:
     batch_size: int = ruled(POSITIVE)
     lr: float = ruled(POSITIVE)
     weight_decay: float = ruled(NON_NEGATIVE)
-    warmup_steps: int = ruled(POSITIVE)  # linear warmup of the lr, then constant
+    warmup_steps: int = ruled(POSITIVE)  # linear warmup of the lr
+    lr_schedule: str = ruled(one_of(LR_SCHEDULES))  # after the warm-up: constant, or cosine down to 0
+    ema_decay: float = ruled(PROBABILITY)  # 0: off; else the policy evaluated and saved is an EMA of the weights
     grad_clip: float = ruled(POSITIVE)  # max global gradient norm
     aux_state_coef: float = ruled(NON_NEGATIVE)  # weight of the next-state prediction loss
     aux_rtg_coef: float = ruled(NON_NEGATIVE)  # weight of the next return-to-go prediction loss
@@ -326,7 +332,10 @@ def upgrade(saved: DictConfig) -> dict:
     env.ref_source has Minari's scores)."""
     saved = OmegaConf.to_container(saved)
     saved.pop("defaults", None)
-    env = saved.get("env", {})
+    env, buffer = saved.get("env", {}), saved.get("buffer", {})
+    if "file" in buffer:  # one file before several could be read
+        file, sha = buffer.pop("file"), buffer.get("sha256")
+        buffer["files"], buffer["sha256"] = [file] if file else None, [sha] if sha else None
     if "ref_source" not in env and saved.get("buffer", {}).get("source") == "minari":
         env["ref_source"] = "minari"
     return saved

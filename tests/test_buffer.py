@@ -117,7 +117,7 @@ def test_missing_file_offline_names_file_url_and_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     monkeypatch.setattr(buffer, "D4RL_URL", "http://127.0.0.1:9/{file}")  # nothing listens there
     with pytest.raises(DatasetError) as err:
-        buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+        buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     message = str(err.value)
     assert "http://127.0.0.1:9/hopper_medium-v2.hdf5" in message and str(tmp_path) in message
     assert list(tmp_path.iterdir()) == [], "a failed download leaves nothing behind"
@@ -129,7 +129,7 @@ def test_download_is_checked_then_renamed_into_the_cache(tmp_path, monkeypatch):
     write_d4rl_file(mirror / "hopper_medium-v2.hdf5")
     monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
     monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
-    path = buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    path = buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     assert path == cache / "hopper_medium-v2.hdf5" and path.exists()
     assert [p.name for p in cache.iterdir()] == ["hopper_medium-v2.hdf5"]
 
@@ -141,7 +141,7 @@ def test_download_of_a_corrupt_file_is_not_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
     monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
     with pytest.raises(DatasetError, match="truncated or corrupt"):
-        buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+        buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     assert list(cache.iterdir()) == []
 
 
@@ -152,7 +152,7 @@ def test_truncated_file_in_the_cache_is_downloaded_again(tmp_path, monkeypatch):
     (cache / "hopper_medium-v2.hdf5").write_bytes(good[: len(good) // 2])
     monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
     monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
-    path = buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    path = buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     assert path.read_bytes() == good
 
 
@@ -168,7 +168,7 @@ def test_a_dataset_folder_that_cannot_be_created_is_named(tmp_path, monkeypatch)
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "a_file" / "datasets"))
     with pytest.raises(DatasetError, match="D4RL_DATASET_DIR=.*cannot be created.*set D4RL_DATASET_DIR"):
-        buffer.find_dataset("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+        buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
 
 
 def transitions_of(trajectories, **changes):
