@@ -12,7 +12,7 @@ seed, target and episode), <name>.png (achieved against target normalized score)
 episode per target: seed<N>/<name>_<target>.mp4. Each seed's rows are kept as soon as its pass ends
 (seed<N>/<name>.json): a stopped sweep, started again, reuses the seeds it finished.
 """
-import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+from plumbing import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
 import logging
 import os
@@ -29,13 +29,13 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import core
-import export
-import launch
+from tools import export
+from plumbing import launch
 import utils
 from buffer import DatasetError, dataset_identity, run_dataset_files, top_trajectories
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
-from runfolder import Run, RunError
+from plumbing.runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
 SWEEP_SEED_OFFSET = 200_000  # env seeds of seed s's sweep: 1000 s + 200 000 + i, apart from its training evals

@@ -4,7 +4,7 @@
     python main.py env=walker2d buffer.dataset=medium-replay
     python main.py resume=runs/<date>/<time>         # continue an interrupted run
 """
-import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+from plumbing import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
 import logging
 import traceback
@@ -12,11 +12,11 @@ import traceback
 import hydra
 
 import core
-import launch
-import progress
-import runfolder
-from launch import FATAL, fail, shown, summarize
-from runfolder import Interrupted
+from plumbing import launch
+from plumbing import progress
+from plumbing import runfolder
+from plumbing.launch import FATAL, fail, shown, summarize
+from plumbing.runfolder import Interrupted
 from utils import WriteError
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
     python main_mp.py env=walker2d buffer.dataset=medium
     python main_mp.py resume=runs/<date>/<time>      # continue an interrupted run
 """
-import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+from plumbing import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
 import logging
 import multiprocessing as mp
@@ -15,11 +15,11 @@ import hydra
 from omegaconf import OmegaConf
 
 import core
-import launch
-import progress
-import runfolder
-from launch import FATAL, fail, parallel_jobs, shown, summarize
-from runfolder import Interrupted, Run
+from plumbing import launch
+from plumbing import progress
+from plumbing import runfolder
+from plumbing.launch import FATAL, fail, parallel_jobs, shown, summarize
+from plumbing.runfolder import Interrupted, Run
 
 log = logging.getLogger(__name__)
 # How a seed's process ends (its exit code), besides 0 (finished) and 128 + signal (interrupted, checkpointed):

@@ -24,11 +24,11 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import typeset
 import utils
 from cfgs import schema
-from runfolder import Run, RunError
-from typeset import bullets, heading, image, pagebreak, paragraph, table
+from plumbing.runfolder import Run, RunError
+from tools import typeset
+from tools.typeset import bullets, heading, image, pagebreak, paragraph, table
 
 ROOT = Path(__file__).resolve().parent
 ENVS, DATASETS = schema.ENVS, schema.DATASETS

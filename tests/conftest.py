@@ -1,5 +1,5 @@
 """Fixtures: tiny D4RL-layout hdf5 files and a helper that runs the entry points on them."""
-import threads  # noqa: I001  first, before torch loads: the tests' processes wait passively too (threads.py)
+from plumbing import threads  # noqa: I001  first, before torch loads: the tests' processes wait passively too (threads.py)
 
 import os
 import shutil

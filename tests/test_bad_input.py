@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
-import launch
 import report
 from cfgs import schema
 from cfgs.schema import ConfigError
@@ -27,7 +26,8 @@ from conftest import (
     wait_for_training,
     write_d4rl_file,
 )
-from runfolder import Run, RunError
+from plumbing import launch
+from plumbing.runfolder import Run, RunError
 
 
 def error_line(result):

@@ -8,7 +8,7 @@ import core
 from cfgs import schema
 from conftest import compose, run_script, start_script
 from models import ReferenceDT
-from runfolder import Run
+from plumbing.runfolder import Run
 from utils import new_path
 
 
@@ -16,7 +16,7 @@ def test_bench_writes_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
     tiny = ["--steps", "2", "--episodes", "1", "--batch-size", "4", "--context-len", "5", "--embed-dim", "16",
             "--n-layers", "1", "--trajectories", "10"]
-    result = run_script("bench.py", *tiny, "--out", str(out), check=True, fresh=True)
+    result = run_script("tools/bench.py", *tiny, "--out", str(out), check=True, fresh=True)
     results = json.loads(out.read_text())
     assert results["machine"]["cores"] >= 1 and results["matmul_gflops"]["fp32"] > 0
     for env in ("hopper", "walker2d"):
@@ -60,7 +60,7 @@ def running(pid):
 
 def test_bench_busy_tables_each_setting_at_each_load_and_leaves_no_competitor(tmp_path):
     out = tmp_path / "busy.json"
-    result = run_script("bench.py", "--busy", "0", "2", "--steps", "2", "--rounds", "2", *TINY, "--out", str(out),
+    result = run_script("tools/bench.py", "--busy", "0", "2", "--steps", "2", "--rounds", "2", *TINY, "--out", str(out),
                         check=True)
     results = json.loads(out.read_text())
     settings = ["default", "1 thread", "all cores, active", "all cores, passive", "all cores, spin 1k",
@@ -78,7 +78,7 @@ def test_bench_busy_tables_each_setting_at_each_load_and_leaves_no_competitor(tm
 
 
 def test_bench_busy_ends_its_competitors_on_ctrl_c(tmp_path):
-    bench = start_script("bench.py", "--busy", "2", "--steps", "100000", *TINY, "--out", str(tmp_path / "b.json"),
+    bench = start_script("tools/bench.py", "--busy", "2", "--steps", "100000", *TINY, "--out", str(tmp_path / "b.json"),
                          new_session=True)
     deadline = time.monotonic() + 300
     while "2 competitors: pids" not in Path(bench.out).read_text():

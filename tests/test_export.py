@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 import core
-import export
 import utils
 from conftest import copy_run, run_script
 from models import DecisionTransformer, DTConfig
+from tools import export
 
 K, OBS, ACT, REWARD_SCALE, MAX_TIMESTEP = 5, 11, 3, 1000.0, 100
 

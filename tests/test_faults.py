@@ -286,7 +286,7 @@ def test_a_run_records_its_datasets_sha256_and_a_resume_on_a_changed_file_stops(
     path, run_dir = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5"), tmp_path / "run"
     run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", "train.steps=10")
     recorded = OmegaConf.load(run_dir / "config.yaml").buffer.sha256
-    assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert list(recorded) == [hashlib.sha256(path.read_bytes()).hexdigest()]
     write_d4rl_file(path, seed=1)  # the same name, other data
     line = error_line(run_script("main.py", f"resume={run_dir}", "seeds=[0,1]"))
     assert "the file changed" in line and str(path) in line and "Resume with" not in line
@@ -346,7 +346,7 @@ def test_buffer_py_replaces_no_figure_unasked(tmp_path):
 def test_bench_py_replaces_no_results_unasked(tmp_path):
     out = tmp_path / "bench.json"
     out.write_text("{}")
-    line = error_line(run_script("bench.py", "--steps", "1", "--out", str(out)))
+    line = error_line(run_script("tools/bench.py", "--steps", "1", "--out", str(out)))
     assert str(out) in line and "--force" in line and out.read_text() == "{}"
 
 
@@ -461,7 +461,7 @@ def test_a_full_disk_while_writing_the_video_names_the_file_not_mujoco_gl(tmp_pa
 
     import core
     from conftest import compose
-    from runfolder import Run, SeedFolder
+    from plumbing.runfolder import Run, SeedFolder
 
     class FullDisk(SeedFolder):
         def save_video(self, frames, fps, name="video.mp4"):
@@ -481,7 +481,7 @@ def test_a_nan_score_at_an_evaluation_stops_the_seed_with_its_cause_and_writes_n
 
     import core
     from conftest import compose
-    from runfolder import Run
+    from plumbing.runfolder import Run
 
     cfg, run = compose(), Run(tmp_path / "run")
     model = fixed_policy(cfg.env.id)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-import launch
 from cfgs import schema
 from conftest import ROOT, compose
+from plumbing import launch
 
 INSTALL_LINE = "pip install -r requirements-extra.txt"
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import default_model_config, random_batch
 from models import BitDropout, DecisionTransformer, DTConfig, ReferenceDT, reference_state_dict
+from tools.bench import default_model_config, random_batch
 
 STATE_DIM, ACT_DIM, K = 5, 2, 6
 

@@ -16,11 +16,11 @@ import time
 import pytest
 
 import core
-import progress
 import utils
 from conftest import ROOT, TINY, compose, entry_env, run_entry
-from progress import Bar, Pace, SeedProgress, SeedsLine, estimate
-from runfolder import Run
+from plumbing import progress
+from plumbing.progress import Bar, Pace, SeedProgress, SeedsLine, estimate
+from plumbing.runfolder import Run
 
 
 def measured(seed=0, step=50, steps=100, loss=0.25, score=40.0, evals=1, seconds_left=None, seed_seconds=None):

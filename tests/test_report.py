@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import report  # noqa: E402
-import typeset  # noqa: E402
 from conftest import write_d4rl_file  # noqa: E402
+from tools import typeset  # noqa: E402
 
 HOPPER = {"name": "hopper", "id": "Hopper-v4", "target_return": 3600, "ref_min_score": -20.272305,
           "ref_max_score": 3234.3, "max_episode_len": 1000}

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 import core
 import utils
 from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, run_entry, run_script, start_script
-from runfolder import Run
+from plumbing.runfolder import Run
 
 SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
 

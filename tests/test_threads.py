@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-import threads
 from cfgs import schema
 from cfgs.schema import ConfigError
 from conftest import ROOT, TINY, compose, run_script
+from plumbing import threads
 
 
 @pytest.fixture
@@ -42,11 +42,11 @@ def test_omp_num_threads_overrides_train_threads(eight_cores, monkeypatch):
     assert eight_cores.get_num_threads() == 1
 
 
-@pytest.mark.parametrize("script", ["main.py", "main_mp.py", "evaluate.py", "bench.py"])
+@pytest.mark.parametrize("script", ["main.py", "main_mp.py", "evaluate.py", "tools/bench.py"])
 def test_entry_points_import_threads_before_anything_that_loads_torch(script):
     tree = ast.parse((ROOT / script).read_text())
     first = next(node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
-    assert isinstance(first, ast.Import) and first.names[0].name == "threads"
+    assert isinstance(first, ast.ImportFrom) and first.module == "plumbing" and first.names[0].name == "threads"
 
 
 @pytest.fixture

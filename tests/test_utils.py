@@ -6,7 +6,7 @@ import pytest
 
 import utils
 from conftest import compose
-from runfolder import Run
+from plumbing.runfolder import Run
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):

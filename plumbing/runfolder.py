@@ -347,7 +347,7 @@ class Run:
         """Copy the finished seeds to share, without training state or this machine's paths (results.png drawn
         again). policies: keep each seed's final.pt and the first seed's video (a reference run); else the CSVs,
         summaries and figures only (a study run: its command makes the policies again). Returns the seeds left out."""
-        root = Path(__file__).resolve().parent
+        root = Path(__file__).resolve().parents[1]
         local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
         dest = Path(dest)
         if dest.exists():

@@ -1,14 +1,18 @@
 """Speed benchmark: the project's training step and eval against a plain eager reference, in one run.
 
-    python bench.py                     # prints a table, writes bench.json
-    python bench.py --steps 100 --out /tmp/bench.json
-    python bench.py --busy 0 1 2        # the step beside 0, 1, 2 CPU-bound competitors, per thread setting
+    python tools/bench.py                     # prints a table, writes bench.json
+    python tools/bench.py --steps 100 --out /tmp/bench.json
+    python tools/bench.py --busy 0 1 2        # the step beside 0, 1, 2 CPU-bound competitors, per thread setting
 
 The reference is models.ReferenceDT (nn.MultiheadAttention, torch's dropout, every token through every block).
 
 Every ratio compares two measurements taken in the same process on the same machine.
 """
-import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+import sys  # noqa: I001
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, run as tools/bench.py
+from plumbing import threads  # noqa: I001,E402  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
 import argparse
 import contextlib
@@ -18,9 +22,7 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -207,7 +209,7 @@ def competitors(n: int, seconds: float) -> Iterator[list]:
 
 
 def start_setting(name: str, batch_size: int, shape: dict) -> subprocess.Popen:
-    """A process of `python bench.py --worker` with the setting's environment; it reports its thread line."""
+    """A process of `python tools/bench.py --worker` with the setting's environment; it reports its thread line."""
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_ENV}
     env.update({k: str(threads.usable_cores()) if v == ALL else v for k, v in BUSY_SETTINGS[name].items()})
     args = ["--batch-size", str(batch_size), "--context-len", str(shape["context_len"]),

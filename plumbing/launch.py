@@ -24,13 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import core
-import runfolder
-import threads
 import utils
 from buffer import DatasetError, as_list, dataset_identity, minari_facts
 from cfgs import schema
 from cfgs.schema import ConfigError
-from runfolder import Run, RunError
+from plumbing import runfolder, threads
+from plumbing.runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
@@ -78,7 +77,7 @@ def setup():
     """Before Hydra composes: the project on PYTHONPATH (a launcher's job, submitit's, starts a new interpreter that
     unpickles the entry point's function and must find the project) and the resolvers of hydra.run.dir and
     hydra.sweep.dir (run_folder, sweep_folder). Each entry point calls it once; repeating it changes nothing."""
-    project = str(Path(__file__).resolve().parent)
+    project = str(Path(__file__).resolve().parents[1])
     if project not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (project, os.environ.get("PYTHONPATH"))))
     OmegaConf.register_new_resolver("run_dir", run_folder, use_cache=True, replace=True)
