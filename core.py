@@ -21,11 +21,12 @@ from gymnasium.envs.registration import EnvSpec
 from omegaconf import DictConfig, OmegaConf
 
 import utils
-from buffer import SequenceBuffer, Transitions, as_list, find_dataset, load_minari
+from buffer import SequenceBuffer, Transitions
 from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
 from models import MODELS, DecisionTransformer, DTConfig, policy_checkpoint, policy_from_checkpoint
 from plumbing import progress, runfolder, threads
 from plumbing.runfolder import Run, SeedFolder, Tracker
+from plumbing.sources import as_list, find_dataset, load_minari
 
 log = logging.getLogger(__name__)
 utils.import_mujoco_without_opengl()  # OpenGL only for a video (film): a bad MUJOCO_GL fails no run without one

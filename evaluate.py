@@ -32,7 +32,8 @@ import core
 from tools import export
 from plumbing import launch
 import utils
-from buffer import DatasetError, dataset_identity, run_dataset_files, top_trajectories
+from buffer import top_trajectories
+from plumbing.sources import DatasetError, dataset_identity, run_dataset_files
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from plumbing.runfolder import Run, RunError

@@ -292,7 +292,7 @@ def bar_and_paper(run: FinishedRun) -> tuple:
 
 def data_scores(run: FinishedRun) -> Optional[np.ndarray]:
     """The normalized returns of the trajectories in the run's dataset files, where they are on this machine."""
-    from buffer import run_dataset_files
+    from plumbing.sources import run_dataset_files
     paths = run_dataset_files(run.run.saved_config().get("buffer", {}))
     return None if paths is None else np.concatenate([trajectory_scores(p) for p in paths])
 

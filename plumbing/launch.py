@@ -25,11 +25,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 import core
 import utils
-from buffer import DatasetError, as_list, dataset_identity, minari_facts
 from cfgs import schema
 from cfgs.schema import ConfigError
 from plumbing import runfolder, threads
 from plumbing.runfolder import Run, RunError
+from plumbing.sources import DatasetError, as_list, dataset_identity, minari_facts
 
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 import buffer
-from buffer import DatasetError, SequenceBuffer, Transitions, discounted_cumsum
+from buffer import SequenceBuffer, Transitions, discounted_cumsum
 from conftest import HOPPER_ACT, HOPPER_OBS, ROOT, TRAJECTORIES, write_d4rl_file
+from plumbing import sources
+from plumbing.sources import DatasetError
 
 
 def make_sequences(path, context_len=5, **kwargs):
@@ -107,17 +109,17 @@ def test_state_statistics_describe_the_kept_states(hopper_file):
 
 def test_unknown_env_and_dataset_list_the_choices():
     with pytest.raises(DatasetError, match="choose one of hopper, halfcheetah, walker2d"):
-        buffer.dataset_file("ant", "medium")
+        sources.dataset_file("ant", "medium")
     with pytest.raises(DatasetError, match="medium-replay"):
-        buffer.dataset_file("hopper", "mediocre")
-    assert buffer.dataset_file("walker2d", "medium-expert") == "walker2d_medium_expert-v2.hdf5"
+        sources.dataset_file("hopper", "mediocre")
+    assert sources.dataset_file("walker2d", "medium-expert") == "walker2d_medium_expert-v2.hdf5"
 
 
 def test_missing_file_offline_names_file_url_and_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
-    monkeypatch.setattr(buffer, "D4RL_URL", "http://127.0.0.1:9/{file}")  # nothing listens there
+    monkeypatch.setattr(sources, "D4RL_URL", "http://127.0.0.1:9/{file}")  # nothing listens there
     with pytest.raises(DatasetError) as err:
-        buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+        sources.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     message = str(err.value)
     assert "http://127.0.0.1:9/hopper_medium-v2.hdf5" in message and str(tmp_path) in message
     assert list(tmp_path.iterdir()) == [], "a failed download leaves nothing behind"
@@ -128,8 +130,8 @@ def test_download_is_checked_then_renamed_into_the_cache(tmp_path, monkeypatch):
     mirror.mkdir()
     write_d4rl_file(mirror / "hopper_medium-v2.hdf5")
     monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
-    monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
-    path = buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    monkeypatch.setattr(sources, "D4RL_URL", mirror.as_uri() + "/{file}")
+    path = sources.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     assert path == cache / "hopper_medium-v2.hdf5" and path.exists()
     assert [p.name for p in cache.iterdir()] == ["hopper_medium-v2.hdf5"]
 
@@ -139,9 +141,9 @@ def test_download_of_a_corrupt_file_is_not_kept(tmp_path, monkeypatch):
     mirror.mkdir()
     (mirror / "hopper_medium-v2.hdf5").write_bytes(b"not an hdf5 file")
     monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
-    monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
+    monkeypatch.setattr(sources, "D4RL_URL", mirror.as_uri() + "/{file}")
     with pytest.raises(DatasetError, match="truncated or corrupt"):
-        buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+        sources.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     assert list(cache.iterdir()) == []
 
 
@@ -151,8 +153,8 @@ def test_truncated_file_in_the_cache_is_downloaded_again(tmp_path, monkeypatch):
     good = write_d4rl_file(mirror / "hopper_medium-v2.hdf5").read_bytes()
     (cache / "hopper_medium-v2.hdf5").write_bytes(good[: len(good) // 2])
     monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
-    monkeypatch.setattr(buffer, "D4RL_URL", mirror.as_uri() + "/{file}")
-    path = buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+    monkeypatch.setattr(sources, "D4RL_URL", mirror.as_uri() + "/{file}")
+    path = sources.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
     assert path.read_bytes() == good
 
 
@@ -168,7 +170,7 @@ def test_a_dataset_folder_that_cannot_be_created_is_named(tmp_path, monkeypatch)
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "a_file" / "datasets"))
     with pytest.raises(DatasetError, match="D4RL_DATASET_DIR=.*cannot be created.*set D4RL_DATASET_DIR"):
-        buffer.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
+        sources.find_file("hopper", "medium", HOPPER_OBS, HOPPER_ACT)
 
 
 def transitions_of(trajectories, **changes):

@@ -296,19 +296,19 @@ def test_a_run_records_its_datasets_sha256_and_a_resume_on_a_changed_file_stops(
 
 
 def test_the_datasets_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
-    import buffer
+    from plumbing import sources
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     hashed = []
-    hash_file = buffer.hash_file
-    monkeypatch.setattr(buffer, "hash_file", lambda p: hashed.append(p) or hash_file(p))
+    hash_file = sources.hash_file
+    monkeypatch.setattr(sources, "hash_file", lambda p: hashed.append(p) or hash_file(p))
     path = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
-    first = buffer.dataset_sha256(path)
-    assert buffer.dataset_sha256(path) == first and len(hashed) == 1  # unchanged: from the cache
+    first = sources.dataset_sha256(path)
+    assert sources.dataset_sha256(path) == first and len(hashed) == 1  # unchanged: from the cache
     write_d4rl_file(path, seed=1)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on a coarse clock
-    assert buffer.dataset_sha256(path) != first and len(hashed) == 2
+    assert sources.dataset_sha256(path) != first and len(hashed) == 2
     shutil.copy(path, tmp_path / "copy.hdf5")
-    assert buffer.dataset_sha256(tmp_path / "copy.hdf5") == buffer.dataset_sha256(path) and len(hashed) == 3
+    assert sources.dataset_sha256(tmp_path / "copy.hdf5") == sources.dataset_sha256(path) and len(hashed) == 3
 
 
 # 3. Outputs never replace what the user did not name

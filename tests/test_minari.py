@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-import buffer
 import core
 import utils
 from conftest import run_entry, run_script
+from plumbing import sources
 
 pytest.importorskip("minari")
 LENGTHS = (30, 12, 40, 25)  # episode i has reward i + 1 at every step
@@ -80,14 +80,14 @@ def test_a_dataset_without_reference_scores_takes_those_given_on_the_command_lin
 def test_a_dataset_without_reference_scores_takes_those_of_its_envs_expert_dataset_on_disk(minari_root):
     write_minari_dataset("mujoco/hopper/medium-v0", gym.make("Hopper-v5"))
     write_minari_dataset("mujoco/hopper/expert-v0", gym.make("Hopper-v5"), ref_scores=(-20, 3200))
-    facts = buffer.minari_facts("mujoco/hopper/medium-v0")
+    facts = sources.minari_facts("mujoco/hopper/medium-v0")
     assert (facts["ref_min_score"], facts["ref_max_score"], facts["ref_source"]) == (-20.0, 3200.0, "minari-expert")
     assert facts["file"].endswith("mujoco/hopper/medium-v0/data")
 
 
 def test_the_datasets_own_reference_scores_win_over_the_command_line(minari_root):
     write_minari_dataset("mujoco/hopper/medium-v0", gym.make("Hopper-v5"), ref_scores=(-20, 3000))
-    facts = buffer.minari_facts("mujoco/hopper/medium-v0", command_line=(0.0, 1.0))
+    facts = sources.minari_facts("mujoco/hopper/medium-v0", command_line=(0.0, 1.0))
     assert (facts["ref_min_score"], facts["ref_max_score"], facts["ref_source"]) == (-20.0, 3000.0, "minari")
 
 

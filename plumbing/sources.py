@@ -1,0 +1,274 @@
+"""Where a run's data comes from: D4RL files (found, downloaded, checked, hashed) and Minari datasets.
+
+A new source adds its reader here and its name to cfgs/schema.py SOURCES (docs/extending.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import minari
+
+from cfgs.schema import DATASETS, ENVS
+
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
+log = logging.getLogger(__name__)
+KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be found, fetched or read; the message names the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding, downloading and checking D4RL files
+
+
+def dataset_file(env: str, dataset: str) -> str:
+    """D4RL's file name, e.g. ('hopper', 'medium-replay') -> 'hopper_medium_replay-v2.hdf5'."""
+    if env not in ENVS:
+        raise DatasetError(f"unknown env '{env}': choose one of {', '.join(ENVS)} (env=<name>)")
+    if dataset not in DATASETS:
+        raise DatasetError(
+            f"unknown dataset '{dataset}': choose one of {', '.join(DATASETS)} (buffer.dataset=<name>)")
+    return f"{env}_{dataset.replace('-', '_')}-v2.hdf5"
+
+
+def dataset_dir() -> Path:
+    """$D4RL_DATASET_DIR if set, else d4rl's own cache ~/.d4rl/datasets."""
+    return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
+
+
+def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
+    """The D4RL files a run read, on this machine: each recorded file (buffer.files, or buffer.path), else a file
+    of that name in the D4RL folder (a run copied from elsewhere); None for Minari data or where one is missing."""
+    recorded = buffer_cfg.get("files") or as_list(buffer_cfg.get("path"))
+    if not recorded or buffer_cfg.get("source", "d4rl") != "d4rl":
+        return None
+    found = [next((p for p in (Path(r), dataset_dir() / Path(r).name) if p.is_file()), None) for r in recorded]
+    return None if None in found else found
+
+
+def as_list(paths: str | Sequence[str] | None) -> list[str]:
+    """buffer.path as a list of files: one file, or several read in order as one dataset."""
+    if not paths:
+        return []
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
+    """The arrays of a D4RL-layout file, checked: keys, shapes for these space sizes, finite values.
+
+    Raises DatasetError naming the fix for a missing, truncated, corrupt or mismatched file.
+    """
+    fix = "replace it with a good copy"  # a cached download is fetched again by find_dataset
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: no such file. Put the dataset there, or, for a resumed run whose file moved, "
+                           f"edit buffer.file in the run's config.yaml")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in KEYS if k not in f]
+            if missing:
+                raise DatasetError(f"{path} lacks the D4RL keys {missing}: {fix}")
+            data = {k: f[k][:] for k in KEYS}  # reads every chunk: catches truncation
+    except OSError as e:
+        raise DatasetError(f"{path} is truncated or corrupt ({e}): {fix}") from e
+    n = len(data["rewards"])
+    expected = {"observations": (n, obs_dim), "actions": (n, act_dim), "rewards": (n,), "terminals": (n,),
+                "timeouts": (n,)}
+    for key, shape in expected.items():
+        if data[key].shape != shape:
+            raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}, expected {shape} for this env "
+                               f"(observation dim {obs_dim}, action dim {act_dim}); is it another env's file?")
+    for key in ("observations", "actions", "rewards"):
+        if not np.isfinite(data[key]).all():
+            raise DatasetError(f"{path}: '{key}' holds NaN or inf values: {fix}")
+    return data
+
+
+def download(url: str, path: Path) -> Path:
+    """Fetch `url` into a temporary file beside `path`; the caller renames it once checked."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {path.name}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(
+            f"could not download {url} ({e}). Download it by hand to {path}, or set "
+            f"D4RL_DATASET_DIR to a folder that holds {path.name}") from e
+    except BaseException:  # Ctrl-C: no partial file of hundreds of MB left in the cache
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def find_dataset(env: str, dataset: str, obs_dim: int, act_dim: int) -> list[Path]:
+    """The checked D4RL file of env + dataset, downloaded into the cache when missing, truncated or corrupt; for
+    medium-expert where only its medium and expert files are here, those two in that order (D4RL made it so)."""
+    name = dataset_file(env, dataset)
+    parts = [dataset_dir() / dataset_file(env, part) for part in ("medium", "expert")]
+    if dataset == "medium-expert" and not (dataset_dir() / name).exists() and all(p.exists() for p in parts):
+        return [find_file(env, part, obs_dim, act_dim) for part in ("medium", "expert")]
+    return [find_file(env, dataset, obs_dim, act_dim)]
+
+
+def find_file(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
+    """Path of a checked D4RL file; downloaded into the cache when missing, truncated or corrupt."""
+    name = dataset_file(env, dataset)
+    path = dataset_dir() / name
+    if path.exists():
+        try:
+            read_d4rl(path, obs_dim, act_dim)
+            return path
+        except DatasetError as e:
+            log.warning("%s; downloading it again", e)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"D4RL_DATASET_DIR={path.parent} cannot be created ({e.strerror}): set "
+                           f"D4RL_DATASET_DIR to a folder you can write, or that holds {name}") from None
+    tmp = download(D4RL_URL.format(file=name), path)
+    try:
+        read_d4rl(tmp, obs_dim, act_dim)
+    except DatasetError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)  # only a complete, checked file ever has the final name
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The data's identity: a run records its file's SHA-256 (buffer.sha256); hashed once per file, cached
+
+
+def sha256_cache_path() -> Path:
+    """Where the hashes of dataset files are kept: $XDG_CACHE_HOME (or ~/.cache)/decision-transformer/."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "decision-transformer" / "dataset_sha256.json"
+
+
+def hash_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def dataset_sha256(path: str | Path) -> str:
+    """The SHA-256 of a dataset file, hashed once per file: cached by its path, size and mtime (a 1M-row file is
+    not read again at every start). An unwritable cache only costs the hashing again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key, cache_path = f"{path}|{stat.st_size}|{stat.st_mtime_ns}", sha256_cache_path()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}  # the file's older versions
+        cache[key] = hash_file(path)
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, cache_path)
+        except OSError as e:
+            log.warning("%s: cannot keep the dataset's hash (%s); it is computed again at the next start",
+                        cache_path, e.strerror)
+    return cache[key]
+
+
+def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None) -> list[str] | None:
+    """The SHA-256 of each of the run's dataset files (None for a Minari folder); DatasetError when `recorded` (the
+    run's buffer.sha256) names another: a resume would train on other data."""
+    if not files or not all(Path(f).is_file() for f in files):
+        return None if recorded is None else list(recorded)
+    shas = [dataset_sha256(f) for f in files]
+    for file, sha, was in zip(files, shas, recorded or [None] * len(files)):
+        if was and sha != was:
+            raise DatasetError(f"buffer.files: {file} changed since the run started (SHA-256 {was[:12]}... "
+                               f"recorded, {sha[:12]}... now): put the run's file back, or start a new run on it")
+    return shas
+
+
+# ---------------------------------------------------------------------------------------------
+# Minari datasets (D4RL's maintained successor): ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's -v5 envs
+
+
+def load_minari(dataset_id: str) -> minari.MinariDataset:
+    """A Minari dataset on disk, or DatasetError naming the command that fetches it."""
+    import minari
+    try:
+        return minari.load_dataset(dataset_id)
+    except FileNotFoundError:
+        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        raise DatasetError(f"Minari dataset {dataset_id} is not in {root} (MINARI_DATASETS_PATH): fetch it with "
+                           f"`minari download {dataset_id}`") from None
+
+
+def minari_ref_scores(metadata: dict) -> tuple[float, float] | None:
+    """(ref_min_score, ref_max_score) of a Minari dataset's metadata, or None where it lacks either."""
+    if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
+        return None
+    return float(metadata["ref_min_score"]), float(metadata["ref_max_score"])
+
+
+def expert_dataset_id(dataset_id: str) -> str | None:
+    """The same env's Minari expert dataset of the newest version on disk, e.g. mujoco/hopper/expert-v0; or None."""
+    import minari
+    namespace = dataset_id.rsplit("/", 1)[0]  # mujoco/hopper
+    experts = sorted((i for i in minari.list_local_datasets() if i.startswith(f"{namespace}/expert-v")),
+                     key=lambda i: int(i.rsplit("-v", 1)[1]) if i.rsplit("-v", 1)[1].isdigit() else -1)
+    return experts[-1] if experts else None
+
+
+def reference_scores(dataset_id: str, metadata: dict, command_line: tuple[float, float] | None = None) -> tuple[float,
+                     float, str]:
+    """(ref_min_score, ref_max_score, ref_source) of a Minari dataset: its own; else those given on the command
+    line; else its env's Minari expert dataset's, when that is on disk; else DatasetError naming both ways."""
+    if (own := minari_ref_scores(metadata)) is not None:
+        if command_line is not None:
+            log.warning("%s has its own reference scores %s: env.ref_min_score and env.ref_max_score are ignored",
+                        dataset_id, own)
+        return (*own, "minari")
+    if command_line is not None:
+        return (*command_line, "command-line")
+    expert = expert_dataset_id(dataset_id)
+    if expert is not None and (scores := minari_ref_scores(load_minari(expert).storage.metadata)) is not None:
+        log.info("%s has no reference scores: using those of %s, %s", dataset_id, expert, scores)
+        return (*scores, "minari-expert")
+    namespace = dataset_id.rsplit("/", 1)[0]
+    raise DatasetError(f"Minari dataset {dataset_id} has no reference scores (ref_min_score, ref_max_score): give "
+                       f"them, e.g. env.ref_min_score=<a random policy's return> env.ref_max_score=<an expert's "
+                       f"return>, or put {namespace}/expert-v0 on disk (`minari download {namespace}/expert-v0`)")
+
+
+def minari_facts(dataset_id: str, command_line: tuple[float, float] | None = None) -> dict:
+    """What a run takes from a local Minari dataset: its data folder, its env (id and kwargs) and reference scores.
+
+    command_line: (ref_min_score, ref_max_score) given as overrides, used when the dataset has none (Minari's
+    published MuJoCo datasets may have none). The normalized score then uses the scale ref_source names
+    (cfgs/schema.py REF_SOURCES): Minari's (0: a random policy, 100: Minari's expert policy, both in -v5) or the user's.
+    """
+    dataset = load_minari(dataset_id)
+    spec = dataset.spec.env_spec
+    if spec is None:
+        raise DatasetError(f"Minari dataset {dataset_id} lacks its env spec: a run needs the env to evaluate in")
+    ref_min, ref_max, source = reference_scores(dataset_id, dataset.storage.metadata, command_line)
+    return {"file": str(dataset.storage.data_path), "env_id": spec.id, "env_kwargs": dict(spec.kwargs or {}),
+            "ref_min_score": ref_min, "ref_max_score": ref_max, "ref_source": source}
