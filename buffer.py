@@ -9,12 +9,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from cfgs.schema import ENVS, RTG_LIMIT, SAMPLE_BY
-from plumbing.sources import DatasetError, dataset_dir, read_d4rl
+from plumbing.sources import DatasetError, dataset_dir, read_d4rl, run_files
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +139,16 @@ def check_reward_bounds(source: str, rewards: np.ndarray, scaled_returns_to_go: 
 def top_trajectories(returns: np.ndarray, top_percent: float) -> np.ndarray:
     """Percentile behaviour cloning: which trajectories have a return in the top `top_percent` % (a mask)."""
     return returns >= np.percentile(returns, 100.0 - top_percent)
+
+
+def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
+    """The transitions of the run's dataset (its recorded files, else those it names), checked against the env."""
+    dims = env.observation_space.shape[0], env.action_space.shape[0]
+    files = cfg.buffer.files or run_files(cfg, *dims)
+    read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_files
+    transitions = read(files[0] if cfg.buffer.source == "minari" else files, *dims)
+    transitions.check(env.action_space.low, env.action_space.high)
+    return transitions
 
 
 class SequenceBuffer:

@@ -28,6 +28,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+import buffer
 import core
 from tools import export
 from plumbing import launch
@@ -83,7 +84,7 @@ def dataset_returns(train_cfg, env):
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"files": [str(f) for f in found]}})
     else:
         warn_if_dataset_changed(train_cfg.buffer)
-    return core.load_transitions(train_cfg, env).trajectories()[2]
+    return buffer.load_transitions(train_cfg, env).trajectories()[2]
 
 
 def warn_if_dataset_changed(buffer_cfg):

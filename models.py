@@ -4,6 +4,7 @@ Also the plain eager reference (ReferenceDT): the test oracle for the model and 
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -175,12 +176,13 @@ class DecisionTransformer(nn.Module):
         return self.action_low + (actions + 1) / 2 * (self.action_high - self.action_low)
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor, timesteps: torch.Tensor,
-                predict_next: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K).
+                predict_next: bool = False) -> dict[str, torch.Tensor]:
+        """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K) -> named predictions:
 
-        Returns action predictions (B, K, act) in the env's bounds and, with predict_next (the auxiliary
-        losses), next-state predictions (B, K, obs) in normalized state space and next return-to-go
-        predictions (B, K, 1); else None for both, and the last block computes the s_t tokens only.
+            action       (B, K, act) a_t from the s_t token, in the env's bounds
+            next_state   (B, K, obs) s_{t+1} from the a_t token, normalized     } with predict_next (the auxiliary
+            next_return  (B, K, 1)   g_{t+1} from the a_t token                 } losses); else the last block
+                                                                                  computes the s_t tokens only
         """
         B, K, _ = states.shape
         if not self.config.condition_on_return:  # plain BC: every g_t token is the same, it carries no return
@@ -195,12 +197,11 @@ class DecisionTransformer(nn.Module):
             x = block(x)  # (B, 3K, C)
         if not predict_next:  # only the s_t tokens are read: the last block skips the others' queries and MLP
             x = self.ln_f(self.blocks[-1](x, rows=slice(1, None, 3)))  # (B, K, C)
-            return self.unnorm_action(torch.tanh(self.predict_action(x))), None, None  # (B, K, act)
+            return {"action": self.unnorm_action(torch.tanh(self.predict_action(x)))}  # (B, K, act)
         x = self.ln_f(self.blocks[-1](x)).reshape(B, K, 3, -1)  # (B, K, [g, s, a], C)
-        action_preds = self.unnorm_action(torch.tanh(self.predict_action(x[:, :, 1])))  # (B, K, act)
-        state_preds = self.predict_state(x[:, :, 2])  # (B, K, obs)
-        return_preds = self.predict_return(x[:, :, 2])  # (B, K, 1)
-        return action_preds, state_preds, return_preds
+        return {"action": self.unnorm_action(torch.tanh(self.predict_action(x[:, :, 1]))),  # (B, K, act)
+                "next_state": self.predict_state(x[:, :, 2]),  # (B, K, obs)
+                "next_return": self.predict_return(x[:, :, 2])}  # (B, K, 1)
 
     def configure_optimizer(self, lr: float, weight_decay: float) -> torch.optim.AdamW:
         """AdamW with weight decay on the weight matrices only (not biases, LayerNorms or embeddings)."""
@@ -214,6 +215,29 @@ class DecisionTransformer(nn.Module):
         groups = [{"params": [params[n] for n in sorted(decay)], "weight_decay": weight_decay},
                   {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), foreach=True)
+
+
+class EMA:
+    """An exponential moving average of a model's weights (decay d: w <- d w + (1 - d) w_model after each step),
+    with d ramped as min(d, (1 + n) / (10 + n)) over the first updates so that early evals are not the initial
+    weights'. Its `policy` is what a run evaluates and saves."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.policy = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.policy.parameters()), list(model.parameters()), 1 - d)
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.updates = state["updates"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -196,13 +196,10 @@ def plot_results(eval_tables: list[dict], train_tables: list[dict], title: str, 
 
     evals = mean_std_over_seeds(eval_tables, "return_mean")
     train = train_tables
-    labels = {"loss": "total loss", "action_mse": "action MSE", "state_mse": "next-state MSE",
-              "rtg_mse": "next return-to-go MSE"}  # train.csv's loss columns (core.LOSSES)
-    columns = [c for c in labels if any(c in t and t[c].any() for t in train)]  # each loss that is on, apart
-    if columns == ["loss"]:  # no auxiliary losses: the total is the action MSE
-        labels["loss"] = "training loss"
+    columns = list(dict.fromkeys(c for t in train for c in t if c not in ("step", "lr")))  # core.losses' names
+    labels = {"loss": "training loss" if columns == ["loss"] else "total loss"}
     curves = [("return", evals, "eval return", "C0")]
-    curves += [("loss", mean_std_over_seeds([t for t in train if c in t], c), labels[c], f"C{i + 1}")
+    curves += [("loss", mean_std_over_seeds([t for t in train if c in t], c), labels.get(c, c), f"C{i + 1}")
                for i, c in enumerate(columns)]
     fig, (ax_ret, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     axes = {"return": ax_ret, "loss": ax_loss}

@@ -263,9 +263,6 @@ D4RL_TIME_LIMIT = 1000  # the episode length D4RL's reference scores (env.ref_mi
 
 def check_bounds(cfg: DictConfig) -> None:
     """Raise ConfigError on values of the right type whose results cannot be finite or meaningful."""
-    if cfg.train.warmup_steps > cfg.train.steps:
-        raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps}: must be at most train.steps="
-                          f"{cfg.train.steps} (the learning rate would never reach train.lr={cfg.train.lr})")
     if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
         raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
                           f"limit D4RL's reference scores assume (longer episodes' scores are not comparable)")

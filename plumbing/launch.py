@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gymnasium as gym
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
@@ -29,7 +30,7 @@ from cfgs import schema
 from cfgs.schema import ConfigError
 from plumbing import runfolder, threads
 from plumbing.runfolder import Run, RunError
-from plumbing.sources import DatasetError, as_list, dataset_identity, minari_facts
+from plumbing.sources import DatasetError, as_list, dataset_identity, minari_facts, run_files
 
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
@@ -121,6 +122,9 @@ def prepare(cfg):
             os.environ[variable] = to_absolute_path(os.environ[variable])
     OmegaConf.resolve(cfg)
     schema.check(cfg)
+    if cfg.train.warmup_steps > cfg.train.steps:  # a short run: its learning rate reaches train.lr at its end
+        log.info("train.warmup_steps=%d capped at train.steps=%d", cfg.train.warmup_steps, cfg.train.steps)
+        cfg.train.warmup_steps = cfg.train.steps
     if cfg.eval.video and (problem := utils.rendering_problem()):  # before the folder holds a run, not after training
         raise ConfigError(f"eval.video=true: {problem}")
     if not cfg.resume:
@@ -131,7 +135,8 @@ def prepare(cfg):
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
     if not (cfg.resume and cfg.buffer.files or cfg.buffer.source == "minari"):  # the run records the files it read
-        cfg.buffer.files = [str(Path(p).resolve()) for p in core.locate_dataset(cfg)]  # one download, before seeds
+        dims = core.space_dims(gym.make(cfg.env.id))
+        cfg.buffer.files = [str(Path(p).resolve()) for p in run_files(cfg, *dims)]  # one download, before seeds
     cfg.buffer.sha256 = dataset_identity(cfg.buffer.files, cfg.buffer.sha256)  # the data's identity, kept
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),

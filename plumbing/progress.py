@@ -1,15 +1,8 @@
-"""Feedback on long work: a seed's progress as it trains, the ETA of the whole run, and how the entry points show it
-(main.py: a bar per seed; main_mp.py: one line over its seeds, printed by the parent process).
+"""Feedback on long work: a seed's progress and ETA, as main.py's bar (on a terminal; else a log line every 30 s)
+and main_mp.py's one line over its seeds, printed by the parent process.
 
-The ETA (estimate) comes from what the seed measured in this attempt (a resumed seed measures again):
-    training     steps left x seconds per training step, of the recent steps (Pace; the evals' time left out)
-    evals        periodic evals left x the last one's seconds
-    final eval   the last periodic eval's seconds x eval.final_episodes / eval.episodes (linear in the episodes,
-                 though a pass runs its envs in lockstep: it errs long)
-    video        with eval.video, one more periodic eval's seconds (one episode, filmed)
-Before a seed's first periodic eval nothing is known of the evals' cost: its ETA is shown as '?'. The run's ETA:
-main.py trains its seeds one after another, so it adds the later unfinished seeds, each as long as the current
-seed from step 0 (seed_seconds); main_mp.py trains them at once: the slowest seed's.
+The ETA is this attempt's pace so far (its seconds, periodic evals included, per step trained) times the steps
+left: known from the first log interval on.
 """
 from __future__ import annotations
 
@@ -17,15 +10,11 @@ import logging
 import shutil
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Protocol, TextIO
 
-from omegaconf import DictConfig
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -33,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SeedProgress:
-    """A seed's progress at one moment, as its record measured it (core.SeedRecord.report)."""
+    """A seed's progress at one moment (plumbing/record.py SeedRecord.report)."""
 
     seed: int
     step: int
@@ -41,88 +30,48 @@ class SeedProgress:
     loss: float | None  # the last logged loss
     score: float | None  # the last periodic eval's normalized score
     evals: int  # periodic evals so far
-    seconds_left: float | None  # until the seed's end (estimate); None before it can be estimated
-    seed_seconds: float | None  # a whole seed from step 0 (estimate): what each later seed of main.py takes
+    step_seconds: float | None  # this attempt's seconds per step; None before its first step
     at: float  # time.time() of the measure
 
     def left_now(self) -> float | None:
-        """seconds_left, counted down to now."""
-        return None if self.seconds_left is None else max(0.0, self.seconds_left - (time.time() - self.at))
-
-    def measures(self) -> list[str]:
-        """['loss 0.0123', 'score 45.1'], as far as they are known."""
-        return [*([] if self.loss is None else [f"loss {self.loss:.4f}"]),
-                *([] if self.score is None else [f"score {self.score:.1f}"])]
+        """Seconds until the seed's end, counted down to now."""
+        if self.step_seconds is None:
+            return None
+        return max(0.0, (self.steps - self.step) * self.step_seconds - (time.time() - self.at))
 
     def text(self) -> str:
-        """'step 4200/20000, loss 0.0123, score 45.1'."""
-        return ", ".join([f"step {self.step}/{self.steps}", *self.measures()])
+        """'step 4200/20000, loss 0.0123, score 45.1', as far as they are known."""
+        return ", ".join([f"step {self.step}/{self.steps}", *([] if self.loss is None else [f"loss {self.loss:.4f}"]),
+                          *([] if self.score is None else [f"score {self.score:.1f}"])])
 
 
 @dataclass
-class Pace:
-    """A seed's clock in this attempt (a resumed seed measures again): its seconds, and the pace of its recent
-    training steps and its last periodic eval, which its ETA is estimated from.
-
-    The step pace is that of the last `window` estimates, not of the whole attempt: a pause (a process stopped with
-    Ctrl-Z or SIGSTOP) or a neighbour that came or went stops counting once the window has passed it.
-    """
+class Clock:
+    """A seed's clock in this attempt (a resumed seed measures again): its seconds and its pace."""
 
     first_step: int = 0  # the step this attempt started after
-    started: float = field(default_factory=time.time)
-    eval_seconds: float = 0.0  # the periodic evals'
-    last_eval_seconds: float | None = None  # the last periodic eval's
-    window: int = 20  # estimates whose pace counts (main.py's defaults: 2 000 steps)
-    marks: deque[tuple[float, int, float]] = field(init=False)  # (time, step, eval_seconds) at recent estimates
-
-    def __post_init__(self) -> None:
-        self.marks = deque([(self.started, self.first_step, 0.0)], maxlen=self.window + 1)
+    started: float = field(default_factory=lambda: time.time())
 
     def seconds(self) -> float:
         return time.time() - self.started
 
-    @contextmanager
-    def timing_eval(self) -> Iterator[None]:
-        """Around a periodic eval: its seconds."""
-        started = time.time()
-        yield
-        self.last_eval_seconds = time.time() - started
-        self.eval_seconds += self.last_eval_seconds
-
-    def estimate(self, cfg: DictConfig, step: int) -> tuple[float | None, float | None]:
-        """estimate() at `step` from the recent steps' seconds; (None, None) before a step and an eval."""
-        if step > self.marks[-1][1]:
-            self.marks.append((time.time(), step, self.eval_seconds))
-        (then, then_step, then_evals), (now, _, evals) = self.marks[0], self.marks[-1]
-        if step == then_step or self.last_eval_seconds is None:
-            return None, None
-        step_seconds = (now - then - (evals - then_evals)) / (step - then_step)
-        return estimate(cfg, step, step_seconds, self.last_eval_seconds)
-
-
-def estimate(cfg: DictConfig, step: int, step_seconds: float, eval_seconds: float) -> tuple[float, float]:
-    """(seconds left after `step`, seconds of a whole seed) from the seconds of one training step and of one periodic
-    eval; the module's docstring says how."""
-    steps, every = cfg.train.steps, cfg.train.eval_every
-    evals = steps // every + (steps % every != 0)  # at each multiple of eval_every, and at the last step
-    evals_done = evals if step >= steps else step // every
-    end = eval_seconds * (cfg.eval.final_episodes / cfg.eval.episodes + cfg.eval.video)  # final eval and video
-    left = (steps - step) * step_seconds + (evals - evals_done) * eval_seconds + end
-    return left, steps * step_seconds + evals * eval_seconds + end
-
-
-def after_ctrl_c() -> None:
-    """On a terminal, back to the start of the line: a message printed after a Ctrl-C covers the '^C' that the
-    terminal echoed at the start of a line (below a log line) instead of following it."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream.isatty():
-            stream.write("\r")
-            stream.flush()
+    def step_seconds(self, step: int) -> float | None:
+        """Seconds per step trained in this attempt; None before its first."""
+        return self.seconds() / (step - self.first_step) if step > self.first_step else None
 
 
 def duration(seconds: float | None) -> str:
     """'1:02:03', '02:03', or '?' when unknown."""
     return "?" if seconds is None else tqdm.format_interval(seconds)
+
+
+def after_ctrl_c() -> None:
+    """On a terminal, back to the start of the line: a message printed after a Ctrl-C covers the '^C' that the
+    terminal echoed."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream.isatty():
+            stream.write("\r")
+            stream.flush()
 
 
 class Reporter(Protocol):
@@ -134,29 +83,28 @@ class Reporter(Protocol):
 
 
 class Bar:
-    """main.py's progress of a seed: a bar of its steps (on a terminal only) with its loss, last score and the run's
-    ETA (this seed's and `later_seeds` more after it); log lines are printed above the bar, not into it."""
+    """main.py's progress of a seed and the run's ETA (this seed's, and `later_seeds` more like it after it): a bar
+    on a terminal, with the log printed above it; elsewhere (nohup, a file) a log line every `every` seconds."""
 
-    def __init__(self, later_seeds: int = 0):
-        self.later_seeds = later_seeds
+    def __init__(self, later_seeds: int = 0, every: float = 30):
+        self.later_seeds, self.every, self.printed = later_seeds, every, 0.0
         self.bar: tqdm | None = None
         self.consoles: list[tuple[logging.StreamHandler, TextIO]] = []  # (handler, its own stream) while open
 
     def __call__(self, progress: SeedProgress) -> None:
+        run_left = progress.left_now()
+        if run_left is not None:
+            run_left += self.later_seeds * progress.steps * progress.step_seconds
         if self.bar is None:
             self.open(progress)
-        self.bar.set_postfix_str(self.postfix(progress), refresh=False)
+        if self.bar.disable:
+            if time.time() - self.printed >= self.every and progress.step_seconds is not None:
+                log.info("seed %d: %s, run ETA %s", progress.seed, progress.text(), duration(run_left))
+                self.printed = time.time()
+            return
+        self.bar.set_postfix_str(", ".join([*progress.text().split(", ")[1:], f"run ETA {duration(run_left)}"]),
+                                 refresh=False)
         self.bar.update(progress.step - self.bar.n)
-
-    def run_left(self, progress: SeedProgress) -> float | None:
-        """Seconds until the run's end: this seed's, then the later seeds' one after another."""
-        if progress.seconds_left is None:
-            return None
-        return progress.left_now() + self.later_seeds * progress.seed_seconds
-
-    def postfix(self, progress: SeedProgress) -> str:
-        """'loss 0.0123, score 45.1, run ETA 1:02:03'."""
-        return ", ".join([*progress.measures(), f"run ETA {duration(self.run_left(progress))}"])
 
     def open(self, progress: SeedProgress) -> None:
         width = shutil.get_terminal_size().columns - 3  # room after it for the '^C' a terminal echoes on Ctrl-C
@@ -200,8 +148,8 @@ class Stopped:
 
 
 class Sender:
-    """A main_mp.py seed process's reporter: each progress, and why the seed stopped (stopped), goes to the parent's
-    SeedsLine through the seed's one pipe (which needs no disk); nothing to the terminal."""
+    """A main_mp.py seed process's reporter: each progress, and why the seed stopped, goes to the parent's SeedsLine
+    through the seed's one pipe (which needs no disk)."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
@@ -213,14 +161,12 @@ class Sender:
         self.connection.send(Stopped(cause))
 
     def close(self) -> None:
-        """The seed's progress ends; the pipe stays open for its cause (an error in the final evaluation), and closes
-        with the process."""
+        """The pipe stays open for the seed's cause (an error in the final evaluation), and closes with it."""
 
 
 class SeedsLine:
-    """main_mp.py's progress: what the seeds' processes send (Sender), logged as one line over the seeds after each
-    periodic eval and at least every `every` seconds: per seed its step, loss, last score and ETA; the run's ETA.
-    A seed that stopped on an error sent its one-line cause last (causes).
+    """main_mp.py's progress: what the seeds' processes send, logged as one line after each periodic eval and at
+    least every `every` seconds; a seed that stopped on an error sent its one-line cause last (causes).
 
         seed 0: step 4200/20000, loss 0.0123, score 45.1, ETA 12:03 | seed 1: ... | run ETA 14:10
     """
@@ -230,7 +176,7 @@ class SeedsLine:
         self.receivers = {seed: receiver for seed, (receiver, _) in pipes.items()}
         self.senders = {seed: Sender(sender) for seed, (_, sender) in pipes.items()}
         self.latest: dict[int, SeedProgress | None] = dict.fromkeys(seeds)
-        self.causes: dict[int, str] = {}  # why a seed stopped, as it sent it (Stopped)
+        self.causes: dict[int, str] = {}
         self.ended: set[int] = set()
         self.every, self.printed = every, time.time()
 
@@ -260,16 +206,10 @@ class SeedsLine:
             self.printed = time.time()
 
     def line(self) -> str:
-        seeds = [self.seed_text(seed, progress) for seed, progress in self.latest.items()]
-        return " | ".join([*seeds, f"run ETA {duration(self.run_left())}"])
-
-    def seed_text(self, seed: int, progress: SeedProgress | None) -> str:
-        if progress is None:
-            return f"seed {seed}: " + ("ended" if seed in self.ended else "starting")
-        return f"seed {seed}: {progress.text()}, " + ("ended" if seed in self.ended else
-                                                      f"ETA {duration(progress.left_now())}")
-
-    def run_left(self) -> float | None:
-        """Seconds until the slowest seed's end; None while a running seed has no estimate yet."""
+        seeds = [f"seed {seed}: " + ("starting" if p is None and seed not in self.ended else
+                                     (p.text() + ", " if p else "") + ("ended" if seed in self.ended else
+                                                                        f"ETA {duration(p.left_now())}"))
+                 for seed, p in self.latest.items()]
         left = [p.left_now() if p else None for seed, p in self.latest.items() if seed not in self.ended]
-        return None if None in left else max(left, default=0.0)
+        run_left = None if None in left else max(left, default=0.0)
+        return " | ".join([*seeds, f"run ETA {duration(run_left)}"])

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 if TYPE_CHECKING:
     import minari
+    from omegaconf import DictConfig
 
 from cfgs.schema import DATASETS, ENVS
 
@@ -58,6 +59,16 @@ def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
         return None
     found = [next((p for p in (Path(r), dataset_dir() / Path(r).name) if p.is_file()), None) for r in recorded]
     return None if None in found else found
+
+
+def run_files(cfg: DictConfig, obs_dim: int, act_dim: int) -> list[str]:
+    """The files a run reads: buffer.path's, the Minari dataset's folder, or the D4RL files of env + dataset
+    (downloaded when missing)."""
+    if cfg.buffer.path:
+        return as_list(cfg.buffer.path)
+    if cfg.buffer.source == "minari":
+        return [str(load_minari(cfg.buffer.dataset).storage.data_path)]
+    return [str(p) for p in find_dataset(cfg.env.name, cfg.buffer.dataset, obs_dim, act_dim)]
 
 
 def as_list(paths: str | Sequence[str] | None) -> list[str]:

@@ -78,7 +78,7 @@ class Gait(torch.nn.Module):
         return torch.sin(0.8 * timesteps[..., None].float() + torch.tensor([0.0, 1.5, 3.0, 0.0, 1.5, 3.0]))
 
     def forward(self, states, actions, returns_to_go, timesteps):
-        return self.torques(timesteps), None, None  # (n, k, 6)
+        return {"action": self.torques(timesteps)}  # (n, k, 6)
 
 
 def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_camera_loses_it(small_frames):
@@ -116,7 +116,7 @@ class Still(torch.nn.Module):
 
     def forward(self, states, actions, returns_to_go, timesteps):
         self.windows.append(returns_to_go[..., 0].numpy().copy())
-        return torch.zeros(*states.shape[:2], self.act_dim), None, None  # (n, k, act)
+        return {"action": torch.zeros(*states.shape[:2], self.act_dim)}  # (n, k, act)
 
 
 def test_each_env_is_conditioned_on_its_target_lowered_by_its_own_rewards():

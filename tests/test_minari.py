@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+import buffer
 import core
 import utils
 from conftest import run_entry, run_script
@@ -64,7 +65,7 @@ def test_a_dataset_with_reference_scores_trains_and_evaluates_on_them_in_its_env
     assert_scored_on(tmp_path / "run", -20.0, 3000.0)
     assert gym.make(core.env_spec(cfg.env)).unwrapped._healthy_reward == 2.0, "the eval env has the dataset's kwargs"
 
-    transitions = core.load_transitions(cfg, gym.make("Hopper-v5"))
+    transitions = buffer.load_transitions(cfg, gym.make("Hopper-v5"))
     _, lengths, returns = transitions.trajectories()
     assert list(lengths) == list(LENGTHS) and list(returns) == [30.0, 24.0, 120.0, 100.0]
 

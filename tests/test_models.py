@@ -24,9 +24,9 @@ def tiny_inputs(B=3, seed=0):
 
 
 def test_outputs_have_one_prediction_per_step():
-    action_preds, state_preds, return_preds = tiny_model()(*tiny_inputs(), predict_next=True)
-    assert action_preds.shape == (3, K, ACT_DIM)
-    assert state_preds.shape == (3, K, STATE_DIM) and return_preds.shape == (3, K, 1)
+    preds = tiny_model()(*tiny_inputs(), predict_next=True)
+    assert {name: tuple(p.shape) for name, p in preds.items()} == {
+        "action": (3, K, ACT_DIM), "next_state": (3, K, STATE_DIM), "next_return": (3, K, 1)}
 
 
 @pytest.mark.parametrize("changed", ["states", "actions", "returns_to_go", "timesteps"])
@@ -38,18 +38,18 @@ def test_a_later_step_never_changes_an_earlier_prediction(changed):
     altered = inputs[changed].clone()
     altered[:, t:] = altered[:, t:] + 7 if changed != "timesteps" else (altered[:, t:] + 7) % 100
     after = model(**{**inputs, changed: altered}, predict_next=True)
-    torch.testing.assert_close(after[0][:, :t], before[0][:, :t])  # actions at steps < t
-    torch.testing.assert_close(after[1][:, :t], before[1][:, :t])  # next states at steps < t
+    torch.testing.assert_close(after["action"][:, :t], before["action"][:, :t])  # actions at steps < t
+    torch.testing.assert_close(after["next_state"][:, :t], before["next_state"][:, :t])  # next states at steps < t
     if changed == "actions":  # a_t is read after s_t: the action prediction at t must not see it
-        torch.testing.assert_close(after[0][:, t], before[0][:, t])
-    assert not torch.allclose(after[0][:, t + 1:], before[0][:, t + 1:]), "later steps do see the change"
+        torch.testing.assert_close(after["action"][:, t], before["action"][:, t])
+    assert not torch.allclose(after["action"][:, t + 1:], before["action"][:, t + 1:]), "later steps see the change"
 
 
 def test_training_mode_attention_with_dropout_is_causal_too():
     model = tiny_model(dropout=0.1).train()
     states = tiny_inputs()[0].requires_grad_()
     _, actions, returns_to_go, timesteps = tiny_inputs()
-    action_preds = model(states, actions, returns_to_go, timesteps)[0]
+    action_preds = model(states, actions, returns_to_go, timesteps)["action"]
     action_preds[:, 2].sum().backward()
     assert states.grad[:, 3:].abs().sum() == 0, "no gradient from steps after t"
     assert states.grad[:, 2].abs().sum() > 0
@@ -61,7 +61,7 @@ def test_the_action_at_t_reads_the_state_and_return_to_go_at_t(changed):
     inputs = dict(zip(["states", "actions", "returns_to_go", "timesteps"], tiny_inputs()))
     altered = inputs[changed].clone()
     altered[:, 3] += 1.0
-    before, after = model(**inputs)[0], model(**{**inputs, changed: altered})[0]
+    before, after = model(**inputs)["action"], model(**{**inputs, changed: altered})["action"]
     assert not torch.allclose(after[:, 3], before[:, 3])
 
 
@@ -69,7 +69,7 @@ def test_action_predictions_stay_inside_the_action_bounds():
     model = tiny_model()
     with torch.no_grad():
         model.predict_action.bias.fill_(50.0)  # saturate the tanh
-    action_preds = model(*tiny_inputs())[0]
+    action_preds = model(*tiny_inputs())["action"]
     torch.testing.assert_close(action_preds, torch.tensor([1.0, 4.0]).expand_as(action_preds))
 
 
@@ -105,8 +105,9 @@ def test_fp32_outputs_equal_the_plain_reference(env_shape):
     with torch.no_grad():
         ours = model(states, actions, returns_to_go, timesteps, predict_next=True)
         theirs = reference(states, actions, returns_to_go, timesteps, predict_next=True)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert list(ours) == list(theirs) == ["action", "next_state", "next_return"]
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_heads", [1, 2])
@@ -115,10 +116,10 @@ def test_action_predictions_skip_nothing_when_the_last_block_computes_only_state
     for k in (K, 1):  # a full context, and the first step of an episode
         inputs = [x[:, :k] for x in tiny_inputs()]
         with torch.no_grad():
-            pruned, no_state_preds, no_return_preds = model(*inputs)
-            full = model(*inputs, predict_next=True)[0]
-        torch.testing.assert_close(pruned, full, rtol=1e-6, atol=1e-6)
-        assert no_state_preds is None and no_return_preds is None
+            pruned = model(*inputs)
+            full = model(*inputs, predict_next=True)["action"]
+        torch.testing.assert_close(pruned["action"], full, rtol=1e-6, atol=1e-6)
+        assert list(pruned) == ["action"]
 
 
 def test_the_reference_starts_from_the_projects_initial_weights():
@@ -136,7 +137,7 @@ def test_fp32_gradients_equal_the_plain_reference_without_dropout():
     reference = ReferenceDT(default_model_config(11, 3, dropout=0.0)).load_project_weights(model)
     batch = random_batch(11, 3, batch_size=4)
     for m in (model, reference):
-        m(*batch[:4])[0].square().sum().backward()
+        m(*batch[:4])["action"].square().sum().backward()
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight.grad, reference.blocks[0].attn.in_proj_weight.grad,
                                rtol=1e-4, atol=1e-6)
 
@@ -162,7 +163,7 @@ class Oracle(torch.nn.Module):
 
     def forward(self, states, actions, returns_to_go, timesteps, predict_next=False):
         assert predict_next, "the auxiliary losses ask for the a_t tokens"
-        return actions, self.state_preds, self.return_preds
+        return {"action": actions, "next_state": self.state_preds, "next_return": self.return_preds}
 
 
 def test_the_auxiliary_targets_are_the_next_step_shifted_by_one_and_masked_past_the_end():
@@ -177,10 +178,10 @@ def test_the_auxiliary_targets_are_the_next_step_shifted_by_one_and_masked_past_
         state_preds[b, :last], return_preds[b, :last] = states[b, 1:last + 1] / 2.0, returns_to_go[b, 1:last + 1]
     batch = (states, torch.rand(B, T, 2), returns_to_go, torch.zeros(B, T, dtype=torch.long), mask)
     train_cfg = OmegaConf.create({"aux_state_coef": 0.5, "aux_rtg_coef": 2.0})
-    loss, action_mse, state_mse, rtg_mse = core.losses(Oracle(state_preds, return_preds), batch, train_cfg, "fp32")
-    assert action_mse == 0 and state_mse == 0 and rtg_mse == 0 and loss == 0
+    named = core.losses(Oracle(state_preds, return_preds), batch, train_cfg, "fp32")
+    assert named == {"loss": 0, "action_mse": 0, "state_mse": 0, "rtg_mse": 0}
     return_preds[0, 1] += 1.0  # a real next step (step 2) predicted wrong: one of the 6 counted steps
-    assert core.losses(Oracle(state_preds, return_preds), batch, train_cfg, "fp32")[3] == pytest.approx(1 / 6)
+    assert core.losses(Oracle(state_preds, return_preds), batch, train_cfg, "fp32")["rtg_mse"] == pytest.approx(1 / 6)
 
 
 def test_without_return_conditioning_the_policy_ignores_the_return_to_go_also_when_reloaded():
@@ -188,10 +189,10 @@ def test_without_return_conditioning_the_policy_ignores_the_return_to_go_also_wh
     states, actions, returns_to_go, timesteps = tiny_inputs()
     other_returns = returns_to_go + 3.0
     conditioned = tiny_model()
-    assert not torch.allclose(conditioned(states, actions, returns_to_go, timesteps)[0],
-                              conditioned(states, actions, other_returns, timesteps)[0])
+    assert not torch.allclose(conditioned(states, actions, returns_to_go, timesteps)["action"],
+                              conditioned(states, actions, other_returns, timesteps)["action"])
     behaviour_cloning = policy_from_checkpoint(policy_checkpoint(tiny_model(condition_on_return=False),
                                                                  "models.DecisionTransformer", "Hopper-v4"))
     assert behaviour_cloning.config.condition_on_return is False
-    assert torch.equal(behaviour_cloning(states, actions, returns_to_go, timesteps)[0],
-                       behaviour_cloning(states, actions, other_returns, timesteps)[0])
+    assert torch.equal(behaviour_cloning(states, actions, returns_to_go, timesteps)["action"],
+                       behaviour_cloning(states, actions, other_returns, timesteps)["action"])

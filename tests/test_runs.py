@@ -11,8 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 import core
+import models
 import utils
 from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, run_entry, run_script, start_script
+from plumbing import runfolder
 from plumbing.runfolder import Run
 
 SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
@@ -193,6 +195,71 @@ def test_each_auxiliary_loss_is_logged_in_its_own_column(hopper_file, tmp_path):
     assert list(rows) == ["step", "loss", "action_mse", "state_mse", "rtg_mse", "lr"]
     np.testing.assert_allclose(rows["loss"], rows["action_mse"] + 0.5 * rows["state_mse"] + 2 * rows["rtg_mse"],
                                rtol=1e-5)
+
+
+class NextRewardDT(models.DecisionTransformer):
+    """docs/extending.md's example: the DT with one more head, reading the a_t tokens as the next-step heads do."""
+
+    def __init__(self, config, **normalization):
+        super().__init__(config, **normalization)
+        self.predict_reward = torch.nn.Linear(config.embed_dim, 1)
+
+    def forward(self, *inputs, predict_next=False):
+        tokens = []  # the a_t tokens, as predict_return reads them
+        hook = self.predict_return.register_forward_hook(lambda module, args, out: tokens.append(args[0]))
+        preds = super().forward(*inputs, predict_next=predict_next)
+        hook.remove()
+        self.last = {**preds, "next_reward": self.predict_reward(tokens[0])} if predict_next else preds
+        return self.last
+
+
+def test_a_new_loss_reaches_the_csv_the_tracker_and_the_figure_from_its_name_alone(hopper_file, tmp_path,
+                                                                                  monkeypatch):
+    """A toy loss added as docs/extending.md says (a head, one entry of core.losses, its coefficient in the config)
+    gets its train.csv column, its tracker key and its curve in results.png without any other list to update."""
+    original_losses = core.losses
+
+    def losses_with_toy(model, batch, train_cfg, precision):
+        named = original_losses(model, batch, train_cfg, precision)
+        toy = core.masked_mse(model.last["next_reward"][:, :-1], batch[2][:, 1:], batch[4][:, 1:])
+        return {**named, "loss": named["loss"] + train_cfg.aux_toy_coef * toy, "toy_mse": toy}
+
+    monkeypatch.setitem(models.MODELS, "models.NextRewardDT", NextRewardDT)
+    monkeypatch.setattr(core, "losses", losses_with_toy)
+    logged, figures = [], []
+    monkeypatch.setattr(runfolder.Tracker, "log", lambda self, section, row: logged.append((section, dict(row))))
+    monkeypatch.setattr(utils, "save_png", lambda fig, path: figures.append(fig))
+    cfg = OmegaConf.create(OmegaConf.to_container(compose(f"buffer.path={hopper_file}", "train.aux_state_coef=1")))
+    cfg.model.implementation, cfg.train.aux_toy_coef = "models.NextRewardDT", 0.5  # as if in cfgs/
+    core.train(cfg, 0, Run(tmp_path))
+    assert list(utils.read_csv(tmp_path / "seed0" / "train.csv")) == ["step", "loss", "action_mse", "state_mse",
+                                                                       "toy_mse", "lr"]
+    assert {"toy_mse", "state_mse"} <= {k for section, row in logged if section == "train" for k in row}
+    loss_panel = figures[-1].axes[1]
+    assert "toy_mse (mean of 1 seed)" in loss_panel.get_legend_handles_labels()[1]
+
+
+def test_a_short_run_warms_up_over_its_length_and_says_so(hopper_file, tmp_path):
+    run_entry("main.py", tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", "train.warmup_steps=1000")
+    assert "train.warmup_steps=1000 capped at train.steps=20" in read(tmp_path / "main.log")
+    assert OmegaConf.load(tmp_path / "config.yaml").train.warmup_steps == 20
+    assert utils.read_csv(tmp_path / "seed0" / "train.csv")["lr"][-1] == pytest.approx(1e-4)
+
+
+def test_the_smoke_run_writes_a_whole_run_for_every_seed(hopper_file, tmp_path):
+    run_script("main.py", "experiment=smoke", f"buffer.path={hopper_file}", f"hydra.run.dir={tmp_path}",
+               "eval.video=false", check=True)
+    assert json.loads(read(tmp_path / "summary.json"))["seeds"] == [0, 1, 2]
+    assert all((tmp_path / f"seed{s}" / name).exists() for s in (0, 1, 2) for name in SEED_FILES)
+
+
+def test_a_model_swapped_through_the_config_trains_evaluates_and_exports(hopper_file, tmp_path):
+    from tools import export
+    cfg = compose(f"buffer.path={hopper_file}", "model.implementation=models.ReferenceDT")
+    final = core.train(cfg, 0, Run(tmp_path))
+    policy = core.load_policy(tmp_path / "seed0" / "final.pt")
+    assert isinstance(policy, models.ReferenceDT) and np.isfinite(final["score_mean"])
+    assert len(export.export_policy(policy, cfg.buffer.reward_scale, "torchscript")) > 0
 
 
 def test_every_gallery_config_and_policy_loads_without_migration_shims():

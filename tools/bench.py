@@ -2,7 +2,6 @@
 
     python tools/bench.py                     # prints a table, writes bench.json
     python tools/bench.py --steps 100 --out /tmp/bench.json
-    python tools/bench.py --busy 0 1 2        # the step beside 0, 1, 2 CPU-bound competitors, per thread setting
 
 The reference is models.ReferenceDT (nn.MultiheadAttention, torch's dropout, every token through every block).
 
@@ -15,15 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 from plumbing import threads  # noqa: I001,E402  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
 import platform
-import signal
-import subprocess
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,12 +54,12 @@ def train_stepper(model: torch.nn.Module, batch: tuple, precision: str = "fp32")
     """A function that runs one core.train_step (forward, backward, clip, AdamW; the default config's optimizer
     and schedule) on `batch` and returns its seconds."""
     optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
-    scheduler = core.warmup_scheduler(optimizer, CFG.train.warmup_steps)
+    scheduler = core.lr_scheduler(optimizer, CFG.train)
     model.train()
 
     def step() -> float:
         start = time.perf_counter()
-        core.train_step(model, optimizer, scheduler, batch, CFG.train, precision)[0].item()
+        core.train_step(model, optimizer, scheduler, batch, CFG.train, precision)["loss"].item()
         return time.perf_counter() - start
     return step
 
@@ -160,213 +156,41 @@ def parallel_steps_per_second(steps: int, batch_size: int, shape: dict, precisio
         p.join()
     return sum(rates)
 
-# --busy: the step beside N CPU-bound competitors, for the default thread policy and each setting compared to it
-ALL = "all"  # OMP_NUM_THREADS: every usable core
-BUSY_SETTINGS = {  # name -> the OpenMP environment its process starts with; the default: what threads.py chooses
-    "default": {}, "1 thread": {"OMP_NUM_THREADS": "1"},
-    "all cores, active": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "ACTIVE"},
-    "all cores, passive": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE"},
-    "all cores, spin 1k": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"},
-    "all cores, spin 10k": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"},
-    # libgomp's default without OMP_WAIT_POLICY (what runs waited before threads.py): spin 300 000 times, then sleep
-    "all cores, spin 300k": {"OMP_NUM_THREADS": ALL, "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "300000"}}
-OPENMP_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-COMPETITOR = """import sys, time
-end = time.monotonic() + float(sys.argv[1])
-try:
-    while time.monotonic() < end:
-        pass
-except KeyboardInterrupt:
-    pass
-"""
-
-
-def end_processes(procs: list) -> None:
-    """Terminate `procs` (stopped ones too), then kill those still alive after 5 s; return once all have exited."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-            p.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM once continued
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-@contextlib.contextmanager
-def competitors(n: int, seconds: float) -> Iterator[list]:
-    """`n` CPU-bound processes (a busy loop each) that end by themselves after `seconds` and are ended when the
-    block is left, however it is left (an exception, Ctrl-C, SIGTERM through busy_main's handler)."""
-    procs = []
-    try:
-        for _ in range(n):
-            procs.append(subprocess.Popen([sys.executable, "-c", COMPETITOR, str(seconds)]))
-        yield procs
-    finally:
-        end_processes(procs)
-
-
-def start_setting(name: str, batch_size: int, shape: dict) -> subprocess.Popen:
-    """A process of `python tools/bench.py --worker` with the setting's environment; it reports its thread line."""
-    env = {k: v for k, v in os.environ.items() if k not in OPENMP_ENV}
-    env.update({k: str(threads.usable_cores()) if v == ALL else v for k, v in BUSY_SETTINGS[name].items()})
-    args = ["--batch-size", str(batch_size), "--context-len", str(shape["context_len"]),
-            "--embed-dim", str(shape["embed_dim"]), "--n-layers", str(shape["n_layers"])]
-    return subprocess.Popen([sys.executable, __file__, "--worker", name, *args], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-
-def time_setting(proc: subprocess.Popen, steps: int) -> dict:
-    """Seconds of each of `steps` training steps in a setting's process. Between its turns the process is stopped
-    (SIGSTOP): OpenMP threads that wait actively would otherwise spin through the other settings' turns."""
-    proc.send_signal(signal.SIGCONT)
-    try:
-        proc.stdin.write(f"{steps}\n")
-        proc.stdin.flush()
-        line = proc.stdout.readline()
-    except BrokenPipeError:
-        line = ""
-    if not line:
-        raise RuntimeError(f"bench.py --worker (pid {proc.pid}) ended with code {proc.wait()}")
-    proc.send_signal(signal.SIGSTOP)
-    return json.loads(line)
-
-
-def busy_worker(batch_size: int, shape: dict) -> None:
-    """--worker: a setting's process. The default precision's step on a hopper batch, timed on request: each
-    line on stdin asks for n steps, each answer is a JSON list of their seconds. Where a run's threads would follow
-    the load (no OMP_NUM_THREADS; core.thread_governor), so do this process's, measured from the start of each turn
-    (it is stopped between turns), after two untimed steps."""
-    policy = threads.set_torch_threads(1)
-    torch.manual_seed(0)
-    precision = utils.pick_precision(CFG.train.precision, torch.device("cpu"))
-    model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
-    batch = random_batch(*SHAPES["hopper"], batch_size, shape["context_len"])
-    step = train_stepper(model, batch, precision)
-    most = torch.get_num_threads()
-    follows = isinstance(core.thread_governor(CFG, model, list(batch), precision), threads.Governor)
-    policy += "; threads follow the load" if follows else ""
-    for _ in range(5):  # warm-up
-        step()
-    count = f"1-{most} (follow the load)" if follows else most
-    print(json.dumps({"threads": count, "policy": policy, "precision": precision}), flush=True)
-    try:
-        for request in sys.stdin:
-            governor = threads.Governor(most, every=0.25) if follows else lambda: None
-            for _ in range(2):
-                governor()
-                step()
-            print(json.dumps([governor() or step() for _ in range(int(request))]), flush=True)
-    except KeyboardInterrupt:  # the benchmark ends this process itself
-        pass
-
-
-def busy_level(workers: dict, n: int, steps: int, rounds: int, seconds: float) -> dict:
-    """The step's median ms per setting beside `n` competitors, the settings interleaved round by round."""
-    with competitors(n, seconds) as procs:
-        print(f"{n} competitors: pids {' '.join(str(p.pid) for p in procs)}", flush=True)
-        time.sleep(1.0)  # the competitors are running
-        times = {name: [] for name in workers}
-        for _ in range(rounds):
-            for name, proc in workers.items():
-                times[name] += time_setting(proc, max(1, steps // rounds))
-        ended_early = sum(p.poll() is not None for p in procs)
-        load = os.getloadavg()[0]
-    return {"competitors": n, "load_1min": load, "competitor_pids": [p.pid for p in procs],
-            "competitors_ended_early": ended_early, "ms": {k: float(np.median(v)) * 1e3 for k, v in times.items()}}
-
-
-def busy_table(results: dict) -> str:
-    """The markdown table of --busy: per load level and setting, ms a step and the ratios to the default and to
-    the best setting at that level."""
-    lines = ["| competitors | load (1 min) | setting | threads, wait | ms / step | / default | / best |",
-             "|---|---|---|---|---|---|---|"]
-    for level in results["levels"]:
-        best = min(level["ms"].values())
-        for name, ms in level["ms"].items():
-            setting = results["settings"][name]
-            lines.append(f"| {level['competitors']} | {level['load_1min']:.1f} | {name} | {setting['threads']}, "
-                         f"{setting['wait']} | {ms:.1f} | {ms / level['ms']['default']:.2f} | {ms / best:.2f} |")
-    return "\n".join(lines)
-
-
-def busy_main(args: argparse.Namespace, shape: dict, out: Path) -> None:
-    """--busy: start a process per setting, then for each N time them beside N competitors; a table and JSON."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so that the competitors end
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C even where the parent ignored SIGINT
-    workers = {}
-    try:
-        workers["default"] = start_setting("default", args.batch_size, shape)
-        lines = {"default": workers["default"].stdout.readline()}  # started alone: it sees the machine as it is
-        workers.update({name: start_setting(name, args.batch_size, shape) for name in BUSY_SETTINGS
-                        if name != "default"})
-        settings = {}
-        for name, proc in workers.items():
-            line = lines.get(name) or proc.stdout.readline()
-            if not line:
-                raise SystemExit(f"error: bench.py --worker {name!r} failed (code {proc.wait()}); see above")
-            proc.send_signal(signal.SIGSTOP)  # until its turn
-            ready = json.loads(line)
-            wait = ready["policy"].rsplit(" wait ", 1)[-1].split(" (")[0]  # without the why
-            settings[name] = {"threads": ready["threads"], "wait": wait, "policy": ready["policy"],
-                              "precision": ready["precision"]}
-        print(f"settings' processes: pids {' '.join(str(p.pid) for p in workers.values())}", flush=True)
-        results = {"machine": machine(), "shape": {"batch_size": args.batch_size, **shape}, "settings": settings,
-                   "steps": args.steps, "rounds": args.rounds,
-                   "levels": [busy_level(workers, n, args.steps, args.rounds, args.busy_seconds) for n in args.busy]}
-    finally:
-        end_processes(list(workers.values()))
-    print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; hopper step, "
-          f"{settings['default']['precision']}; default: {settings['default']['policy']}")
-    print(busy_table(results))
-    for level in results["levels"]:
-        if level["competitors_ended_early"]:
-            print(f"warning: {level['competitors_ended_early']} of {level['competitors']} competitors ended (time "
-                  f"limit) before the level's last measurement: raise --busy-seconds")
-    utils.atomic_write_bytes(out, json.dumps(results, indent=2).encode())
-    print(f"wrote {out}")
+def cpu_kind() -> str:
+    """The CPU kind as docs/speed.md's rows name it: 'AMX', 'AVX-512 bf16' or 'AVX2' (then runs are fp32)."""
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX-512 bf16"
+    return torch.backends.cpu.get_cpu_capability().replace("AVX", "AVX-").replace("AVX-2", "AVX2")
 
 
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": cpu, "kind": cpu_kind(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "bf16_cpu": utils.native_bf16(torch.device("cpu")), "device": "cpu"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, help="timed training steps per measurement (default 200; --busy: 30, "
-                        "a setting's steps at each load, spread over the rounds)")
+    parser.add_argument("--steps", type=int, default=200, help="timed training steps per measurement")
     parser.add_argument("--episodes", type=int, default=10, help="eval episodes (1000 steps each)")
     parser.add_argument("--batch-size", type=int, default=CFG.train.batch_size)
     parser.add_argument("--context-len", type=int, default=CFG.buffer.context_len)
     parser.add_argument("--embed-dim", type=int, default=CFG.model.embed_dim)
     parser.add_argument("--n-layers", type=int, default=CFG.model.n_layers)
     parser.add_argument("--trajectories", type=int, default=1000, help="of 1000 steps, in the sampling benchmark")
-    parser.add_argument("--busy", type=int, nargs="+", metavar="N",
-                        help="only the busy-machine comparison: the step beside N CPU-bound competitors, per setting")
-    parser.add_argument("--rounds", type=int, default=3, help="--busy: rounds of interleaved measurements")
-    parser.add_argument("--busy-seconds", type=float, default=600, help="--busy: competitors end after this long")
     parser.add_argument("--out", help="the JSON file (default: bench.json, or bench-<n>.json if that exists)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a setting's process of --busy
     args = parser.parse_args()
     if args.out:
         utils.refuse_replacing(args.out, args.force)
     shape = dict(context_len=args.context_len, embed_dim=args.embed_dim, n_layers=args.n_layers)
-    if args.worker:
-        return busy_worker(args.batch_size, shape)
     out = Path(args.out) if args.out else utils.new_path(Path("runs") / "bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.busy:
-        args.steps = args.steps or 30  # a spinning setting beside 2 competitors may take seconds a step
-        return busy_main(args, shape, out)
-    args.steps = args.steps or 200
     threads.set_torch_threads(1)
     torch.manual_seed(0)
     default = utils.pick_precision(CFG.train.precision, torch.device("cpu"))  # what a default run uses here
@@ -410,9 +234,10 @@ def main() -> None:
                                                                         default)
     one_seed = 1e3 / hopper[f"{default}_ms"]
 
-    print(f"machine: {results['machine']}; default precision here: {default}")
+    m = results["machine"]
+    print(f"machine: {m['kind']} CPU ({m['cpu']}, {m['cores']} cores, torch {m['torch']}); default precision {default}")
     print("matmul peak (1024^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
-    print(f"{'measurement':42s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
+    print(f"{'measurement (' + m['kind'] + ')':42s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s} {'of peak':>8s}")
     for name, ms, rate, ratio, frac in rows:
         print(f"{name:42s} {ms:8.1f} {rate:8.2f} {ratio:6.2f}x {frac:7.0%}")
     print(f"the hopper {default} step's matmuls: {hopper['matmul_share']:.0%} of its op time; a step of only these "

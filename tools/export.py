@@ -49,8 +49,8 @@ class ExportedPolicy(nn.Module):
         real = mask.sum(1).long()  # (B,) real steps, the last `real` of the window
         order = (torch.arange(K, device=states.device) + (K - real)[:, None]) % K  # (B, K) real steps first
         take = lambda x: torch.gather(x, 1, order[..., None].expand_as(x))  # noqa: E731  (B, K, d) reordered
-        action_preds, _, _ = self.model(take(states), take(actions), take(returns_to_go) / self.reward_scale,
-                                        torch.gather(timesteps.clamp(0, self.last_timestep), 1, order))  # (B, K, act)
+        action_preds = self.model(take(states), take(actions), take(returns_to_go) / self.reward_scale,
+                                  torch.gather(timesteps.clamp(0, self.last_timestep), 1, order))["action"]  # (B, K, act)
         last = (real - 1).clamp(min=0)[:, None, None].expand(B, 1, action_preds.shape[-1])  # (B, 1, act)
         return torch.gather(action_preds, 1, last)[:, 0]  # (B, act)
 
