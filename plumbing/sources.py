@@ -50,6 +50,16 @@ def dataset_dir() -> Path:
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
 
 
+def local_files() -> list[str]:
+    """The .hdf5 files in dataset_dir(); DatasetError naming D4RL_DATASET_DIR where there are none."""
+    files = sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
+    if not files:
+        where = "D4RL_DATASET_DIR" if "D4RL_DATASET_DIR" in os.environ else "d4rl's cache; D4RL_DATASET_DIR is not set"
+        raise DatasetError(f"no .hdf5 files in {dataset_dir()} ({where}): set D4RL_DATASET_DIR to the folder that "
+                           f"holds the D4RL files")
+    return files
+
+
 def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
     """The D4RL files a run read, on this machine: each recorded file (buffer.files, or buffer.path), else a file
     of that name in the D4RL folder (a run copied from elsewhere); None for Minari data or where one is missing."""

@@ -128,6 +128,16 @@ def run_script(script, *args, cwd=ROOT, env=None, check=False, fresh=False):
     return result
 
 
+@pytest.fixture(autouse=True, scope="session")
+def working_folder_outside_the_project(tmp_path_factory):
+    """The tests work in a folder of their own: what lands in the working folder (MuJoCo's MUJOCO_LOG.TXT of an
+    unstable simulation) leaves nothing in the project's tree. The entry points start where each test says."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
+
+
 @pytest.fixture(autouse=True)
 def no_entry_left_running():
     """After each test, the entry points it left running (it failed midway) are killed."""
