@@ -58,7 +58,7 @@ def train_stepper(model: torch.nn.Module, batch: tuple, precision: str = "fp32")
     """A function that runs one core.train_step (forward, backward, clip, AdamW; the default config's optimizer
     and schedule) on `batch` and returns its seconds."""
     optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
-    scheduler = core.warmup_scheduler(optimizer, CFG.train.warmup_steps)
+    scheduler = core.lr_scheduler(optimizer, CFG.train)
     model.train()
 
     def step() -> float:
