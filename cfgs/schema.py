@@ -142,9 +142,10 @@ class EvalConfig:
 @dataclass
 class WandbConfig:
     """Weights & Biases, when logger=[csv,wandb]: one W&B run per seed, grouped by the run folder."""
-    project: str = MISSING
-    entity: Optional[str] = MISSING  # your W&B user or team; null: the default of `wandb login`
-    mode: str = ruled(one_of(("online", "offline")))  # offline: `wandb sync` the files later
+    project: str = MISSING  # $WANDB_PROJECT wins over cfgs/config.yaml's default
+    entity: Optional[str] = MISSING  # your W&B user or team ($WANDB_ENTITY); null: the default of `wandb login`
+    mode: Optional[str] = ruled(Rule(lambda v: v in (None, "online", "offline", "disabled"), "choose online, offline "
+                                     "or disabled, or null (W&B's own: $WANDB_MODE, else online)"))
 
 
 @dataclass

@@ -475,7 +475,7 @@ ADVICE = (  # (does this error come from ..., what to change): failures that hap
     (_is_out_of_memory,
      lambda e: "out of memory: lower train.batch_size, eval.episodes or eval.final_episodes (or the model's size)"),
     (lambda e: (type(e).__module__ or "").startswith("wandb"),
-     lambda e: "W&B: log in (`wandb login`, or WANDB_API_KEY), or give wandb.mode=offline, or logger=[csv]"),
+     lambda e: "W&B: log in (`wandb login`, or WANDB_API_KEY), or set WANDB_MODE=offline, or logger=[csv]"),
 )
 
 
