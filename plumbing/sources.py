@@ -217,7 +217,8 @@ def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Minari datasets (D4RL's maintained successor): ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's -v5 envs
+# Minari datasets (D4RL's maintained successor): its MuJoCo ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's
+# -v5 envs, or any other id on disk (a user's own, e.g. made with minari's DataCollector)
 
 
 def load_minari(dataset_id: str) -> minari.MinariDataset:
@@ -263,9 +264,11 @@ def reference_scores(dataset_id: str, metadata: dict, command_line: tuple[float,
         log.info("%s has no reference scores: using those of %s, %s", dataset_id, expert, scores)
         return (*scores, "minari-expert")
     namespace = dataset_id.rsplit("/", 1)[0]
+    expert = (f", or put {namespace}/expert-v0 on disk (`minari download {namespace}/expert-v0`)"
+              if namespace.startswith("mujoco/") else "")  # Minari's own datasets have an expert one
     raise DatasetError(f"Minari dataset {dataset_id} has no reference scores (ref_min_score, ref_max_score): give "
                        f"them, e.g. env.ref_min_score=<a random policy's return> env.ref_max_score=<an expert's "
-                       f"return>, or put {namespace}/expert-v0 on disk (`minari download {namespace}/expert-v0`)")
+                       f"return>{expert}")
 
 
 def minari_facts(dataset_id: str, command_line: tuple[float, float] | None = None) -> dict:
