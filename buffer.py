@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from cfgs.schema import ENVS, RTG_LIMIT, SAMPLE_BY
-from plumbing.sources import DatasetError, dataset_dir, read_d4rl, run_files
+from plumbing.sources import DatasetError, local_files, read_d4rl, run_files
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -246,11 +246,14 @@ if __name__ == "__main__":
     import utils
     if args.out:
         utils.refuse_replacing(args.out, args.force)
-    files = args.files or sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
+    try:
+        files = args.files or local_files()
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}, or give the files")
     unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
-    if not files or unknown:
-        raise SystemExit(f"error: {'no .hdf5 files in ' + str(dataset_dir()) if not files else unknown[0]}: give "
-                         f"files named <env>_<dataset>-v2.hdf5 with env one of {', '.join(ENVS)}")
+    if unknown:
+        raise SystemExit(f"error: {unknown[0]}: give files named <env>_<dataset>-v2.hdf5 with env one of "
+                         f"{', '.join(ENVS)}")
     out = Path(args.out) if args.out else utils.new_path(Path("runs") / "dataset_returns.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -209,7 +209,7 @@ def export_run(cfg, out_folder=None):
     for seed in seeds_with(run, cfg):
         policy = core.load_policy(run.seed(seed).policy_path(cfg.checkpoint))
         try:
-            data = export.export_policy(policy, train_cfg.buffer.reward_scale, cfg.export)
+            data = export.export_policy(policy, export.run_facts(policy, train_cfg), cfg.export)
         except ImportError as e:
             raise ConfigError(str(e)) from None
         paths.append(out.seed(seed).policy_path(cfg.checkpoint, export.FORMATS[cfg.export]))

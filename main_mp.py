@@ -15,6 +15,7 @@ import hydra
 from omegaconf import OmegaConf
 
 import core
+import utils
 from plumbing import launch
 from plumbing import progress
 from plumbing import runfolder
@@ -92,8 +93,9 @@ def main(cfg):
     cfg_dict = OmegaConf.to_container(cfg)
     processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
     line = progress.SeedsLine(list(cfg.seeds), ctx)
-    procs = {seed: ctx.Process(target=train_seed, args=(cfg_dict, seed, str(run.dir), processes, line.senders[seed]),
-                               name=f"seed{seed}") for seed in cfg.seeds}
+    procs = {seed: ctx.Process(target=train_seed, args=({**cfg_dict, "device": utils.seed_device(cfg.device, i)}, seed,
+                                                        str(run.dir), processes, line.senders[seed]), name=f"seed{seed}")
+             for i, seed in enumerate(cfg.seeds)}  # the seeds take the visible GPUs in turn
     for p in procs.values():
         p.start()
     line.started()

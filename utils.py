@@ -43,10 +43,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
+def seed_device(name: str, index: int) -> str:
+    """The device of a run's index-th seed process: with auto or cuda on a CUDA machine, the seeds take the visible
+    GPUs in turn (cuda:index % count); else the run's device."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return name
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Does `device` compute bf16 matmuls natively (CUDA with bf16; a CPU with avx512_bf16 or AMX)?"""
+    """Does `device` compute bf16 matmuls natively (a CUDA GPU of compute capability 8.0 or later, Ampere on: a T4
+    or V100 emulates it slowly; a CPU with avx512_bf16 or AMX)?"""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return any(getattr(torch.cpu, check, lambda: False)()
                    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

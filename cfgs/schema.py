@@ -17,7 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
-SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<name>-v<N>, -v5 envs)
+SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<name>-v<N>, -v5 envs, or a user's own)
+MINARI_ID = re.compile(r"([\w.-]+/)*[\w.-]+-v\d+")  # Minari's dataset ids: [<namespace>/]<name>-v<version>
 # env.ref_source: where the reference scores come from, so the scale of the normalized score. d4rl: D4RL's
 # (cfgs/env/<name>.yaml); minari: the Minari dataset's own; minari-expert: those of its env's Minari expert
 # dataset (both Minari's scale); command-line: env.ref_min_score and env.ref_max_score given as overrides.
@@ -91,7 +92,7 @@ class EnvConfig:
 @dataclass
 class BufferConfig:
     source: str = ruled(one_of(SOURCES))
-    dataset: str = MISSING  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0
+    dataset: str = MISSING  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0, or yours
     path: Any = ruled(PATHS)  # a D4RL-layout hdf5 file, or a list read in order as one dataset; overrides dataset
     files: Optional[List[str]] = MISSING  # set at start: the files this run reads, in order (kept for resume)
     sha256: Optional[List[str]] = MISSING  # set at start: each file's SHA-256 (a resume on a changed file stops)
@@ -142,9 +143,10 @@ class EvalConfig:
 @dataclass
 class WandbConfig:
     """Weights & Biases, when logger=[csv,wandb]: one W&B run per seed, grouped by the run folder."""
-    project: str = MISSING
-    entity: Optional[str] = MISSING  # your W&B user or team; null: the default of `wandb login`
-    mode: str = ruled(one_of(("online", "offline")))  # offline: `wandb sync` the files later
+    project: str = MISSING  # $WANDB_PROJECT wins over cfgs/config.yaml's default
+    entity: Optional[str] = MISSING  # your W&B user or team ($WANDB_ENTITY); null: the default of `wandb login`
+    mode: Optional[str] = ruled(Rule(lambda v: v in (None, "online", "offline", "disabled"), "choose online, offline "
+                                     "or disabled, or null (W&B's own: $WANDB_MODE, else online)"))
 
 
 @dataclass
@@ -282,6 +284,9 @@ def check_env(cfg: DictConfig) -> None:
     """env.id: a registered gymnasium id of env.name's robot (Hopper-v4, or Hopper-v5 where the spaces match)."""
     import gymnasium as gym
     if cfg.env.id not in gym.registry or not cfg.env.id.lower().startswith(f"{cfg.env.name}-v"):
+        if cfg.buffer.source == "minari":  # the env of the dataset's spec
+            raise ConfigError(f"buffer.dataset={cfg.buffer.dataset}: recorded in {cfg.env.id}, not {cfg.env.name}'s "
+                              f"env: choose the env= of its robot ({', '.join(ENVS)})")
         versions = [i for i in gym.registry if i.lower().startswith(f"{cfg.env.name}-v")]
         raise ConfigError(f"env.id={cfg.env.id}: not a gymnasium id of {cfg.env.name}: choose one of "
                           f"{', '.join(sorted(versions)[-2:])}")
@@ -295,10 +300,11 @@ def check_dataset(cfg: DictConfig) -> None:
             raise ConfigError(f"buffer.dataset={buffer.dataset}: choose one of {', '.join(DATASETS)} (or a Minari "
                               f"id such as mujoco/{cfg.env.name}/medium-v0 with buffer.source=minari)")
         return
-    parts = buffer.dataset.split("/")
-    if len(parts) != 3 or parts[0] != "mujoco":
-        raise ConfigError(f"buffer.dataset={buffer.dataset}: give a Minari id such as mujoco/{cfg.env.name}/medium-v0")
-    if parts[1] != cfg.env.name:
+    if not MINARI_ID.fullmatch(buffer.dataset):
+        raise ConfigError(f"buffer.dataset={buffer.dataset}: give a Minari id, <namespace>/<name>-v<version>, such as "
+                          f"mujoco/{cfg.env.name}/medium-v0 or your own, e.g. {cfg.env.name}-mine-v0")
+    parts = buffer.dataset.split("/")  # Minari's MuJoCo datasets: mujoco/<env>/<name>-v<N>; the env of any: its spec
+    if parts[0] == "mujoco" and len(parts) == 3 and parts[1] != cfg.env.name:
         raise ConfigError(f"buffer.dataset={buffer.dataset}: a {parts[1]} dataset: choose env={parts[1]}"
                           if parts[1] in ENVS else f"buffer.dataset={buffer.dataset}: choose one of {', '.join(ENVS)}")
     if buffer.path:

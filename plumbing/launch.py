@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
 _claimed = {}  # folder -> whether this process created it (else only its main.log): removed if the start fails
 failed_jobs = []  # a study's FailedJob, as they reach this process: cli reports them when the study ends
+_started_here = False  # the command line's hydra.run.chdir=false chose the run's folder (cli: starts_here)
 
 
 def run_folder(resume):
@@ -94,6 +95,17 @@ def shown(path):
         return str(path)
 
 
+def typed_option():
+    """What the command line typed to choose the run's folder: the assignment's hydra.run.chdir=false, else
+    hydra.run.dir."""
+    return "hydra.run.chdir=false" if _started_here else "hydra.run.dir"
+
+
+def as_typed(folder):
+    """The run's folder as the command line chose it (typed_option)."""
+    return "hydra.run.chdir=false (the folder you started in)" if _started_here else f"hydra.run.dir={shown(folder)}"
+
+
 def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
@@ -107,11 +119,11 @@ def prepare(cfg):
         cfg = resumed_config(cfg, run, overrides)
         runfolder.remove_stray_temporaries(run.dir)
     elif run.holds_run():
-        raise RunError(f"hydra.run.dir={shown(run.dir)} holds a run already: continue it with "
-                       f"resume={shown(run.dir)}, or leave hydra.run.dir out for a new folder")
+        raise RunError(f"{as_typed(run.dir)} holds a run already: continue it with resume={shown(run.dir)}, or "
+                       f"leave {typed_option()} out for a new folder")
     elif in_the_way := run.outputs_present(list(cfg.seeds)):
-        raise RunError(f"hydra.run.dir={shown(run.dir)} holds what a run writes ({', '.join(in_the_way)}): move "
-                       f"that away, or choose another folder (leave hydra.run.dir out for a new one)")
+        raise RunError(f"{as_typed(run.dir)} holds what a run writes ({', '.join(in_the_way)}): move that away, or "
+                       f"choose another folder (leave {typed_option()} out for a new one)")
     elif job:
         run.save_job(job)
     if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):
@@ -348,7 +360,9 @@ def cli(hydra_main):
 
     The assignment's hydra.run.chdir=<bool> is taken as the key Hydra 1.3 has for it (assignment_chdir).
     """
+    global _started_here
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
+    _started_here = starts_here(sys.argv[1:])
     sys.argv = [sys.argv[0], *assignment_chdir(sys.argv[1:], os.getcwd())]
     named = named_run_dir(sys.argv[1:])
     if named and named.is_dir() and not (named / "main.log").exists():
@@ -378,9 +392,15 @@ def assignment_chdir(args, cwd):
     if not given:
         return kept
     value = given[-1].split("=", 1)[1]
-    here = value.strip().lower() == "false" and not any(arg.startswith(("hydra.run.dir=", "resume="))
-                                                       for arg in kept)
-    return [*kept, f"hydra.job.chdir={value}", *([f"hydra.run.dir={quoted(cwd)}"] if here else [])]
+    return [*kept, f"hydra.job.chdir={value}", *([f"hydra.run.dir={quoted(cwd)}"] if starts_here(args) else [])]
+
+
+def starts_here(args):
+    """Does the command line's hydra.run.chdir=false put the run in the folder started in (no hydra.run.dir= or
+    resume= names another)?"""
+    given = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.chdir=")]
+    return bool(given) and given[-1].strip().lower() == "false" and not any(
+        arg.startswith(("hydra.run.dir=", "resume=")) for arg in args)
 
 
 def quoted(value):
@@ -460,7 +480,7 @@ ADVICE = (  # (does this error come from ..., what to change): failures that hap
     (_is_out_of_memory,
      lambda e: "out of memory: lower train.batch_size, eval.episodes or eval.final_episodes (or the model's size)"),
     (lambda e: (type(e).__module__ or "").startswith("wandb"),
-     lambda e: "W&B: log in (`wandb login`, or WANDB_API_KEY), or give wandb.mode=offline, or logger=[csv]"),
+     lambda e: "W&B: log in (`wandb login`, or WANDB_API_KEY), or set WANDB_MODE=offline, or logger=[csv]"),
 )
 
 

@@ -405,7 +405,7 @@ class SeedFolder:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "progress": progress}
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # a CUDA run's; a CPU run on a GPU machine never starts CUDA
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         atomic_torch_save(state, self.dir / "last.pt")
 
@@ -433,7 +433,7 @@ class SeedFolder:
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state:
+        if "cuda_rng" in state and torch.cuda.is_initialized():  # the model is on its device: a CUDA run's is
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return state["progress"]
 

@@ -51,6 +51,16 @@ def dataset_dir() -> Path:
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
 
 
+def local_files() -> list[str]:
+    """The .hdf5 files in dataset_dir(); DatasetError naming D4RL_DATASET_DIR where there are none."""
+    files = sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
+    if not files:
+        where = "D4RL_DATASET_DIR" if "D4RL_DATASET_DIR" in os.environ else "d4rl's cache; D4RL_DATASET_DIR is not set"
+        raise DatasetError(f"no .hdf5 files in {dataset_dir()} ({where}): set D4RL_DATASET_DIR to the folder that "
+                           f"holds the D4RL files")
+    return files
+
+
 def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
     """The D4RL files a run read, on this machine: each recorded file (buffer.files, or buffer.path), else a file
     of that name in the D4RL folder (a run copied from elsewhere); None for Minari data or where one is missing."""
@@ -218,7 +228,8 @@ def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Minari datasets (D4RL's maintained successor): ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's -v5 envs
+# Minari datasets (D4RL's maintained successor): its MuJoCo ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's
+# -v5 envs, or any other id on disk (a user's own, e.g. made with minari's DataCollector)
 
 
 def load_minari(dataset_id: str) -> minari.MinariDataset:
@@ -264,9 +275,11 @@ def reference_scores(dataset_id: str, metadata: dict, command_line: tuple[float,
         log.info("%s has no reference scores: using those of %s, %s", dataset_id, expert, scores)
         return (*scores, "minari-expert")
     namespace = dataset_id.rsplit("/", 1)[0]
+    expert = (f", or put {namespace}/expert-v0 on disk (`minari download {namespace}/expert-v0`)"
+              if namespace.startswith("mujoco/") else "")  # Minari's own datasets have an expert one
     raise DatasetError(f"Minari dataset {dataset_id} has no reference scores (ref_min_score, ref_max_score): give "
                        f"them, e.g. env.ref_min_score=<a random policy's return> env.ref_max_score=<an expert's "
-                       f"return>, or put {namespace}/expert-v0 on disk (`minari download {namespace}/expert-v0`)")
+                       f"return>{expert}")
 
 
 def minari_facts(dataset_id: str, command_line: tuple[float, float] | None = None) -> dict:

@@ -114,18 +114,31 @@ def entry_env(extra=None):
     return {**entry.WARM_ENV, **(extra or {})}
 
 
-def start_script(script, *args, cwd=ROOT, env=None, new_session=False):
-    """`python <script> <args>` (a project entry point) started in cwd with entry_env(env): a Popen-like Entry."""
-    return entry.start(ROOT / script, *args, cwd=cwd, env=entry_env(env), new_session=new_session)
+def start_script(script, *args, cwd=None, env=None, new_session=False):
+    """`python <script> <args>` (a project entry point) started in cwd (default: the tests' working folder, outside
+    the project) with entry_env(env): a Popen-like Entry."""
+    return entry.start(ROOT / script, *args, cwd=cwd or os.getcwd(), env=entry_env(env), new_session=new_session)
 
 
-def run_script(script, *args, cwd=ROOT, env=None, check=False, fresh=False):
-    """`python <script> <args>` in cwd with entry_env(env), to its end: a CompletedProcess. check: fail the
-    test, with the output, if it failed. fresh: in a new interpreter (tests/entry.py says when that matters)."""
-    result = entry.run(ROOT / script, *args, cwd=cwd, env=entry_env(env), fresh=fresh)
+def run_script(script, *args, cwd=None, env=None, check=False, fresh=False):
+    """`python <script> <args>` in cwd (default: the tests' working folder, outside the project) with
+    entry_env(env), to its end: a CompletedProcess. check: fail the test, with the output, if it failed. fresh: in
+    a new interpreter (tests/entry.py says when that matters)."""
+    result = entry.run(ROOT / script, *args, cwd=cwd or os.getcwd(), env=entry_env(env), fresh=fresh)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture(autouse=True, scope="session")
+def working_folder_outside_the_project(tmp_path_factory):
+    """The tests work in a folder of their own: what lands in the working folder (MuJoCo's MUJOCO_LOG.TXT of an
+    unstable simulation, or of loading HalfCheetah's model) leaves nothing in the project's tree; so do the entry
+    points the tests start (start_script, run_script)."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
 
 
 @pytest.fixture(autouse=True)

@@ -81,14 +81,15 @@ def test_a_value_of_the_wrong_type_is_named_by_hydra_in_one_line(override, messa
     ("buffer.top_percent=0", "buffer.top_percent=0.0: must be in (0, 100]"),
     ("buffer.reward_scale=0", "buffer.reward_scale=0.0: must be > 0"),
     ("buffer.source=hf", "buffer.source=hf: choose one of d4rl, minari"),
-    ("buffer.source=minari", "buffer.dataset=medium: give a Minari id such as mujoco/hopper/medium-v0"),
+    ("buffer.source=minari", "buffer.dataset=medium: give a Minari id, <namespace>/<name>-v<version>, such as "
+                             "mujoco/hopper/medium-v0"),
     ("buffer.source=minari buffer.dataset=mujoco/walker2d/medium-v0",
      "buffer.dataset=mujoco/walker2d/medium-v0: a walker2d dataset: choose env=walker2d"),
     ("env.id=Hopper-v9", "env.id=Hopper-v9: not a gymnasium id of hopper: choose one of Hopper-v4, Hopper-v5"),
     ("env.id=Walker2d-v4", "env.id=Walker2d-v4: not a gymnasium id of hopper"),
     ("logger=[tensorboard]", "logger=['tensorboard']: choose from csv, tensorboard, wandb, with csv"),
     ("logger=[csv,mlflow]", "logger=['csv', 'mlflow']: choose from csv, tensorboard, wandb"),
-    ("wandb.mode=dryrun", "wandb.mode=dryrun: choose one of online, offline"),
+    ("wandb.mode=dryrun", "wandb.mode=dryrun: choose online, offline or disabled, or null"),
 ])
 def test_a_value_that_cannot_work_is_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as err:
@@ -282,7 +283,7 @@ class FakeWandbError(Exception):
 @pytest.mark.parametrize("error, told", [
     (MemoryError(), "out of memory: lower train.batch_size"),
     (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes"), "out of memory"),
-    (FakeWandbError("No API key configured. Use `wandb login` to log in."), "wandb.mode=offline"),
+    (FakeWandbError("No API key configured. Use `wandb login` to log in."), "WANDB_MODE=offline"),
 ])
 def test_out_of_memory_and_wandb_without_a_key_say_what_to_change(error, told):
     assert told in launch.advice(error)

@@ -275,3 +275,11 @@ def test_python_buffer_py_writes_under_runs_and_never_replaces_a_figure(hopper_f
         assert result.returncode == 0, result.stderr
         assert (tmp_path / "runs" / expected).exists()
     assert not (tmp_path / "dataset_returns.png").exists()
+
+
+def test_python_buffer_py_without_datasets_names_d4rl_dataset_dir(tmp_path):
+    from conftest import run_script
+    result = run_script("buffer.py", cwd=tmp_path, env={"D4RL_DATASET_DIR": str(tmp_path)})
+    assert result.returncode != 0 and result.stderr.strip() == (
+        f"error: no .hdf5 files in {tmp_path} (D4RL_DATASET_DIR): set D4RL_DATASET_DIR to the folder that holds the "
+        f"D4RL files, or give the files")

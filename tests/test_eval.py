@@ -1,9 +1,12 @@
 """core.evaluate: the vectorized eval against the single-env eval on the real gymnasium env."""
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from core import RolloutSpec, evaluate, rollout
 from models import DecisionTransformer, DTConfig
 
@@ -132,3 +135,12 @@ def test_each_env_is_conditioned_on_its_target_lowered_by_its_own_rewards():
         np.testing.assert_allclose(seen, expected, rtol=1e-5)
         np.testing.assert_allclose(model.windows[-1][i], expected[-K:], rtol=1e-5)  # the window: the last K
         assert returns[i] == pytest.approx(rewards.sum())
+
+
+def test_mujocos_log_of_an_unstable_simulation_lands_outside_the_project():
+    env = gym.make("Hopper-v4")
+    env.reset(seed=0)
+    env.unwrapped.data.qvel[:] = 1e12  # MuJoCo warns, and writes MUJOCO_LOG.TXT into the working folder
+    env.step(np.zeros(3))
+    assert (Path.cwd() / "MUJOCO_LOG.TXT").is_file()
+    assert Path.cwd() != ROOT and ROOT not in Path.cwd().parents

@@ -125,3 +125,22 @@ def test_a_dataset_not_on_disk_names_the_command_that_fetches_it(tmp_path):
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert lines[0].endswith("fetch it with `minari download mujoco/hopper/medium-v0`")
 
+
+
+@pytest.mark.parametrize("dataset_id", ["alice/hopper/mine-v0", "hopper-mine-v1"])
+def test_a_users_own_dataset_in_any_namespace_trains_in_its_env(tmp_path, minari_root, dataset_id):
+    write_minari_dataset(dataset_id, gym.make("Hopper-v5"), ref_scores=(-20, 3000))
+    run_entry("main.py", tmp_path / "run", "buffer.source=minari", f"buffer.dataset={dataset_id}", "seeds=[0]",
+              env={"MINARI_DATASETS_PATH": str(minari_root)})
+    cfg = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert (cfg.buffer.dataset, cfg.env.id, cfg.env.ref_source) == (dataset_id, "Hopper-v5", "minari")
+    assert (tmp_path / "run" / "seed0" / "final.json").is_file()
+
+
+def test_a_users_dataset_of_another_robot_names_the_env_to_choose(tmp_path, minari_root):
+    write_minari_dataset("alice/walker-v0", gym.make("Walker2d-v5"), ref_scores=(0, 4000))
+    result = run_entry("main.py", tmp_path / "run", "buffer.source=minari", "buffer.dataset=alice/walker-v0",
+                       "seeds=[0]", check=False, env={"MINARI_DATASETS_PATH": str(minari_root)})
+    assert result.returncode != 0 and result.stderr.strip() == (
+        "error: buffer.dataset=alice/walker-v0: recorded in Walker2d-v5, not hopper's env: choose the env= of its "
+        "robot (hopper, halfcheetah, walker2d)")

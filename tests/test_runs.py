@@ -49,16 +49,25 @@ def test_each_logged_lr_is_the_one_its_step_used_and_a_short_last_interval_is_lo
 
 
 def test_the_assignments_hydra_run_chdir_false_puts_the_runs_files_in_the_folder_started_in(hopper_file, tmp_path):
+    here = tmp_path / "here"  # the run's files alone
+    here.mkdir()
     run_script("main.py", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", "train.steps=5", "hydra.run.chdir=false",
-               cwd=tmp_path, check=True)
-    assert not (tmp_path / "runs").exists()
+               cwd=here, check=True)
+    assert not (here / "runs").exists()
     for name in ["config.yaml", "main.log", "results.png", "summary.json", "seed0/final.json"]:
-        assert (tmp_path / name).is_file(), name
-    assert OmegaConf.load(tmp_path / "config.yaml").train.steps == 5
+        assert (here / name).is_file(), name
+    assert OmegaConf.load(here / "config.yaml").train.steps == 5
     again = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", "hydra.run.chdir=false",
-                       cwd=tmp_path)
+                       cwd=here)
     assert again.returncode != 0 and "holds a run already" in again.stderr
-    assert OmegaConf.load(tmp_path / "config.yaml").train.steps == 5
+    assert "leave hydra.run.chdir=false out" in again.stderr and "hydra.run.dir" not in again.stderr, "as typed"
+    assert OmegaConf.load(here / "config.yaml").train.steps == 5
+
+    written = [p.relative_to(here).as_posix() for p in here.rglob("*") if p.is_file()]
+    if (ROOT / ".git").exists():  # the same run in the project's root leaves `git status` clean
+        ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "--stdin"], input="\n".join(
+            written), capture_output=True, text=True).stdout.split()
+        assert sorted(ignored) == sorted(written)
 
 
 def test_checkpoint_alone_evaluates_and_refuses_another_env(tiny_run):
@@ -259,7 +268,7 @@ def test_a_model_swapped_through_the_config_trains_evaluates_and_exports(hopper_
     final = core.train(cfg, 0, Run(tmp_path))
     policy = core.load_policy(tmp_path / "seed0" / "final.pt")
     assert isinstance(policy, models.ReferenceDT) and np.isfinite(final["score_mean"])
-    assert len(export.export_policy(policy, cfg.buffer.reward_scale, "torchscript")) > 0
+    assert len(export.export_policy(policy, export.run_facts(policy, cfg), "torchscript")) > 0
 
 
 def test_every_gallery_config_and_policy_loads_without_migration_shims():

@@ -3,7 +3,9 @@
 import importlib.util
 import os
 import signal
+import sys
 import time
+import types
 from pathlib import Path
 
 import gymnasium as gym
@@ -16,6 +18,7 @@ import report
 import utils
 from cfgs import schema
 from conftest import compose, multirun, run_entry
+from plumbing.runfolder import Tracker
 
 
 def test_the_parallel_launcher_runs_a_sweeps_jobs_into_run_folders_under_runs(data_dir):
@@ -82,7 +85,7 @@ def test_tensorboard_and_offline_wandb_get_the_csvs_metrics_and_the_config(hoppe
     pytest.importorskip("wandb")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run_entry("main.py", tmp_path / "run", f"buffer.path={hopper_file}", "seeds=[0]", "logger=[csv,tensorboard,wandb]",
-              "wandb.mode=offline", env={"WANDB_SILENT": "true"})
+              env={"WANDB_SILENT": "true", "WANDB_MODE": "offline"})  # W&B's variable wins over the config
     seed_dir = tmp_path / "run" / "seed0"
     train, evals = utils.read_csv(seed_dir / "train.csv"), utils.read_csv(seed_dir / "eval.csv")
 
@@ -97,6 +100,18 @@ def test_tensorboard_and_offline_wandb_get_the_csvs_metrics_and_the_config(hoppe
     records = wandb_file.read_bytes()
     for key in (b"train/loss", b"train/lr", b"eval/score_mean", b"final/score_mean", b"top_percent"):
         assert key in records, key
+
+
+def test_the_wandb_environment_variables_win_over_the_configs_defaults(monkeypatch, tmp_path):
+    inits = []
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: inits.append(kw)))
+    monkeypatch.setenv("WANDB_MODE", "offline")  # read by W&B itself: the config's mode is null
+    monkeypatch.setenv("WANDB_PROJECT", "theirs")
+    monkeypatch.setenv("WANDB_ENTITY", "their-team")
+    Tracker(compose("logger=[csv,wandb]"), tmp_path, "run/seed0", 0)
+    assert (inits[0]["project"], inits[0]["entity"], inits[0]["mode"]) == ("theirs", "their-team", None)
+    Tracker(compose("logger=[csv,wandb]", "wandb.project=mine", "wandb.mode=online"), tmp_path, "run/seed0", 0)
+    assert (inits[1]["project"], inits[1]["mode"]) == ("mine", "online"), "the command line wins over both"
 
 
 def test_a_d4rl_file_reads_into_a_v5_env_whose_spaces_match(hopper_file):

@@ -7,25 +7,28 @@ The file takes the last K steps of an episode, raw, as the env gives them, left-
 states (B, K, obs), actions (B, K, act) (the last one is not read), returns_to_go (B, K, 1) in the env's reward
 units, timesteps (B, K) int64, mask (B, K) float32 (1: a real step; the real steps are the last ones), and returns
 the action of the last step (B, act) in the env's bounds. The checkpoint's state statistics and action bounds and
-the run's reward scale are inside. OnnxPolicy keeps that window for an env loop (docs/export.md).
+the run's reward scale are inside, and the file says what it is (run_facts: its env, target return, context length,
+normalization, action bounds, reference scores, reward scale). tools/onnx_policy.py runs an .onnx file in an env
+loop with numpy and onnxruntime only (docs/export.md).
 """
 from __future__ import annotations
 
 import io
+import json
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from tools.onnx_policy import INPUTS, MISSING_PACKAGE
+
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from models import DecisionTransformer
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # export=<format>: the file's suffix
-INPUTS = ("states", "actions", "returns_to_go", "timesteps", "mask")
-MISSING_PACKAGE = "pip install -r requirements-extra.txt"  # brings onnx and onnxruntime
 
 
 class ExportedPolicy(nn.Module):
@@ -63,60 +66,37 @@ def example_inputs(model: DecisionTransformer, batch: int = 1) -> tuple[torch.Te
             torch.zeros(batch, K, dtype=torch.long), mask)
 
 
-def export_policy(model: DecisionTransformer, reward_scale: float, fmt: str) -> bytes:
-    """The bytes of the policy file of format `fmt` (onnx, torchscript); ImportError names the install line.
-    The model (a loaded policy) is moved to the CPU in fp32 and its parameters stop requiring gradients."""
-    policy = ExportedPolicy(model.cpu().float(), reward_scale).eval().requires_grad_(False)  # outputs: no graph
+def run_facts(model: DecisionTransformer, cfg: DictConfig) -> dict:
+    """What a policy file says of itself, from its model and its run's config (JSON values): ONNX metadata_props,
+    TorchScript's metadata.json."""
+    return {"env_id": cfg.env.id, "env_kwargs": dict(cfg.env.kwargs or {}), "target_return": cfg.eval.target_return,
+            "context_len": model.context_len, "reward_scale": cfg.buffer.reward_scale,
+            "state_mean": model.state_mean.tolist(), "state_std": model.state_std.tolist(),
+            "action_low": model.action_low.tolist(), "action_high": model.action_high.tolist(),
+            "ref_min_score": cfg.env.ref_min_score, "ref_max_score": cfg.env.ref_max_score}
+
+
+def export_policy(model: DecisionTransformer, facts: dict, fmt: str) -> bytes:
+    """The bytes of the policy file of format `fmt` (onnx, torchscript) that carries `facts` (run_facts: its
+    reward_scale at least); ImportError names the install line. The model (a loaded policy) is moved to the CPU in
+    fp32 and its parameters stop requiring gradients."""
+    policy = ExportedPolicy(model.cpu().float(), facts["reward_scale"]).eval().requires_grad_(False)  # no graph
     inputs, buffer = example_inputs(model), io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # `q, k, v = ...` unpacks a fixed dim of 3
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(policy, inputs), buffer)
+            torch.jit.save(torch.jit.trace(policy, inputs), buffer, _extra_files={"metadata.json": json.dumps(facts)})
         elif fmt == "onnx":
             try:
-                import onnx  # noqa: F401  torch's exporter writes through it
+                import onnx  # torch's exporter writes through it
             except ImportError:
                 raise ImportError(f"export=onnx needs onnx: {MISSING_PACKAGE}") from None
             batch = {name: {0: "batch"} for name in INPUTS}
             torch.onnx.export(policy, inputs, buffer, input_names=list(INPUTS), output_names=["action"],
                               dynamic_axes={**batch, "action": {0: "batch"}}, dynamo=False)  # no onnxscript needed
+            proto = onnx.load_from_string(buffer.getvalue())
+            onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in facts.items()})
+            return proto.SerializeToString()
         else:
             raise ValueError(f"export={fmt}: choose one of {', '.join(FORMATS)}")
     return buffer.getvalue()
-
-
-class OnnxPolicy:
-    """An exported .onnx policy in an env loop: keeps the episode's last K steps (numpy and onnxruntime only)."""
-
-    def __init__(self, path: str | Path, target_return: float):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ImportError(f"running an .onnx policy needs onnxruntime: {MISSING_PACKAGE}") from None
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        shapes = {i.name: i.shape for i in self.session.get_inputs()}
-        self.K, self.obs_dim = shapes["states"][1:]
-        self.act_dim = shapes["actions"][2]
-        self.target_return = target_return
-        self.reset()
-
-    def reset(self) -> None:
-        """A new episode: an empty window and the full target return to go."""
-        K = self.K
-        self.window = {"states": np.zeros((1, K, self.obs_dim), np.float32),
-                       "actions": np.zeros((1, K, self.act_dim), np.float32),
-                       "returns_to_go": np.zeros((1, K, 1), np.float32),
-                       "timesteps": np.zeros((1, K), np.int64), "mask": np.zeros((1, K), np.float32)}
-        self.return_to_go, self.t = float(self.target_return), 0
-
-    def act(self, observation: np.ndarray, reward: float = 0.0) -> np.ndarray:
-        """The action for `observation`; `reward`: the reward the previous action earned (0 at the first step)."""
-        self.return_to_go -= reward
-        for name, value in zip(INPUTS, (observation, 0.0, self.return_to_go, self.t, 1.0)):
-            step = self.window[name]
-            step[:, :-1] = step[:, 1:].copy()  # the window moves one step on
-            step[0, -1] = value
-        action = self.session.run(None, self.window)[0]  # (1, act)
-        self.window["actions"][0, -1] = action[0]
-        self.t += 1
-        return action[0]
