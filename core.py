@@ -26,7 +26,7 @@ from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
 from models import MODELS, DecisionTransformer, DTConfig, policy_checkpoint, policy_from_checkpoint
 from plumbing import progress, runfolder, threads
 from plumbing.runfolder import Run, SeedFolder, Tracker
-from plumbing.sources import as_list, find_dataset, load_minari
+from plumbing.sources import as_list, dataset_identity, find_dataset, load_minari
 
 log = logging.getLogger(__name__)
 utils.import_mujoco_without_opengl()  # OpenGL only for a video (film): a bad MUJOCO_GL fails no run without one
@@ -207,6 +207,7 @@ def locate_dataset(cfg: DictConfig) -> list[str]:
 def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
     """The transitions of the run's dataset (its recorded files, else those env + dataset name), checked."""
     sources = cfg.buffer.files or locate_dataset(cfg)
+    dataset_identity(sources, cfg.buffer.sha256)  # the bytes read are those the run recorded, or DatasetError
     if cfg.buffer.source == "minari":
         transitions = Transitions.from_minari(sources[0], *space_dims(env))
     else:
