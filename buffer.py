@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from cfgs.schema import ENVS, RTG_LIMIT, SAMPLE_BY
-from plumbing.sources import DatasetError, local_files, read_d4rl, run_files
+from plumbing.sources import DatasetError, dataset_identity, local_files, read_d4rl, run_files
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -145,6 +145,7 @@ def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
     """The transitions of the run's dataset (its recorded files, else those it names), checked against the env."""
     dims = env.observation_space.shape[0], env.action_space.shape[0]
     files = cfg.buffer.files or run_files(cfg, *dims)
+    dataset_identity(files, cfg.buffer.sha256)  # the bytes read are those the run recorded, or DatasetError
     read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_files
     transitions = read(files[0] if cfg.buffer.source == "minari" else files, *dims)
     transitions.check(env.action_space.low, env.action_space.high)

@@ -16,6 +16,7 @@ from plumbing import threads  # noqa: I001  first, before torch loads: it sets O
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from buffer import top_trajectories
 from plumbing.sources import DatasetError, dataset_identity, run_dataset_files
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
+from plumbing import runfolder
 from plumbing.runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,9 @@ def dataset_returns(train_cfg, env):
         log.warning("%s (the run's dataset) is not here: the data's returns come from %s", " + ".join(recorded),
                     " + ".join(map(str, found)))
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"files": [str(f) for f in found]}})
-    else:
-        warn_if_dataset_changed(train_cfg.buffer)
-    return buffer.load_transitions(train_cfg, env).trajectories()[2]
+    warn_if_dataset_changed(train_cfg.buffer)
+    today = OmegaConf.merge(train_cfg, {"buffer": {"sha256": None}})  # the files as they are today (warned)
+    return buffer.load_transitions(today, env).trajectories()[2]
 
 
 def warn_if_dataset_changed(buffer_cfg):
@@ -221,6 +223,7 @@ def export_run(cfg, out_folder=None):
 @hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
 def main(cfg):
     launch.errors_to_the_log_file_only()
+    runfolder.stop_at_once()  # each seed's sweep is kept when it ends: a stop loses only the seed under way
     try:
         existing_run(cfg.run)  # also where out= names the output folder
         schema.check_fields(EvaluateConfig, cfg)
@@ -235,7 +238,10 @@ def main(cfg):
             evaluate_run(cfg, out_folder)
     except (ConfigError, DatasetError, RunError) as e:
         log.error("%s", e)
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
+    except runfolder.Stopped as e:
+        launch.fail(f"interrupted by {e}: each seed finished is kept; the same command again goes on from there",
+                    code=128 + signal.Signals[str(e)].value)
 
 
 if __name__ == "__main__":

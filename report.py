@@ -724,10 +724,18 @@ def main(argv: Optional[list] = None) -> None:
         return
     if args.findings and not Path(args.findings).is_file():
         raise SystemExit(f"error: --findings {args.findings}: no such file")
-    runs = [load_run(path) for path in expand_sweeps(args.runs)]  # every folder checked before anything is written
+    folders = dict.fromkeys(map(os.path.abspath, expand_sweeps(args.runs)))  # a run named twice counts once
+    runs = [load_run(path) for path in folders]  # every folder checked before anything is written
     out = args.out or new_stem(str(Path("runs") / "report"))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    for path in write_report(runs, out, args.standin, args.findings):
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --out under a file
+        raise SystemExit(f"error: --out {out}: {e.filename}: {e.strerror}: give a path in a folder") from None
+    try:
+        paths = write_report(runs, out, args.standin, args.findings)
+    except (RunError, utils.WriteError) as e:  # a damaged file of a run; an output that cannot be written
+        raise SystemExit(f"error: {e}") from None
+    for path in paths:
         print(f"wrote {path}")
 
 

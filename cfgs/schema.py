@@ -416,7 +416,7 @@ def refuse_code_in_argv(argv: Sequence[str]) -> None:
     node, name = (EvaluateConfig, "evaluate") if script == "evaluate" else (Config, "config")
     name = options.get("--config-name", name)
     for override in overrides:
-        if any(code in override for code in CODE_KEYS) or override.lstrip("+~").startswith("hydra.callbacks"):
+        if any(override_code_keys(override)):
             raise ConfigError(f"{override}: names code to run; a config is data: leave it out")
     folder = Path(argv[0]).resolve().parent  # Hydra reads --config-path relative to the script's folder
     if "--config-path" in options:
@@ -424,6 +424,21 @@ def refuse_code_in_argv(argv: Sequence[str]) -> None:
     if "--config-dir" in options:
         for path in sorted(Path(options["--config-dir"]).rglob("*.yaml")):
             refuse_code_in_config(path)
+
+
+def override_code_keys(override: str) -> Iterator[str]:
+    """The keys naming code (code_keys) in an override's key, or in the keys of a dict it gives; its values are data
+    (hydra.run.dir=runs/run_target_nan names none). One Hydra cannot parse names none: Hydra refuses it itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+    except HydraException:
+        return iter(())
+    tree = getattr(parsed.value(), "list", parsed.value())  # a sweep's choices: each may be a dict
+    for part in reversed(parsed.key_or_group.split(".")):
+        tree = {part: tree}
+    return code_keys(tree)
 
 
 def config_options(args: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import core
 import utils
+from buffer import load_transitions
 from cfgs import schema
 from cfgs.schema import ConfigError
 from plumbing import runfolder, threads
@@ -121,6 +122,9 @@ def prepare(cfg):
     elif run.holds_run():
         raise RunError(f"{as_typed(run.dir)} holds a run already: continue it with resume={shown(run.dir)}, or "
                        f"leave {typed_option()} out for a new folder")
+    elif outer := run.enclosing_run():
+        raise RunError(f"{as_typed(run.dir)} lies inside the run {shown(outer.dir)}: choose a folder outside it "
+                       f"(leave {typed_option()} out for a new one)")
     elif in_the_way := run.outputs_present(list(cfg.seeds)):
         raise RunError(f"{as_typed(run.dir)} holds what a run writes ({', '.join(in_the_way)}): move that away, or "
                        f"choose another folder (leave {typed_option()} out for a new one)")
@@ -143,13 +147,15 @@ def prepare(cfg):
         take_reference_scores(cfg, overrides)
     for path in as_list(cfg.buffer.path):
         if not Path(path).is_file():
-            raise ConfigError(f"buffer.path: {path}: no such file")
+            moved = f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>" if cfg.resume else ""
+            raise ConfigError(f"buffer.path: {path}: no such file{moved}")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
     if not (cfg.resume and cfg.buffer.files or cfg.buffer.source == "minari"):  # the run records the files it read
         dims = core.space_dims(gym.make(cfg.env.id))
         cfg.buffer.files = [str(Path(p).resolve()) for p in run_files(cfg, *dims)]  # one download, before seeds
     cfg.buffer.sha256 = dataset_identity(cfg.buffer.files, cfg.buffer.sha256)  # the data's identity, kept
+    load_transitions(cfg, gym.make(core.env_spec(cfg.env)))  # bad data is refused before the run exists
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
@@ -226,13 +232,16 @@ def parallel_jobs():
 
 
 def resumed_config(cfg, run, overrides):
-    """The run's saved config in today's schema (newer keys take their defaults); seeds= adds seeds."""
-    schema.refuse_code_in_config(run.config_path())  # unknown keys: typed() below
-    saved = schema.typed(run.saved_config())
+    """The run's saved config in today's schema (newer keys take their defaults); seeds= adds seeds; buffer.path=
+    names the new place of the run's files, taken when their bytes are the recorded ones (prepare checks)."""
+    schema.refuse_code_in_config(run.config_path())  # unknown keys: typed_config() below
+    saved = run.typed_config()
     if any(o.startswith("seeds=") for o in overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
+    if any(o.startswith("buffer.path=") for o in overrides):
+        saved.buffer.path, saved.buffer.files = cfg.buffer.path, None  # prepare records the files read there
     exit_if_finished(saved, run)  # before the first line of the log
-    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds="))]
+    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds=", "buffer.path="))]
     if ignored:
         log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
     saved.resume = cfg.resume
@@ -268,11 +277,13 @@ def fail(message, code=1):
 @contextlib.contextmanager
 def stop_on_write_errors(resume: str) -> Iterator[None]:
     """A write that fails (a full disk, a read-only folder) ends the run in one line naming the file and the fix;
-    what is written stays, and `resume` (the command) continues from it."""
+    what is written stays, and `resume` (the command) continues from it. A run folder that vanished: one line."""
     try:
         yield
     except utils.WriteError as e:
         fail(f"error: {e}; then resume with: {resume}")
+    except RunError as e:
+        fail(f"error: {e}")
 
 
 def errors_to_the_log_file_only():
@@ -364,12 +375,12 @@ def cli(hydra_main):
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
     _started_here = starts_here(sys.argv[1:])
     sys.argv = [sys.argv[0], *assignment_chdir(sys.argv[1:], os.getcwd())]
-    named = named_run_dir(sys.argv[1:])
-    if named and named.is_dir() and not (named / "main.log").exists():
-        _claimed[named] = False  # its main.log is this start's
     runfolder.pass_stops_to_children()  # in a study: the joblib launcher's workers checkpoint and stop
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
+        named = named_run_dir(sys.argv[1:])
+        if named and existing_folder(named) and not (named / "main.log").exists():
+            _claimed[named] = False  # its main.log is this start's
         hydra_main()
     except Failed as e:
         print(e.line, file=sys.stderr)
@@ -401,6 +412,21 @@ def starts_here(args):
     given = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.chdir=")]
     return bool(given) and given[-1].strip().lower() == "false" and not any(
         arg.startswith(("hydra.run.dir=", "resume=")) for arg in args)
+
+
+def existing_folder(folder):
+    """Whether the folder hydra.run.dir names exists; ConfigError naming why no folder can be made there: a file at
+    or above it, or a name too long for the file system."""
+    for path in (folder, *folder.parents):  # the nearest that exists must be a folder
+        try:
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"hydra.run.dir={folder}: {path} is a file, not a folder: give a folder (or a new "
+                                  f"one's name) there")
+            if path.exists():
+                return path == folder
+        except OSError as e:  # a name too long
+            raise ConfigError(f"hydra.run.dir={folder}: {e.strerror}: give a shorter folder name") from None
+    return False
 
 
 def quoted(value):

@@ -3,7 +3,8 @@
     Run          the run folder: its config (loaded once, upgraded once), seeds, summary, per-seed tables, sweeps
     SeedFolder   one seed's folder (run.seed(n)): metrics, training state, policies, final scores, video, its log
     Tracker      a seed's metrics also in TensorBoard / W&B
-    stop_on_signals, stop_requested, Interrupted   Ctrl-C, SIGTERM and a preemption notice: checkpoint, then stop
+    stop_on_signals, stop_requested, Interrupted   Ctrl-C, SIGTERM, SIGHUP and a preemption notice: checkpoint, then stop
+    stop_at_once, Stopped                          the same signals where a program stops where it is (evaluate.py)
 """
 from __future__ import annotations
 
@@ -43,12 +44,13 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# Ctrl-C, SIGTERM and a scheduler's preemption notice: the loop checkpoints and stops.
+# Ctrl-C, SIGTERM, SIGHUP (the terminal or ssh session closed) and a scheduler's preemption notice: the loop
+# checkpoints and stops.
 
 # submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (its time limit, or a
 # preemption where the cluster sends the job's signal); Slurm's own notice is SIGTERM, which submitit ignores.
 PREEMPTION_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
-STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, PREEMPTION_SIGNAL) if s is not None]
+STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, PREEMPTION_SIGNAL) if s is not None]
 _signals = []  # the stop signals received, in order
 _requeue = None  # submitit's handler of the preemption signal: it resubmits the job (which then resumes)
 
@@ -58,7 +60,7 @@ def _note_signal(signum, frame):
 
 
 def stop_on_signals() -> None:
-    """From now on SIGINT, SIGTERM and the preemption signal only set a flag that the training loop reads."""
+    """From now on SIGINT, SIGTERM, SIGHUP and the preemption signal only set a flag that the training loop reads."""
     global _requeue
     previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
     if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
@@ -68,11 +70,11 @@ def stop_on_signals() -> None:
 
 
 def pass_stops_to_children() -> None:
-    """In an entry point's own process: SIGINT and SIGTERM that reach a study's process (a multirun's, however it was
+    """In an entry point's own process: SIGINT, SIGTERM and SIGHUP that reach a study's process (a multirun's, however it was
     asked for) while the joblib launcher's workers run are noted and passed on to them, whose jobs checkpoint and
     stop; the study waits for them and reports each job. Elsewhere the signals act as before (a run's job takes
     them over when it starts: stop_on_signals)."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def pass_on(signum, frame):
         workers = [child for child in multiprocessing.active_children() if type(child).__name__ == "LokyProcess"]
@@ -97,7 +99,7 @@ def act_as_before(handler, signum, frame) -> None:
 
 
 def stop_requested() -> str | None:
-    """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGUSR2), or None."""
+    """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGHUP, SIGUSR2), or None."""
     return _signals[0] if _signals else None
 
 
@@ -120,12 +122,39 @@ class Interrupted(Exception):
     """Training stopped on a signal after writing a checkpoint of the current step: resume= continues it."""
 
 
+class Stopped(Exception):
+    """A stop signal (its name: str(e)) in a program that stops where it is (stop_at_once)."""
+
+
+def stop_at_once() -> None:
+    """From now on each stop signal raises Stopped where the program is: for a program whose every output is
+    written whole when it is complete (evaluate.py: each seed's sweep), so a stop loses only the part under way."""
+    def stop(signum, frame):
+        raise Stopped(signal.Signals(signum).name)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+
+
 # ---------------------------------------------------------------------------------------------
 # The run folder
 
 
 class RunError(RuntimeError):
     """A run folder that cannot be used as asked; the message names the folder and the fix."""
+
+
+class FolderVanished(RunError):
+    """The run folder was deleted or moved while the run wrote into it: nothing more is written (not even the folder)."""
+
+
+def read_json(path: Path, fix: str) -> dict | None:
+    """A JSON file of a run as a dict, None if it is not written; RunError naming it and `fix` if it is damaged."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not text
+        raise RunError(f"{path} is empty or not JSON ({e}): {fix}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +272,17 @@ class Run:
     def holds_run(self) -> bool:
         return (self.dir / "config.yaml").is_file()
 
+    def enclosing_run(self) -> Run | None:
+        """The run whose folder this folder lies inside (runs/<run>/seed0), or None."""
+        return next((Run(folder) for folder in self.dir.parents if Run(folder).holds_run()), None)
+
+    def check_present(self) -> None:
+        """FolderVanished when the run folder is gone (deleted or moved during the run): a write would make it again."""
+        if not self.dir.is_dir():
+            raise FolderVanished(f"{self.dir}: the run folder vanished (deleted or moved) while the run wrote into "
+                                 f"it; nothing more is written there: start a new run, or put the folder back and "
+                                 f"resume it")
+
     def outputs_present(self, seeds: list[int]) -> list[str]:
         """The files and seed folders here that a new run of `seeds` would write over (this folder holds no run)."""
         names = ["results.png", "summary.json", "submitit_job", *(self.seed(seed).dir.name for seed in seeds)]
@@ -266,11 +306,18 @@ class Run:
     def config(self) -> DictConfig:
         """config.yaml on the schema (typed, upgraded, resolved): what every reader of a run uses."""
         from omegaconf import OmegaConf
-
-        from cfgs import schema
-        cfg = schema.typed(self.saved_config())
+        cfg = self.typed_config()
         OmegaConf.resolve(cfg)
         return cfg
+
+    def typed_config(self) -> DictConfig:
+        """config.yaml on the schema, unresolved; ConfigError naming the file when today's schema cannot read it."""
+        from cfgs import schema
+        try:
+            return schema.typed(self.saved_config())
+        except ConfigError as e:
+            raise ConfigError(f"{self.config_path()}: {e}: the run comes from another version of this project; use "
+                              f"that version for it") from None
 
     def save_job(self, job_id: str) -> None:
         """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""
@@ -306,14 +353,7 @@ class Run:
 
     def summary(self) -> dict | None:
         """summary.json as a dict, None if it is not written; RunError if it is damaged."""
-        path = self.dir / "summary.json"
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RunError(f"{path} is empty or not JSON ({e}): python main.py resume={self.dir} writes it "
-                           f"again") from None
+        return read_json(self.dir / "summary.json", f"python main.py resume={self.dir} writes it again")
 
     @staticmethod
     def of_sweep(folder: str | Path) -> list["Run"]:
@@ -326,6 +366,7 @@ class Run:
 
     def summarize(self, env: str, dataset: str, seeds: list[int]) -> dict:
         """Gather the seeds' final.json into summary.json; return it."""
+        self.check_present()
         finals = [f for f in (self.seed(s).final() for s in self.seeds()) if f is not None]
         scores = [f["score_mean"] for f in finals]
         summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
@@ -338,6 +379,7 @@ class Run:
 
     def plot(self, cfg: DictConfig, label: str | None = None) -> None:
         """results.png from the seeds' metrics so far, titled with the run's config and `label` (default: name)."""
+        self.check_present()
         plot_results(self.tables("eval"), self.tables("train"), f"{run_title(cfg)}   ({label or self.name})",
                      cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score, self.dir / "results.png")
 
@@ -392,7 +434,7 @@ class SeedFolder:
     """
 
     def __init__(self, run: Run, seed: int):
-        self.seed = seed
+        self.run, self.seed = run, seed
         self.dir = run.dir / f"seed{seed}"
         self.label = f"{run.name}/seed{seed}"  # the trackers' name of the seed
 
@@ -401,6 +443,7 @@ class SeedFolder:
     def save_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, progress: dict) -> None:
         """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
+        self.run.check_present()
         self.save_tables(progress["train"], progress["eval"])
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
@@ -415,8 +458,13 @@ class SeedFolder:
         write_csv(eval_rows, self.dir / "eval.csv")
 
     def table(self, kind: str) -> dict:
-        """<kind>.csv (train, eval) as float arrays by column; {} while it is not written."""
-        return read_csv(self.dir / f"{kind}.csv")
+        """<kind>.csv (train, eval) as float arrays by column; {} while it is not written; RunError if damaged."""
+        path = self.dir / f"{kind}.csv"
+        try:
+            return read_csv(path)
+        except (ValueError, TypeError, KeyError) as e:  # not numbers, not text, rows of other columns
+            raise RunError(f"{path} is damaged ({type(e).__name__}: {e}): put back a good copy, or delete it (the "
+                           f"figures then leave seed {self.seed}'s {kind} metrics out)") from None
 
     def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator) -> dict | None:
@@ -447,6 +495,7 @@ class SeedFolder:
 
     def save_policy(self, which: str, policy: dict) -> None:
         """best.pt / final.pt (which: best, final): a dict of tensors and plain values (weights_only loads it)."""
+        self.run.check_present()
         atomic_torch_save(policy, self.policy_path(which))
 
     def policy_path(self, which: str, suffix: str = ".pt") -> Path:
@@ -460,12 +509,13 @@ class SeedFolder:
     # the end of the seed
 
     def save_final(self, result: dict) -> None:
+        self.run.check_present()
         atomic_write_bytes(self.dir / "final.json", json.dumps(result, indent=2).encode())
 
     def final(self) -> dict | None:
-        """final.json as a dict, or None while the seed is unfinished."""
-        path = self.dir / "final.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        """final.json as a dict, or None while the seed is unfinished; RunError if it is damaged."""
+        return read_json(self.dir / "final.json", f"delete it, then resume= repeats seed {self.seed}'s final "
+                                                  f"evaluation from its last.pt")
 
     def save_video(self, frames: list[np.ndarray], fps: int, name: str = "video.mp4") -> None:
         save_video(frames, self.video_path(name), fps)
@@ -488,9 +538,8 @@ class SeedFolder:
         atomic_write_bytes(self.sweep_path(name), json.dumps(part).encode())
 
     def sweep_part(self, name: str) -> dict | None:
-        """What save_sweep_part kept, or None."""
-        path = self.sweep_path(name)
-        return json.loads(path.read_text()) if path.exists() else None
+        """What save_sweep_part kept, or None; RunError if it is damaged."""
+        return read_json(self.sweep_path(name), f"delete it, then evaluate.py sweeps seed {self.seed} again")
 
     def sweep_path(self, name: str) -> Path:
         return self.dir / f"{name}.json"

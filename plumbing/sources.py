@@ -5,7 +5,6 @@ A new source adds its reader here and its name to cfgs/schema.py SOURCES (docs/e
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import urllib.request
@@ -95,13 +94,15 @@ def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndar
     """
     fix = "replace it with a good copy"  # a cached download is fetched again by find_dataset
     if not Path(path).is_file():
-        raise DatasetError(f"{path}: no such file. Put the dataset there, or, for a resumed run whose file moved, "
-                           f"edit buffer.file in the run's config.yaml")
+        raise DatasetError(f"{path}: no such file. Put the dataset there, or, for a run whose file moved, resume it "
+                           f"with resume=<run> buffer.path=<the file's new place>")
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in KEYS if k not in f]
             if missing:
                 raise DatasetError(f"{path} lacks the D4RL keys {missing}: {fix}")
+            for key in KEYS:
+                check_layout(path, key, f[key])
             data = {k: f[k][:] for k in KEYS}  # reads every chunk: catches truncation
     except OSError as e:
         raise DatasetError(f"{path} is truncated or corrupt ({e}): {fix}") from e
@@ -116,6 +117,17 @@ def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndar
         if not np.isfinite(data[key]).all():
             raise DatasetError(f"{path}: '{key}' holds NaN or inf values: {fix}")
     return data
+
+
+def check_layout(path: str | Path, key: str, item: h5py.Dataset | h5py.Group) -> None:
+    """DatasetError naming `key` unless it is an array of real numbers (terminals, timeouts: also booleans)."""
+    kinds = "fiub" if key in ("terminals", "timeouts") else "fiu"  # float, int, unsigned, bool
+    if not isinstance(item, h5py.Dataset):
+        raise DatasetError(f"{path}: '{key}' is an HDF5 {type(item).__name__.lower()}, not an array: it should be an "
+                           f"array of real numbers (float32), one a step, as in D4RL's files")
+    if item.dtype.kind not in kinds:
+        raise DatasetError(f"{path}: '{key}' holds {item.dtype} values: it should hold real numbers (float32"
+                           f"{', or bool' if 'b' in kinds else ''}), as in D4RL's files")
 
 
 def download(url: str, path: Path) -> Path:
@@ -175,13 +187,9 @@ def find_file(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# The data's identity: a run records its file's SHA-256 (buffer.sha256); hashed once per file, cached
-
-
-def sha256_cache_path() -> Path:
-    """Where the hashes of dataset files are kept: $XDG_CACHE_HOME (or ~/.cache)/decision-transformer/."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return cache / "decision-transformer" / "dataset_sha256.json"
+# The data's identity: a run records its files' SHA-256 (buffer.sha256), and each read of them is checked against it.
+# The bytes are hashed each time (a 75 MB file in well under a second): no cache keyed on size and mtime, which an
+# edit in place that keeps both (cp -p, rsync -t) would pass.
 
 
 def hash_file(path: str | Path) -> str:
@@ -190,36 +198,16 @@ def hash_file(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def dataset_sha256(path: str | Path) -> str:
-    """The SHA-256 of a dataset file, hashed once per file: cached by its path, size and mtime (a 1M-row file is
-    not read again at every start). An unwritable cache only costs the hashing again."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key, cache_path = f"{path}|{stat.st_size}|{stat.st_mtime_ns}", sha256_cache_path()
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}  # the file's older versions
-        cache[key] = hash_file(path)
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, cache_path)
-        except OSError as e:
-            log.warning("%s: cannot keep the dataset's hash (%s); it is computed again at the next start",
-                        cache_path, e.strerror)
-    return cache[key]
-
-
 def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None) -> list[str] | None:
     """The SHA-256 of each of the run's dataset files (None for a Minari folder); DatasetError when `recorded` (the
-    run's buffer.sha256) names another: a resume would train on other data."""
+    run's buffer.sha256) names another: the run would train on other data. A seed checks its files so as it reads
+    them (buffer.load_transitions); a missing file is left to the read, which names the fix."""
     if not files or not all(Path(f).is_file() for f in files):
         return None if recorded is None else list(recorded)
-    shas = [dataset_sha256(f) for f in files]
+    if recorded and len(recorded) != len(files):
+        raise DatasetError(f"buffer.path: {len(files)} files given, the run read {len(recorded)}: give the run's "
+                           f"own files, in its order")
+    shas = [hash_file(f) for f in files]
     for file, sha, was in zip(files, shas, recorded or [None] * len(files)):
         if was and sha != was:
             raise DatasetError(f"buffer.files: {file} changed since the run started (SHA-256 {was[:12]}... "

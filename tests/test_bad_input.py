@@ -258,12 +258,12 @@ def test_an_error_is_printed_once_on_stderr_and_kept_in_the_log(script, hopper_f
 @pytest.mark.parametrize("script", ["main.py", "main_mp.py"])
 @pytest.mark.parametrize("override, env, told", [
     ("seeds=[4294967296]", {}, "give seeds=[...] between 0 and 2**32 - 1"),
-    ("env.id=Hopper-v3", {}, "change env.id"),  # gymnasium warns first that v3 is out of date
+    ("env.id=Hopper-v3", {}, "change env.id"),  # gymnasium warns first that v3 is out of date; found at the start
 ])
 def test_a_failure_no_resume_fixes_says_what_to_change_not_resume(script, override, env, told, hopper_file, tmp_path):
     result = run_entry(script, tmp_path, f"buffer.path={hopper_file}", "seeds=[0]", override, check=False, env=env)
     line = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 1 and told in line and line.startswith(("error: seed ", "seeds [")), result.stderr
+    assert result.returncode == 1 and told in line and line.startswith(("error: ", "seeds [")), result.stderr
     assert "Resume" not in result.stderr and "Traceback" not in result.stderr
 
 

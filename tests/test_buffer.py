@@ -230,7 +230,7 @@ def test_very_short_trajectories_are_warned_about_with_numbers(caplog):
 
 
 def test_missing_file_is_reported_with_the_fix(tmp_path):
-    with pytest.raises(DatasetError, match="no such file.*edit buffer.file"):
+    with pytest.raises(DatasetError, match="no such file.*resume=<run> buffer.path=<the file.s new place>"):
         Transitions.from_hdf5(tmp_path / "moved.hdf5", HOPPER_OBS, HOPPER_ACT)
 
 

@@ -288,26 +288,81 @@ def test_a_run_records_its_datasets_sha256_and_a_resume_on_a_changed_file_stops(
     assert list(recorded) == [hashlib.sha256(path.read_bytes()).hexdigest()]
     write_d4rl_file(path, seed=1)  # the same name, other data
     line = error_line(run_script("main.py", f"resume={run_dir}", "seeds=[0,1]"))
-    assert "the file changed" in line and str(path) in line and "Resume with" not in line
+    assert "changed since the run started" in line and str(path) in line and "Resume with" not in line
     assert not (run_dir / "seed1").exists()
     warned = run_script("evaluate.py", f"run={run_dir}", "targets=[100]", "episodes=1", check=True)
-    assert "the file changed" in warned.stderr + warned.stdout
+    assert "changed since the run started" in warned.stderr + warned.stdout
 
 
-def test_the_datasets_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
-    from plumbing import sources
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    hashed = []
-    hash_file = sources.hash_file
-    monkeypatch.setattr(sources, "hash_file", lambda p: hashed.append(p) or hash_file(p))
+def test_each_read_of_the_data_is_checked_against_the_runs_recorded_hash(hopper_file):
+    import buffer
+    import core
+    from conftest import compose
+    from plumbing.sources import DatasetError
+    cfg = compose(f"buffer.path={hopper_file}", f"buffer.files=[{hopper_file}]", f"buffer.sha256=[{'0' * 64}]")
+    with pytest.raises(DatasetError, match="changed since the run started"):  # as a later seed of main.py reads it
+        buffer.load_transitions(cfg, core.gym.make(cfg.env.id))
+
+
+def test_a_file_edited_in_place_with_its_size_and_mtime_kept_stops_a_resume(tmp_path):
+    path, run_dir = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5"), tmp_path / "run"
+    run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", "train.steps=10")
+    before = path.stat()
+    with h5py.File(path, "r+") as f:  # as `cp -p` or `rsync -t` leave a file: other bytes, the same size and mtime
+        f["rewards"][0] += 1
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    line = error_line(run_script("main.py", f"resume={run_dir}", "seeds=[0,1]"))
+    assert "changed since the run started" in line and str(path) in line and not (run_dir / "seed1").exists()
+
+
+def test_a_run_whose_file_moved_resumes_with_buffer_path_at_its_new_place(tmp_path):
+    path, run_dir = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5"), tmp_path / "run"
+    run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", "train.steps=10")
+    moved = tmp_path / "moved" / path.name
+    moved.parent.mkdir()
+    path.rename(moved)
+    line = error_line(run_script("main.py", f"resume={run_dir}", "seeds=[0,1]"))
+    assert f"resume={run_dir} buffer.path=<its new place>" in line
+    other = write_d4rl_file(tmp_path / "other.hdf5", seed=1)
+    assert "changed since the run started" in error_line(
+        run_script("main.py", f"resume={run_dir}", f"buffer.path={other}", "seeds=[0,1]"))
+    run_script("main.py", f"resume={run_dir}", f"buffer.path={moved}", "seeds=[0,1]", check=True)
+    config = OmegaConf.load(run_dir / "config.yaml").buffer
+    assert (config.path, list(config.files)) == (str(moved), [str(moved)])
+    assert (run_dir / "seed1" / "final.json").exists()
+
+
+def bad_layout(path, kind):
+    """Rewrite one key of a D4RL file as `kind` stores it."""
+    with h5py.File(path, "r+") as f:
+        if kind == "complex observations":
+            observations = f["observations"][:]
+            del f["observations"]
+            f["observations"] = observations + 1j
+        elif kind == "byte-string observations":
+            observations = f["observations"][:]
+            del f["observations"]
+            f["observations"] = observations.astype("S8")
+        elif kind == "rewards as a group":
+            rewards = f["rewards"][:]
+            del f["rewards"]
+            f.create_group("rewards")["data"] = rewards
+        else:  # NaN rewards: found by the checks that were there before
+            f["rewards"][3] = float("nan")
+
+
+@pytest.mark.parametrize("kind, told", [("complex observations", "'observations' holds complex"),
+                                        ("byte-string observations", "'observations' holds |S8"),
+                                        ("rewards as a group", "'rewards' is an HDF5 group, not an array"),
+                                        ("nan rewards", "'rewards' holds NaN")])
+def test_a_bad_file_is_refused_for_what_it_is_before_a_run_folder_exists(tmp_path, kind, told):
     path = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
-    first = sources.dataset_sha256(path)
-    assert sources.dataset_sha256(path) == first and len(hashed) == 1  # unchanged: from the cache
-    write_d4rl_file(path, seed=1)
-    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on a coarse clock
-    assert sources.dataset_sha256(path) != first and len(hashed) == 2
-    shutil.copy(path, tmp_path / "copy.hdf5")
-    assert sources.dataset_sha256(tmp_path / "copy.hdf5") == sources.dataset_sha256(path) and len(hashed) == 3
+    bad_layout(path, kind)
+    result = run_script("main.py", *TINY, f"buffer.path={path}", "seeds=[0]", cwd=tmp_path)
+    line = error_line(result)
+    assert told in line and str(path) in line and "Resume with" not in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists(), "a run folder was left behind"
 
 
 # 3. Outputs never replace what the user did not name
@@ -388,7 +443,7 @@ def test_a_resume_removes_the_temporary_files_of_a_killed_write(long_run, tmp_pa
 SCORES = ("return_mean", "return_std", "score_mean", "score_std", "episodes")
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_signal_during_the_final_evaluation_stops_it_and_a_resume_gives_the_same_scores(tiny_run, tmp_path, sig):
     run_dir, path = tmp_path / "run", tiny_run[1]
     result = run_entry("main.py", run_dir, f"buffer.path={path}", "seeds=[0]", check=False,
@@ -487,7 +542,7 @@ def test_a_nan_score_at_an_evaluation_stops_the_seed_with_its_cause_and_writes_n
     from conftest import compose
     from plumbing.runfolder import Run
 
-    cfg, run = compose(), Run(tmp_path / "run")
+    cfg, run = compose(), Run(tmp_path)  # the run folder exists, as a run makes it first
     model = fixed_policy(cfg.env.id)
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))  # NaN actions: NaN rewards (the control cost)
@@ -500,3 +555,103 @@ def test_a_time_limit_below_d4rls_is_named_in_the_log_and_final_json(tiny_run):
     run_dir = tiny_run[0]  # env.max_episode_len=100
     assert "episodes cut at env.max_episode_len=100 steps: not the scale" in (run_dir / "main.log").read_text()
     assert json.loads((run_dir / "seed0" / "final.json").read_text())["time_limit"] == 100
+
+
+# Issue 39. 1: a closing terminal (SIGHUP) is a stop like SIGTERM; evaluate.py stops in one line
+
+def test_a_closing_terminal_checkpoints_every_seed_of_main_mp_and_tells_how_to_resume(hopper_file, tmp_path):
+    run_dir = tmp_path / "run"
+    parent = start_script("main_mp.py", *TINY, f"hydra.run.dir={run_dir}", f"buffer.path={hopper_file}",
+                          "seeds=[0,1]", *LONG, new_session=True)
+    wait_for_training(run_dir)
+    os.killpg(parent.pid, signal.SIGHUP)  # as the terminal's close reaches its whole process group
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 128 + signal.SIGHUP and len(lines(err)) == 1, err
+    assert "interrupted: seeds [0, 1] stopped with a checkpoint" in err and f"resume={run_dir}" in err
+    assert all((run_dir / f"seed{seed}" / "last.pt").exists() for seed in (0, 1))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_ends_evaluate_py_in_one_line(tiny_run, tmp_path, sig):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    result = run_script("evaluate.py", f"run={run_dir}", "targets=[100]", "episodes=1",
+                        env={**CRASH_ENV, "DT_SIGNAL": f"rollout:{sig}"})  # as a seed's sweep starts
+    line = error_line(result)
+    assert result.returncode == 128 + signal.Signals[sig] and f"interrupted by {sig}" in line
+    assert "Traceback" not in result.stderr and not list(run_dir.rglob("*.tmp"))
+
+
+# Issue 39. 4: no traceback anywhere: one line naming the file and the fix, nothing complete lost
+
+def test_a_truncated_final_json_is_named_with_the_fix_on_resume(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    final = run_dir / "seed0" / "final.json"
+    final.write_text(final.read_text()[:20])
+    result = run_script("main.py", f"resume={run_dir}", "seeds=[0,1,2]")
+    line = error_line(result)
+    assert f"{final} is empty or not JSON" in line and "delete it" in line and "Traceback" not in result.stderr
+    assert not (run_dir / "seed2").exists()
+
+
+def test_a_truncated_sweep_part_is_named_with_the_fix_in_evaluate_py(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    (run_dir / "seed0" / "sweep_final.json").write_text('{"settings": {"targ')
+    result = run_script("evaluate.py", f"run={run_dir}", "targets=[100]", "episodes=1")
+    line = error_line(result)
+    assert f"{run_dir / 'seed0' / 'sweep_final.json'} is empty or not JSON" in line and "delete it" in line
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where, told", [("under a file", "is a file, not a folder"),
+                                         ("at a file", "is a file, not a folder"),
+                                         ("too long a name", "File name too long")])
+def test_a_run_folder_that_cannot_be_made_is_one_line(hopper_file, tmp_path, where, told):
+    (tmp_path / "file").write_text("mine")
+    folder = {"under a file": tmp_path / "file" / "run", "at a file": tmp_path / "file",
+              "too long a name": tmp_path / ("a" * 300)}[where]
+    result = run_script("main.py", *TINY, f"buffer.path={hopper_file}", "seeds=[0]", f"hydra.run.dir={folder}")
+    assert told in error_line(result) and "Traceback" not in result.stderr
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+# Issue 39. 5: messages that are true
+
+def test_a_run_folder_deleted_during_training_is_said_to_have_vanished_and_not_made_again(hopper_file, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_script("main.py", *TINY, f"hydra.run.dir={run_dir}", f"buffer.path={hopper_file}", "seeds=[0]",
+                           *LONG)
+    wait_for_training(run_dir)
+    run_dir.rename(tmp_path / "gone")  # as `rm -r` takes it away, at once
+    shutil.rmtree(tmp_path / "gone")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and len(lines(err)) == 1, err
+    assert "the run folder vanished" in err and "Resume with" not in err and "main.log" not in err
+    assert not run_dir.exists()
+
+
+def test_a_run_of_another_version_is_named_as_such_on_resume_and_in_evaluate_py(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    with open(run_dir / "config.yaml", "a") as f:
+        f.write("trian:\n  steps: 3\n")  # a key today's schema lacks
+    for result in (run_script("main.py", f"resume={run_dir}", "seeds=[0,1,2]"),
+                   run_script("evaluate.py", f"run={run_dir}", "targets=[100]", "episodes=1")):
+        line = error_line(result)
+        assert str(run_dir / "config.yaml") in line and "another version of this project" in line and "trian" in line
+    assert not (run_dir / "seed2").exists()
+
+
+def test_a_run_folder_inside_another_run_is_refused(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    result = run_script("main.py", *TINY, f"buffer.path={tiny_run[1]}", "seeds=[5]",
+                        f"hydra.run.dir={run_dir / 'seed0'}")
+    assert f"lies inside the run {run_dir}" in error_line(result)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_only_keys_name_code_never_values():
+    from cfgs.schema import ConfigError, refuse_code_in_argv
+    refuse_code_in_argv(["main.py", "hydra.run.dir=runs/run_target_nan", "wandb.project=my_target_()"])
+    for override in ("+model={_target_: os.makedirs, name: x}", "+hydra.callbacks.x._target_=os.makedirs"):
+        with pytest.raises(ConfigError, match="names code to run"):
+            refuse_code_in_argv(["main.py", override])

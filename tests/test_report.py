@@ -306,3 +306,24 @@ def test_markdown_links_figures_relative_to_the_report(outputs):
     _, md = outputs
     assert "](report_training.png)" in md and "](report_runs0.png)" in md
     assert importlib.util.find_spec("typst") is not None
+
+
+def test_a_run_named_twice_counts_once(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "walker", WALKER, [71.0])
+    md = write([run, f"{run}/", run], tmp_path / "report")
+    assert row(md, "walker2d-medium (train.steps=200)")[1:3] == ["71.0", "71.0"]
+
+
+def test_a_garbage_eval_csv_is_one_line_naming_it(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "walker", WALKER, [71.0])
+    (run / "seed0" / "eval.csv").write_bytes(b"step,score_mean\n\x00\xff,abc\n")
+    with pytest.raises(SystemExit, match=rf"error: {run / 'seed0' / 'eval.csv'} is damaged"):
+        write([run], tmp_path / "report")
+
+
+def test_out_under_a_file_is_one_line_naming_it(tmp_path):
+    run = make_run(tmp_path / "runs" / "day" / "walker", WALKER, [71.0])
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit, match=rf"error: --out {tmp_path / 'file' / 'report'}: .*give a path in a folder"):
+        write([run], tmp_path / "file" / "report")
+    assert (tmp_path / "file").read_text() == "mine"
