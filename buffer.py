@@ -214,14 +214,19 @@ class SequenceBuffer:
 
 def trajectory_scores(path: str | Path) -> np.ndarray:
     """The normalized returns of a D4RL file's trajectories; its env is read from the file name."""
+    return trajectory_scores_and_lengths(path)[0]
+
+
+def trajectory_scores_and_lengths(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Each trajectory's normalized return and its length in steps, of a D4RL file named <env>_<dataset>-v2.hdf5."""
     from omegaconf import OmegaConf
 
     import utils
     env = OmegaConf.load(Path(__file__).parent / "cfgs" / "env" / f"{Path(path).name.split('_')[0]}.yaml")
     with h5py.File(path, "r") as f:
         obs_dim, act_dim = f["observations"].shape[1], f["actions"].shape[1]
-    returns = Transitions.from_hdf5(path, obs_dim, act_dim).trajectories()[2]
-    return utils.normalized_score(returns, env.ref_min_score, env.ref_max_score)
+    _, lengths, returns = Transitions.from_hdf5(path, obs_dim, act_dim).trajectories()
+    return utils.normalized_score(returns, env.ref_min_score, env.ref_max_score), lengths
 
 
 def task_name(path: str | Path) -> str:

@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -408,6 +409,8 @@ class Run:
                 text = data.decode()
                 for machine, relative_path in local:
                     text = text.replace(machine, relative_path)
+                if relative == Path("config.yaml"):  # a new run, not a resume of this one: --config-path retrains it
+                    text = re.sub(r"(?m)^resume: .*$", "resume: null", text)
                 data = text.encode()
             atomic_write_bytes(dest / relative, data)
         from omegaconf.errors import OmegaConfBaseException

@@ -74,8 +74,9 @@ def typst_inline(text: str) -> str:
 
 
 def breakable(text: str) -> str:
-    """Table cell text that may break after . / _ = (zero-width spaces), so long names wrap inside the cell."""
-    return re.sub(r"([./_=])", "\\1\u200b", str(text))
+    """Table cell text whose paths and file names (words with a / or _) may break after . / _ (zero-width spaces),
+    so they wrap inside the cell; no other word, no number, gets one."""
+    return re.sub(r"\S*[/_]\S*", lambda path: re.sub(r"([./_])", "\\1\u200b", path.group(0)), str(text))
 
 
 def placed_width_in(path: Union[str, Path]) -> float:
@@ -88,6 +89,7 @@ def typst(blocks: list, images: dict) -> str:
     """The blocks as a typst document; images: {png path: its name in the build folder}."""
     out = [f'#set page(paper: "a4", margin: {MARGIN_CM}cm, numbering: "1")', '#set text(size: 9.5pt)',
            '#set par(justify: true)', '#show table.cell.where(y: 0): strong',
+           '#show table.cell: set par(justify: false)',
            '#show figure: set block(breakable: false)']
     for block in blocks:
         kind = block[0]

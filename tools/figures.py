@@ -1,0 +1,169 @@
+"""report.py's figures, drawn at the width they are placed at on the page (typeset.TEXT_WIDTH_IN), so a font's size
+is its printed size (tests/test_report.py checks that every figure is legible). Each function takes plain numbers
+and returns a matplotlib figure; save() writes it.
+
+Every axis is labelled with its unit; legends sit outside the axes; the normalized score is D4RL's (0: a random
+policy, 100: an expert).
+"""
+import io
+import textwrap
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+import utils
+from tools import typeset
+
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+         "legend.fontsize": 7, "figure.titlesize": 8}
+SCORE = "score (D4RL normalized)"
+FINAL_SCORE = "final score (D4RL normalized)"
+STEP = "training step (thousands)"
+OTHER_CONDITION = "//"  # the hatch of a bar trained at another precision or on another machine than its baseline
+
+
+def pyplot() -> Any:
+    plt = utils.pyplot()
+    plt.rcParams.update(STYLE)
+    return plt
+
+
+def save(fig: Any, path: Union[str, Path]) -> Path:
+    """The figure as a PNG at typeset.DPI (placed at its own width), written atomically."""
+    if fig.get_figwidth() > typeset.TEXT_WIDTH_IN + 1e-6:
+        raise ValueError(f"{Path(path).name}: {fig.get_figwidth():.2f} in wide, wider than the page's text")
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=typeset.DPI)
+    pyplot().close(fig)
+    utils.atomic_write_bytes(path, image.getvalue())
+    return Path(path)
+
+
+def grid(panels: int, columns: int, row_height: float, **shared: Any) -> tuple:
+    """A page-wide figure of `panels` axes in rows of `columns`; unused axes hidden."""
+    rows = -(-panels // columns)
+    fig, axes = pyplot().subplots(rows, columns, figsize=(typeset.TEXT_WIDTH_IN, row_height * rows), squeeze=False,
+                                  layout="constrained", **shared)
+    for ax in axes.flat[panels:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:panels])
+
+
+def in_thousands(ax: Any) -> None:
+    """The x axis in thousands of training steps, at most 3 ticks."""
+    plt = pyplot()
+    ax.xaxis.set_major_locator(plt.MaxNLocator(3))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1000:g}"))
+
+
+def band(ax: Any, curve: tuple, color: str, label: Optional[str] = None, **style: Any) -> None:
+    """A (steps, mean, std) curve with its ± std band."""
+    steps, mean, std = curve
+    ax.plot(steps, mean, color=color, label=label, **style)
+    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def legend_above(fig: Any, axes: list) -> None:
+    """One legend for the figure, above its panels (never on the data)."""
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside upper center", ncols=min(4, len(handles)),
+               frameon=False)
+
+
+def training(tasks: dict) -> Any:
+    """The default runs of the medium tasks: eval score (top) and action loss (bottom) over training.
+    tasks: {name: (score curve, loss curve, bar or None)}, each curve (steps, mean over seeds, std over seeds)."""
+    fig, axes = pyplot().subplots(2, len(tasks), figsize=(typeset.TEXT_WIDTH_IN, 3.6), squeeze=False,
+                                  layout="constrained")
+    for column, (name, (score, loss, bar)) in enumerate(tasks.items()):
+        score_ax, loss_ax = axes[0, column], axes[1, column]
+        band(score_ax, score, "C0", "eval (10 episodes), mean ± std over seeds", marker="o", markersize=2)
+        if bar is not None:
+            score_ax.axhline(bar, color="C3", linestyle="--", linewidth=1, label="the assignment's bar")
+        band(loss_ax, loss, "C1")
+        loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_minor_formatter(pyplot().NullFormatter())
+        score_ax.set(title=name, ylabel=SCORE, xlabel=STEP)
+        loss_ax.set(ylabel="action MSE (actions in [-1, 1])", xlabel=STEP)
+        for ax in (score_ax, loss_ax):
+            ax.grid(alpha=0.3)
+            in_thousands(ax)
+    legend_above(fig, list(axes[0]))
+    return fig
+
+
+def datasets(scores: dict, bars: dict) -> Any:
+    """Each dataset's trajectory returns as a histogram; its mean, its best and (where there is one) the
+    assignment's bar as lines. scores: {name: normalized returns}; bars: {name: bar}."""
+    fig, axes = grid(len(scores), 2, 1.55)
+    for ax, (name, values) in zip(axes, scores.items()):
+        ax.hist(values, bins=40, color="C0", alpha=0.8)
+        ax.axvline(values.mean(), color="black", linestyle=":", label="the data's mean")
+        ax.axvline(values.max(), color="C2", linestyle="--", label="the data's best trajectory")
+        if bars.get(name) is not None:
+            ax.axvline(bars[name], color="C3", linewidth=1.2, label="the assignment's bar")
+        ax.set(title=f"{name}: {len(values)} trajectories", xlabel="trajectory return (D4RL normalized)",
+               ylabel="trajectories (count)")
+        ax.grid(alpha=0.3)
+    legend_above(fig, axes)
+    return fig
+
+
+def sweep(sweeps: dict, best: dict) -> Any:
+    """Achieved against target (normalized), one panel per task. sweeps: {name: (targets, achieved (targets,
+    seeds))}; best: {name: the data's best trajectory}."""
+    fig, axes = grid(len(sweeps), 3, 2.0)
+    for ax, (name, (targets, achieved)) in zip(axes, sweeps.items()):
+        ax.plot(targets, targets, color="black", linestyle="--", linewidth=1, label="achieved = target")
+        band(ax, (targets, achieved.mean(1), achieved.std(1, ddof=1 if achieved.shape[1] > 1 else 0)), "C0",
+             "achieved, mean ± std over seeds", marker="o", markersize=2)
+        if name in best:
+            ax.axhline(best[name], color="C2", linestyle=":", label="the data's best trajectory")
+        ax.set(title=name, xlabel="target return (D4RL normalized)", ylabel="achieved (D4RL normalized)")
+        ax.grid(alpha=0.3)
+    legend_above(fig, axes)
+    return fig
+
+
+def bars(results: dict, settings: tuple) -> Any:
+    """Each setting's mean final score per task, its seeds as dots, its baseline's mean as a short line; a bar
+    trained at another precision or machine than the task's default is hatched. results: {task: {setting:
+    (scores, baseline mean, other condition?)}}."""
+    fig, ax = pyplot().subplots(figsize=(typeset.TEXT_WIDTH_IN, 2.7), layout="constrained")
+    width = 0.8 / len(settings)
+    for j, name in enumerate(settings):
+        for i, found in enumerate(results.values()):
+            if name not in found:
+                continue
+            scores, baseline, other = found[name]
+            x = i + (j - (len(settings) - 1) / 2) * width
+            ax.bar(x, np.mean(scores), width * 0.9, color=f"C{j}", alpha=0.6, label=name,
+                   hatch=OTHER_CONDITION if other else None, edgecolor="black" if other else None, linewidth=0)
+            ax.plot([x] * len(scores), scores, "o", color="black", markersize=2)
+            ax.hlines(baseline, x - width * 0.45, x + width * 0.45, color="black", linewidth=1,
+                      label="its baseline's mean")
+    ax.set_xticks(range(len(results)), list(results))
+    ax.set(ylabel=FINAL_SCORE, xlabel="task (dataset)")
+    ax.grid(alpha=0.3, axis="y")
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    ax.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return fig
+
+
+def family(curves: dict, default: Optional[str]) -> Any:
+    """One task's settings: each one's eval score over training (mean ± std over seeds) in a small panel, all on
+    one y-range, the default's curve drawn grey in each. curves: {setting: (steps, mean, std) or None}."""
+    fig, axes = grid(len(curves), 4, 1.6, sharex=True, sharey=True)
+    for ax, (name, curve) in zip(axes, curves.items()):
+        if default is not None and curves.get(default) is not None and name != default:
+            ax.plot(*curves[default][:2], color="grey", linewidth=1, label="default (DT, all data)")
+        if curve is not None:
+            band(ax, curve, "C0", "this setting, mean ± std over seeds")
+        ax.set_title(textwrap.fill(name, 30), fontsize=7)
+        ax.set(xlabel="step (thousands)", ylabel="score (normalized)")
+        ax.tick_params(labelleft=True, labelbottom=True)
+        in_thousands(ax)
+        ax.grid(alpha=0.3)
+    legend_above(fig, axes)
+    return fig

@@ -1,0 +1,285 @@
+"""report.py's reading of finished runs: each run's config, summary and machine; its setting in words and the
+overrides of cfgs/ that train it again; runs grouped by task and setting; the comparisons that answer a question,
+each setting against its task's default trained at the same precision on the same machine."""
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import utils
+from cfgs import schema
+from plumbing.runfolder import Run, RunError
+from tools import stats
+
+ENVS, DATASETS = schema.ENVS, schema.DATASETS
+# Keys set at start, or that say where outputs go or which machine trains: never part of a setting or its overrides
+SET_AT_START = ("resume", "buffer.files", "buffer.sha256", "buffer.path", "device", "logger", "wandb.", "eval.video",
+                "env.kwargs", "env.assignment_bar", "env.dt_paper_score", "env.ref_source", "train.threads")
+TASK_KEYS = ("seeds", "buffer.dataset", "buffer.source", "train.log_every", "train.checkpoint_every")  # not settings
+AUTO_MEANS = {"train.precision": "bf16"}  # in setting names: `auto` is bf16 on the reference runs' CPU
+PERCENTILE_KEYS = ("buffer.top_percent", "model.condition_on_return")
+AUX_KEYS = ("train.aux_state_coef", "train.aux_rtg_coef")
+QUESTION_KEYS = (*PERCENTILE_KEYS, *AUX_KEYS, "train.precision")  # always named in a setting
+PERCENTILE_SETTINGS = ("DT, all data", "DT, top 10%", "DT, top 25%", "BC, all data", "BC, top 10%")
+AUX_SETTINGS = ("action only", "+ next state", "+ next state and return-to-go")
+
+
+@dataclass
+class FinishedRun:
+    """What the report reads of a finished run (through its owner, runfolder.Run): flat config, summary, machine."""
+    run: Run
+    config: dict  # dotted keys, today's schema, dataset paths as file names
+    summary: dict
+    machine: str = ""  # --machines' kind of the run's machine; "" for the default one (or none named)
+    shared: tuple = ()  # settings every run of its task has (by_task): not named in its setting
+
+    @property
+    def label(self) -> str:
+        return self.run.name  # <date>/<time>: no path of the machine
+
+    @property
+    def task(self) -> str:
+        """env-dataset; with the source and env when its score is not on D4RL's scale (Minari, -v5 envs)."""
+        name = f"{self.summary['env']}-{Path(self.summary['dataset']).stem}"
+        if self.on_d4rl_scale:
+            return name
+        source = self.config.get("buffer.source")
+        scores = self.config.get("env.ref_source", "minari" if source == "minari" else "d4rl")
+        return f"{name} ({source}, {self.config['env.id']}, scores: {scores})"
+
+    @property
+    def on_d4rl_scale(self) -> bool:
+        """D4RL files and scores in the assignment's -v4 envs: the score compares with the bars and the DT paper."""
+        config = self.config
+        return (config.get("buffer.source", "d4rl") == "d4rl" and config.get("env.id", "-v4").endswith("-v4")
+                and config.get("env.ref_source", "d4rl") == "d4rl")
+
+    def finals(self) -> list:
+        """Each finished seed's final evaluation with a finite score (nan_seeds names the others)."""
+        return [f for f in self.summary["per_seed"] if np.isfinite(f["score_mean"])]
+
+    def nan_seeds(self) -> list:
+        return [f["seed"] for f in self.summary["per_seed"] if not np.isfinite(f["score_mean"])]
+
+    def curve(self, kind: str, key: str) -> Optional[tuple]:
+        """(steps, mean, std) over seeds of column `key` of each seed's `kind` table; None where no seed has it."""
+        curve = utils.mean_std_over_seeds([t for t in self.run.tables(kind) if key in t], key)
+        return None if curve is None else curve[:3]
+
+
+def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> FinishedRun:
+    """A finished run folder; SystemExit with one line if it is not one."""
+    run = Run(path)
+    if not run.dir.is_dir():
+        raise SystemExit(f"error: {path}: no such folder")
+    try:
+        summary = run.summary()
+    except RunError as e:
+        raise SystemExit(f"error: {e}") from None
+    missing = [name for name, there in (("config.yaml", run.holds_run()), ("summary.json", summary is not None))
+               if not there]
+    if missing:
+        raise SystemExit(f"error: {path}: no {' and no '.join(missing)} there; "
+                         "give a run folder that main.py has finished (it writes both)")
+    config = run.saved_config()
+    try:  # in today's keys, so that runs of older code differ only where their settings do
+        config = OmegaConf.to_container(schema.typed(config), resolve=True)
+    except (schema.ConfigError, OmegaConfBaseException):
+        pass
+    for key in ("files", "path"):  # the files' names: their folder is the machine's, not the run's
+        value = config.get("buffer", {}).get(key)
+        if value:
+            config["buffer"][key] = Path(value).name if isinstance(value, str) else [Path(v).name for v in value]
+    return FinishedRun(run, flatten(config), summary, (machines or {}).get(run.dir.name, ""))
+
+
+def read_machines(path: Union[str, Path]) -> tuple:
+    """--machines: ({run folder name: machine kind} for runs off the default machine, {kind: description})."""
+    try:
+        spec = OmegaConf.to_container(OmegaConf.load(path))
+        kinds, default, runs = spec["kinds"], spec["default"], spec.get("runs") or {}
+    except (OSError, OmegaConfBaseException, KeyError, TypeError) as e:
+        raise SystemExit(f"error: --machines {path}: not a file of kinds:, default: and runs: ({e})") from None
+    unknown = sorted({kind for kind in [default, *runs.values()] if kind not in kinds})
+    if unknown:
+        raise SystemExit(f"error: --machines {path}: machine {unknown[0]} is not under kinds: add it there")
+    return {name: kind for name, kind in runs.items() if kind != default}, {**kinds, "": kinds[default]}
+
+
+def expand_sweeps(paths: list) -> list:
+    """A multirun's runs/<date>/<time>-sweep folder stands for its job folders 0, 1, ... (each a run)."""
+    return [p for path in paths for p in ([job.dir for job in Run.of_sweep(path)] or [path])]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts -> {"dotted.key": value}; lists stay values."""
+    flat = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+@lru_cache(maxsize=None)
+def default_config(env: str) -> dict:
+    """cfgs/'s values for env=<env>, flat (what `python main.py env=<env>` starts from)."""
+    return flatten(OmegaConf.to_container(schema.defaults(env), resolve=True))
+
+
+def retrained_changes(run: FinishedRun, auto_means: Optional[dict] = None) -> dict:
+    """The run's values that differ from cfgs/'s defaults for its env, but for those set at start: {key: value}."""
+    default = default_config(run.config.get("env.name"))
+    changed = {}
+    for key, value in run.config.items():
+        expected, value = ((auto_means or {}).get(key, v) if v == "auto" else v
+                           for v in (default.get(key, value), value))
+        if not key.startswith(SET_AT_START) and value != expected:
+            changed[key] = value
+    return changed
+
+
+def changes(run: FinishedRun) -> dict:
+    """The run's setting: what differs from cfgs/'s defaults, but for its task's keys and what its task shares."""
+    return {k: v for k, v in retrained_changes(run, AUTO_MEANS).items()
+            if not k.startswith(TASK_KEYS) and k not in dict(run.shared)}
+
+
+def overrides(run: FinishedRun) -> str:
+    """main.py's overrides of cfgs/ that train the run again: 'env=hopper buffer.dataset=medium-replay ...'."""
+    def value(v: object) -> str:
+        return f"[{','.join(map(value, v))}]" if isinstance(v, (list, tuple)) else stats.shown(v)
+    changed = sorted(retrained_changes(run).items())
+    return " ".join([f"env={run.config.get('env.name')}", *(f"{k}={value(v)}" for k, v in changed)])
+
+
+def setting(run: FinishedRun) -> str:
+    """The run's setting in words: 'DT, all data', 'BC, top 10%', 'DT, all data, + next state', 'DT, all data, fp32,
+    on the AVX2 machine'."""
+    changed = changes(run)
+    words = ["BC" if changed.pop("model.condition_on_return", True) is False else "DT"]
+    top = changed.pop("buffer.top_percent", 100.0)
+    words.append("all data" if top >= 100 else f"top {stats.number(top, None)}%")
+    state, rtg = changed.pop("train.aux_state_coef", 0.0), changed.pop("train.aux_rtg_coef", 0.0)
+    if state or rtg:
+        words.append(" and ".join(f"+ {name}" + (f" x{stats.number(coef, None)}" if coef != 1 else "")
+                                  for name, coef in (("next state", state), ("return-to-go", rtg)) if coef)
+                     .replace(" and +", " and"))
+    named = {"buffer.sample_by": "sampled by {}", "model.dropout": "dropout {}", "train.precision": "{}",
+             "model.implementation": "{}", "eval.target_return": "target {}"}
+    words += [named.get(key, key + " {}").format(stats.shown(value)) for key, value in sorted(changed.items())]
+    words += [f"on the {run.machine} machine"] if run.machine else []
+    return ", ".join(str(w).replace("models.ReferenceDT", "plain eager model") for w in words)
+
+
+def question_setting(run: FinishedRun, keys: tuple, names: tuple) -> Optional[str]:
+    """The run's setting without its precision and machine, where it differs from the default in `keys` only
+    and is one of `names`; else None."""
+    if set(changes(run)) - {*keys, "train.precision"}:
+        return None
+    name = setting(run).replace(f", {run.config.get('train.precision')}", "")
+    name = name.replace(f", on the {run.machine} machine", "")
+    if keys == AUX_KEYS:
+        name = {"DT, all data": AUX_SETTINGS[0]}.get(name, name.replace("DT, all data, ", ""))
+    return name if name in names else None
+
+
+def condition(run: FinishedRun) -> tuple:
+    """What a comparison must hold fixed besides the setting: the precision trained in and the machine."""
+    return run.config.get("train.precision"), run.machine
+
+
+def task_order(task: str) -> tuple:
+    env, _, dataset = task.partition("-")
+    return (ENVS.index(env) if env in ENVS else len(ENVS), DATASETS.index(dataset) if dataset in DATASETS else 99,
+            task)
+
+
+def by_task(runs: list) -> dict:
+    """{task: {setting: [runs]}}, tasks in the order of cfgs' envs and datasets; runs of one setting pool seeds.
+    A change every run of a task shares (train.steps=200 of a quick study) is the task's, named beside it."""
+    tasks = {}
+    for run in sorted(runs, key=lambda r: task_order(r.task)):
+        tasks.setdefault(run.task, []).append(run)
+    grouped = {}
+    for name, members in tasks.items():
+        common = set.intersection(*({(k, repr(v)) for k, v in retrained_changes(r, AUTO_MEANS).items()}
+                                    for r in members))
+        keys = sorted(k for k, _ in common if k not in QUESTION_KEYS and not k.startswith(TASK_KEYS))
+        for run in members:
+            run.shared = tuple((k, retrained_changes(run, AUTO_MEANS)[k]) for k in keys)
+            grouped.setdefault(name, {}).setdefault(setting(run), []).append(run)
+    return grouped
+
+
+def shared_text(settings: dict) -> str:
+    """' (train.steps=200)': the changes every run of a task shares, or ''."""
+    shared = next(iter(settings.values()))[0].shared
+    return f" ({', '.join(f'{k}={stats.shown(v)}' for k, v in shared)})" if shared else ""
+
+
+def reference(settings: dict) -> Optional[list]:
+    """A task's default runs (its setting 'DT, all data'), or None."""
+    return settings.get(PERCENTILE_SETTINGS[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The questions: each setting against the default of its task trained at the same precision on the same machine
+
+
+def scores(runs: list) -> list:
+    return [f["score_mean"] for f in finals(runs)]
+
+
+def finals(runs: list) -> list:
+    return [f for run in runs for f in run.finals()]
+
+
+def compare(runs: list, base: list) -> Optional[tuple]:
+    return stats.difference(finals(runs), finals(base))
+
+
+@dataclass
+class Comparison:
+    task: str
+    setting: str
+    runs: list
+    base: list
+    note: str  # '' where runs and base share precision and machine; else how they differ
+
+
+def condition_words(run: FinishedRun) -> str:
+    return run.config.get("train.precision") + (f", on the {run.machine} machine" if run.machine else "")
+
+
+def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
+    """Each task's settings of one question (names[0] the baseline), at the default's precision and machine where
+    they were run so; else at their own, against the baseline at the same where there is one."""
+    found = []
+    for task, settings in grouped.items():
+        named, default = {}, reference(settings)
+        for run in (r for runs in settings.values() for r in runs):
+            if (name := question_setting(run, keys, names)) is not None:
+                named.setdefault(name, {}).setdefault(condition(run), []).append(run)
+        if not default or len(named) < 2:
+            continue
+        for name in (n for n in names[1:] if n in named):
+            home = named[name].get(condition(default[0]))
+            runs = home or next(iter(named[name].values()))
+            base = default if home else named.get(names[0], {}).get(condition(runs[0]))
+            note = "" if home else condition_words(runs[0]) + (", as is its baseline" if base else
+                                                               f"; its baseline {condition_words(default[0])}")
+            found.append(Comparison(task, name, runs, base or default, note))
+    return found
+
+
+def bar_data(found: list, grouped: dict, baseline: str) -> dict:
+    """{task: {setting: (scores, its baseline's mean, other condition?)}} for figures.bars."""
+    results = {}
+    for c in found:
+        default = scores(reference(grouped[c.task]))
+        results.setdefault(c.task, {baseline: (default, np.mean(default), False)})
+        results[c.task][c.setting] = (scores(c.runs), np.mean(scores(c.base)), bool(c.note))
+    return results
