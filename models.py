@@ -33,15 +33,6 @@ class BitDropout(nn.Module):
         return x * (bits >= self.threshold) * (1.0 / (1.0 - self.threshold / 2**15))
 
 
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm whose weight and bias gradients do not depend on the number of torch threads (torch's fused CPU
-    kernel sums them over the rows in per-thread blocks; here autograd sums them as it sums a Linear's bias), so a
-    run may change its thread count without changing its numbers."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.normalized_shape, eps=self.eps) * self.weight + self.bias
-
-
 class MaskedCausalAttention(nn.Module):
     """Multi-head self-attention in which each token sees itself and the tokens before it."""
 
@@ -83,9 +74,9 @@ class Block(nn.Module):
 
     def __init__(self, embed_dim: int, n_heads: int, dropout: float, max_tokens: int):
         super().__init__()
-        self.ln_1 = LayerNorm(embed_dim)
+        self.ln_1 = nn.LayerNorm(embed_dim)
         self.attn = MaskedCausalAttention(embed_dim, n_heads, dropout, max_tokens)
-        self.ln_2 = LayerNorm(embed_dim)
+        self.ln_2 = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim), BitDropout(dropout))
 
@@ -129,10 +120,10 @@ class DecisionTransformer(nn.Module):
         self.embed_return = nn.Linear(1, embed_dim)  # phi_g
         self.embed_state = nn.Linear(state_dim, embed_dim)  # phi_s
         self.embed_action = nn.Linear(act_dim, embed_dim)  # phi_a
-        self.embed_ln = LayerNorm(embed_dim)
+        self.embed_ln = nn.LayerNorm(embed_dim)
         self.drop = BitDropout(dropout)
         self.blocks = nn.ModuleList([Block(embed_dim, n_heads, dropout, 3 * context_len) for _ in range(n_layers)])
-        self.ln_f = LayerNorm(embed_dim)
+        self.ln_f = nn.LayerNorm(embed_dim)
         self.predict_action = nn.Linear(embed_dim, act_dim)  # read from s_t tokens
         self.predict_state = nn.Linear(embed_dim, state_dim)  # s_{t+1} from a_t tokens (auxiliary)
         self.predict_return = nn.Linear(embed_dim, 1)  # g_{t+1} from a_t tokens (auxiliary)
