@@ -29,7 +29,7 @@ from buffer import SequenceBuffer, load_transitions
 from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
 from models import MODELS, DecisionTransformer, DTConfig, policy_from_checkpoint
 from plumbing import progress, runfolder
-from plumbing.record import NonFiniteLossError, SeedRecord
+from plumbing.record import SeedRecord, check_finite_score
 from plumbing.runfolder import Run
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,6 @@ logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No O
 # Env seeds of the evals: seed s runs its periodic evals on episodes seeded 1000 s, 1000 s + 1, ... and its
 # final eval on 1000 s + 100 000, ...: other seeds' episodes, and no episode the periodic evals picked from.
 EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET = 1000, 100_000
-
-
-class NonFiniteScoreError(NonFiniteLossError):
-    """An evaluation's score became NaN or inf (the policy's actions or the env's rewards): the seed stops."""
 
 
 class RolloutStopped(Exception):
@@ -233,14 +229,9 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
 
 def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[float, float], vectorized: bool = True,
              stop: Callable[[], str | None] | None = None) -> dict:
-    """Mean/std return and normalized score over the spec's episodes (num_envs episodes seeded seed, seed+1, ...):
-    in one vectorized pass, or one episode after another. stop: rollout's.
-
-    The score is 100 (return - ref_min) / (ref_max - ref_min) (ref_scores: env.ref_min_score, ref_max_score)
-    whatever the time limit: D4RL's references are returns of 1000-step episodes, so with env.max_episode_len below
-    1000 (the tests' tiny runs) the score is not on D4RL's scale (scale_note says so in the log, and final.json
-    keeps the time limit); a longer limit is refused (cfgs/schema.py check_bounds).
-    """
+    """Mean/std return and normalized score (ref_scores: env.ref_min_score, ref_max_score) over the spec's episodes,
+    seeded seed, seed+1, ...: in one vectorized pass, or one after another. stop: rollout's. With episodes shorter
+    than D4RL's 1000 steps the score is not on D4RL's scale (scale_note says so)."""
     if vectorized:
         returns, _ = rollout(policy, spec, stop)
     else:
@@ -300,15 +291,6 @@ def film(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> list[np.nda
                   os.environ.get("MUJOCO_GL"), type(e).__name__, e, utils.RENDERING_FIX)
         return None
     return frames[0]
-
-
-def check_finite_score(result: dict, seed: int, what: str) -> None:
-    """Stop the seed (NonFiniteScoreError, one line with the cause) on an evaluation whose score is NaN or inf."""
-    if not np.isfinite(result["score_mean"]):
-        raise NonFiniteScoreError(
-            f"seed {seed}: {what} scored {result['score_mean']} (mean return {result['return_mean']}): the policy's "
-            f"actions or the env's rewards are not finite; check the dataset and eval.target_return, and start a new "
-            f"run (a resume would score the same)")
 
 
 def scale_note(cfg: DictConfig) -> str:

@@ -16,6 +16,7 @@ from plumbing import launch
 from plumbing import progress
 from plumbing import runfolder
 from plumbing.launch import FATAL, fail, shown, summarize
+from plumbing.record import NonFiniteLossError
 from plumbing.runfolder import Interrupted
 from utils import WriteError
 
@@ -41,7 +42,7 @@ def main(cfg):
                 summarize(cfg, run)
                 runfolder.requeue_if_preempted()
                 fail(f"interrupted: {e}. Resume with: {resume}", code=runfolder.interrupted_exit_code())
-            except core.NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
+            except NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
                 log.error("%s", e)
                 diverged.append((seed, str(e)))
             except WriteError:  # a full disk or a read-only folder: the next seeds' writes would fail too

@@ -20,6 +20,7 @@ from plumbing import launch
 from plumbing import progress
 from plumbing import runfolder
 from plumbing.launch import FATAL, fail, parallel_jobs, shown, summarize
+from plumbing.record import NonFiniteLossError
 from plumbing.runfolder import Interrupted, Run
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def train_seed(cfg_dict, seed, run_dir, num_processes, show):
     except Interrupted as e:
         log.warning("%s", e)
         sys.exit(runfolder.interrupted_exit_code())
-    except (*FATAL, core.NonFiniteLossError) as e:
+    except (*FATAL, NonFiniteLossError) as e:
         show.stopped(str(e))
         sys.exit(STOPPED)
     except BaseException as e:

@@ -27,6 +27,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class NonFiniteScoreError(NonFiniteLossError):
+    """An evaluation's score became NaN or inf (the policy's actions or the env's rewards): the seed stops."""
+
+
 @dataclass
 class SeedRecord:
     """What one seed has done so far, and where it goes (its SeedFolder in `run`, its tracker, `show`)."""
@@ -134,7 +138,6 @@ class SeedRecord:
 
     def add_eval(self, step: int, result: dict) -> None:
         """A periodic eval's result: checked, an eval row, and best.pt when its score is the best so far."""
-        from core import check_finite_score
         check_finite_score(result, self.seed, f"the eval at step {step}")
         pace = self.clock.step_seconds(step)
         log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f, seed ETA %s", self.seed,
@@ -192,3 +195,12 @@ def check_finite(loss: float, seed: int, step: int, run: Run) -> None:
         raise NonFiniteLossError(
             f"seed {seed}: the loss became {loss} before step {step}. Start a new run with a lower train.lr or "
             f"train.grad_clip (resuming {run.name} would reach the same loss), or check the dataset for bad values")
+
+
+def check_finite_score(result: dict, seed: int, what: str) -> None:
+    """Stop the seed (NonFiniteScoreError, one line with the cause) on an evaluation whose score is NaN or inf."""
+    if not np.isfinite(result["score_mean"]):
+        raise NonFiniteScoreError(
+            f"seed {seed}: {what} scored {result['score_mean']} (mean return {result['return_mean']}): the policy's "
+            f"actions or the env's rewards are not finite; check the dataset and eval.target_return, and start a new "
+            f"run (a resume would score the same)")

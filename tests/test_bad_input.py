@@ -27,6 +27,7 @@ from conftest import (
     write_d4rl_file,
 )
 from plumbing import launch
+from plumbing.record import NonFiniteLossError
 from plumbing.runfolder import Run, RunError
 
 
@@ -177,7 +178,7 @@ def test_a_stop_between_log_steps_keeps_no_checkpoint_of_a_nan_loss(hopper_file,
     monkeypatch.setattr(core, "train_step", nan_at_step_3)
     monkeypatch.setattr(core.runfolder, "stop_requested", lambda: "SIGTERM" if len(steps) >= 3 else None)
     run = Run(tmp_path)
-    with pytest.raises(core.NonFiniteLossError, match="the loss became nan before step 3"):
+    with pytest.raises(NonFiniteLossError, match="the loss became nan before step 3"):
         core.train(compose(f"buffer.path={hopper_file}"), 0, run)  # log steps: 5, 10, ...
     assert steps == [1, 2, 3] and run.seed(0).checkpoint_step() is None
 

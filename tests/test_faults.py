@@ -540,13 +540,14 @@ def test_a_nan_score_at_an_evaluation_stops_the_seed_with_its_cause_and_writes_n
 
     import core
     from conftest import compose
+    from plumbing.record import NonFiniteScoreError
     from plumbing.runfolder import Run
 
     cfg, run = compose(), Run(tmp_path)  # the run folder exists, as a run makes it first
     model = fixed_policy(cfg.env.id)
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))  # NaN actions: NaN rewards (the control cost)
-    with pytest.raises(core.NonFiniteScoreError, match="seed 0: the final evaluation scored nan") as error:
+    with pytest.raises(NonFiniteScoreError, match="seed 0: the final evaluation scored nan") as error:
         core.final_evaluation(model, cfg, 0)
     assert "\n" not in str(error.value) and run.seed(0).final() is None
 

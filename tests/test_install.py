@@ -64,3 +64,11 @@ def test_importing_the_entry_points_changes_nothing_and_none_imports_another():
                     if isinstance(node, (ast.Import, ast.ImportFrom))
                     for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
         assert "main" not in imported, script
+
+
+def test_pyproject_declares_no_install_it_cannot_deliver():
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["requires-python"] == ">=3.11"
+    assert "build-system" not in project and not project["tool"]["setuptools"]["py-modules"]
+    assert not project["project"]["dependencies"] and "optional-dependencies" not in project["project"]

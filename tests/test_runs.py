@@ -15,6 +15,7 @@ import models
 import utils
 from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, run_entry, run_script, start_script
 from plumbing import runfolder
+from plumbing.record import NonFiniteLossError
 from plumbing.runfolder import Run
 
 SEED_FILES = ["train.csv", "eval.csv", "last.pt", "best.pt", "final.pt", "final.json"]
@@ -146,7 +147,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(hopper_file,
         return masked_mse(*args) * (float("nan") if calls["n"] >= 12 else 1.0)
 
     monkeypatch.setattr(core, "masked_mse", loss_that_breaks_at_step_12)
-    with pytest.raises(core.NonFiniteLossError, match="the loss became nan before step 15"):
+    with pytest.raises(NonFiniteLossError, match="the loss became nan before step 15"):
         core.train(cfg, 0, Run(tmp_path))
     state = torch.load(tmp_path / "seed0" / "last.pt", weights_only=True)
     assert state["progress"]["step"] == 10
