@@ -124,8 +124,7 @@ REWARD_LIMIT = 1e4  # |reward| of one step: D4RL MuJoCo's are below 15; beyond, 
 
 def check_reward_bounds(source: str, rewards: np.ndarray, scaled_returns_to_go: np.ndarray,
                         reward_scale: float) -> None:
-    """DatasetError, naming the bound, for rewards beyond REWARD_LIMIT or returns-to-go that after reward_scale
-    lie beyond what the model can embed (cfgs/schema.py RTG_LIMIT): its losses and scores could not be finite."""
+    """DatasetError, naming the bound, for rewards beyond REWARD_LIMIT or scaled returns-to-go beyond RTG_LIMIT."""
     worst = np.abs(rewards).max(initial=0)
     if not worst <= REWARD_LIMIT:
         raise DatasetError(f"{source}: rewards up to |{worst:.3g}| per step, beyond the bound {REWARD_LIMIT:g} "
@@ -191,11 +190,8 @@ class SequenceBuffer:
         return len(self.lengths)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """A batch of windows: trajectory first, then a start step; padded on the right, masked.
-
-        Returns numpy arrays states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1),
-        timesteps (B, K) and mask (B, K), 1 where a step is real.
-        """
+        """A batch of windows (trajectory first, then a start step), padded on the right: numpy arrays states
+        (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K), mask (B, K) (1: a real step)."""
         K = self.context_len
         traj = rng.choice(self.num_trajectories, size=batch_size, p=self.traj_probs)  # (B,)
         offset = (rng.random(batch_size) * self.lengths[traj]).astype(np.int64)  # (B,) start in trajectory
@@ -210,11 +206,6 @@ class SequenceBuffer:
                 np.where(m, self.returns_to_go[idx, None], 0.0).astype(np.float32),
                 np.where(mask, self.timesteps[idx], 0),
                 mask.astype(np.float32))
-
-
-def trajectory_scores(path: str | Path) -> np.ndarray:
-    """The normalized returns of a D4RL file's trajectories; its env is read from the file name."""
-    return trajectory_scores_and_lengths(path)[0]
 
 
 def trajectory_scores_and_lengths(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +229,7 @@ def task_name(path: str | Path) -> str:
 def plot_returns(paths: list[str | Path], out: str | Path) -> Path:
     """The trajectory-return histogram of each D4RL file on the normalized-score axis, as the assignment's Figure 1."""
     import utils
-    datasets = {task_name(p): trajectory_scores(p) for p in paths}
+    datasets = {task_name(p): trajectory_scores_and_lengths(p)[0] for p in paths}
     return utils.save_png(utils.dataset_returns_figure(datasets), out)
 
 
@@ -258,8 +249,7 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {e}, or give the files")
     unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
     if unknown:
-        raise SystemExit(f"error: {unknown[0]}: give files named <env>_<dataset>-v2.hdf5 with env one of "
-                         f"{', '.join(ENVS)}")
+        raise SystemExit(f"error: {unknown[0]}: give files named <env>_<dataset>-v2.hdf5, env one of {', '.join(ENVS)}")
     out = Path(args.out) if args.out else utils.new_path(Path("runs") / "dataset_returns.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

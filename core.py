@@ -1,8 +1,5 @@
-"""The algorithm: one seed's training (batches -> the losses -> AdamW), and its evaluation in the env.
-
-    losses      the named losses of a batch: a new loss is one more entry (docs/extending.md)
-    train       the training loop; its bookkeeping (CSVs, checkpoints, best/final policies) is plumbing/record.py
-    rollout     episodes of a policy in lockstep envs; evaluate: their normalized score
+"""The algorithm: `losses` (named: a new loss is one more entry, docs/extending.md), `train` (the loop; its
+bookkeeping is plumbing/record.py), `rollout` (a policy's episodes in lockstep envs) and `evaluate` (their score).
 """
 import dataclasses
 import logging
@@ -108,8 +105,8 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg: DictConfig) -> tor
 
 
 def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None = None) -> dict:
-    """Train one seed of `run` and evaluate it; returns its final scores (final.json). Its SeedRecord keeps the
-    metrics, checkpoints and policies, resumes from last.pt, and reports progress to `show` (default: a bar)."""
+    """Train one seed of `run` and evaluate it; returns final.json. Its SeedRecord keeps the metrics, checkpoints
+    and policies, resumes from last.pt and reports to `show` (default: a bar)."""
     if (final := run.seed(seed).final()) is not None:
         log.info("seed %d already finished: score %.1f", seed, final["score_mean"])
         return final
@@ -277,9 +274,8 @@ def final_eval_seed(seed: int) -> int:
 
 
 def film(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> list[np.ndarray] | None:
-    """The frames of the first final-eval episode. On a stop signal, Interrupted at once, the video skipped (final.json
-    is written already). A rendering error (naming MUJOCO_GL's value) is one logged line and None: the scores stand
-    without the video."""
+    """The frames of the first final-eval episode; None, with one logged line naming MUJOCO_GL, where rendering
+    fails. On a stop signal, Interrupted at once (final.json is written already)."""
     try:
         _, frames = rollout(policy, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
                             stop=runfolder.stop_requested)

@@ -259,7 +259,7 @@ def test_transitions_hold_every_step_and_trajectory_end(hopper_file):
 
 
 def test_the_return_histogram_reads_the_env_from_the_file_name(hopper_file, tmp_path):
-    scores = buffer.trajectory_scores(hopper_file)
+    scores = buffer.trajectory_scores_and_lengths(hopper_file)[0]
     to_score = lambda r: 100 * (r + 20.272305) / (3234.3 + 20.272305)  # noqa: E731  hopper's d4rl constants
     assert len(scores) == 6 and buffer.task_name(hopper_file) == "hopper-medium"
     np.testing.assert_allclose(sorted(scores)[-1], to_score(50 * 3))  # trajectory 3: 50 steps of reward 3

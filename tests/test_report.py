@@ -263,7 +263,7 @@ def test_the_datasets_mean_and_best_come_from_each_runs_file(tmp_path):
     data = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
     run = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, [50.0], **{"buffer.file": str(data)})
     md = write([run], tmp_path / "report")
-    scores = buffer.trajectory_scores(data.resolve())
+    scores = buffer.trajectory_scores_and_lengths(data.resolve())[0]
     assert row(md, "hopper-medium (train.steps=200)")[5:7] == [f"{scores.mean():.1f}", f"{scores.max():.1f}"]
     assert (tmp_path / "report_datasets.png").exists()
 
