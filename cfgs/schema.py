@@ -365,7 +365,7 @@ def one_line(error: Exception) -> str:
 
 CODE_KEYS = ("_target_", "()")  # Hydra's instantiate and logging's dictConfig call whatever these name
 HYDRA_DATA_KEYS = ("run", "sweep", "job", "output_subdir", "mode", "verbose")  # hydra.callbacks etc. run code
-DEFAULTS_ALLOWED = ("schema", "run_folder", "evaluate_schema", "_self_", "env")
+DEFAULTS_ALLOWED = ("schema", "run_folder", "evaluate_schema", "_self_", "env", "experiment")
 
 
 def refuse_code_in_config(path: Union[str, Path], node: Optional[type] = None) -> None:
@@ -389,7 +389,7 @@ def refuse_code_in_config(path: Union[str, Path], node: Optional[type] = None) -
         group = next(iter(entry)) if isinstance(entry, dict) else entry
         if str(group).replace("override ", "").strip() not in DEFAULTS_ALLOWED:
             raise ConfigError(f"{path}: defaults entry {entry} is refused; a config's defaults are "
-                              f"{', '.join(DEFAULTS_ALLOWED[:4])} (and env)")
+                              f"{', '.join(DEFAULTS_ALLOWED[:4])} (and env, experiment)")
     if node is not None:
         data = {k: v for k, v in tree.items() if k not in ("defaults", "hydra")}
         try:

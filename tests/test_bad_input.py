@@ -174,7 +174,7 @@ def test_a_stop_between_log_steps_keeps_no_checkpoint_of_a_nan_loss(hopper_file,
     steps, train_step = [], core.train_step
     def nan_at_step_3(*args):  # noqa: E306
         steps.append(len(steps) + 1)
-        return train_step(*args) * (float("nan") if len(steps) == 3 else 1)
+        return {name: value * (float("nan") if len(steps) == 3 else 1) for name, value in train_step(*args).items()}
     monkeypatch.setattr(core, "train_step", nan_at_step_3)
     monkeypatch.setattr(core.runfolder, "stop_requested", lambda: "SIGTERM" if len(steps) >= 3 else None)
     run = Run(tmp_path)

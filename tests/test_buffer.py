@@ -1,11 +1,14 @@
 """buffer.py: returns-to-go, trajectory splitting, the sampler, and dataset files."""
+import hashlib
+
 import h5py
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import buffer
 from buffer import SequenceBuffer, Transitions, discounted_cumsum
-from conftest import HOPPER_ACT, HOPPER_OBS, ROOT, TRAJECTORIES, write_d4rl_file
+from conftest import HOPPER_ACT, HOPPER_OBS, ROOT, TRAJECTORIES, run_entry, write_d4rl_file
 from plumbing import sources
 from plumbing.sources import DatasetError
 
@@ -283,3 +286,53 @@ def test_python_buffer_py_without_datasets_names_d4rl_dataset_dir(tmp_path):
     assert result.returncode != 0 and result.stderr.strip() == (
         f"error: no .hdf5 files in {tmp_path} (D4RL_DATASET_DIR): set D4RL_DATASET_DIR to the folder that holds the "
         f"D4RL files, or give the files")
+
+
+# Several files as one dataset (D4RL's medium-expert is its medium file followed by its expert file)
+
+def test_several_files_read_in_order_as_one_dataset_with_the_normalization_over_all(tmp_path):
+    medium = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5", trajectories=[(30, "terminal"), (25, "timeout")])
+    expert = write_d4rl_file(tmp_path / "hopper_expert-v2.hdf5", trajectories=[(40, "timeout"), (12, "timeout")],
+                             seed=1)
+    both = Transitions.from_files([medium, expert], HOPPER_OBS, HOPPER_ACT)
+    starts, lengths, returns = both.trajectories()
+    assert list(lengths) == [30, 25, 40, 12] and list(returns) == [30.0, 50.0, 40.0, 24.0]  # the files in order
+    parts = [Transitions.from_hdf5(p, HOPPER_OBS, HOPPER_ACT) for p in (medium, expert)]
+    data = SequenceBuffer(both, context_len=5, reward_scale=1.0, max_timestep=100)
+    np.testing.assert_allclose(data.state_mean, np.concatenate([p.observations for p in parts]).mean(0), rtol=1e-5)
+    assert both.source == f"{medium} + {expert}"
+
+
+def test_a_files_cut_off_last_episode_does_not_run_into_the_next_file(tmp_path):
+    first = write_d4rl_file(tmp_path / "a.hdf5", trajectories=[(10, "terminal"), (7, "cut")])  # cut at the end
+    second = write_d4rl_file(tmp_path / "b.hdf5", trajectories=[(9, "timeout")])
+    lengths = Transitions.from_files([first, second], HOPPER_OBS, HOPPER_ACT).trajectories()[1]
+    assert list(lengths) == [10, 7, 9]
+
+
+def test_an_error_in_one_of_several_files_names_that_file(tmp_path):
+    good = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
+    bad = tmp_path / "hopper_expert-v2.hdf5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(DatasetError, match=f"^{bad} is truncated or corrupt"):
+        Transitions.from_files([good, bad], HOPPER_OBS, HOPPER_ACT)
+
+
+def test_medium_expert_is_the_medium_and_expert_files_where_d4rls_own_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    monkeypatch.setattr(sources, "D4RL_URL", "http://127.0.0.1:9/{file}")  # nothing to download
+    for name in ("medium", "expert"):
+        write_d4rl_file(tmp_path / f"hopper_{name}-v2.hdf5")
+    found = sources.find_dataset("hopper", "medium-expert", HOPPER_OBS, HOPPER_ACT)
+    assert found == [tmp_path / "hopper_medium-v2.hdf5", tmp_path / "hopper_expert-v2.hdf5"]
+    write_d4rl_file(tmp_path / "hopper_medium_expert-v2.hdf5")  # D4RL's own file, where it is there
+    assert sources.find_dataset("hopper", "medium-expert", HOPPER_OBS, HOPPER_ACT) == [
+        tmp_path / "hopper_medium_expert-v2.hdf5"]
+
+
+def test_a_run_records_each_file_it_read_and_its_sha256(tmp_path):
+    files = [write_d4rl_file(tmp_path / f"hopper_{name}-v2.hdf5", seed=i) for i, name in enumerate(("medium", "expert"))]
+    run_entry("main.py", tmp_path / "run", f"buffer.path=[{files[0]},{files[1]}]", "seeds=[0]")
+    recorded = OmegaConf.load(tmp_path / "run" / "config.yaml").buffer
+    assert list(recorded.files) == [str(f) for f in files]
+    assert list(recorded.sha256) == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]

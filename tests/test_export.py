@@ -63,7 +63,7 @@ def test_an_exported_policy_acts_as_the_pytorch_policy_on_the_real_steps_of_left
     with torch.no_grad():  # the model on each row's real steps alone, as core.rollout calls it
         expected = torch.stack([model(states[i:i + 1, K - n:], actions[i:i + 1, K - n:],
                                       returns_to_go[i:i + 1, K - n:] / REWARD_SCALE,
-                                      timesteps[i:i + 1, K - n:].clamp(max=MAX_TIMESTEP - 1))[0][0, -1]
+                                      timesteps[i:i + 1, K - n:].clamp(max=MAX_TIMESTEP - 1))["action"][0, -1]
                                 for i, n in enumerate(real_steps)]).numpy()  # (B, act)
     actions_out = run_exported(export.export_policy(model, facts(model), fmt), fmt, inputs)
     assert actions_out.shape == (len(real_steps), ACT)

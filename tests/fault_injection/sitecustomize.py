@@ -25,7 +25,7 @@ def wrap_train(module, seed, how):
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if how == "nan":
-                module.check_finite(float("nan"), s, 5, run)
+                sys.modules["plumbing.record"].check_finite(float("nan"), s, 5, run)
             raise RuntimeError(f"injected crash in seed {s}")
         return train(cfg, s, run, *args)
 
