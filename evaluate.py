@@ -5,12 +5,10 @@
     python evaluate.py run=runs/<date>/<time> targets=[3000] episodes=100 name=target_3000   # beside the sweep
     python evaluate.py run=runs/<date>/<time> export=onnx            # or torchscript: each seed's policy as one file
 
-All targets and episodes of a seed run in one vectorized pass (targets x episodes envs in lockstep, each with
-its own return-to-go). Writes into the run folder (a run of the repository's gallery/: into
-runs/evaluate/<its name>, so the tracked files stay as they are; out=<folder>: there), as <name> (default sweep_<checkpoint>): <name>.csv (a row per
-seed, target and episode), <name>.png (achieved against target normalized score) and, with video=true, one
-episode per target: seed<N>/<name>_<target>.mp4. Each seed's rows are kept as soon as its pass ends
-(seed<N>/<name>.json): a stopped sweep, started again, reuses the seeds it finished.
+All targets and episodes of a seed run in one vectorized pass, each env with its own return-to-go. Writes into the
+run folder (a gallery/ run: into runs/evaluate/<its name>; out=<folder>: there) <name>.csv (a row per seed, target
+and episode), <name>.png (achieved against target score) and, with video=true, seed<N>/<name>_<target>.mp4; each
+seed's rows as its pass ends (seed<N>/<name>.json): a stopped sweep, started again, reuses the seeds it finished.
 """
 from plumbing import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
 
@@ -35,7 +33,7 @@ from tools import export
 from plumbing import launch
 import utils
 from buffer import top_trajectories
-from plumbing.sources import DatasetError, dataset_identity, run_dataset_files
+from plumbing.sources import DatasetError, dataset_identity, hash_file, run_dataset_files
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
 from plumbing import runfolder
@@ -131,7 +129,7 @@ def refuse_replacing_sweep(run, out, cfg, targets):
 
 def sweep_settings(policy_path, targets, cfg, videos):
     """What a seed's sweep depends on: its policy file's bytes, the targets, episodes, device and videos."""
-    return {"policy_sha256": utils.file_sha256(policy_path), "targets": [float(t) for t in targets],
+    return {"policy_sha256": hash_file(policy_path), "targets": [float(t) for t in targets],
             "episodes": cfg.episodes, "device": cfg.device, "videos": videos}
 
 

@@ -209,9 +209,8 @@ class DecisionTransformer(nn.Module):
 
 
 class EMA:
-    """An exponential moving average of a model's weights (decay d: w <- d w + (1 - d) w_model after each step),
-    with d ramped as min(d, (1 + n) / (10 + n)) over the first updates so that early evals are not the initial
-    weights'. Its `policy` is what a run evaluates and saves."""
+    """A moving average of a model's weights, w <- d w + (1 - d) w_model after each step, d ramped as
+    min(d, (1 + n) / (10 + n)) so early evals are not the initial weights'. Its `policy` is evaluated and saved."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay, self.updates = decay, 0
@@ -232,9 +231,7 @@ class EMA:
 
 
 # ---------------------------------------------------------------------------------------------
-# The plain eager reference: the same DT with nn.MultiheadAttention blocks and torch's own dropout.
-# The tests check the project's model against it; bench.py times both; main.py can train it
-# (model.implementation=models.ReferenceDT) to show the speed work leaves the score alone.
+# The plain eager reference (nn.MultiheadAttention, torch's dropout): the tests' oracle, bench.py's baseline.
 
 
 class ReferenceBlock(nn.Module):
@@ -266,10 +263,7 @@ def reference_state_dict(project_state_dict: dict[str, torch.Tensor]) -> dict[st
 
 
 class ReferenceDT(DecisionTransformer):
-    """The project's DT with its blocks swapped for ReferenceBlocks and torch's own dropout.
-
-    It starts from the weights the project's model would start from (the DT/GPT-2 initialization).
-    """
+    """The project's DT with ReferenceBlocks and torch's dropout, from the same initial weights."""
 
     def __init__(self, config: DTConfig, **normalization: ArrayLike):
         super().__init__(config, **normalization)

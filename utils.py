@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import random
@@ -114,11 +113,6 @@ def refuse_replacing(path: str | Path, force: bool, option: str = "--force") -> 
     """SystemExit in one line when `path` exists and `force` was not given: an output replaces no file unasked."""
     if Path(path).exists() and not force:
         raise SystemExit(f"error: {path} exists: give another --out, or {option} to replace it")
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
@@ -269,8 +263,7 @@ def plot_sweep(rows: list[dict], data_scores: np.ndarray | None, to_score: Calla
 
 
 def dataset_returns_figure(datasets: dict) -> Figure:
-    """Each dataset's trajectory returns as a histogram on the normalized-score axis, two per row, page wide
-    (6.85 in, 7-8 pt text): the mean dotted, the best trajectory dashed. datasets: {name: normalized returns}."""
+    """A histogram per dataset ({name: normalized returns}) of its trajectories, two per row; mean and best marked."""
     plt = pyplot()
     rows = -(-len(datasets) // 2)
     fig, axes = plt.subplots(rows, 2, figsize=(6.85, 1.45 * rows), squeeze=False, layout="constrained")
@@ -294,9 +287,8 @@ RENDERING_FIX = "headless rendering needs MUJOCO_GL=egl (or osmesa); or leave th
 
 
 def import_mujoco_without_opengl() -> None:
-    """Import mujoco with its OpenGL context left out (MUJOCO_GL=disable during the import), whatever MUJOCO_GL
-    says: a run without a video never touches OpenGL, and a bad MUJOCO_GL fails only where a video is filmed
-    (gymnasium's renderer reads MUJOCO_GL again then). Nothing happens when mujoco is imported already."""
+    """Import mujoco with MUJOCO_GL=disable: a run without a video never touches OpenGL, and a bad MUJOCO_GL fails
+    only where a video is filmed (gymnasium's renderer reads it again then)."""
     if "mujoco" in sys.modules:
         return
     value = os.environ.get("MUJOCO_GL")
@@ -311,8 +303,7 @@ def import_mujoco_without_opengl() -> None:
 
 
 def rendering_problem() -> str | None:
-    """Why no video can be filmed here (MUJOCO_GL's value, or the error of an OpenGL context made with it), in one
-    line with the fix; None when a context can be made."""
+    """Why no video can be filmed here (MUJOCO_GL's value, or its OpenGL error), in one line with the fix; or None."""
     value = os.environ.get("MUJOCO_GL")
     if value not in RENDERERS:
         return f"MUJOCO_GL={value}: not one of {', '.join(RENDERERS)}; {RENDERING_FIX}"

@@ -17,7 +17,6 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -405,12 +404,15 @@ class Run:
             if path.is_dir() or relative.parts[0] in unfinished or not shared(relative, policies, video):
                 continue
             data = path.read_bytes()
+            if relative == Path("config.yaml"):  # in today's keys, a new run (not a resume): --config-path retrains it
+                from cfgs import schema
+                config = self.config()
+                config.resume = None
+                data = schema.to_yaml(config).encode()
             if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
                 text = data.decode()
                 for machine, relative_path in local:
                     text = text.replace(machine, relative_path)
-                if relative == Path("config.yaml"):  # a new run, not a resume of this one: --config-path retrains it
-                    text = re.sub(r"(?m)^resume: .*$", "resume: null", text)
                 data = text.encode()
             atomic_write_bytes(dest / relative, data)
         from omegaconf.errors import OmegaConfBaseException

@@ -334,7 +334,7 @@ def test_the_pdf_holds_the_tables_and_figures(outputs):
 def test_publish_copies_a_reference_run_with_its_policies_and_one_video_without_state_or_paths(tmp_path):
     run = make_run(tmp_path / "runs" / "day" / "run", HOPPER, [50.0, 51.0], **{"train.steps": 20000})
     config = OmegaConf.load(run / "config.yaml")
-    config.buffer.file = str(ROOT.parent / "shared" / "hopper_medium-v2.hdf5")
+    config.buffer.files = [str(ROOT.parent / "shared" / "hopper_medium-v2.hdf5")]
     config.resume = str(ROOT / "runs" / "day" / "run")
     OmegaConf.save(config, run / "config.yaml")
     (run / "main.log").write_text(f"resumed {ROOT}/runs/day/run\n")
@@ -354,7 +354,7 @@ def test_publish_copies_a_reference_run_with_its_policies_and_one_video_without_
     assert not (shared / "seed2").exists() and not (shared / ".hydra").exists()
     assert not (shared / "MUJOCO_LOG.TXT").exists()
     assert (shared / "main.log").read_text() == "resumed runs/day/run\n"
-    assert OmegaConf.load(shared / "config.yaml").buffer.file == "../shared/hopper_medium-v2.hdf5"
+    assert list(OmegaConf.load(shared / "config.yaml").buffer.files) == [".." + "/shared/hopper_medium-v2.hdf5"]
     assert OmegaConf.load(shared / "config.yaml").resume is None  # --config-path <it> trains it anew
     assert (shared / "results.png").exists()
     with pytest.raises(SystemExit, match="exists already"):
