@@ -178,6 +178,8 @@ def evaluate_run(cfg, out_folder=None):
                      folder.sweep_path(cfg.name).relative_to(out.dir))
             continue
         model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
+        log.info("seed %d: %d targets x %d episodes, one pass of %d envs", seed, len(targets), cfg.episodes,
+                 len(targets) * cfg.episodes)
         returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
         seed_rows = [{"seed": seed, "target": float(target), "episode": episode, "return": float(r),
                       "score": float(score(r))}

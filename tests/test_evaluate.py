@@ -23,7 +23,9 @@ def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_r
     rows = utils.read_csv(run_dir / "sweep_final.csv")
     assert list(rows) == ["seed", "target", "episode", "return", "score"] and len(rows["seed"]) == 2 * 2 * 2
     assert set(rows["target"]) == {500.0, 3600.0} and (run_dir / "sweep_final.png").stat().st_size > 0
-    assert "2 targets x 2 episodes x 2 seeds in" in read(run_dir / "evaluate.log")
+    log = read(run_dir / "evaluate.log")
+    assert "2 targets x 2 episodes x 2 seeds in" in log
+    assert log.index("seed 1: 2 targets x 2 episodes, one pass of 4 envs") < log.index("seed 1: 500 -> ")  # as it starts
 
 
 def evaluate_logging(run_dir, *args):
