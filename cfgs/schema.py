@@ -1,9 +1,6 @@
-"""The config's schema: one dataclass per section of cfgs/config.yaml, and the rules its values must meet.
-
-OmegaConf rejects a value of the wrong type by itself (`train.batch_size=abc`); `check(cfg)` rejects a value
-of the right type that cannot work (`train.lr=-1`), naming the field and what is allowed. The dataclasses hold
-types and rules only: every value is written once, in the YAML files of cfgs/ (`defaults()` composes them).
-"""
+"""The config's schema: a dataclass per section of cfgs/config.yaml (types and rules; every value is written once,
+in cfgs/'s YAML files). OmegaConf rejects a wrong type (`train.batch_size=abc`); `check(cfg)` a value of the right
+type that cannot work (`train.lr=-1`), naming the field and what is allowed."""
 import importlib.util
 import math
 import re
@@ -189,9 +186,8 @@ def refuse_run_file_name(name: str) -> None:
                           f"name=sweep_{name}")
 
 
-# Where a run's files go: a new, unique runs/<date>/<time> (resume=: that run's folder; main.py's run_dir and
-# sweep_dir resolvers). Both cfgs/config.yaml and every run's saved config.yaml name it in their defaults, so a saved
-# config re-runs as it is: python main.py --config-path runs/<date>/<time> --config-name config
+# Where a run's files go: a new runs/<date>/<time> (resume=: that run's folder; plumbing/launch.py's resolvers). Every
+# config.yaml names it in its defaults: python main.py --config-path runs/<date>/<time> --config-name config
 RUN_FOLDER = {"run": {"dir": "${run_dir:${resume}}"},
               # a multirun (-m, a study): runs/<date>/<time>-sweep/<job number>/, each a run folder
               "sweep": {"dir": "${sweep_dir:}", "subdir": "${hydra.job.num}"},
@@ -203,8 +199,7 @@ CFGS = Path(__file__).resolve().parent
 
 
 def own_values(name: str) -> DictConfig:
-    """cfgs/<name>.yaml's own values on its schema (Config or EvaluateConfig): without its defaults list, its
-    env group and its hydra settings."""
+    """cfgs/<name>.yaml's own values on its schema (Config or EvaluateConfig), without defaults, env and hydra."""
     values = OmegaConf.load(CFGS / f"{name}.yaml")
     for key in ("defaults", "hydra"):
         values.pop(key, None)
@@ -272,8 +267,7 @@ def check_bounds(cfg: DictConfig) -> None:
 
 
 def check_return_to_go(field_name: str, returns: Sequence[float], reward_scale: float) -> None:
-    """Raise ConfigError when a return to condition on, divided by reward_scale, lies beyond what the model can
-    embed (RTG_LIMIT)."""
+    """ConfigError when a return to condition on, over reward_scale, lies beyond RTG_LIMIT."""
     for value in returns:
         if not finite(value) or abs(value / reward_scale) > RTG_LIMIT:
             raise ConfigError(f"{field_name}={value:g}: with buffer.reward_scale={reward_scale:g} it must lie "
