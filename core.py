@@ -25,7 +25,7 @@ import utils
 from buffer import SequenceBuffer, load_transitions
 from cfgs.schema import D4RL_TIME_LIMIT, ConfigError
 from models import MODELS, DecisionTransformer, DTConfig, policy_from_checkpoint
-from plumbing import progress, runfolder
+from plumbing import progress, runfolder, signals
 from plumbing.record import SeedRecord, check_finite_score
 from plumbing.runfolder import Run
 
@@ -182,7 +182,7 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
     """Play the episodes of `spec` in lockstep, each conditioned on its target return lowered by its own rewards.
 
     stop: called before each env step; when it returns a signal's name, the episodes are left and RolloutStopped
-    raised (runfolder.stop_requested: a stop at once).
+    raised (signals.stop_requested: a stop at once).
     Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
     num_envs, record = spec.num_envs, spec.record
@@ -256,9 +256,9 @@ def final_evaluation(policy: DecisionTransformer, cfg: DictConfig, seed: int) ->
     started = time.time()
     try:
         result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
-                          reference_scores(cfg), cfg.eval.vectorized, stop=runfolder.stop_requested)
+                          reference_scores(cfg), cfg.eval.vectorized, stop=signals.stop_requested)
     except RolloutStopped as e:
-        raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
+        raise signals.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
                                     f"{cfg.train.steps} is kept, from which a resume repeats it") from None
     check_finite_score(result, seed, "the final evaluation")
     log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f%s", seed,
@@ -278,9 +278,9 @@ def film(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> list[np.nda
     fails. On a stop signal, Interrupted at once (final.json is written already)."""
     try:
         _, frames = rollout(policy, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
-                            stop=runfolder.stop_requested)
+                            stop=signals.stop_requested)
     except RolloutStopped as e:
-        raise runfolder.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
+        raise signals.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
                                     f"(final.json), the video skipped") from None
     except Exception as e:  # OpenGL's errors have no common type
         log.error("seed %d: no video: rendering failed with MUJOCO_GL=%s (%s: %s); %s", seed,

@@ -30,13 +30,12 @@ from tqdm import tqdm
 import buffer
 import core
 from tools import export
-from plumbing import launch
+from plumbing import launch, signals
 import utils
 from buffer import top_trajectories
 from plumbing.sources import DatasetError, dataset_identity, hash_file, run_dataset_files
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
-from plumbing import runfolder
 from plumbing.runfolder import Run, RunError
 
 log = logging.getLogger(__name__)
@@ -223,7 +222,7 @@ def export_run(cfg, out_folder=None):
 @hydra.main(config_path="cfgs", config_name="evaluate", version_base="1.3")
 def main(cfg):
     launch.errors_to_the_log_file_only()
-    runfolder.stop_at_once()  # each seed's sweep is kept when it ends: a stop loses only the seed under way
+    signals.stop_at_once()  # each seed's sweep is kept when it ends: a stop loses only the seed under way
     try:
         existing_run(cfg.run)  # also where out= names the output folder
         schema.check_fields(EvaluateConfig, cfg)
@@ -239,7 +238,7 @@ def main(cfg):
     except (ConfigError, DatasetError, RunError) as e:
         log.error("%s", e)
         raise SystemExit(f"error: {e}") from None
-    except runfolder.Stopped as e:
+    except signals.Stopped as e:
         launch.fail(f"interrupted by {e}: each seed finished is kept; the same command again goes on from there",
                     code=128 + signal.Signals[str(e)].value)
 

@@ -12,12 +12,10 @@ import traceback
 import hydra
 
 import core
-from plumbing import launch
-from plumbing import progress
-from plumbing import runfolder
+from plumbing import errors, launch, progress, signals
 from plumbing.launch import FATAL, fail, shown, summarize
 from plumbing.record import NonFiniteLossError
-from plumbing.runfolder import Interrupted
+from plumbing.signals import Interrupted
 from utils import WriteError
 
 log = logging.getLogger(__name__)
@@ -40,8 +38,8 @@ def main(cfg):
             except Interrupted as e:
                 progress.after_ctrl_c()
                 summarize(cfg, run)
-                runfolder.requeue_if_preempted()
-                fail(f"interrupted: {e}. Resume with: {resume}", code=runfolder.interrupted_exit_code())
+                signals.requeue_if_preempted()
+                fail(f"interrupted: {e}. Resume with: {resume}", code=signals.interrupted_exit_code())
             except NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
                 log.error("%s", e)
                 diverged.append((seed, str(e)))
@@ -49,8 +47,8 @@ def main(cfg):
                 raise
             except Exception as e:  # a crashed seed keeps the others' results
                 log.error("seed %d failed:\n%s", seed, traceback.format_exc())
-                if launch.advice(e):  # every seed, and every resume, would fail the same way
-                    fail(f"error: seed {seed}: {launch.advice(e)}")
+                if errors.advice(e):  # every seed, and every resume, would fail the same way
+                    fail(f"error: seed {seed}: {errors.advice(e)}")
                 crashed.append(seed)
         summarize(cfg, run)
     if diverged:

@@ -16,12 +16,11 @@ from omegaconf import OmegaConf
 
 import core
 import utils
-from plumbing import launch
-from plumbing import progress
-from plumbing import runfolder
+from plumbing import errors, folder_lock, launch, progress, signals
 from plumbing.launch import FATAL, fail, parallel_jobs, shown, summarize
 from plumbing.record import NonFiniteLossError
-from plumbing.runfolder import Interrupted, Run
+from plumbing.runfolder import Run
+from plumbing.signals import Interrupted
 
 log = logging.getLogger(__name__)
 # How a seed's process ends (its exit code), besides 0 (finished) and 128 + signal (interrupted, checkpointed):
@@ -32,25 +31,25 @@ def train_seed(cfg_dict, seed, run_dir, num_processes, show):
     """Body of one seed's process: its own log file (seed<N>/train.log, with a crash's traceback); its progress, and
     why it stopped in one line, sent to the parent (show: a progress.Sender, a pipe's end, which needs no disk); the
     exit code says how."""
-    runfolder.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
+    folder_lock.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
     folder = run.seed(seed)
     logging.basicConfig(filename=folder.log_path(), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     launch.errors_to_the_log_file_only()
-    runfolder.stop_on_signals()
+    signals.stop_on_signals()
     log.info("seed %d: %s", seed, threads.set_torch_threads(num_processes, cfg_dict["train"]["threads"]))
     try:
         core.train(OmegaConf.create(cfg_dict), seed, run, show)
     except Interrupted as e:
         log.warning("%s", e)
-        sys.exit(runfolder.interrupted_exit_code())
+        sys.exit(signals.interrupted_exit_code())
     except (*FATAL, NonFiniteLossError) as e:
         show.stopped(str(e))
         sys.exit(STOPPED)
     except BaseException as e:
         log.exception("seed %d failed", seed)
-        told = launch.advice(e)  # a failure every resume would meet again: what to change instead
+        told = errors.advice(e)  # a failure every resume would meet again: what to change instead
         show.stopped(told or f"{type(e).__name__}: {e}")
         sys.exit(STOPPED if told else CRASHED)
 
@@ -61,9 +60,9 @@ def wait(procs, line):
     passed_on = False
     while any(p.is_alive() for p in procs.values()):
         line.update({seed for seed, p in procs.items() if not p.is_alive()})
-        if runfolder.stop_requested() and not passed_on:
+        if signals.stop_requested() and not passed_on:
             progress.after_ctrl_c()
-            log.warning("%s: each seed writes a checkpoint of its current step, then stops", runfolder.stop_requested())
+            log.warning("%s: each seed writes a checkpoint of its current step, then stops", signals.stop_requested())
             for p in procs.values():
                 if p.is_alive():
                     os.kill(p.pid, signal.SIGTERM)
@@ -81,7 +80,7 @@ def reason(run: Run, seed: int, code: int, cause: str | None) -> str:
     saved = f"its checkpoint is at step {step}" if step else "no checkpoint yet (a resumed run starts it at step 0)"
     if code > 128:
         return f"interrupted by {signal.Signals(code - 128).name}, {saved}"
-    if code < 0 and runfolder.stop_requested():  # stopped before its own signal handler was set
+    if code < 0 and signals.stop_requested():  # stopped before its own signal handler was set
         return f"stopped by {signal.Signals(-code).name}; {saved}"
     return f"killed (exit code {code}); {saved}"
 
@@ -104,16 +103,16 @@ def main(cfg):
     ended = {seed: p.exitcode for seed, p in procs.items() if p.exitcode != 0}
     told = {seed: reason(run, seed, code, line.causes.get(seed)) for seed, code in ended.items()}
     for seed, code in ended.items():
-        stopped_by_user = code > 128 or code < 0 and runfolder.stop_requested()
+        stopped_by_user = code > 128 or code < 0 and signals.stop_requested()
         log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, told[seed])
     command = f"python main_mp.py resume={shown(run.dir)}"
     with launch.stop_on_write_errors(command):
         summarize(cfg, run)
     resume = f"Resume with: {command}"
-    if ended and (runfolder.stop_requested() or any(code > 128 for code in ended.values())):
-        runfolder.requeue_if_preempted()
+    if ended and (signals.stop_requested() or any(code > 128 for code in ended.values())):
+        signals.requeue_if_preempted()
         fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
-             code=runfolder.interrupted_exit_code() if runfolder.stop_requested() else 128 + signal.SIGTERM)
+             code=signals.interrupted_exit_code() if signals.stop_requested() else 128 + signal.SIGTERM)
     stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)
     crashed = sorted(seed for seed, code in ended.items() if code != STOPPED)
     if stopped:

@@ -7,7 +7,6 @@ finds it) and the resolvers of hydra.run.dir and hydra.sweep.dir.
 """
 import contextlib
 import functools
-import importlib.util
 import logging
 import multiprocessing
 import os
@@ -29,7 +28,8 @@ import utils
 from buffer import load_transitions
 from cfgs import schema
 from cfgs.schema import ConfigError
-from plumbing import runfolder, threads
+from plumbing import folder_lock, signals, threads
+from plumbing.errors import LAUNCHER_PLUGINS, advice, composition_error, missing_launcher
 from plumbing.runfolder import Run, RunError
 from plumbing.sources import DatasetError, as_list, dataset_identity, minari_facts, run_files
 
@@ -46,10 +46,10 @@ def run_folder(resume):
         if not Run(resume).holds_run():
             raise ConfigError(f"resume={resume}: no run there (no config.yaml); give a run folder such as "
                               f"resume=runs/<date>/<time>")
-        runfolder.lock_run_folder(resume)  # before Hydra writes its log there
+        folder_lock.lock_run_folder(resume)  # before Hydra writes its log there
         return resume
     folder = Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
-    runfolder.lock_run_folder(folder)
+    folder_lock.lock_run_folder(folder)
     _claimed[Path(folder).resolve()] = True
     return folder
 
@@ -110,7 +110,7 @@ def as_typed(folder):
 def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
-    runfolder.lock_run_folder(run.dir)  # one process per run folder, before anything is written
+    folder_lock.lock_run_folder(run.dir)  # one process per run folder, before anything is written
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
     job = submitit_job()
     if not cfg.resume and run.holds_run() and requeued_job(cfg, run, job):
@@ -118,7 +118,7 @@ def prepare(cfg):
         cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
-        runfolder.remove_stray_temporaries(run.dir)
+        folder_lock.remove_stray_temporaries(run.dir)
     elif run.holds_run():
         raise RunError(f"{as_typed(run.dir)} holds a run already: continue it with resume={shown(run.dir)}, or "
                        f"leave {typed_option()} out for a new folder")
@@ -300,7 +300,7 @@ def start(cfg):
     """Signals caught from here on, the config checked and the run folder prepared: (cfg, run); a one-line
     error and exit on a value or folder that cannot work. main_mp.py starts the same way."""
     errors_to_the_log_file_only()
-    runfolder.stop_on_signals()
+    signals.stop_on_signals()
     try:
         return prepare(cfg)
     except RunError as e:  # the folder belongs to another run, or holds files a run writes: nothing written there
@@ -340,7 +340,7 @@ def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob 
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return task(cfg)
         if hydra_cfg.launcher._target_.startswith(LAUNCHER_PLUGINS["joblib"][1]):
-            runfolder.die_with_parent(multiprocessing.parent_process().pid)
+            folder_lock.die_with_parent(multiprocessing.parent_process().pid)
         failed = functools.partial(FailedJob, hydra_cfg.job.num, shown(hydra_cfg.runtime.output_dir))
         try:
             task(cfg)
@@ -375,7 +375,7 @@ def cli(hydra_main):
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
     _started_here = starts_here(sys.argv[1:])
     sys.argv = [sys.argv[0], *assignment_chdir(sys.argv[1:], os.getcwd())]
-    runfolder.pass_stops_to_children()  # in a study: the joblib launcher's workers checkpoint and stop
+    signals.pass_stops_to_children()  # in a study: the joblib launcher's workers checkpoint and stop
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         named = named_run_dir(sys.argv[1:])
@@ -443,78 +443,3 @@ def named_run_dir(args):
     if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1].replace("\\" + value[0], value[0])
     return Path(value).resolve()
-
-
-LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel
-                    "submitit": ("hydra-submitit-launcher", "hydra_plugins.hydra_submitit_launcher")}  # slurm, ...
-
-
-def installed(module):
-    """Can `module` (dotted) be imported?"""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package is missing
-        return False
-
-
-def missing_launcher(message):
-    """The install line, when Hydra could not compose a launcher whose plugin is not installed; else None."""
-    for launcher, (package, module) in LAUNCHER_PLUGINS.items():
-        if f"hydra/launcher/{launcher}" in message and not installed(module):
-            return f"this hydra/launcher needs {package}: pip install -r requirements-extra.txt"
-    return None
-
-
-def composition_error(error):
-    """Hydra's or OmegaConf's error in one line, without the search path and the advice to append keys."""
-    chain = [error]
-    while chain[-1].__cause__:
-        chain.append(chain[-1].__cause__)
-    seen, todo = [], [error]
-    while todo:  # the run_dir resolver's own error, wherever Hydra and OmegaConf wrapped it
-        e = todo.pop()
-        if isinstance(e, ConfigError):
-            return str(e)
-        seen.append(e)
-        todo += [c for c in (e.__cause__, e.__context__) if c is not None and c not in seen]
-    noise = ("Config search path", "provider=", "reference_type", "object_type", "Set the environment", "To append")
-    lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
-    kept = list(dict.fromkeys(line for line in lines if not line.startswith(noise)))  # Hydra repeats OmegaConf
-    text = "; ".join(kept).replace("Error merging override ", "").replace(".;", ";").replace(":;", ":")
-    return f"{text} (keys and types: cfgs/config.yaml, cfgs/schema.py)"
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
-
-
-def _is_unknown_env(error: BaseException) -> bool:
-    module = type(error).__module__ or ""
-    return module.startswith("gymnasium.error") or (
-        isinstance(error, ImportError) and "environments" in str(error) and "gymnasium" in str(error))
-
-
-ADVICE = (  # (does this error come from ..., what to change): failures that happen again on every resume
-    (lambda e: "MUJOCO_GL" in str(e),
-     lambda e: f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!s} cannot render here: set MUJOCO_GL=egl (headless with "
-               f"EGL), osmesa (software) or glfw (a display), then start again"),
-    (_is_unknown_env, lambda e: "change env.id to an environment gymnasium has (cfgs/env/*.yaml: e.g. Hopper-v4)"),
-    (lambda e: isinstance(e, ValueError) and "Seed must be between" in str(e),
-     lambda e: "give seeds=[...] between 0 and 2**32 - 1"),
-    (_is_out_of_memory,
-     lambda e: "out of memory: lower train.batch_size, eval.episodes or eval.final_episodes (or the model's size)"),
-    (lambda e: (type(e).__module__ or "").startswith("wandb"),
-     lambda e: "W&B: log in (`wandb login`, or WANDB_API_KEY), or set WANDB_MODE=offline, or logger=[csv]"),
-)
-
-
-def advice(error: BaseException) -> str | None:
-    """What to change for an error that a resume would meet again (a bad MUJOCO_GL, env.id or seed, out of memory,
-    W&B without a key), as one line with the error; None for a failure a resume may get past."""
-    for matches, fix in ADVICE:
-        if matches(error):
-            cause = str(error).strip().splitlines()[-1].rstrip(".") if str(error).strip() else type(error).__name__
-            return f"{cause}: {fix(error)}"
-    return None

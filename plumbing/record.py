@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from models import policy_checkpoint
-from plumbing import progress, runfolder
+from plumbing import progress, signals
 from plumbing.runfolder import Run, SeedFolder, Tracker
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class SeedRecord:
     def checkpoint_when_due(self, step: int) -> None:
         """After an eval, every train.checkpoint_every steps and on a stop signal: CSVs and last.pt; the figure
         after an eval; on a stop signal, Interrupted once the checkpoint is written."""
-        stop = runfolder.stop_requested()
+        stop = signals.stop_requested()
         if self.evaluated or step % self.cfg.train.checkpoint_every == 0 or stop:
             if stop and self.loss_sums:  # between log steps: no checkpoint of weights whose loss is unchecked
                 check_finite(sum(v.item() for v in self.loss_sums.values()), self.seed, step, self.run)
@@ -162,7 +162,7 @@ class SeedRecord:
         if self.evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
             self.run.plot(self.cfg)
         if stop:
-            raise runfolder.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is "
+            raise signals.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is "
                                         f"written")
 
     def save_policy(self, which: str) -> None:

@@ -1,24 +1,16 @@
-"""The run folder's owner: one API writes and reads a run folder and its seed folders, and the stop signals.
+"""The run folder's owner: one API writes and reads a run folder and its seed folders (the stop signals:
+plumbing/signals.py).
 
     Run          the run folder: its config (loaded once, upgraded once), seeds, summary, per-seed tables, sweeps
     SeedFolder   one seed's folder (run.seed(n)): metrics, training state, policies, final scores, video, its log
     Tracker      a seed's metrics also in TensorBoard / W&B
-    stop_on_signals, stop_requested, Interrupted   Ctrl-C, SIGTERM, SIGHUP and a preemption notice: checkpoint, then stop
-    stop_at_once, Stopped                          the same signals where a program stops where it is (evaluate.py)
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
-import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,98 +36,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# Ctrl-C, SIGTERM, SIGHUP (the terminal or ssh session closed) and a scheduler's preemption notice: the loop
-# checkpoints and stops.
-
-# submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (its time limit, or a
-# preemption where the cluster sends the job's signal); Slurm's own notice is SIGTERM, which submitit ignores.
-PREEMPTION_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
-STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, PREEMPTION_SIGNAL) if s is not None]
-_signals = []  # the stop signals received, in order
-_requeue = None  # submitit's handler of the preemption signal: it resubmits the job (which then resumes)
-
-
-def _note_signal(signum, frame):
-    _signals.append(signal.Signals(signum).name)
-
-
-def stop_on_signals() -> None:
-    """From now on SIGINT, SIGTERM, SIGHUP and the preemption signal only set a flag that the training loop reads."""
-    global _requeue
-    previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
-    if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
-        _requeue = previous
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _note_signal)
-
-
-def pass_stops_to_children() -> None:
-    """In an entry point's own process: SIGINT, SIGTERM and SIGHUP that reach a study's process (a multirun's, however it was
-    asked for) while the joblib launcher's workers run are noted and passed on to them, whose jobs checkpoint and
-    stop; the study waits for them and reports each job. Elsewhere the signals act as before (a run's job takes
-    them over when it starts: stop_on_signals)."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-
-    def pass_on(signum, frame):
-        workers = [child for child in multiprocessing.active_children() if type(child).__name__ == "LokyProcess"]
-        if not workers:
-            act_as_before(before[signum], signum, frame)
-            return
-        _note_signal(signum, frame)
-        for worker in workers:
-            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-                os.kill(worker.pid, signum)
-    for sig in before:
-        signal.signal(sig, pass_on)
-
-
-def act_as_before(handler, signum, frame) -> None:
-    """What the signal would have done under `handler` (Python's handler, the default action, or ignored)."""
-    if callable(handler):
-        handler(signum, frame)
-    elif handler == signal.SIG_DFL:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
-def stop_requested() -> str | None:
-    """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGHUP, SIGUSR2), or None."""
-    return _signals[0] if _signals else None
-
-
-def requeue_if_preempted() -> None:
-    """In a submitit job that got its preemption notice, after the checkpoint: let submitit requeue the job.
-
-    submitit resubmits the same job (same overrides, same folder); main.py resumes that folder. Exits when requeued.
-    """
-    if _requeue is not None and PREEMPTION_SIGNAL.name in _signals:
-        log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
-        _requeue(PREEMPTION_SIGNAL.value, None)
-
-
-def interrupted_exit_code() -> int:
-    """128 + the signal's number, as a shell reports a process a signal ended."""
-    return 128 + signal.Signals[stop_requested()].value
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after writing a checkpoint of the current step: resume= continues it."""
-
-
-class Stopped(Exception):
-    """A stop signal (its name: str(e)) in a program that stops where it is (stop_at_once)."""
-
-
-def stop_at_once() -> None:
-    """From now on each stop signal raises Stopped where the program is: for a program whose every output is
-    written whole when it is complete (evaluate.py: each seed's sweep), so a stop loses only the part under way."""
-    def stop(signum, frame):
-        raise Stopped(signal.Signals(signum).name)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, stop)
-
-
-# ---------------------------------------------------------------------------------------------
 # The run folder
 
 
@@ -155,87 +55,6 @@ def read_json(path: Path, fix: str) -> dict | None:
         return json.loads(path.read_text())
     except ValueError as e:  # not JSON, or not text
         raise RunError(f"{path} is empty or not JSON ({e}): {fix}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# One process per run folder: an exclusive flock on the folder itself (nothing is written into it), held for the
-# process's life; the kernel drops it when the process ends, however it ends, so no stale lock is left.
-
-_held = {}  # resolved folder -> the open file descriptor that holds its lock
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-class FolderInUseError(RunError, ConfigError):
-    """Another process holds the run folder. A RunError (main.py writes nothing into a folder it may not use)
-    and a ConfigError (raised inside Hydra's resolvers, it reaches the one-line report)."""
-
-
-def lock_run_folder(folder: str | Path) -> None:
-    """Hold the exclusive lock of `folder` (created if missing) until this process ends, or raise
-    FolderInUseError naming the pid of the process that holds it. Locks of other folders this process held (a
-    launcher's worker that ran an earlier job) are released: a process trains one run at a time."""
-    folder = Path(folder).resolve()
-    if folder in _held:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)  # not inherited by spawned processes (O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            raise RunError(f"{folder}: cannot be locked ({e.strerror})") from None
-        holder = lock_holder(folder)
-        who = f"pid {holder}" if holder else "pid unknown"
-        raise FolderInUseError(f"{folder}: in use by another process ({who}); wait for it to end, or stop it, "
-                               f"then run again") from None
-    for other in list(_held):
-        os.close(_held.pop(other))
-    _held[folder] = fd
-
-
-def lock_holder(folder: str | Path) -> int | None:
-    """The pid holding the flock of `folder` (Linux: /proc/locks), or None where it cannot be told."""
-    stat = os.stat(folder)
-    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
-    try:
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == inode:
-            return int(parts[4])
-    return None
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """This (child) process gets SIGKILL when its parent ends (Linux prctl; elsewhere a thread watches the
-    parent): a seed process never goes on writing into a run folder its parent has left."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    else:
-        import threading
-        import time
-
-        def watch():
-            while os.getppid() == parent_pid:
-                time.sleep(1)
-            os.kill(os.getpid(), signal.SIGKILL)
-        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-    if os.getppid() != parent_pid:  # the parent ended before the line above
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def remove_stray_temporaries(folder: str | Path) -> list:
-    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders (under the
-    folder's lock no other process writes them); returns their paths."""
-    folder = Path(folder)
-    strays = [*folder.glob(".*.tmp"), *folder.glob("seed*/.*.tmp")]
-    for path in strays:
-        path.unlink(missing_ok=True)
-    return strays
-
 
 
 class Run:

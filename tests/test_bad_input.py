@@ -26,7 +26,7 @@ from conftest import (
     wait_for_training,
     write_d4rl_file,
 )
-from plumbing import launch
+from plumbing import errors, launch, signals
 from plumbing.record import NonFiniteLossError
 from plumbing.runfolder import Run, RunError
 
@@ -50,7 +50,7 @@ def error_line(result):
 def test_a_value_of_the_wrong_type_is_named_by_hydra_in_one_line(override, message):
     with pytest.raises((HydraException, OmegaConfBaseException)) as err:
         compose(override)
-    line = launch.composition_error(err.value)
+    line = errors.composition_error(err.value)
     assert line.startswith(message) and "\n" not in line and "To append" not in line
 
 
@@ -176,7 +176,7 @@ def test_a_stop_between_log_steps_keeps_no_checkpoint_of_a_nan_loss(hopper_file,
         steps.append(len(steps) + 1)
         return {name: value * (float("nan") if len(steps) == 3 else 1) for name, value in train_step(*args).items()}
     monkeypatch.setattr(core, "train_step", nan_at_step_3)
-    monkeypatch.setattr(core.runfolder, "stop_requested", lambda: "SIGTERM" if len(steps) >= 3 else None)
+    monkeypatch.setattr(signals, "stop_requested", lambda: "SIGTERM" if len(steps) >= 3 else None)
     run = Run(tmp_path)
     with pytest.raises(NonFiniteLossError, match="the loss became nan before step 3"):
         core.train(compose(f"buffer.path={hopper_file}"), 0, run)  # log steps: 5, 10, ...
@@ -287,5 +287,5 @@ class FakeWandbError(Exception):
     (FakeWandbError("No API key configured. Use `wandb login` to log in."), "WANDB_MODE=offline"),
 ])
 def test_out_of_memory_and_wandb_without_a_key_say_what_to_change(error, told):
-    assert told in launch.advice(error)
-    assert launch.advice(RuntimeError("injected crash in seed 0")) is None  # a crash a resume may get past
+    assert told in errors.advice(error)
+    assert errors.advice(RuntimeError("injected crash in seed 0")) is None  # a crash a resume may get past

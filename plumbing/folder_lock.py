@@ -1,0 +1,94 @@
+"""One process per run folder: an exclusive flock on the folder itself, and no orphan process writing into it."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cfgs.schema import ConfigError
+from plumbing.runfolder import RunError
+
+# One process per run folder: an exclusive flock on the folder itself (nothing is written into it), held for the
+# process's life; the kernel drops it when the process ends, however it ends, so no stale lock is left.
+
+_held = {}  # resolved folder -> the open file descriptor that holds its lock
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class FolderInUseError(RunError, ConfigError):
+    """Another process holds the run folder. A RunError (main.py writes nothing into a folder it may not use)
+    and a ConfigError (raised inside Hydra's resolvers, it reaches the one-line report)."""
+
+
+def lock_run_folder(folder: str | Path) -> None:
+    """Hold the exclusive lock of `folder` (created if missing) until this process ends, or raise
+    FolderInUseError naming the pid of the process that holds it. Locks of other folders this process held (a
+    launcher's worker that ran an earlier job) are released: a process trains one run at a time."""
+    folder = Path(folder).resolve()
+    if folder in _held:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)  # not inherited by spawned processes (O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise RunError(f"{folder}: cannot be locked ({e.strerror})") from None
+        holder = lock_holder(folder)
+        who = f"pid {holder}" if holder else "pid unknown"
+        raise FolderInUseError(f"{folder}: in use by another process ({who}); wait for it to end, or stop it, "
+                               f"then run again") from None
+    for other in list(_held):
+        os.close(_held.pop(other))
+    _held[folder] = fd
+
+
+def lock_holder(folder: str | Path) -> int | None:
+    """The pid holding the flock of `folder` (Linux: /proc/locks), or None where it cannot be told."""
+    stat = os.stat(folder)
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == inode:
+            return int(parts[4])
+    return None
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """This (child) process gets SIGKILL when its parent ends (Linux prctl; elsewhere a thread watches the
+    parent): a seed process never goes on writing into a run folder its parent has left."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        import threading
+        import time
+
+        def watch():
+            while os.getppid() == parent_pid:
+                time.sleep(1)
+            os.kill(os.getpid(), signal.SIGKILL)
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    if os.getppid() != parent_pid:  # the parent ended before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stray_temporaries(folder: str | Path) -> list:
+    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders (under the
+    folder's lock no other process writes them); returns their paths."""
+    folder = Path(folder)
+    strays = [*folder.glob(".*.tmp"), *folder.glob("seed*/.*.tmp")]
+    for path in strays:
+        path.unlink(missing_ok=True)
+    return strays
+
+
+
