@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from plumbing.sources import as_list
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from omegaconf import DictConfig
@@ -149,8 +151,7 @@ def dataset_name(cfg: DictConfig) -> str:
     """buffer.dataset, or the stems of buffer.path's files joined by '+'."""
     if not cfg.buffer.path:
         return cfg.buffer.dataset
-    paths = [cfg.buffer.path] if isinstance(cfg.buffer.path, str) else cfg.buffer.path
-    return "+".join(Path(p).stem for p in paths)
+    return "+".join(Path(p).stem for p in as_list(cfg.buffer.path))
 
 
 def run_title(cfg: DictConfig) -> str:

@@ -131,8 +131,7 @@ def prepare(cfg):
     elif job:
         run.save_job(job)
     if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):
-        paths = [to_absolute_path(p) for p in as_list(cfg.buffer.path)]
-        cfg.buffer.path = paths[0] if isinstance(cfg.buffer.path, str) else paths
+        cfg.buffer.path = absolute_paths(cfg.buffer.path)
     for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):  # relative to where the user started
         if variable in os.environ:
             os.environ[variable] = to_absolute_path(os.environ[variable])
@@ -209,14 +208,19 @@ def submitit_job():
         return None
 
 
+def absolute_paths(paths):
+    """buffer.path (a file, or a list of them) relative to where the user started, in its own form."""
+    absolute = [to_absolute_path(p) for p in as_list(paths)]
+    return absolute[0] if isinstance(paths, str) else absolute
+
+
 def requeued_job(cfg, run, job):
     """Is `run` this submitit job's own earlier attempt (submitit requeues a preempted job into its folder)?"""
     if job is None or run.job() != job:
         return False
     saved, fresh = run.saved_config(), OmegaConf.to_container(cfg, resolve=True)
     if fresh["buffer"]["path"]:
-        paths = [to_absolute_path(p) for p in as_list(fresh["buffer"]["path"])]
-        fresh["buffer"]["path"] = paths[0] if isinstance(fresh["buffer"]["path"], str) else paths
+        fresh["buffer"]["path"] = absolute_paths(fresh["buffer"]["path"])
     for config in (saved, fresh):  # what prepare() fills in
         config["buffer"]["files"] = config["buffer"]["sha256"] = config["train"]["precision"] = config["resume"] = None
         config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
