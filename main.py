@@ -28,7 +28,7 @@ def main(cfg):
     log.info("%s", threads.set_torch_threads(launch.parallel_jobs(), cfg.train.threads))
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
-    with launch.stop_on_write_errors(resume):
+    with launch.stop_on_write_errors(run, resume):
         for i, seed in enumerate(cfg.seeds):
             later = [s for s in cfg.seeds[i + 1:] if run.seed(s).final() is None]  # in the run's ETA
             try:

@@ -106,7 +106,7 @@ def main(cfg):
         stopped_by_user = code > 128 or code < 0 and signals.stop_requested()
         log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, told[seed])
     command = f"python main_mp.py resume={shown(run.dir)}"
-    with launch.stop_on_write_errors(command):
+    with launch.stop_on_write_errors(run, command):
         summarize(cfg, run)
     resume = f"Resume with: {command}"
     if ended and (signals.stop_requested() or any(code > 128 for code in ended.values())):

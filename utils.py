@@ -87,10 +87,11 @@ class WriteError(OSError):
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """`data` into `path` by a temporary file and a rename; WriteError naming `path` when that fails."""
+    """`data` into `path` by a temporary file and a rename; WriteError naming `path` when that fails. Its folder is
+    made if missing, but not the folders above it: a run folder that vanished is not made again by a late write."""
     path, tmp = Path(path), None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for sharing

@@ -279,13 +279,13 @@ def fail(message, code=1):
 
 
 @contextlib.contextmanager
-def stop_on_write_errors(resume: str) -> Iterator[None]:
+def stop_on_write_errors(run: Run, resume: str) -> Iterator[None]:
     """A write that fails (a full disk, a read-only folder) ends the run in one line naming the file and the fix;
     what is written stays, and `resume` (the command) continues from it. A run folder that vanished: one line."""
     try:
         yield
     except utils.WriteError as e:
-        fail(f"error: {e}; then resume with: {resume}")
+        fail(f"error: {run.vanished()}" if run.vanished() else f"error: {e}; then resume with: {resume}")
     except RunError as e:
         fail(f"error: {e}")
 

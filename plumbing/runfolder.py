@@ -95,12 +95,17 @@ class Run:
         """The run whose folder this folder lies inside (runs/<run>/seed0), or None."""
         return next((Run(folder) for folder in self.dir.parents if Run(folder).holds_run()), None)
 
+    def vanished(self) -> FolderVanished | None:
+        """The error to raise when the run folder is gone (deleted or moved during the run), else None."""
+        if self.dir.is_dir():
+            return None
+        return FolderVanished(f"{self.dir}: the run folder vanished (deleted or moved) while the run wrote into it; "
+                              f"nothing more is written there: start a new run, or put the folder back and resume it")
+
     def check_present(self) -> None:
-        """FolderVanished when the run folder is gone (deleted or moved during the run): a write would make it again."""
-        if not self.dir.is_dir():
-            raise FolderVanished(f"{self.dir}: the run folder vanished (deleted or moved) while the run wrote into "
-                                 f"it; nothing more is written there: start a new run, or put the folder back and "
-                                 f"resume it")
+        """FolderVanished when the run folder is gone: a write would make it again."""
+        if error := self.vanished():
+            raise error
 
     def outputs_present(self, seeds: list[int]) -> list[str]:
         """The files and seed folders here that a new run of `seeds` would write over (this folder holds no run)."""
@@ -233,6 +238,7 @@ class Run:
                 for machine, relative_path in local:
                     text = text.replace(machine, relative_path)
                 data = text.encode()
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(dest / relative, data)
         from omegaconf.errors import OmegaConfBaseException
 

@@ -59,6 +59,7 @@ def main() -> None:
                          f"run it on the GPU machine, or give --device cpu to try the check itself")
     out = Path(args.out) if args.out else utils.new_path(Path("runs") / "gpu_check")
     utils.refuse_replacing(out, force=False)
+    out.mkdir(parents=True)
     threads.set_torch_threads(1)
     facts = machine(device)
     utils.atomic_write_bytes(out / "machine.json", json.dumps(facts, indent=2).encode())
