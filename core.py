@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 
@@ -176,14 +177,21 @@ class RolloutSpec:
         return gym.make(self.env_id, max_episode_steps=self.time_limit, **self.env_kwargs, **film)
 
 
+class Episodes(NamedTuple):
+    """What rollout played: per-episode returns and lengths (num_envs,), and {env: frames} of the recorded envs."""
+
+    returns: np.ndarray
+    frames: dict[int, list[np.ndarray]]
+    lengths: np.ndarray  # env steps; shorter than the time limit: the episode ended in a fall (terminated)
+
+
 @torch.inference_mode()
 def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], str | None] | None = None
-            ) -> tuple[np.ndarray, dict[int, list[np.ndarray]]]:
+            ) -> Episodes:
     """Play the episodes of `spec` in lockstep, each conditioned on its target return lowered by its own rewards.
 
     stop: called before each env step; when it returns a signal's name, the episodes are left and RolloutStopped
     raised (signals.stop_requested: a stop at once).
-    Returns per-episode returns (num_envs,) and {env: frames} of the recorded envs.
     """
     num_envs, record = spec.num_envs, spec.record
     envs = gym.vector.SyncVectorEnv([partial(spec.make, i) for i in range(num_envs)],
@@ -195,7 +203,7 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
     returns_to_go = torch.zeros(num_envs, max_len, 1, device=device)  # (N, T, 1)
     timesteps = torch.arange(max_len, device=device).clamp(max=policy.last_timestep).expand(num_envs, max_len)  # (N, T)
     target_left = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (num_envs,)) / spec.reward_scale  # (N,)
-    episode_returns = np.zeros(num_envs)
+    episode_returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
     active = np.ones(num_envs, dtype=bool)
     frames = {i: [] for i in record}
     obs, _ = envs.reset(seed=spec.seed)
@@ -216,12 +224,13 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
         actions[running, t] = action_preds[:, -1]
         obs, reward, terminated, truncated, _ = envs.step(actions[:, t].cpu().numpy())
         episode_returns += reward * active  # reward counts only until each env is done
+        lengths += active
         target_left = target_left - reward / spec.reward_scale
         active &= ~(terminated | truncated)
         if not active.any():
             break
     envs.close()
-    return episode_returns, frames
+    return Episodes(episode_returns, frames, lengths)
 
 
 def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[float, float], vectorized: bool = True,
@@ -230,11 +239,11 @@ def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[f
     seeded seed, seed+1, ...: in one vectorized pass, or one after another. stop: rollout's. With episodes shorter
     than D4RL's 1000 steps the score is not on D4RL's scale (scale_note says so)."""
     if vectorized:
-        returns, _ = rollout(policy, spec, stop)
+        returns = rollout(policy, spec, stop).returns
     else:
         targets = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (spec.num_envs,))
         returns = np.concatenate([rollout(policy, dataclasses.replace(spec, num_envs=1, seed=spec.seed + i,
-                                                                      targets=targets[i], record=()), stop)[0]
+                                                                      targets=targets[i], record=()), stop).returns
                                   for i in range(spec.num_envs)])
     scores = utils.normalized_score(returns, *ref_scores)
     return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
@@ -277,8 +286,8 @@ def film(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> list[np.nda
     """The frames of the first final-eval episode; None, with one logged line naming MUJOCO_GL, where rendering
     fails. On a stop signal, Interrupted at once (final.json is written already)."""
     try:
-        _, frames = rollout(policy, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
-                            stop=signals.stop_requested)
+        frames = rollout(policy, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
+                         stop=signals.stop_requested).frames
     except RolloutStopped as e:
         raise signals.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
                                     f"(final.json), the video skipped") from None

@@ -105,12 +105,12 @@ def sweep_targets(cfg, train_cfg, data_returns):
 
 
 def sweep_seed(model, train_cfg, seed, targets, episodes, record):
-    """One vectorized pass: returns (len(targets), episodes) and the recorded envs' frames."""
+    """One vectorized pass: returns and lengths (len(targets), episodes), and the recorded envs' frames."""
     conditions = np.repeat(targets, episodes)  # env j is conditioned on targets[j // episodes]
     spec = core.RolloutSpec.of_run(train_cfg, len(conditions), core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET,
                                    tuple(record), targets=conditions)
-    returns, frames = core.rollout(model, spec)
-    return returns.reshape(len(targets), episodes), frames
+    played = core.rollout(model, spec)
+    return played.returns.reshape(len(targets), episodes), played.lengths.reshape(len(targets), episodes), played.frames
 
 
 def refuse_replacing_sweep(run, out, cfg, targets):
@@ -179,10 +179,11 @@ def evaluate_run(cfg, out_folder=None):
         model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
         log.info("seed %d: %d targets x %d episodes, one pass of %d envs", seed, len(targets), cfg.episodes,
                  len(targets) * cfg.episodes)
-        returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
+        returns, lengths, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
         seed_rows = [{"seed": seed, "target": float(target), "episode": episode, "return": float(r),
-                      "score": float(score(r))}
-                     for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
+                      "score": float(score(r)), "length": int(n)}
+                     for target, target_returns, target_lengths in zip(targets, returns, lengths)
+                     for episode, (r, n) in enumerate(zip(target_returns, target_lengths))]
         for i, video in zip(record, videos):
             folder.save_video(frames[i], env.metadata["render_fps"], video)
         folder.save_sweep_part(cfg.name, {"settings": settings, "rows": seed_rows})

@@ -37,9 +37,9 @@ def test_vectorized_eval_equals_episodes_one_after_another():
 
 def test_reward_counts_only_until_each_env_is_done():
     model = fixed_policy("Hopper-v4")
-    returns, _ = rollout(model, episodes(3))
+    returns = rollout(model, episodes(3)).returns
     for i, episode_return in enumerate(returns):  # replay each episode alone with the same actions
-        single, _ = rollout(model, episodes(1, seed=i))
+        single = rollout(model, episodes(1, seed=i)).returns
         assert episode_return == pytest.approx(single[0], rel=1e-4)
 
 
@@ -52,8 +52,8 @@ def test_normalized_score_uses_d4rl_reference_returns():
 
 def test_video_shows_the_filmed_env_until_its_episode_ends(small_frames):
     model = fixed_policy("Hopper-v4")
-    _, alone = rollout(model, episodes(1, record=(0,)))
-    _, beside_others = rollout(model, episodes(3, record=(0,)))
+    alone = rollout(model, episodes(1, record=(0,))).frames
+    beside_others = rollout(model, episodes(3, record=(0,))).frames
     alone, beside_others = alone[0], beside_others[0]
     assert 1 < len(alone) < 1000, "this policy falls: the video stops with the episode"
     assert len(beside_others) == len(alone) and alone[0].ndim == 3 and alone[0].shape[2] == 3
@@ -85,9 +85,11 @@ class Gait(torch.nn.Module):
 
 
 def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_camera_loses_it(small_frames):
-    returns, frames = rollout(Gait(), RolloutSpec("HalfCheetah-v4", 1, 0, 6000, 1000, time_limit=150, record=(0,)))
+    returns, frames, lengths = rollout(Gait(), RolloutSpec("HalfCheetah-v4", 1, 0, 6000, 1000, time_limit=150,
+                                                           record=(0,)))
     tracked = np.array([robot_share(f) for f in frames[0]])  # filmed by rollout's camera
     assert returns[0] < -150, "the gait ran several metres (backwards)"
+    assert lengths[0] == 150, "the episode ran to its time limit"
     assert len(tracked) == 150 and tracked.min() > 0.01, f"robot out of view in {np.sum(tracked <= 0.01)} frames"
 
     env = gym.make("HalfCheetah-v4", render_mode="rgb_array")  # the default camera
@@ -102,9 +104,9 @@ def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_cam
 @pytest.mark.parametrize("per_target", [1, 2])
 def test_one_pass_over_several_targets_equals_a_pass_per_target(per_target):
     model, targets = fixed_policy("Hopper-v4"), np.array([500.0, 3600.0])
-    together, _ = rollout(model, RolloutSpec("Hopper-v4", 2 * per_target, 7, np.repeat(targets, per_target), 1000))
+    together = rollout(model, RolloutSpec("Hopper-v4", 2 * per_target, 7, np.repeat(targets, per_target), 1000)).returns
     for i, target in enumerate(targets):
-        alone, _ = rollout(model, RolloutSpec("Hopper-v4", per_target, 7 + i * per_target, target, 1000))
+        alone = rollout(model, RolloutSpec("Hopper-v4", per_target, 7 + i * per_target, target, 1000)).returns
         np.testing.assert_allclose(together[i * per_target:(i + 1) * per_target], alone, rtol=1e-5)
 
 
@@ -122,10 +124,22 @@ class Still(torch.nn.Module):
         return {"action": torch.zeros(*states.shape[:2], self.act_dim)}  # (n, k, act)
 
 
+def test_an_episode_that_falls_is_as_long_as_the_env_kept_it_alone():
+    played = rollout(Still(11, 3, 4), RolloutSpec("Hopper-v4", 2, 5, 3600.0, 1000.0))
+    env = gym.make("Hopper-v4")
+    for i in range(2):
+        env.reset(seed=5 + i)
+        steps, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(np.zeros(3))
+            steps, done = steps + 1, terminated or truncated
+        assert played.lengths[i] == steps < 1000, "a fall ends the episode before its time limit"
+
+
 def test_each_env_is_conditioned_on_its_target_lowered_by_its_own_rewards():
     targets, scale, steps, K = np.array([100.0, 2000.0, 3600.0]), 1000.0, 12, 4
     model = Still(11, 3, K)
-    returns, _ = rollout(model, RolloutSpec("Hopper-v4", 3, 5, targets, scale, time_limit=steps))
+    returns = rollout(model, RolloutSpec("Hopper-v4", 3, 5, targets, scale, time_limit=steps)).returns
     env = gym.make("Hopper-v4")
     for i, target in enumerate(targets):  # the same episode again, alone: its rewards
         env.reset(seed=5 + i)

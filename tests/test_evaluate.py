@@ -21,7 +21,8 @@ def test_evaluate_py_sweeps_the_targets_of_every_seed_into_the_run_folder(tiny_r
     run_dir = copy_run(tiny_run[0], tmp_path / "run")
     run_script("evaluate.py", f"run={run_dir}", "targets=[500,3600]", "episodes=2", check=True, fresh=True)
     rows = utils.read_csv(run_dir / "sweep_final.csv")
-    assert list(rows) == ["seed", "target", "episode", "return", "score"] and len(rows["seed"]) == 2 * 2 * 2
+    assert list(rows) == ["seed", "target", "episode", "return", "score", "length"] and len(rows["seed"]) == 2 * 2 * 2
+    assert all(1 <= n <= OmegaConf.load(run_dir / "config.yaml").env.max_episode_len for n in rows["length"])
     assert set(rows["target"]) == {500.0, 3600.0} and (run_dir / "sweep_final.png").stat().st_size > 0
     log = read(run_dir / "evaluate.log")
     assert "2 targets x 2 episodes x 2 seeds in" in log

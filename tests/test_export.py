@@ -134,7 +134,7 @@ def test_evaluate_py_exports_each_seed_and_the_onnx_file_drives_an_episode_as_th
         "seed0/final.onnx", "seed1/final.onnx"]
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model = core.load_policy(run_dir / "seed0" / "final.pt")
-    expected, _ = core.rollout(model, core.RolloutSpec.of_run(cfg, 1, 7))
+    expected = core.rollout(model, core.RolloutSpec.of_run(cfg, 1, 7)).returns
 
     policy = OnnxPolicy(run_dir / "seed0" / "final.onnx")  # the run's target return, from the file
     assert (policy.target_return, policy.metadata["env_id"]) == (cfg.eval.target_return, cfg.env.id)

@@ -120,5 +120,5 @@ def test_a_d4rl_file_reads_into_a_v5_env_whose_spaces_match(hopper_file):
     env = gym.make("Hopper-v5")
     data = core.load_data(cfg, env)
     model = core.build_model(cfg, data, env)
-    returns, _ = core.rollout(model.eval(), core.RolloutSpec("Hopper-v5", 2, 0, 3600, 1000))
+    returns = core.rollout(model.eval(), core.RolloutSpec("Hopper-v5", 2, 0, 3600, 1000)).returns
     assert data.num_trajectories == 6 and returns.shape == (2,)
