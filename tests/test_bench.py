@@ -43,3 +43,12 @@ def test_bench_never_replaces_an_earlier_output_unless_told(tmp_path):
     (tmp_path / "bench-1.json").write_text("earlier")
     assert new_path(tmp_path / "bench.json") == tmp_path / "bench-2.json"
     assert new_path(tmp_path / "other.json") == tmp_path / "other.json"
+
+
+def test_the_levers_are_timed_against_the_default_step(monkeypatch):
+    import torch
+
+    from tools import bench
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # inductor's compile time is not a test's to spend
+    ratios = bench.levers(steps=2, precision="fp32")
+    assert set(ratios) == {"AdamW fused", "torch.compile(model)"} and all(r > 0 for r in ratios.values())

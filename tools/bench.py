@@ -50,10 +50,11 @@ def random_batch(state_dim: int, act_dim: int, batch_size: int = CFG.train.batch
             torch.ones(batch_size, K))
 
 
-def train_stepper(model: torch.nn.Module, batch: tuple, precision: str = "fp32") -> Callable[[], float]:
+def train_stepper(model: torch.nn.Module, batch: tuple, precision: str = "fp32",
+                  optimizer: torch.optim.Optimizer | None = None) -> Callable[[], float]:
     """A function that runs one core.train_step (forward, backward, clip, AdamW; the default config's optimizer
-    and schedule) on `batch` and returns its seconds."""
-    optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
+    and schedule, or `optimizer`) on `batch` and returns its seconds."""
+    optimizer = optimizer or model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
     scheduler = core.lr_scheduler(optimizer, CFG.train)
     model.train()
 
@@ -156,6 +157,34 @@ def parallel_steps_per_second(steps: int, batch_size: int, shape: dict, precisio
         p.join()
     return sum(rates)
 
+def levers(steps: int, precision: str) -> dict:
+    """Issue 42's levers against the default step, interleaved step by step in this process (so a busy machine
+    slows all alike): AdamW fused=True, and torch.compile of the model (inductor; its compile time reported).
+    Returns {lever: the default step's median time / the lever's}."""
+    batch, config = random_batch(*SHAPES["hopper"]), default_model_config(*SHAPES["hopper"])
+
+    def stepper(fused: bool = False, compiled: bool = False) -> Callable[[], float]:
+        torch.manual_seed(0)
+        model = DecisionTransformer(config)
+        optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
+        if fused:
+            optimizer = torch.optim.AdamW(optimizer.param_groups, fused=True)
+        return train_stepper(torch.compile(model) if compiled else model, batch, precision, optimizer)
+
+    steppers = {"default": stepper(), "AdamW fused": stepper(fused=True)}
+    start = time.perf_counter()
+    steppers["torch.compile(model)"] = stepper(compiled=True)
+    for _ in range(2):  # the compilation, in the first steps
+        steppers["torch.compile(model)"]()
+    print(f"torch.compile: {time.perf_counter() - start:.0f} s to compile")
+    times = {name: [] for name in steppers}
+    for i in range(steps + 5):
+        for name, step in steppers.items():
+            times[name].append(step())
+    median = {name: float(np.median(t[5:])) for name, t in times.items()}
+    return {name: median["default"] / m for name, m in median.items() if name != "default"}
+
+
 def cpu_kind() -> str:
     """The CPU kind as docs/speed.md's rows name it: 'AMX', 'AVX-512 bf16' or 'AVX2' (then runs are fp32)."""
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
@@ -185,7 +214,14 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=1000, help="of 1000 steps, in the sampling benchmark")
     parser.add_argument("--out", help="the JSON file (default: bench.json, or bench-<n>.json if that exists)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--levers", choices=["fp32", "bf16"], help="only time issue 42's levers in this precision")
     args = parser.parse_args()
+    if args.levers:
+        threads.set_torch_threads(1)
+        print(f"{cpu_kind()} CPU, hopper {args.levers} step, {args.steps} steps each, interleaved:")
+        for name, ratio in levers(args.steps, args.levers).items():
+            print(f"  {name:22s} {ratio:.2f}x the default step")
+        return
     if args.out:
         utils.refuse_replacing(args.out, args.force)
     shape = dict(context_len=args.context_len, embed_dim=args.embed_dim, n_layers=args.n_layers)
