@@ -16,10 +16,9 @@ ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
 SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<name>-v<N>, -v5 envs, or a user's own)
 MINARI_ID = re.compile(r"([\w.-]+/)*[\w.-]+-v\d+")  # Minari's dataset ids: [<namespace>/]<name>-v<version>
-# env.ref_source: where the reference scores come from, so the scale of the normalized score. d4rl: D4RL's
-# (cfgs/env/<name>.yaml); minari: the Minari dataset's own; minari-expert: those of its env's Minari expert
-# dataset (both Minari's scale); command-line: env.ref_min_score and env.ref_max_score given as overrides.
-REF_SOURCES = ("d4rl", "minari", "minari-expert", "command-line")
+# env.ref_source: where the reference scores come from (their scale): d4rl: cfgs/env/<name>.yaml; minari: the Minari
+# dataset's own; command-line: env.ref_min_score and env.ref_max_score given as overrides.
+REF_SOURCES = ("d4rl", "minari", "command-line")
 SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")  # after the linear warm-up

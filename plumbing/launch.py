@@ -175,10 +175,8 @@ def take_reference_scores(cfg, overrides):
     command line's, or D4RL's of cfgs/env/<name>.yaml."""
     scores = command_line_scores(cfg, overrides)
     if cfg.buffer.source == "minari":  # the env and the score's scale are the dataset's
-        facts = minari_facts(cfg.buffer.dataset, scores)
-        cfg.env.id, cfg.env.kwargs, cfg.buffer.files = facts["env_id"], facts["env_kwargs"], [facts["file"]]
-        cfg.env.ref_min_score, cfg.env.ref_max_score = facts["ref_min_score"], facts["ref_max_score"]
-        cfg.env.ref_source = facts["ref_source"]
+        for key, value in minari_facts(cfg.buffer.dataset, scores).items():
+            OmegaConf.update(cfg, key, value, merge=False)
         schema.check(cfg)  # its reference scores too
     elif scores:
         cfg.env.ref_source = "command-line"
