@@ -69,8 +69,8 @@ def output_option(args):
 
 
 def dataset_returns(train_cfg, env):
-    """The returns of the run's dataset's trajectories: its recorded file, else the same D4RL dataset in this
-    machine's D4RL folder; None when neither is here (a copied run: the sweep goes on without the data)."""
+    """The returns of the run's dataset's trajectories: its recorded files, else the same D4RL files in this
+    machine's D4RL folder (a warning when they are not the run's); None when neither is here."""
     recorded = train_cfg.buffer.files
     if recorded and not all(Path(f).exists() for f in recorded):
         found = run_dataset_files(train_cfg.buffer)
@@ -81,17 +81,12 @@ def dataset_returns(train_cfg, env):
         log.warning("%s (the run's dataset) is not here: the data's returns come from %s", " + ".join(recorded),
                     " + ".join(map(str, found)))
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"files": [str(f) for f in found]}})
-    warn_if_dataset_changed(train_cfg.buffer)
-    today = OmegaConf.merge(train_cfg, {"buffer": {"sha256": None}})  # the files as they are today (warned)
-    return buffer.load_transitions(today, env).trajectories()[2]
-
-
-def warn_if_dataset_changed(buffer_cfg):
-    """A warning when the run's dataset file is not the one it trained on (its recorded SHA-256)."""
     try:
-        dataset_identity(buffer_cfg.files, buffer_cfg.sha256)
+        dataset_identity(train_cfg.buffer.files, train_cfg.buffer.sha256)
     except DatasetError as e:
         log.warning("%s: the data's returns shown are the file's of today", e)
+    today = OmegaConf.merge(train_cfg, {"buffer": {"sha256": None}})  # the files as they are today (warned)
+    return buffer.load_transitions(today, env).trajectories()[2]
 
 
 def sweep_targets(cfg, train_cfg, data_returns):
@@ -124,12 +119,6 @@ def refuse_replacing_sweep(run, out, cfg, targets):
         if kept and (kept["settings"]["targets"], kept["settings"]["episodes"]) != wanted:
             raise ConfigError(f"name={cfg.name}: the run holds a sweep of that name with other targets or episodes "
                               f"({cfg.name}.csv): give a new name=<name>, or overwrite=true to replace it")
-
-
-def sweep_settings(policy_path, targets, cfg, videos):
-    """What a seed's sweep depends on: its policy file's bytes, the targets, episodes, device and videos."""
-    return {"policy_sha256": hash_file(policy_path), "targets": [float(t) for t in targets],
-            "episodes": cfg.episodes, "device": cfg.device, "videos": videos}
 
 
 def plot_sweep(rows, data_returns, score, train_cfg, title, path):
@@ -167,28 +156,28 @@ def evaluate_run(cfg, out_folder=None):
     for seed in seeds:
         path, folder = run.seed(seed).policy_path(cfg.checkpoint), out.seed(seed)
         videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
-        settings = sweep_settings(path, targets, cfg, videos)
+        settings = {"policy_sha256": hash_file(path), "targets": [float(t) for t in targets],
+                    "episodes": cfg.episodes, "device": cfg.device, "videos": videos}  # what the sweep depends on
         kept = folder.sweep_part(cfg.name)
-        if kept and kept["settings"] == settings and folder.has_videos(videos):
-            rows += kept["rows"]
+        if kept and kept["settings"] == settings and all(folder.video_path(v).exists() for v in videos):
             reused.append(seed)
-            bar.update(len(targets) * cfg.episodes)
             log.info("seed %d: reused %s (same policy, targets and episodes)", seed,
                      folder.sweep_path(cfg.name).relative_to(out.dir))
-            continue
-        model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
-        log.info("seed %d: %d targets x %d episodes, one pass of %d envs", seed, len(targets), cfg.episodes,
-                 len(targets) * cfg.episodes)
-        returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
-        seed_rows = [{"seed": seed, "target": float(target), "episode": episode, "return": float(r),
-                      "score": float(score(r))}
-                     for target, episode_returns in zip(targets, returns) for episode, r in enumerate(episode_returns)]
-        for i, video in zip(record, videos):
-            folder.save_video(frames[i], env.metadata["render_fps"], video)
-        folder.save_sweep_part(cfg.name, {"settings": settings, "rows": seed_rows})
-        rows += seed_rows
+        else:
+            model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
+            log.info("seed %d: %d targets x %d episodes, one pass of %d envs", seed, len(targets), cfg.episodes,
+                     len(targets) * cfg.episodes)
+            returns, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
+            for i, video in zip(record, videos):
+                folder.save_video(frames[i], env.metadata["render_fps"], video)
+            kept = {"settings": settings, "rows": [
+                {"seed": seed, "target": float(t), "episode": e, "return": float(r), "score": float(score(r))}
+                for t, episode_returns in zip(targets, returns) for e, r in enumerate(episode_returns)]}
+            folder.save_sweep_part(cfg.name, kept)
+            log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}"
+                                                    for t, r in zip(targets, returns)))
+        rows += kept["rows"]
         bar.update(len(targets) * cfg.episodes)
-        log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
     bar.close()
     seconds = time.time() - started
     out.save_table(f"{cfg.name}.csv", rows)

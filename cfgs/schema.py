@@ -212,8 +212,8 @@ def default_env() -> str:
 
 
 def defaults(env: Optional[str] = None) -> DictConfig:
-    """What `python main.py env=<env>` starts from, unresolved: cfgs/config.yaml's values over cfgs/env/<env>.yaml's
-    on the schema (as Hydra composes them; a test checks that they agree). env: one of ENVS; else the default env."""
+    """What `python main.py env=<env>` starts from (else the default env), unresolved: cfgs/config.yaml's values over
+    cfgs/env/<env>.yaml's on the schema, as Hydra composes them."""
     env_values = OmegaConf.load(CFGS / "env" / f"{env if env in ENVS else default_env()}.yaml")
     return OmegaConf.merge(OmegaConf.structured(Config), {"env": env_values}, own_values("config"))
 
@@ -230,12 +230,14 @@ def check(cfg: DictConfig) -> None:
     check_fields(Config, cfg)
     check_env(cfg)
     check_dataset(cfg)
-    check_bounds(cfg)
-    pairs = [("train.eval_every", "train.log_every"), ("train.checkpoint_every", "train.log_every")]
-    for field_name, unit in pairs:  # so that no checkpoint holds an unchecked loss
-        value, step = OmegaConf.select(cfg, field_name), OmegaConf.select(cfg, unit)
-        if value % step:
-            raise ConfigError(f"{field_name}={value}: must be a multiple of {unit}={step}")
+    if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
+        raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
+                          f"limit D4RL's reference scores assume (longer episodes' scores are not comparable)")
+    check_return_to_go("eval.target_return", [cfg.eval.target_return], cfg.buffer.reward_scale)
+    for key in ("eval_every", "checkpoint_every"):  # so that no checkpoint holds an unchecked loss
+        if cfg.train[key] % cfg.train.log_every:
+            raise ConfigError(f"train.{key}={cfg.train[key]}: must be a multiple of "
+                              f"train.log_every={cfg.train.log_every}")
     if cfg.model.embed_dim % cfg.model.n_heads:
         raise ConfigError(f"model.n_heads={cfg.model.n_heads}: must divide model.embed_dim={cfg.model.embed_dim}")
     if cfg.buffer.context_len > cfg.env.max_episode_len:
@@ -255,14 +257,6 @@ def check(cfg: DictConfig) -> None:
 RTG_LIMIT = 1e4  # |return-to-go / reward_scale| the model is given: D4RL's best (hopper 3.2) x 3000; beyond, its
 # embedding grows the attention's logits until they overflow (eval.target_return=1e30: every score NaN)
 D4RL_TIME_LIMIT = 1000  # the episode length D4RL's reference scores (env.ref_min_score, ref_max_score) assume
-
-
-def check_bounds(cfg: DictConfig) -> None:
-    """Raise ConfigError on values of the right type whose results cannot be finite or meaningful."""
-    if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
-        raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
-                          f"limit D4RL's reference scores assume (longer episodes' scores are not comparable)")
-    check_return_to_go("eval.target_return", [cfg.eval.target_return], cfg.buffer.reward_scale)
 
 
 def check_return_to_go(field_name: str, returns: Sequence[float], reward_scale: float) -> None:
@@ -320,21 +314,6 @@ def check_fields(schema: type, node: DictConfig, prefix: str = "") -> None:
 def to_yaml(cfg: DictConfig) -> str:
     """A run's config.yaml: the resolved config, with the defaults list that makes it a config file to re-run."""
     return OmegaConf.to_yaml(OmegaConf.create({"defaults": DEFAULTS})) + OmegaConf.to_yaml(cfg)
-
-
-def upgrade(saved: DictConfig) -> dict:
-    """A run's saved config as a plain dict in today's keys: the one migration step of old runs' configs (the
-    defaults list, which makes config.yaml a file to re-run, is not part of the config; a Minari run before
-    env.ref_source has Minari's scores)."""
-    saved = OmegaConf.to_container(saved)
-    saved.pop("defaults", None)
-    env, buffer = saved.get("env", {}), saved.get("buffer", {})
-    if "file" in buffer:  # one file before several could be read
-        file, sha = buffer.pop("file"), buffer.get("sha256")
-        buffer["files"], buffer["sha256"] = [file] if file else None, [sha] if sha else None
-    if "ref_source" not in env and saved.get("buffer", {}).get("source") == "minari":
-        env["ref_source"] = "minari"
-    return saved
 
 
 def typed(tree: Any) -> DictConfig:

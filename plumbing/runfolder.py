@@ -1,10 +1,5 @@
-"""The run folder's owner: one API writes and reads a run folder and its seed folders (the stop signals:
-plumbing/signals.py).
-
-    Run          the run folder: its config (loaded once, upgraded once), seeds, summary, per-seed tables, sweeps
-    SeedFolder   one seed's folder (run.seed(n)): metrics, training state, policies, final scores, video, its log
-    Tracker      a seed's metrics also in TensorBoard / W&B
-"""
+"""The run folder's owner, the one API that writes and reads it: Run (the run folder), SeedFolder (one seed's, with
+run.seed(n)) and Tracker (a seed's metrics also in TensorBoard / W&B)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +7,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from cfgs import schema
 from cfgs.schema import ConfigError
 from utils import (
     atomic_torch_save,
@@ -28,9 +25,6 @@ from utils import (
     spread,
     write_csv,
 )
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +38,7 @@ class RunError(RuntimeError):
 
 
 class FolderVanished(RunError):
-    """The run folder was deleted or moved while the run wrote into it: nothing more is written (not even the folder)."""
+    """The run folder was deleted or moved while the run wrote into it: nothing more is written there."""
 
 
 def read_json(path: Path, fix: str) -> dict | None:
@@ -116,22 +110,24 @@ class Run:
         return self.dir / "config.yaml"
 
     def saved_config(self) -> dict:
-        """config.yaml as a plain dict in today's keys (the one upgrade step of old runs' configs)."""
-        from omegaconf import OmegaConf
-
-        from cfgs import schema
-        return schema.upgrade(OmegaConf.load(self.config_path()))
+        """config.yaml as a plain dict in today's keys: without its defaults list (which makes it a file to re-run),
+        and an older run's buffer.file (one file, before several could be read) as buffer.files."""
+        saved = OmegaConf.to_container(OmegaConf.load(self.config_path()))
+        saved.pop("defaults", None)
+        buffer = saved.get("buffer", {})
+        if "file" in buffer:
+            file, sha = buffer.pop("file"), buffer.get("sha256")
+            buffer["files"], buffer["sha256"] = [file] if file else None, [sha] if sha else None
+        return saved
 
     def config(self) -> DictConfig:
-        """config.yaml on the schema (typed, upgraded, resolved): what every reader of a run uses."""
-        from omegaconf import OmegaConf
+        """config.yaml on the schema, typed and resolved: what every reader of a run uses."""
         cfg = self.typed_config()
         OmegaConf.resolve(cfg)
         return cfg
 
     def typed_config(self) -> DictConfig:
         """config.yaml on the schema, unresolved; ConfigError naming the file when today's schema cannot read it."""
-        from cfgs import schema
         try:
             return schema.typed(self.saved_config())
         except ConfigError as e:
@@ -224,7 +220,6 @@ class Run:
                 continue
             data = path.read_bytes()
             if relative == Path("config.yaml"):  # in today's keys, a new run (not a resume): --config-path retrains it
-                from cfgs import schema
                 config = self.config()
                 config.resume = None
                 data = schema.to_yaml(config).encode()
@@ -234,9 +229,6 @@ class Run:
                     text = text.replace(machine, relative_path)
                 data = text.encode()
             atomic_write_bytes(dest / relative, data)
-        from omegaconf.errors import OmegaConfBaseException
-
-        from cfgs.schema import ConfigError
         copy = Run(dest)
         try:  # drawn again: without unfinished seeds, and titled without this machine's paths
             copy.plot(copy.config(), label=self.name)
@@ -368,19 +360,16 @@ class SeedFolder:
     def sweep_path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
 
-    def has_videos(self, names: list[str]) -> bool:
-        return all(self.video_path(name).exists() for name in names)
 
-
-NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT", "run.lock")  # state, job id, others' logs
+NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT")  # state, job id, others' logs
 
 
 def shared(relative: Path, policies: bool, video: Path) -> bool:
     """Is a run's file part of its shared copy (Run.publish)?"""
     name = relative.name
-    if name in NOT_SHARED or name.startswith("events.out.tfevents") or name.endswith(".tmp"):
+    if name in NOT_SHARED or name.startswith("events.out.tfevents"):
         return False
-    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # .hydra/ of old runs
+    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # temporaries, .hydra/ of old runs
         return False
     if name.endswith(".pt"):
         return policies
@@ -397,7 +386,6 @@ class Tracker:
     """
 
     def __init__(self, cfg: DictConfig, folder: str | Path, name: str, step: int):
-        from omegaconf import OmegaConf
         self.tensorboard = self.wandb = None
         config = OmegaConf.to_container(cfg)
         if "wandb" in cfg.logger:  # first: if it cannot start, nothing else is open yet
