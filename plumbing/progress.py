@@ -1,11 +1,8 @@
-"""Feedback on long work: a seed's progress and ETA, as main.py's bar (on a terminal; else a log line every 30 s)
-and main_mp.py's one line over its seeds, printed by the parent process.
-
-The ETA is this attempt's pace so far (its seconds, periodic evals included, per step trained) times the steps
-left: known from the first log interval on.
-"""
+"""A seed's progress and ETA (this attempt's seconds per step so far, evals included, times the steps left): main.py's
+bar (on a terminal; else a log line every 30 s) and main_mp.py's one line over its seeds."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -13,9 +10,10 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Protocol, TextIO
+from typing import Protocol
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +64,7 @@ def duration(seconds: float | None) -> str:
 
 
 def after_ctrl_c() -> None:
-    """On a terminal, back to the start of the line: a message printed after a Ctrl-C covers the '^C' that the
-    terminal echoed."""
+    """On a terminal, back to the start of the line: what is printed after a Ctrl-C covers the echoed '^C'."""
     for stream in (sys.stdout, sys.stderr):
         if stream.isatty():
             stream.write("\r")
@@ -83,13 +80,13 @@ class Reporter(Protocol):
 
 
 class Bar:
-    """main.py's progress of a seed and the run's ETA (this seed's, and `later_seeds` more like it after it): a bar
-    on a terminal, with the log printed above it; elsewhere (nohup, a file) a log line every `every` seconds."""
+    """main.py's progress of a seed and the run's ETA (with `later_seeds` more like it): a bar on a terminal, the log
+    printed above it; elsewhere (nohup, a file) a log line every `every` seconds."""
 
     def __init__(self, later_seeds: int = 0, every: float = 30):
         self.later_seeds, self.every, self.printed = later_seeds, every, 0.0
         self.bar: tqdm | None = None
-        self.consoles: list[tuple[logging.StreamHandler, TextIO]] = []  # (handler, its own stream) while open
+        self.above = contextlib.ExitStack()  # on a terminal, while open: the console's log lines above the bar
 
     def __call__(self, progress: SeedProgress) -> None:
         run_left = progress.left_now()
@@ -111,33 +108,15 @@ class Bar:
         self.bar = tqdm(total=progress.steps, initial=progress.step, desc=f"seed {progress.seed}", mininterval=2,
                         ncols=width, disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                                              "[{elapsed}, {rate_fmt}{postfix}]")
-        if self.bar.disable:  # not a terminal
-            return
-        for handler in logging.getLogger().handlers:  # the console's (Hydra's), not the log file's
-            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
-                self.consoles.append((handler, handler.setStream(AboveTheBar(handler.stream))))
+        if not self.bar.disable:  # a terminal
+            self.above.enter_context(logging_redirect_tqdm())
 
     def close(self) -> None:
         """The bar stays on the screen with its last state; what follows starts on a line of its own."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        for handler, stream in self.consoles:
-            handler.setStream(stream)
-        self.consoles = []
-
-
-class AboveTheBar:
-    """A console stream whose lines tqdm prints above its bars (tqdm.write)."""
-
-    def __init__(self, stream: TextIO):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        tqdm.write(text, file=self.stream, end="")
-
-    def flush(self) -> None:
-        self.stream.flush()
+        self.above.close()
 
 
 @dataclass(frozen=True)
@@ -148,8 +127,8 @@ class Stopped:
 
 
 class Sender:
-    """A main_mp.py seed process's reporter: each progress, and why the seed stopped, goes to the parent's SeedsLine
-    through the seed's one pipe (which needs no disk)."""
+    """A main_mp.py seed process's reporter: its progress, and why it stopped, go to the parent's SeedsLine through
+    its pipe (which needs no disk)."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
@@ -165,8 +144,8 @@ class Sender:
 
 
 class SeedsLine:
-    """main_mp.py's progress: what the seeds' processes send, logged as one line after each periodic eval and at
-    least every `every` seconds; a seed that stopped on an error sent its one-line cause last (causes).
+    """main_mp.py's progress: what the seeds' processes send (last, a stopped seed's one-line cause: causes), logged
+    after each periodic eval and at least every `every` seconds:
 
         seed 0: step 4200/20000, loss 0.0123, score 45.1, ETA 12:03 | seed 1: ... | run ETA 14:10
     """
@@ -186,8 +165,7 @@ class SeedsLine:
             sender.connection.close()
 
     def update(self, ended: set[int]) -> None:
-        """Read what the seeds sent; log the line after a new periodic eval or when `every` seconds have passed.
-        ended: the seeds whose process has ended."""
+        """Read what the seeds sent (ended: the seeds whose process has ended); log the line when due."""
         evaluated = False
         for seed, receiver in list(self.receivers.items()):
             try:
