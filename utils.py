@@ -57,10 +57,7 @@ def native_bf16(device: torch.device) -> bool:
     or V100 emulates it slowly; a CPU with avx512_bf16 or AMX)?"""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        return any(getattr(torch.cpu, check, lambda: False)()
-                   for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return False
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
@@ -68,11 +65,6 @@ def pick_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
-
-
-def spread(values: ArrayLike) -> float | None:
-    """The std over seeds of `values`, or None for a single seed: one seed has no spread (decided here only)."""
-    return float(np.std(values)) if len(values) > 1 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,19 +188,13 @@ def save_png(fig: Figure, path: str | Path) -> str | Path:
 def plot_results(eval_tables: list[dict], train_tables: list[dict], title: str, target_return: float, ref_min: float,
                  ref_max: float, path: str | Path) -> None:
     """Draw the results figure (results.png) from the seeds' eval.csv and train.csv tables (Run.tables)."""
-    plt = pyplot()
-
-    evals = mean_std_over_seeds(eval_tables, "return_mean")
-    train = train_tables
-    columns = list(dict.fromkeys(c for t in train for c in t if c not in ("step", "lr")))  # core.losses' names
+    fig, (ax_ret, ax_loss) = pyplot().subplots(1, 2, figsize=(11, 4))
+    columns = list(dict.fromkeys(c for t in train_tables for c in t if c not in ("step", "lr")))  # core.losses' names
     labels = {"loss": "training loss" if columns == ["loss"] else "total loss"}
-    curves = [("return", evals, "eval return", "C0")]
-    curves += [("loss", mean_std_over_seeds([t for t in train if c in t], c), labels.get(c, c), f"C{i + 1}")
+    curves = [(ax_ret, mean_std_over_seeds(eval_tables, "return_mean"), "eval return", "C0")]
+    curves += [(ax_loss, mean_std_over_seeds([t for t in train_tables if c in t], c), labels.get(c, c), f"C{i + 1}")
                for i, c in enumerate(columns)]
-    fig, (ax_ret, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    axes = {"return": ax_ret, "loss": ax_loss}
-    for ax_key, curve, label, color in curves:
-        ax = axes[ax_key]
+    for ax, curve, label, color in curves:
         if curve is None:
             continue
         steps, mean, std, counts = curve

@@ -22,7 +22,6 @@ from utils import (
     read_csv,
     run_title,
     save_video,
-    spread,
     write_csv,
 )
 
@@ -187,7 +186,7 @@ class Run:
         summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
                    "missing_seeds": sorted(set(seeds) - {f["seed"] for f in finals}),
                    "score_mean": float(np.mean(scores)) if scores else None,
-                   "score_std": spread(scores),
+                   "score_std": float(np.std(scores)) if len(scores) > 1 else None,  # one seed has no spread
                    "per_seed": finals}
         atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
