@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gymnasium as gym
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd, to_absolute_path
@@ -50,8 +51,7 @@ def run_folder(resume):
 
 
 def discard_failed_start(run):
-    """After a failed start: the folder this process claimed, if it holds only the log, is removed (and runs/<date>/,
-    runs/ when empty); in a folder that was there (hydra.run.chdir=false), only the main.log this start created."""
+    """After a failed start: the folder this process made, if it holds only the log; in one that was there, the log."""
     folder = run.dir.resolve()
     if folder not in _claimed or _claimed[folder] and any(p.name != "main.log" for p in folder.iterdir()):
         return
@@ -71,8 +71,7 @@ def sweep_folder():
 
 
 def setup():
-    """Before Hydra composes: the project on PYTHONPATH (a launcher's job, e.g. submitit's, unpickles the entry
-    point in a new interpreter) and the resolvers of hydra.run.dir and hydra.sweep.dir."""
+    """Before Hydra composes: the project on PYTHONPATH (for a launcher's job); the folder resolvers."""
     project = str(Path(__file__).resolve().parents[1])
     if project not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (project, os.environ.get("PYTHONPATH"))))
@@ -138,8 +137,7 @@ def prepare(cfg):
 
 
 def refuse_used_folder(run, seeds):
-    """RunError, naming the option that chose the folder, for one that holds a run, lies inside one, or holds what
-    a run writes."""
+    """RunError for a folder that holds a run, lies inside one, or holds what a run writes."""
     option = "hydra.run.chdir=false" if _started_here else "hydra.run.dir"
     where = f"{option} (the folder you started in)" if _started_here else f"{option}={shown(run.dir)}"
     new = f"leave {option} out for a new folder"
@@ -153,8 +151,7 @@ def refuse_used_folder(run, seeds):
 
 
 def take_reference_scores(cfg, overrides):
-    """env.ref_*_score and env.ref_source (their scale): a Minari dataset's (and its env, kwargs included), the
-    command line's (both), or D4RL's of cfgs/env/<name>.yaml."""
+    """env.ref_*_score and env.ref_source: a Minari dataset's (with its env), the command line's, else D4RL's."""
     keys = ("env.ref_min_score", "env.ref_max_score")
     given = [key for key in keys if any(o.startswith(f"{key}=") for o in overrides)]
     if len(given) == 1:
@@ -169,8 +166,7 @@ def take_reference_scores(cfg, overrides):
 
 
 def exit_if_finished(cfg, run):
-    """A resumed run whose every seed is finished: one line, exit 0, nothing written (unless its summary.json is
-    missing or damaged: the resume writes it again)."""
+    """A resumed run whose every seed is finished and summarized: one line, exit 0, nothing written."""
     try:
         summarized = run.summary() is not None
     except RunError:
@@ -200,8 +196,7 @@ def parallel_jobs():
 
 
 def resumed_config(cfg, run, overrides):
-    """The run's saved config (newer keys take their defaults); seeds= adds seeds; buffer.path= names the new place
-    of the run's files (prepare checks their bytes)."""
+    """The run's saved config; seeds= adds seeds, buffer.path= names the new place of the run's files."""
     schema.refuse_code_in_config(run.config_path())  # unknown keys: typed_config() below
     saved = run.typed_config()
     if any(o.startswith("seeds=") for o in overrides):
@@ -243,8 +238,7 @@ def fail(message, code=1):
 
 @contextlib.contextmanager
 def stop_on_write_errors(resume: str) -> Iterator[None]:
-    """A failed write (a full disk, a read-only folder) ends the run in one line naming the file, the fix and
-    `resume` (the command); a run folder that vanished, in one line."""
+    """A failed write (with `resume`, the command) or a vanished run folder ends the run in one line."""
     try:
         yield
     except utils.WriteError as e:
@@ -254,8 +248,7 @@ def stop_on_write_errors(resume: str) -> Iterator[None]:
 
 
 def errors_to_the_log_file_only():
-    """Errors leave Hydra's console handler (stdout) out: each is printed once on stderr (fail) and kept in the log
-    file; a log line that cannot be written (a full disk) is dropped without a traceback."""
+    """Errors go to the log file, not the console (fail prints their one line); an unwritable log line is dropped."""
     logging.raiseExceptions = False
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler:  # the console; not the log file (a FileHandler)
@@ -268,12 +261,10 @@ def start(cfg):
     signals.stop_on_signals()
     try:
         return prepare(cfg)
-    except RunError as e:  # the folder belongs to another run, or holds files a run writes: nothing written there
-        discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
-        raise Failed(f"error: {e}") from None
-    except Exception as e:  # noqa: BLE001  a value, file or machine that cannot work: no run folder is left
+    except Exception as e:  # noqa: BLE001  a value, file, folder or machine that cannot work: no run folder is left
         told = f"{e}" if isinstance(e, (*FATAL, utils.WriteError)) else advice(e)
-        log.error("error: %s", told or e, exc_info=not told)
+        if not isinstance(e, RunError):  # else the folder is another run's, or holds its files: nothing written there
+            log.error("error: %s", told or e, exc_info=not told)
         discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
         if told is None:
             raise
@@ -281,8 +272,7 @@ def start(cfg):
 
 
 class FailedJob:
-    """A study's job that ended on an error, returned (a raised error would stop the basic launcher, and the joblib
-    launcher would kill the running jobs); each one made or unpickled here is kept in failed_jobs for cli."""
+    """A study's failed job, returned (not raised: the other jobs run on) and kept in failed_jobs for cli."""
 
     def __init__(self, number: int, folder: str, line: str, code: int):
         self.number, self.folder, self.line, self.code = number, folder, line, code
@@ -293,8 +283,7 @@ class FailedJob:
 
 
 def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob | None]:
-    """An entry point's task, below @hydra.main: in a study, an end on an error returns a FailedJob and the other
-    jobs run on; a joblib worker dies with the study's process (no orphan goes on writing)."""
+    """An entry point's task: in a study, an end on an error returns a FailedJob; joblib workers die with it."""
 
     @functools.wraps(task)
     def study_job(cfg: DictConfig) -> FailedJob | None:
@@ -320,8 +309,7 @@ def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob 
 
 
 def cli(hydra_main):
-    """Call a @hydra.main function: a command line Hydra cannot compose, a failed run, and each failed job of a
-    study end in one line; the assignment's hydra.run.chdir=<bool> is taken (assignment_chdir)."""
+    """Call a @hydra.main function: a composition error, a failed run or each failed job of a study in one line."""
     global _started_here
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
     _started_here = starts_here(sys.argv[1:])
@@ -348,8 +336,7 @@ def cli(hydra_main):
 
 
 def assignment_chdir(args, cwd):
-    """`args` with hydra.run.chdir=<bool> as Hydra 1.3's hydra.job.chdir, and with false hydra.run.dir=<cwd>
-    (starts_here)."""
+    """`args` with hydra.run.chdir=<bool> as hydra.job.chdir, and with false hydra.run.dir=<cwd> (starts_here)."""
     given = [arg for arg in args if arg.startswith("hydra.run.chdir=")]
     if not given:
         return args
@@ -384,11 +371,7 @@ def quoted(value):
 
 
 def named_run_dir(args):
-    """The folder the (last) hydra.run.dir= names, quoted() or plain, resolved; else None."""
-    values = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
-    if not values:
-        return None
-    value = values[-1]
-    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1].replace("\\" + value[0], value[0])
-    return Path(value).resolve()
+    """The folder the (last) hydra.run.dir= names, unquoted as Hydra reads it, resolved; else None."""
+    given = [arg for arg in args if arg.startswith("hydra.run.dir=")]
+    value = OverridesParser.create().parse_override(given[-1]).value() if given else None
+    return Path(value).resolve() if isinstance(value, str) else None  # a sweep's choices name no one folder
