@@ -45,8 +45,7 @@ GALLERY = Path(__file__).resolve().parent / "gallery"  # tracked runs: their eva
 
 
 def existing_run(folder):
-    """hydra.run.dir of evaluate.py: the run folder itself, which must hold a run (nothing is created); for a run
-    of the gallery, runs/evaluate/<its path below gallery/> (output_folder)."""
+    """hydra.run.dir of evaluate.py: where it writes for the run in `folder` (output_folder), which must hold a run."""
     if not Run(folder).holds_run():
         raise ConfigError(f"run={folder}: no run there (no config.yaml); give a run folder such as "
                           f"run=runs/<date>/<time>")
@@ -54,8 +53,7 @@ def existing_run(folder):
 
 
 def output_folder(run_folder, gallery=GALLERY):
-    """Where evaluate.py writes for the run in `run_folder`: that folder, but runs/evaluate/<path below gallery/>
-    for a run of the repository's gallery (tracked files stay unchanged)."""
+    """The run's own folder, but runs/evaluate/<path below gallery/> for a run of the gallery (tracked files stay)."""
     try:
         below = Path(os.path.abspath(run_folder)).relative_to(gallery)
     except ValueError:
@@ -90,8 +88,7 @@ def dataset_returns(train_cfg, env):
 
 
 def sweep_targets(cfg, train_cfg, data_returns):
-    """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return (when
-    the data is here)."""
+    """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return."""
     if cfg.targets is not None:
         schema.check_return_to_go("targets", cfg.targets, train_cfg.buffer.reward_scale)
         return np.array(cfg.targets, dtype=np.float64)
@@ -109,8 +106,7 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
 
 
 def refuse_replacing_sweep(run, out, cfg, targets):
-    """ConfigError when the output folder `out` holds a sweep named cfg.name made with other targets or episodes
-    (unless overwrite=true): a quick check never replaces a stored sweep."""
+    """ConfigError when `out` holds a sweep named cfg.name of other targets or episodes (unless overwrite=true)."""
     if cfg.overwrite:
         return
     wanted = ([float(t) for t in targets], cfg.episodes)
@@ -191,8 +187,7 @@ def evaluate_run(cfg, out_folder=None):
 
 
 def export_run(cfg, out_folder=None):
-    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export, in the output folder's seed<N>/ (the
-    run's own, but for a gallery run: output_folder) or out_folder's; returns the paths."""
+    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export in the output folder; returns the paths."""
     run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = run.config()
     paths = []

@@ -45,16 +45,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def seed_device(name: str, index: int) -> str:
-    """The device of a run's index-th seed process: with auto or cuda on a CUDA machine, the seeds take the visible
-    GPUs in turn (cuda:index % count); else the run's device."""
+    """The device of a run's index-th seed process: on a CUDA machine the visible GPUs in turn, else the run's."""
     if name in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{index % torch.cuda.device_count()}"
     return name
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does `device` compute bf16 matmuls natively (a CUDA GPU of compute capability 8.0 or later, Ampere on: a T4
-    or V100 emulates it slowly; a CPU with avx512_bf16 or AMX)?"""
+    """Does `device` compute bf16 natively (a GPU of compute capability 8.0 on, a CPU with avx512_bf16 or AMX)?"""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
@@ -67,7 +65,6 @@ def pick_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-# ---------------------------------------------------------------------------------------------
 # Atomic writes: a file is either the old one or the complete new one, never half written.
 
 
@@ -135,7 +132,6 @@ def read_csv(path: str | Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
 
 
-# ---------------------------------------------------------------------------------------------
 # The results figure and the video
 
 
@@ -154,10 +150,7 @@ def run_title(cfg: DictConfig) -> str:
 
 
 def mean_std_over_seeds(curves: list[dict], key: str) -> tuple[np.ndarray, ...] | None:
-    """Steps, mean, std and seed count of `key` over the seeds, at every step some seed has reached.
-
-    A seed still training counts only at the steps it has reached, so earlier seeds' curves stay whole.
-    """
+    """Steps, mean, std and seed count of `key` at every step some seed has reached (a seed still training too)."""
     curves = [c for c in curves if c]
     if not curves:
         return None
@@ -274,8 +267,7 @@ RENDERING_FIX = "headless rendering needs MUJOCO_GL=egl (or osmesa); or leave th
 
 
 def import_mujoco_without_opengl() -> None:
-    """Import mujoco with MUJOCO_GL=disable: a run without a video never touches OpenGL, and a bad MUJOCO_GL fails
-    only where a video is filmed (gymnasium's renderer reads it again then)."""
+    """Import mujoco with MUJOCO_GL=disable: a bad MUJOCO_GL fails only where a video is filmed."""
     if "mujoco" in sys.modules:
         return
     value = os.environ.get("MUJOCO_GL")

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -175,7 +177,7 @@ class EvaluateConfig:
 
 
 RUN_FILE_STEMS = ("final", "best", "last", "results", "config", "summary", "train", "eval", "main", "video",
-                  "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.* (cfgs/../utils.py Run)
+                  "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.*
 
 
 def refuse_run_file_name(name: str) -> None:
@@ -212,8 +214,7 @@ def default_env() -> str:
 
 
 def defaults(env: Optional[str] = None) -> DictConfig:
-    """What `python main.py env=<env>` starts from (else the default env), unresolved: cfgs/config.yaml's values over
-    cfgs/env/<env>.yaml's on the schema, as Hydra composes them."""
+    """What `python main.py env=<env>` starts from (else the default env), unresolved, as Hydra composes it."""
     env_values = OmegaConf.load(CFGS / "env" / f"{env if env in ENVS else default_env()}.yaml")
     return OmegaConf.merge(OmegaConf.structured(Config), {"env": env_values}, own_values("config"))
 
@@ -317,8 +318,7 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def typed(tree: Any) -> DictConfig:
-    """A plain or loaded config on the schema, a key it lacks (an older run's) taking cfgs/'s value for its env:
-    wrong types and unknown keys raise ConfigError."""
+    """A config on the schema, a key it lacks taking its env's default; ConfigError for wrong types and unknown keys."""
     try:
         return OmegaConf.merge(defaults((tree.get("env") or {}).get("name")), tree)
     except OmegaConfBaseException as e:
@@ -332,7 +332,6 @@ def one_line(error: Exception) -> str:
     return f"{key}: {message}" if key else message
 
 
-# ---------------------------------------------------------------------------------------------
 # Configs are data: a shared config file (a run's config.yaml, any --config-path config) names no code to run
 
 CODE_KEYS = ("_target_", "()")  # Hydra's instantiate and logging's dictConfig call whatever these name
@@ -341,9 +340,7 @@ DEFAULTS_ALLOWED = ("schema", "run_folder", "evaluate_schema", "_self_", "env", 
 
 
 def refuse_code_in_config(path: Union[str, Path], node: Optional[type] = None) -> None:
-    """Raise ConfigError in one line if the config file `path` names code (hydra.callbacks, _target_ anywhere,
-    a logging factory) or, with the dataclass `node`, holds a key its schema lacks. Reads the file as plain YAML:
-    nothing in it is resolved or acted on."""
+    """ConfigError if the config file `path`, read as plain YAML, names code or a key the dataclass `node` lacks."""
     path = Path(path)
     try:
         tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
@@ -381,8 +378,7 @@ def code_keys(tree: Any, prefix: str = "") -> Iterator[str]:
 
 
 def refuse_code_in_argv(argv: Sequence[str]) -> None:
-    """Before Hydra reads anything: the config a command line names with --config-path/--config-dir is checked
-    with refuse_code_in_config, and no override names code (_target_, hydra.callbacks)."""
+    """Before Hydra reads anything: no override names code, nor the config files --config-path/--config-dir name."""
     script = Path(argv[0]).stem
     options, overrides = config_options(argv[1:])
     node, name = (EvaluateConfig, "evaluate") if script == "evaluate" else (Config, "config")
@@ -399,13 +395,10 @@ def refuse_code_in_argv(argv: Sequence[str]) -> None:
 
 
 def override_code_keys(override: str) -> Iterator[str]:
-    """The keys naming code (code_keys) in an override's key, or in the keys of a dict it gives; its values are data
-    (hydra.run.dir=runs/run_target_nan names none). One Hydra cannot parse names none: Hydra refuses it itself."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    """The keys naming code in an override's key or a dict it gives (never in values: run_target_nan is data)."""
     try:
         parsed = OverridesParser.create().parse_override(override)
-    except HydraException:
+    except HydraException:  # Hydra refuses it itself
         return iter(())
     tree = getattr(parsed.value(), "list", parsed.value())  # a sweep's choices: each may be a dict
     for part in reversed(parsed.key_or_group.split(".")):

@@ -18,13 +18,11 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class FolderInUseError(RunError, ConfigError):
-    """Another process holds the run folder: a RunError (nothing is written there) and a ConfigError (raised in
-    Hydra's resolvers, it reaches the one-line report)."""
+    """Another process holds the run folder (a ConfigError too: raised in Hydra's resolvers it reaches cli)."""
 
 
 def lock_run_folder(folder: str | Path) -> None:
-    """Hold the lock of `folder` (made if missing) until this process ends, or FolderInUseError naming the holder's
-    pid; a lock of another folder (a launcher's worker's earlier job) is released: one run at a time."""
+    """Hold the lock of `folder` until this process ends (no other), or FolderInUseError naming the holder."""
     folder = Path(folder).resolve()
     if folder in _held:
         return
@@ -56,8 +54,7 @@ def lock_holder(folder: str | Path) -> int | None:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """This (child) process gets SIGKILL when its parent ends (Linux prctl; elsewhere a thread watches the
-    parent): a seed process never goes on writing into a run folder its parent has left."""
+    """This child process gets SIGKILL when its parent ends: no orphan goes on writing into a run folder."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     else:
@@ -74,7 +71,6 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def remove_stray_temporaries(folder: str | Path) -> None:
-    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders (under the
-    folder's lock no other process writes them)."""
+    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders."""
     for path in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("seed*/.*.tmp")]:
         path.unlink(missing_ok=True)

@@ -80,8 +80,7 @@ class Reporter(Protocol):
 
 
 class Bar:
-    """main.py's progress of a seed and the run's ETA (with `later_seeds` more like it): a bar on a terminal, the log
-    printed above it; elsewhere (nohup, a file) a log line every `every` seconds."""
+    """main.py's bar of a seed and the run's ETA (on a terminal; elsewhere a log line every `every` seconds)."""
 
     def __init__(self, later_seeds: int = 0, every: float = 30):
         self.later_seeds, self.every, self.printed = later_seeds, every, 0.0
@@ -127,8 +126,7 @@ class Stopped:
 
 
 class Sender:
-    """A main_mp.py seed process's reporter: its progress, and why it stopped, go to the parent's SeedsLine through
-    its pipe (which needs no disk)."""
+    """A main_mp.py seed process's reporter: its progress and why it stopped go through its pipe to SeedsLine."""
 
     def __init__(self, connection: Connection):
         self.connection = connection

@@ -146,8 +146,7 @@ class SeedRecord:
         self.report(step)
 
     def checkpoint_when_due(self, step: int) -> None:
-        """After an eval, every train.checkpoint_every steps and on a stop signal (then Interrupted): CSVs and
-        last.pt; the figure after an eval."""
+        """After an eval, every train.checkpoint_every steps and on a stop signal (then Interrupted): CSVs, last.pt."""
         stop = signals.stop_requested()
         if self.evaluated or step % self.cfg.train.checkpoint_every == 0 or stop:
             if stop and self.loss_sums:  # between log steps: no checkpoint of weights whose loss is unchecked
@@ -173,8 +172,7 @@ class SeedRecord:
         return final
 
     def save_video(self, frames: list[np.ndarray] | None, fps: int) -> None:
-        """video.mp4 of the filmed episode (None: rendering failed, said already); a failed write is logged: the
-        scores stand without the video."""
+        """video.mp4 of the filmed episode (None: rendering failed); a failed write is logged, the scores stand."""
         if frames is None:
             return
         try:

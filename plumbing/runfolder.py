@@ -2,6 +2,7 @@
 run.seed(n)) and Tracker (a seed's metrics also in TensorBoard / W&B)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,10 +27,6 @@ from utils import (
 )
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run folder
 
 
 class RunError(RuntimeError):
@@ -74,11 +71,9 @@ class Run:
         Path(base).parent.mkdir(parents=True, exist_ok=True)
         for i in range(1000):
             folder = Path(f"{base}-{i}" if i else base)
-            try:
+            with contextlib.suppress(FileExistsError):
                 folder.mkdir()
                 return str(folder)
-            except FileExistsError:
-                continue
         raise RunError(f"{base}: 1000 runs of that name already exist")
 
     def holds_run(self) -> bool:
@@ -109,8 +104,7 @@ class Run:
         return self.dir / "config.yaml"
 
     def saved_config(self) -> dict:
-        """config.yaml as a plain dict in today's keys: without its defaults list (which makes it a file to re-run),
-        and an older run's buffer.file (one file, before several could be read) as buffer.files."""
+        """config.yaml as a plain dict without its defaults list, an older run's buffer.file as buffer.files."""
         saved = OmegaConf.to_container(OmegaConf.load(self.config_path()))
         saved.pop("defaults", None)
         buffer = saved.get("buffer", {})
@@ -200,9 +194,8 @@ class Run:
     # sharing
 
     def publish(self, dest: str | Path, policies: bool) -> list:
-        """Copy the finished seeds to share, without training state or this machine's paths (results.png drawn
-        again). policies: keep each seed's final.pt and the first seed's video (a reference run); else the CSVs,
-        summaries and figures only (a study run: its command makes the policies again). Returns the seeds left out."""
+        """Copy the finished seeds to share, without training state or this machine's paths; with `policies`, each
+        final.pt and the first seed's video. Returns the seeds left out."""
         root = Path(__file__).resolve().parents[1]
         local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
         dest = Path(dest)
@@ -378,11 +371,8 @@ def shared(relative: Path, policies: bool, video: Path) -> bool:
 
 
 class Tracker:
-    """A seed's metrics, also in TensorBoard and/or Weights & Biases (cfg.logger); the CSVs stay the record.
-
-    Each is imported only when chosen. A resumed seed continues its own TensorBoard events (those after the
-    checkpoint are dropped) and its own W&B run (its id comes from the folder and the seed).
-    """
+    """A seed's metrics also in TensorBoard and/or W&B (cfg.logger, each imported only when chosen); a resumed seed
+    continues its own events (those after the checkpoint dropped) and its own W&B run (its id: folder and seed)."""
 
     def __init__(self, cfg: DictConfig, folder: str | Path, name: str, step: int):
         self.tensorboard = self.wandb = None

@@ -32,8 +32,7 @@ def stop_on_signals() -> None:
 
 
 def pass_stops_to_children() -> None:
-    """In an entry point's own process: SIGINT, SIGTERM and SIGHUP that reach a study while the joblib launcher's
-    workers run are passed on to them (their jobs checkpoint and stop); elsewhere they act as before."""
+    """In a study's process: SIGINT, SIGTERM and SIGHUP pass on to the joblib launcher's workers, which checkpoint."""
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def pass_on(signum, frame):
@@ -58,8 +57,7 @@ def stop_requested() -> str | None:
 
 
 def requeue_if_preempted() -> None:
-    """In a submitit job that got its preemption notice, after the checkpoint: submitit requeues the same job (same
-    overrides, same folder), which resumes that folder. Exits when requeued."""
+    """In a submitit job preempted, after the checkpoint: submitit requeues it into its folder, which it resumes."""
     if _requeue is not None and PREEMPTION_SIGNAL.name in _signals:
         log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
         _requeue(PREEMPTION_SIGNAL.value, None)
@@ -79,8 +77,7 @@ class Stopped(Exception):
 
 
 def stop_at_once() -> None:
-    """From now on each stop signal raises Stopped where the program is (evaluate.py: each seed's sweep is written
-    whole when complete, so a stop loses only the part under way)."""
+    """From now on each stop signal raises Stopped where the program is (evaluate.py)."""
     def stop(signum, frame):
         raise Stopped(signal.Signals(signum).name)
     for sig in STOP_SIGNALS:

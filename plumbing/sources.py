@@ -50,8 +50,7 @@ def local_files() -> list[str]:
 
 
 def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
-    """The D4RL files a run read, on this machine: each recorded file (buffer.files, or buffer.path), else a file
-    of that name in the D4RL folder (a run copied from elsewhere); None for Minari data or where one is missing."""
+    """The D4RL files a run read, here or in the D4RL folder (a copied run); None for Minari data or a missing file."""
     recorded = buffer_cfg.get("files") or as_list(buffer_cfg.get("path"))
     if not recorded or buffer_cfg.get("source", "d4rl") != "d4rl":
         return None
@@ -60,8 +59,7 @@ def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
 
 
 def run_files(cfg: DictConfig, obs_dim: int, act_dim: int) -> list[str]:
-    """The files a run reads: buffer.path's, the Minari dataset's folder, or the D4RL files of env + dataset
-    (downloaded when missing)."""
+    """The files a run reads: buffer.path's, the Minari dataset's folder, or the D4RL files of env + dataset."""
     if cfg.buffer.path:
         return as_list(cfg.buffer.path)
     if cfg.buffer.source == "minari":
@@ -114,8 +112,7 @@ def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndar
 
 
 def find_dataset(env: str, dataset: str, obs_dim: int, act_dim: int) -> list[Path]:
-    """The checked D4RL file of env + dataset (find_file); for medium-expert where only its medium and expert files
-    are here, those two in that order (D4RL made it so)."""
+    """The checked D4RL file of env + dataset; medium-expert: its medium and expert files where only they are."""
     whole, parts = dataset_dir() / dataset_file(env, dataset), [dataset_dir() / dataset_file(env, part)
                                                                 for part in ("medium", "expert")]
     if dataset == "medium-expert" and not whole.exists() and all(p.exists() for p in parts):
@@ -156,7 +153,6 @@ def find_file(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------
 # The data's identity: a run records its files' SHA-256 (buffer.sha256), and each read of them is checked against it.
 # The bytes are hashed each time (a 75 MB file in well under a second): no cache keyed on size and mtime, which an
 # edit in place that keeps both (cp -p, rsync -t) would pass.
