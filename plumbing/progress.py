@@ -118,13 +118,6 @@ class Bar:
         self.above.close()
 
 
-@dataclass(frozen=True)
-class Stopped:
-    """A main_mp.py seed process's last message: why it stopped, in one line (its error, or what to change)."""
-
-    cause: str
-
-
 class Sender:
     """A main_mp.py seed process's reporter: its progress and why it stopped go through its pipe to SeedsLine."""
 
@@ -135,18 +128,16 @@ class Sender:
         self.connection.send(progress)
 
     def stopped(self, cause: str) -> None:
-        self.connection.send(Stopped(cause))
+        """Why the seed stopped, in one line (its error, or what to change): its last message."""
+        self.connection.send(cause)
 
     def close(self) -> None:
         """The pipe stays open for the seed's cause (an error in the final evaluation), and closes with it."""
 
 
 class SeedsLine:
-    """main_mp.py's progress: what the seeds' processes send (last, a stopped seed's one-line cause: causes), logged
-    after each periodic eval and at least every `every` seconds:
-
-        seed 0: step 4200/20000, loss 0.0123, score 45.1, ETA 12:03 | seed 1: ... | run ETA 14:10
-    """
+    """main_mp.py's progress: what the seeds send (a stopped seed's cause: causes), logged after each periodic eval
+    and every `every` seconds: seed 0: step 4200/20000, loss 0.0123, score 45.1, ETA 12:03 | ... | run ETA 14:10"""
 
     def __init__(self, seeds: list[int], context: BaseContext, every: float = 30):
         pipes = {seed: context.Pipe(duplex=False) for seed in seeds}  # (receiver, sender) each
@@ -169,11 +160,11 @@ class SeedsLine:
             try:
                 while receiver.poll():
                     message = receiver.recv()
-                    if isinstance(message, Stopped):
-                        self.causes[seed] = message.cause
-                        continue
-                    evaluated |= message.evals > (self.latest[seed].evals if self.latest[seed] else 0)
-                    self.latest[seed] = message
+                    if isinstance(message, str):  # Sender.stopped
+                        self.causes[seed] = message
+                    else:
+                        evaluated |= message.evals > (self.latest[seed].evals if self.latest[seed] else 0)
+                        self.latest[seed] = message
             except (EOFError, OSError):  # the seed's process has ended and everything it sent is read
                 del self.receivers[seed]
         self.ended = ended
