@@ -5,13 +5,13 @@ import csv
 import io
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
+from unittest import mock
 
 import numpy as np
 import torch
@@ -212,17 +212,13 @@ def plot_results(eval_tables: list[dict], train_tables: list[dict], title: str, 
 
 def plot_sweep(rows: list[dict], data_scores: np.ndarray | None, to_score: Callable[[np.ndarray], np.ndarray],
                title: str, path: str | Path, trained_scores: np.ndarray | None = None) -> None:
-    """The return-to-go sweep: achieved against target normalized score (mean +- std over seeds), the line
-    achieved = target, and the dataset's trajectories (their range shaded, the behaviour mean dashed; data_scores
-    None: left out); trained_scores: the trajectories the policy trained on, when percentile BC kept only some
-    (shaded darker)."""
-    plt = pyplot()
-
+    """The sweep: achieved against target normalized score (mean +- std over seeds), the dataset's range and mean
+    (data_scores; None: left out) and, when percentile BC kept only some, the trajectories trained on."""
     targets, seeds = sorted({r["target"] for r in rows}), sorted({r["seed"] for r in rows})
     per_seed = np.array([[np.mean([r["score"] for r in rows if r["seed"] == s and r["target"] == t])
                           for t in targets] for s in seeds])  # (seeds, targets): each seed's mean over episodes
     x, mean, std = to_score(np.array(targets)), per_seed.mean(0), per_seed.std(0)
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = pyplot().subplots(figsize=(6.5, 5))
     if data_scores is not None:  # None: the dataset is not on this machine
         ax.axhspan(data_scores.min(), data_scores.max(), color="gray", alpha=0.15,
                    label="dataset trajectories (min-max)")
@@ -244,9 +240,8 @@ def plot_sweep(rows: list[dict], data_scores: np.ndarray | None, to_score: Calla
 
 def dataset_returns_figure(datasets: dict) -> Figure:
     """A histogram per dataset ({name: normalized returns}) of its trajectories, two per row; mean and best marked."""
-    plt = pyplot()
     rows = -(-len(datasets) // 2)
-    fig, axes = plt.subplots(rows, 2, figsize=(6.85, 1.45 * rows), squeeze=False, layout="constrained")
+    fig, axes = pyplot().subplots(rows, 2, figsize=(6.85, 1.45 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(datasets):]:
         ax.set_visible(False)
     for ax, (name, scores) in zip(axes.flat, datasets.items()):
@@ -268,17 +263,8 @@ RENDERING_FIX = "headless rendering needs MUJOCO_GL=egl (or osmesa); or leave th
 
 def import_mujoco_without_opengl() -> None:
     """Import mujoco with MUJOCO_GL=disable: a bad MUJOCO_GL fails only where a video is filmed."""
-    if "mujoco" in sys.modules:
-        return
-    value = os.environ.get("MUJOCO_GL")
-    os.environ["MUJOCO_GL"] = "disable"
-    try:
+    with mock.patch.dict(os.environ, MUJOCO_GL="disable"):
         import mujoco  # noqa: F401
-    finally:
-        if value is None:
-            del os.environ["MUJOCO_GL"]
-        else:
-            os.environ["MUJOCO_GL"] = value
 
 
 def rendering_problem() -> str | None:
