@@ -41,8 +41,7 @@ def composition_error(error):
 
 
 def advice(error: BaseException) -> str | None:
-    """What to change for an error that a resume would meet again (a bad MUJOCO_GL, env.id or seed, out of memory,
-    W&B without a key), as one line with the error; None for a failure a resume may get past."""
+    """What to change, in one line with the error, for one every resume would meet again; else None."""
     text, module = str(error), type(error).__module__ or ""
     if "MUJOCO_GL" in text:
         fix = (f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!s} cannot render here: set MUJOCO_GL=egl (headless with EGL), "

@@ -153,9 +153,8 @@ def find_file(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
     return path
 
 
-# The data's identity: a run records its files' SHA-256 (buffer.sha256), and each read of them is checked against it.
-# The bytes are hashed each time (a 75 MB file in well under a second): no cache keyed on size and mtime, which an
-# edit in place that keeps both (cp -p, rsync -t) would pass.
+# The data's identity: a run records its files' SHA-256 (buffer.sha256); each read hashes the bytes again (75 MB in
+# well under a second): no cache keyed on size and mtime, which an edit in place (cp -p, rsync -t) would pass.
 
 
 def hash_file(path: str | Path) -> str:
@@ -165,9 +164,8 @@ def hash_file(path: str | Path) -> str:
 
 
 def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None) -> list[str] | None:
-    """The SHA-256 of each of the run's dataset files (None for a Minari folder); DatasetError when `recorded` (the
-    run's buffer.sha256) names another: the run would train on other data. A seed checks its files so as it reads
-    them (buffer.load_transitions); a missing file is left to the read, which names the fix."""
+    """The SHA-256 of each dataset file (None for a Minari folder; a missing file is left to the read, which names the
+    fix); DatasetError where `recorded` (the run's buffer.sha256) names another: the run would train on other data."""
     if not files or not all(Path(f).is_file() for f in files):
         return None if recorded is None else list(recorded)
     if recorded and len(recorded) != len(files):
