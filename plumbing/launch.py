@@ -58,11 +58,9 @@ def discard_failed_start(run):
     (folder / "main.log").unlink(missing_ok=True)
     if not _claimed[folder]:
         return
-    for empty in (folder, folder.parent, folder.parent.parent):  # runs/<date>/<time>, runs/<date>, runs
-        try:
+    with contextlib.suppress(OSError):  # up to the first that is not empty
+        for empty in (folder, folder.parent, folder.parent.parent):  # runs/<date>/<time>, runs/<date>, runs
             empty.rmdir()
-        except OSError:  # not empty
-            return
 
 
 def sweep_folder():
