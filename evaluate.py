@@ -45,8 +45,7 @@ GALLERY = Path(__file__).resolve().parent / "gallery"  # tracked runs: their eva
 
 
 def existing_run(folder):
-    """hydra.run.dir of evaluate.py: the run folder itself, which must hold a run (nothing is created); for a run
-    of the gallery, runs/evaluate/<its path below gallery/> (output_folder)."""
+    """hydra.run.dir of evaluate.py: where it writes for the run in `folder` (output_folder), which must hold a run."""
     if not Run(folder).holds_run():
         raise ConfigError(f"run={folder}: no run there (no config.yaml); give a run folder such as "
                           f"run=runs/<date>/<time>")
@@ -54,8 +53,7 @@ def existing_run(folder):
 
 
 def output_folder(run_folder, gallery=GALLERY):
-    """Where evaluate.py writes for the run in `run_folder`: that folder, but runs/evaluate/<path below gallery/>
-    for a run of the repository's gallery (tracked files stay unchanged)."""
+    """The run's own folder, but runs/evaluate/<path below gallery/> for a run of the gallery (tracked files stay)."""
     try:
         below = Path(os.path.abspath(run_folder)).relative_to(gallery)
     except ValueError:
@@ -69,8 +67,8 @@ def output_option(args):
 
 
 def dataset_returns(train_cfg, env):
-    """The returns of the run's dataset's trajectories: its recorded file, else the same D4RL dataset in this
-    machine's D4RL folder; None when neither is here (a copied run: the sweep goes on without the data)."""
+    """The returns of the run's dataset's trajectories: its recorded files, else the same D4RL files in this
+    machine's D4RL folder (a warning when they are not the run's); None when neither is here."""
     recorded = train_cfg.buffer.files
     if recorded and not all(Path(f).exists() for f in recorded):
         found = run_dataset_files(train_cfg.buffer)
@@ -81,22 +79,16 @@ def dataset_returns(train_cfg, env):
         log.warning("%s (the run's dataset) is not here: the data's returns come from %s", " + ".join(recorded),
                     " + ".join(map(str, found)))
         train_cfg = OmegaConf.merge(train_cfg, {"buffer": {"files": [str(f) for f in found]}})
-    warn_if_dataset_changed(train_cfg.buffer)
+    try:
+        dataset_identity(train_cfg.buffer.files, train_cfg.buffer.sha256)
+    except DatasetError as e:
+        log.warning("%s: the data's returns shown are the file's of today", e)
     today = OmegaConf.merge(train_cfg, {"buffer": {"sha256": None}})  # the files as they are today (warned)
     return buffer.load_transitions(today, env).trajectories()[2]
 
 
-def warn_if_dataset_changed(buffer_cfg):
-    """A warning when the run's dataset file is not the one it trained on (its recorded SHA-256)."""
-    try:
-        dataset_identity(buffer_cfg.files, buffer_cfg.sha256)
-    except DatasetError as e:
-        log.warning("%s: the data's returns shown are the file's of today", e)
-
-
 def sweep_targets(cfg, train_cfg, data_returns):
-    """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return (when
-    the data is here)."""
+    """The configured targets, or 8 from 0.25x to 1.5x the env's target return and the data's best return."""
     if cfg.targets is not None:
         schema.check_return_to_go("targets", cfg.targets, train_cfg.buffer.reward_scale)
         return np.array(cfg.targets, dtype=np.float64)
@@ -114,8 +106,7 @@ def sweep_seed(model, train_cfg, seed, targets, episodes, record):
 
 
 def refuse_replacing_sweep(run, out, cfg, targets):
-    """ConfigError when the output folder `out` holds a sweep named cfg.name made with other targets or episodes
-    (unless overwrite=true): a quick check never replaces a stored sweep."""
+    """ConfigError when `out` holds a sweep named cfg.name of other targets or episodes (unless overwrite=true)."""
     if cfg.overwrite:
         return
     wanted = ([float(t) for t in targets], cfg.episodes)
@@ -124,12 +115,6 @@ def refuse_replacing_sweep(run, out, cfg, targets):
         if kept and (kept["settings"]["targets"], kept["settings"]["episodes"]) != wanted:
             raise ConfigError(f"name={cfg.name}: the run holds a sweep of that name with other targets or episodes "
                               f"({cfg.name}.csv): give a new name=<name>, or overwrite=true to replace it")
-
-
-def sweep_settings(policy_path, targets, cfg, videos):
-    """What a seed's sweep depends on: its policy file's bytes, the targets, episodes, device and videos."""
-    return {"policy_sha256": hash_file(policy_path), "targets": [float(t) for t in targets],
-            "episodes": cfg.episodes, "device": cfg.device, "videos": videos}
 
 
 def plot_sweep(rows, data_returns, score, train_cfg, title, path):
@@ -167,29 +152,31 @@ def evaluate_run(cfg, out_folder=None):
     for seed in seeds:
         path, folder = run.seed(seed).policy_path(cfg.checkpoint), out.seed(seed)
         videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
-        settings = sweep_settings(path, targets, cfg, videos)
+        settings = {"policy_sha256": hash_file(path), "targets": [float(t) for t in targets],
+                    "episodes": cfg.episodes, "device": cfg.device, "videos": videos,
+                    "columns": "with length"}  # what the sweep depends on; a part without episode lengths is redone
         kept = folder.sweep_part(cfg.name)
-        if kept and kept["settings"] == settings and folder.has_videos(videos):
-            rows += kept["rows"]
+        if kept and kept["settings"] == settings and all(folder.video_path(v).exists() for v in videos):
             reused.append(seed)
-            bar.update(len(targets) * cfg.episodes)
             log.info("seed %d: reused %s (same policy, targets and episodes)", seed,
                      folder.sweep_path(cfg.name).relative_to(out.dir))
-            continue
-        model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
-        log.info("seed %d: %d targets x %d episodes, one pass of %d envs", seed, len(targets), cfg.episodes,
-                 len(targets) * cfg.episodes)
-        returns, lengths, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
-        seed_rows = [{"seed": seed, "target": float(target), "episode": episode, "return": float(r),
-                      "score": float(score(r)), "length": int(n)}
-                     for target, target_returns, target_lengths in zip(targets, returns, lengths)
-                     for episode, (r, n) in enumerate(zip(target_returns, target_lengths))]
-        for i, video in zip(record, videos):
-            folder.save_video(frames[i], env.metadata["render_fps"], video)
-        folder.save_sweep_part(cfg.name, {"settings": settings, "rows": seed_rows})
-        rows += seed_rows
+        else:
+            model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
+            log.info("seed %d: %d targets x %d episodes, one pass of %d envs", seed, len(targets), cfg.episodes,
+                     len(targets) * cfg.episodes)
+            returns, lengths, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
+            for i, video in zip(record, videos):
+                folder.save_video(frames[i], env.metadata["render_fps"], video)
+            kept = {"settings": settings, "rows": [
+                {"seed": seed, "target": float(t), "episode": e, "return": float(r), "score": float(score(r)),
+                 "length": int(n)}
+                for t, t_returns, t_lengths in zip(targets, returns, lengths)
+                for e, (r, n) in enumerate(zip(t_returns, t_lengths))]}
+            folder.save_sweep_part(cfg.name, kept)
+            log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}"
+                                                    for t, r in zip(targets, returns)))
+        rows += kept["rows"]
         bar.update(len(targets) * cfg.episodes)
-        log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}" for t, r in zip(targets, returns)))
     bar.close()
     seconds = time.time() - started
     out.save_table(f"{cfg.name}.csv", rows)
@@ -203,8 +190,7 @@ def evaluate_run(cfg, out_folder=None):
 
 
 def export_run(cfg, out_folder=None):
-    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export, in the output folder's seed<N>/ (the
-    run's own, but for a gallery run: output_folder) or out_folder's; returns the paths."""
+    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export in the output folder; returns the paths."""
     run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = run.config()
     paths = []

@@ -5,13 +5,13 @@ import csv
 import io
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
+from unittest import mock
 
 import numpy as np
 import torch
@@ -45,22 +45,17 @@ def pick_device(name: str) -> torch.device:
 
 
 def seed_device(name: str, index: int) -> str:
-    """The device of a run's index-th seed process: with auto or cuda on a CUDA machine, the seeds take the visible
-    GPUs in turn (cuda:index % count); else the run's device."""
+    """The device of a run's index-th seed process: on a CUDA machine the visible GPUs in turn, else the run's."""
     if name in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{index % torch.cuda.device_count()}"
     return name
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does `device` compute bf16 matmuls natively (a CUDA GPU of compute capability 8.0 or later, Ampere on: a T4
-    or V100 emulates it slowly; a CPU with avx512_bf16 or AMX)?"""
+    """Does `device` compute bf16 natively (a GPU of compute capability 8.0 on, a CPU with avx512_bf16 or AMX)?"""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        return any(getattr(torch.cpu, check, lambda: False)()
-                   for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return False
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
@@ -70,12 +65,6 @@ def pick_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def spread(values: ArrayLike) -> float | None:
-    """The std over seeds of `values`, or None for a single seed: one seed has no spread (decided here only)."""
-    return float(np.std(values)) if len(values) > 1 else None
-
-
-# ---------------------------------------------------------------------------------------------
 # Atomic writes: a file is either the old one or the complete new one, never half written.
 
 
@@ -144,7 +133,6 @@ def read_csv(path: str | Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
 
 
-# ---------------------------------------------------------------------------------------------
 # The results figure and the video
 
 
@@ -163,10 +151,7 @@ def run_title(cfg: DictConfig) -> str:
 
 
 def mean_std_over_seeds(curves: list[dict], key: str) -> tuple[np.ndarray, ...] | None:
-    """Steps, mean, std and seed count of `key` over the seeds, at every step some seed has reached.
-
-    A seed still training counts only at the steps it has reached, so earlier seeds' curves stay whole.
-    """
+    """Steps, mean, std and seed count of `key` at every step some seed has reached (a seed still training too)."""
     curves = [c for c in curves if c]
     if not curves:
         return None
@@ -197,19 +182,13 @@ def save_png(fig: Figure, path: str | Path) -> str | Path:
 def plot_results(eval_tables: list[dict], train_tables: list[dict], title: str, target_return: float, ref_min: float,
                  ref_max: float, path: str | Path) -> None:
     """Draw the results figure (results.png) from the seeds' eval.csv and train.csv tables (Run.tables)."""
-    plt = pyplot()
-
-    evals = mean_std_over_seeds(eval_tables, "return_mean")
-    train = train_tables
-    columns = list(dict.fromkeys(c for t in train for c in t if c not in ("step", "lr")))  # core.losses' names
+    fig, (ax_ret, ax_loss) = pyplot().subplots(1, 2, figsize=(11, 4))
+    columns = list(dict.fromkeys(c for t in train_tables for c in t if c not in ("step", "lr")))  # core.losses' names
     labels = {"loss": "training loss" if columns == ["loss"] else "total loss"}
-    curves = [("return", evals, "eval return", "C0")]
-    curves += [("loss", mean_std_over_seeds([t for t in train if c in t], c), labels.get(c, c), f"C{i + 1}")
+    curves = [(ax_ret, mean_std_over_seeds(eval_tables, "return_mean"), "eval return", "C0")]
+    curves += [(ax_loss, mean_std_over_seeds([t for t in train_tables if c in t], c), labels.get(c, c), f"C{i + 1}")
                for i, c in enumerate(columns)]
-    fig, (ax_ret, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    axes = {"return": ax_ret, "loss": ax_loss}
-    for ax_key, curve, label, color in curves:
-        ax = axes[ax_key]
+    for ax, curve, label, color in curves:
         if curve is None:
             continue
         steps, mean, std, counts = curve
@@ -234,17 +213,13 @@ def plot_results(eval_tables: list[dict], train_tables: list[dict], title: str, 
 
 def plot_sweep(rows: list[dict], data_scores: np.ndarray | None, to_score: Callable[[np.ndarray], np.ndarray],
                title: str, path: str | Path, trained_scores: np.ndarray | None = None) -> None:
-    """The return-to-go sweep: achieved against target normalized score (mean +- std over seeds), the line
-    achieved = target, and the dataset's trajectories (their range shaded, the behaviour mean dashed; data_scores
-    None: left out); trained_scores: the trajectories the policy trained on, when percentile BC kept only some
-    (shaded darker)."""
-    plt = pyplot()
-
+    """The sweep: achieved against target normalized score (mean +- std over seeds), the dataset's range and mean
+    (data_scores; None: left out) and, when percentile BC kept only some, the trajectories trained on."""
     targets, seeds = sorted({r["target"] for r in rows}), sorted({r["seed"] for r in rows})
     per_seed = np.array([[np.mean([r["score"] for r in rows if r["seed"] == s and r["target"] == t])
                           for t in targets] for s in seeds])  # (seeds, targets): each seed's mean over episodes
     x, mean, std = to_score(np.array(targets)), per_seed.mean(0), per_seed.std(0)
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = pyplot().subplots(figsize=(6.5, 5))
     if data_scores is not None:  # None: the dataset is not on this machine
         ax.axhspan(data_scores.min(), data_scores.max(), color="gray", alpha=0.15,
                    label="dataset trajectories (min-max)")
@@ -266,9 +241,8 @@ def plot_sweep(rows: list[dict], data_scores: np.ndarray | None, to_score: Calla
 
 def dataset_returns_figure(datasets: dict) -> Figure:
     """A histogram per dataset ({name: normalized returns}) of its trajectories, two per row; mean and best marked."""
-    plt = pyplot()
     rows = -(-len(datasets) // 2)
-    fig, axes = plt.subplots(rows, 2, figsize=(6.85, 1.45 * rows), squeeze=False, layout="constrained")
+    fig, axes = pyplot().subplots(rows, 2, figsize=(6.85, 1.45 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(datasets):]:
         ax.set_visible(False)
     for ax, (name, scores) in zip(axes.flat, datasets.items()):
@@ -289,19 +263,9 @@ RENDERING_FIX = "headless rendering needs MUJOCO_GL=egl (or osmesa); or leave th
 
 
 def import_mujoco_without_opengl() -> None:
-    """Import mujoco with MUJOCO_GL=disable: a run without a video never touches OpenGL, and a bad MUJOCO_GL fails
-    only where a video is filmed (gymnasium's renderer reads it again then)."""
-    if "mujoco" in sys.modules:
-        return
-    value = os.environ.get("MUJOCO_GL")
-    os.environ["MUJOCO_GL"] = "disable"
-    try:
+    """Import mujoco with MUJOCO_GL=disable: a bad MUJOCO_GL fails only where a video is filmed."""
+    with mock.patch.dict(os.environ, MUJOCO_GL="disable"):
         import mujoco  # noqa: F401
-    finally:
-        if value is None:
-            del os.environ["MUJOCO_GL"]
-        else:
-            os.environ["MUJOCO_GL"] = value
 
 
 def rendering_problem() -> str | None:

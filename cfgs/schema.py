@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -16,10 +18,9 @@ ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
 SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<name>-v<N>, -v5 envs, or a user's own)
 MINARI_ID = re.compile(r"([\w.-]+/)*[\w.-]+-v\d+")  # Minari's dataset ids: [<namespace>/]<name>-v<version>
-# env.ref_source: where the reference scores come from, so the scale of the normalized score. d4rl: D4RL's
-# (cfgs/env/<name>.yaml); minari: the Minari dataset's own; minari-expert: those of its env's Minari expert
-# dataset (both Minari's scale); command-line: env.ref_min_score and env.ref_max_score given as overrides.
-REF_SOURCES = ("d4rl", "minari", "minari-expert", "command-line")
+# env.ref_source: where the reference scores come from (their scale): d4rl: cfgs/env/<name>.yaml; minari: the Minari
+# dataset's own; command-line: env.ref_min_score and env.ref_max_score given as overrides.
+REF_SOURCES = ("d4rl", "minari", "command-line")
 SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")  # after the linear warm-up
@@ -176,7 +177,7 @@ class EvaluateConfig:
 
 
 RUN_FILE_STEMS = ("final", "best", "last", "results", "config", "summary", "train", "eval", "main", "video",
-                  "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.* (cfgs/../utils.py Run)
+                  "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.*
 
 
 def refuse_run_file_name(name: str) -> None:
@@ -213,8 +214,7 @@ def default_env() -> str:
 
 
 def defaults(env: Optional[str] = None) -> DictConfig:
-    """What `python main.py env=<env>` starts from, unresolved: cfgs/config.yaml's values over cfgs/env/<env>.yaml's
-    on the schema (as Hydra composes them; a test checks that they agree). env: one of ENVS; else the default env."""
+    """What `python main.py env=<env>` starts from (else the default env), unresolved, as Hydra composes it."""
     env_values = OmegaConf.load(CFGS / "env" / f"{env if env in ENVS else default_env()}.yaml")
     return OmegaConf.merge(OmegaConf.structured(Config), {"env": env_values}, own_values("config"))
 
@@ -231,12 +231,14 @@ def check(cfg: DictConfig) -> None:
     check_fields(Config, cfg)
     check_env(cfg)
     check_dataset(cfg)
-    check_bounds(cfg)
-    pairs = [("train.eval_every", "train.log_every"), ("train.checkpoint_every", "train.log_every")]
-    for field_name, unit in pairs:  # so that no checkpoint holds an unchecked loss
-        value, step = OmegaConf.select(cfg, field_name), OmegaConf.select(cfg, unit)
-        if value % step:
-            raise ConfigError(f"{field_name}={value}: must be a multiple of {unit}={step}")
+    if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
+        raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
+                          f"limit D4RL's reference scores assume (longer episodes' scores are not comparable)")
+    check_return_to_go("eval.target_return", [cfg.eval.target_return], cfg.buffer.reward_scale)
+    for key in ("eval_every", "checkpoint_every"):  # so that no checkpoint holds an unchecked loss
+        if cfg.train[key] % cfg.train.log_every:
+            raise ConfigError(f"train.{key}={cfg.train[key]}: must be a multiple of "
+                              f"train.log_every={cfg.train.log_every}")
     if cfg.model.embed_dim % cfg.model.n_heads:
         raise ConfigError(f"model.n_heads={cfg.model.n_heads}: must divide model.embed_dim={cfg.model.embed_dim}")
     if cfg.buffer.context_len > cfg.env.max_episode_len:
@@ -256,14 +258,6 @@ def check(cfg: DictConfig) -> None:
 RTG_LIMIT = 1e4  # |return-to-go / reward_scale| the model is given: D4RL's best (hopper 3.2) x 3000; beyond, its
 # embedding grows the attention's logits until they overflow (eval.target_return=1e30: every score NaN)
 D4RL_TIME_LIMIT = 1000  # the episode length D4RL's reference scores (env.ref_min_score, ref_max_score) assume
-
-
-def check_bounds(cfg: DictConfig) -> None:
-    """Raise ConfigError on values of the right type whose results cannot be finite or meaningful."""
-    if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
-        raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
-                          f"limit D4RL's reference scores assume (longer episodes' scores are not comparable)")
-    check_return_to_go("eval.target_return", [cfg.eval.target_return], cfg.buffer.reward_scale)
 
 
 def check_return_to_go(field_name: str, returns: Sequence[float], reward_scale: float) -> None:
@@ -323,24 +317,8 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create({"defaults": DEFAULTS})) + OmegaConf.to_yaml(cfg)
 
 
-def upgrade(saved: DictConfig) -> dict:
-    """A run's saved config as a plain dict in today's keys: the one migration step of old runs' configs (the
-    defaults list, which makes config.yaml a file to re-run, is not part of the config; a Minari run before
-    env.ref_source has Minari's scores)."""
-    saved = OmegaConf.to_container(saved)
-    saved.pop("defaults", None)
-    env, buffer = saved.get("env", {}), saved.get("buffer", {})
-    if "file" in buffer:  # one file before several could be read
-        file, sha = buffer.pop("file"), buffer.get("sha256")
-        buffer["files"], buffer["sha256"] = [file] if file else None, [sha] if sha else None
-    if "ref_source" not in env and saved.get("buffer", {}).get("source") == "minari":
-        env["ref_source"] = "minari"
-    return saved
-
-
 def typed(tree: Any) -> DictConfig:
-    """A plain or loaded config on the schema, a key it lacks (an older run's) taking cfgs/'s value for its env:
-    wrong types and unknown keys raise ConfigError."""
+    """A config on the schema, a key it lacks taking its env's default; ConfigError for wrong types and unknown keys."""
     try:
         return OmegaConf.merge(defaults((tree.get("env") or {}).get("name")), tree)
     except OmegaConfBaseException as e:
@@ -354,7 +332,6 @@ def one_line(error: Exception) -> str:
     return f"{key}: {message}" if key else message
 
 
-# ---------------------------------------------------------------------------------------------
 # Configs are data: a shared config file (a run's config.yaml, any --config-path config) names no code to run
 
 CODE_KEYS = ("_target_", "()")  # Hydra's instantiate and logging's dictConfig call whatever these name
@@ -363,9 +340,7 @@ DEFAULTS_ALLOWED = ("schema", "run_folder", "evaluate_schema", "_self_", "env", 
 
 
 def refuse_code_in_config(path: Union[str, Path], node: Optional[type] = None) -> None:
-    """Raise ConfigError in one line if the config file `path` names code (hydra.callbacks, _target_ anywhere,
-    a logging factory) or, with the dataclass `node`, holds a key its schema lacks. Reads the file as plain YAML:
-    nothing in it is resolved or acted on."""
+    """ConfigError if the config file `path`, read as plain YAML, names code or a key the dataclass `node` lacks."""
     path = Path(path)
     try:
         tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
@@ -403,8 +378,7 @@ def code_keys(tree: Any, prefix: str = "") -> Iterator[str]:
 
 
 def refuse_code_in_argv(argv: Sequence[str]) -> None:
-    """Before Hydra reads anything: the config a command line names with --config-path/--config-dir is checked
-    with refuse_code_in_config, and no override names code (_target_, hydra.callbacks)."""
+    """Before Hydra reads anything: no override names code, nor the config files --config-path/--config-dir name."""
     script = Path(argv[0]).stem
     options, overrides = config_options(argv[1:])
     node, name = (EvaluateConfig, "evaluate") if script == "evaluate" else (Config, "config")
@@ -421,13 +395,10 @@ def refuse_code_in_argv(argv: Sequence[str]) -> None:
 
 
 def override_code_keys(override: str) -> Iterator[str]:
-    """The keys naming code (code_keys) in an override's key, or in the keys of a dict it gives; its values are data
-    (hydra.run.dir=runs/run_target_nan names none). One Hydra cannot parse names none: Hydra refuses it itself."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    """The keys naming code in an override's key or a dict it gives (never in values: run_target_nan is data)."""
     try:
         parsed = OverridesParser.create().parse_override(override)
-    except HydraException:
+    except HydraException:  # Hydra refuses it itself
         return iter(())
     tree = getattr(parsed.value(), "list", parsed.value())  # a sweep's choices: each may be a dict
     for part in reversed(parsed.key_or_group.split(".")):

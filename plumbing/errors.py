@@ -9,27 +9,20 @@ LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_job
                     "submitit": ("hydra-submitit-launcher", "hydra_plugins.hydra_submitit_launcher")}  # slurm, ...
 
 
-def installed(module):
-    """Can `module` (dotted) be imported?"""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package is missing
-        return False
-
-
 def missing_launcher(message):
     """The install line, when Hydra could not compose a launcher whose plugin is not installed; else None."""
     for launcher, (package, module) in LAUNCHER_PLUGINS.items():
-        if f"hydra/launcher/{launcher}" in message and not installed(module):
+        try:
+            installed = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            installed = False
+        if f"hydra/launcher/{launcher}" in message and not installed:
             return f"this hydra/launcher needs {package}: pip install -r requirements-extra.txt"
     return None
 
 
 def composition_error(error):
     """Hydra's or OmegaConf's error in one line, without the search path and the advice to append keys."""
-    chain = [error]
-    while chain[-1].__cause__:
-        chain.append(chain[-1].__cause__)
     seen, todo = [], [error]
     while todo:  # the run_dir resolver's own error, wherever Hydra and OmegaConf wrapped it
         e = todo.pop()
@@ -37,6 +30,9 @@ def composition_error(error):
             return str(e)
         seen.append(e)
         todo += [c for c in (e.__cause__, e.__context__) if c is not None and c not in seen]
+    chain = [error]
+    while chain[-1].__cause__:
+        chain.append(chain[-1].__cause__)
     noise = ("Config search path", "provider=", "reference_type", "object_type", "Set the environment", "To append")
     lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
     kept = list(dict.fromkeys(line for line in lines if not line.startswith(noise)))  # Hydra repeats OmegaConf
@@ -44,37 +40,23 @@ def composition_error(error):
     return f"{text} (keys and types: cfgs/config.yaml, cfgs/schema.py)"
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
-
-
-def _is_unknown_env(error: BaseException) -> bool:
-    module = type(error).__module__ or ""
-    return module.startswith("gymnasium.error") or (
-        isinstance(error, ImportError) and "environments" in str(error) and "gymnasium" in str(error))
-
-
-ADVICE = (  # (does this error come from ..., what to change): failures that happen again on every resume
-    (lambda e: "MUJOCO_GL" in str(e),
-     lambda e: f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!s} cannot render here: set MUJOCO_GL=egl (headless with "
-               f"EGL), osmesa (software) or glfw (a display), then start again"),
-    (_is_unknown_env, lambda e: "change env.id to an environment gymnasium has (cfgs/env/*.yaml: e.g. Hopper-v4)"),
-    (lambda e: isinstance(e, ValueError) and "Seed must be between" in str(e),
-     lambda e: "give seeds=[...] between 0 and 2**32 - 1"),
-    (_is_out_of_memory,
-     lambda e: "out of memory: lower train.batch_size, eval.episodes or eval.final_episodes (or the model's size)"),
-    (lambda e: (type(e).__module__ or "").startswith("wandb"),
-     lambda e: "W&B: log in (`wandb login`, or WANDB_API_KEY), or set WANDB_MODE=offline, or logger=[csv]"),
-)
-
-
 def advice(error: BaseException) -> str | None:
-    """What to change for an error that a resume would meet again (a bad MUJOCO_GL, env.id or seed, out of memory,
-    W&B without a key), as one line with the error; None for a failure a resume may get past."""
-    for matches, fix in ADVICE:
-        if matches(error):
-            cause = str(error).strip().splitlines()[-1].rstrip(".") if str(error).strip() else type(error).__name__
-            return f"{cause}: {fix(error)}"
-    return None
+    """What to change, in one line with the error, for one every resume would meet again; else None."""
+    text, module = str(error), type(error).__module__ or ""
+    if "MUJOCO_GL" in text:
+        fix = (f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!s} cannot render here: set MUJOCO_GL=egl (headless with EGL), "
+               f"osmesa (software) or glfw (a display), then start again")
+    elif module.startswith("gymnasium.error") or (isinstance(error, ImportError) and "environments" in text
+                                                   and "gymnasium" in text):
+        fix = "change env.id to an environment gymnasium has (cfgs/env/*.yaml: e.g. Hopper-v4)"
+    elif isinstance(error, ValueError) and "Seed must be between" in text:
+        fix = "give seeds=[...] between 0 and 2**32 - 1"
+    elif isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+            isinstance(error, RuntimeError) and any(s in text.lower() for s in ("out of memory", "can't allocate"))):
+        fix = "out of memory: lower train.batch_size, eval.episodes or eval.final_episodes (or the model's size)"
+    elif module.startswith("wandb"):
+        fix = "W&B: log in (`wandb login`, or WANDB_API_KEY), or set WANDB_MODE=offline, or logger=[csv]"
+    else:
+        return None
+    cause = text.strip().splitlines()[-1].rstrip(".") if text.strip() else type(error).__name__
+    return f"{cause}: {fix}"

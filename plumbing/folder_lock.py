@@ -1,4 +1,5 @@
-"""One process per run folder: an exclusive flock on the folder itself, and no orphan process writing into it."""
+"""One process per run folder: an exclusive flock on the folder itself, held for the process's life (the kernel drops
+it when the process ends, however it ends: no stale lock), and no orphan process writing into it."""
 from __future__ import annotations
 
 import ctypes
@@ -12,22 +13,16 @@ from pathlib import Path
 from cfgs.schema import ConfigError
 from plumbing.runfolder import RunError
 
-# One process per run folder: an exclusive flock on the folder itself (nothing is written into it), held for the
-# process's life; the kernel drops it when the process ends, however it ends, so no stale lock is left.
-
 _held = {}  # resolved folder -> the open file descriptor that holds its lock
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class FolderInUseError(RunError, ConfigError):
-    """Another process holds the run folder. A RunError (main.py writes nothing into a folder it may not use)
-    and a ConfigError (raised inside Hydra's resolvers, it reaches the one-line report)."""
+    """Another process holds the run folder (a ConfigError too: raised in Hydra's resolvers it reaches cli)."""
 
 
 def lock_run_folder(folder: str | Path) -> None:
-    """Hold the exclusive lock of `folder` (created if missing) until this process ends, or raise
-    FolderInUseError naming the pid of the process that holds it. Locks of other folders this process held (a
-    launcher's worker that ran an earlier job) are released: a process trains one run at a time."""
+    """Hold the lock of `folder` until this process ends (no other), or FolderInUseError naming the holder."""
     folder = Path(folder).resolve()
     if folder in _held:
         return
@@ -39,10 +34,8 @@ def lock_run_folder(folder: str | Path) -> None:
         os.close(fd)
         if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
             raise RunError(f"{folder}: cannot be locked ({e.strerror})") from None
-        holder = lock_holder(folder)
-        who = f"pid {holder}" if holder else "pid unknown"
-        raise FolderInUseError(f"{folder}: in use by another process ({who}); wait for it to end, or stop it, "
-                               f"then run again") from None
+        raise FolderInUseError(f"{folder}: in use by another process (pid {lock_holder(folder) or 'unknown'}); wait "
+                               f"for it to end, or stop it, then run again") from None
     for other in list(_held):
         os.close(_held.pop(other))
     _held[folder] = fd
@@ -56,16 +49,12 @@ def lock_holder(folder: str | Path) -> int | None:
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
         return None
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == inode:
-            return int(parts[4])
-    return None
+    parts = [line.split() for line in lines]
+    return next((int(p[4]) for p in parts if len(p) > 5 and p[1] == "FLOCK" and p[5] == inode), None)
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """This (child) process gets SIGKILL when its parent ends (Linux prctl; elsewhere a thread watches the
-    parent): a seed process never goes on writing into a run folder its parent has left."""
+    """This child process gets SIGKILL when its parent ends: no orphan goes on writing into a run folder."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     else:
@@ -81,14 +70,7 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def remove_stray_temporaries(folder: str | Path) -> list:
-    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders (under the
-    folder's lock no other process writes them); returns their paths."""
-    folder = Path(folder)
-    strays = [*folder.glob(".*.tmp"), *folder.glob("seed*/.*.tmp")]
-    for path in strays:
+def remove_stray_temporaries(folder: str | Path) -> None:
+    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders."""
+    for path in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("seed*/.*.tmp")]:
         path.unlink(missing_ok=True)
-    return strays
-
-
-

@@ -1,10 +1,5 @@
-"""What the entry points share below them: the start of a run (its folder, claimed and locked; its checked config;
-one-line errors), a multirun's jobs (job: one failed job leaves the others running; cli: one line per failed job),
-the command line (cli), and how a failure that no resume can fix is told (advice).
-
-setup() is called by each entry point before anything else of Hydra: the project on PYTHONPATH (a launcher's job
-finds it) and the resolvers of hydra.run.dir and hydra.sweep.dir.
-"""
+"""What the entry points share below them: the start of a run (its folder claimed and locked, its config checked,
+one-line errors), a study's (multirun's) jobs, each failing alone, and the command line (cli)."""
 import contextlib
 import functools
 import logging
@@ -17,6 +12,7 @@ from pathlib import Path
 
 import gymnasium as gym
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd, to_absolute_path
@@ -55,31 +51,25 @@ def run_folder(resume):
 
 
 def discard_failed_start(run):
-    """After a start that failed before training: the folder this process claimed for it, when it holds nothing
-    but the log, is removed (and runs/<date>/, runs/ when empty), so that no run folder is left behind; in the
-    folder started in (hydra.run.chdir=false), the main.log this start created."""
+    """After a failed start: the folder this process made, if it holds only the log; in one that was there, the log."""
     folder = run.dir.resolve()
     if folder not in _claimed or _claimed[folder] and any(p.name != "main.log" for p in folder.iterdir()):
         return
     (folder / "main.log").unlink(missing_ok=True)
     if not _claimed[folder]:
         return
-    for empty in (folder, folder.parent, folder.parent.parent):  # runs/<date>/<time>, runs/<date>, runs
-        try:
+    with contextlib.suppress(OSError):  # up to the first that is not empty
+        for empty in (folder, folder.parent, folder.parent.parent):  # runs/<date>/<time>, runs/<date>, runs
             empty.rmdir()
-        except OSError:  # not empty
-            return
 
 
 def sweep_folder():
-    """hydra.sweep.dir of a multirun (a study): a new, unique runs/<date>/<time>-sweep; its jobs are run folders."""
+    """hydra.sweep.dir of a study: a new, unique runs/<date>/<time>-sweep; its jobs are run folders."""
     return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S-sweep"))
 
 
 def setup():
-    """Before Hydra composes: the project on PYTHONPATH (a launcher's job, submitit's, starts a new interpreter that
-    unpickles the entry point's function and must find the project) and the resolvers of hydra.run.dir and
-    hydra.sweep.dir (run_folder, sweep_folder). Each entry point calls it once; repeating it changes nothing."""
+    """Before Hydra composes: the project on PYTHONPATH (for a launcher's job); the folder resolvers."""
     project = str(Path(__file__).resolve().parents[1])
     if project not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (project, os.environ.get("PYTHONPATH"))))
@@ -96,43 +86,26 @@ def shown(path):
         return str(path)
 
 
-def typed_option():
-    """What the command line typed to choose the run's folder: the assignment's hydra.run.chdir=false, else
-    hydra.run.dir."""
-    return "hydra.run.chdir=false" if _started_here else "hydra.run.dir"
-
-
-def as_typed(folder):
-    """The run's folder as the command line chose it (typed_option)."""
-    return "hydra.run.chdir=false (the folder you started in)" if _started_here else f"hydra.run.dir={shown(folder)}"
-
-
 def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
     folder_lock.lock_run_folder(run.dir)  # one process per run folder, before anything is written
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
     job = submitit_job()
-    if not cfg.resume and run.holds_run() and requeued_job(cfg, run, job):
+    if not cfg.resume and job and run.holds_run() and run.job() == job:  # submitit requeued it into its own folder
         log.info("%s: this job's own folder (submitit requeued job %s): resuming it", shown(run.dir), job)
         cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
         folder_lock.remove_stray_temporaries(run.dir)
-    elif run.holds_run():
-        raise RunError(f"{as_typed(run.dir)} holds a run already: continue it with resume={shown(run.dir)}, or "
-                       f"leave {typed_option()} out for a new folder")
-    elif outer := run.enclosing_run():
-        raise RunError(f"{as_typed(run.dir)} lies inside the run {shown(outer.dir)}: choose a folder outside it "
-                       f"(leave {typed_option()} out for a new one)")
-    elif in_the_way := run.outputs_present(list(cfg.seeds)):
-        raise RunError(f"{as_typed(run.dir)} holds what a run writes ({', '.join(in_the_way)}): move that away, or "
-                       f"choose another folder (leave {typed_option()} out for a new one)")
-    elif job:
-        run.save_job(job)
-    if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):
-        cfg.buffer.path = absolute_paths(cfg.buffer.path)
-    for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):  # relative to where the user started
+    else:
+        refuse_used_folder(run, list(cfg.seeds))
+        if job:
+            run.save_job(job)
+    if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):  # relative to where the user started
+        paths = [to_absolute_path(p) for p in as_list(cfg.buffer.path)]
+        cfg.buffer.path = paths[0] if isinstance(cfg.buffer.path, str) else paths
+    for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):
         if variable in os.environ:
             os.environ[variable] = to_absolute_path(os.environ[variable])
     OmegaConf.resolve(cfg)
@@ -161,32 +134,37 @@ def prepare(cfg):
     return cfg, run
 
 
-def command_line_scores(cfg, overrides):
-    """(env.ref_min_score, env.ref_max_score) when given as overrides, else None; ConfigError for one alone."""
+def refuse_used_folder(run, seeds):
+    """RunError for a folder that holds a run, lies inside one, or holds what a run writes."""
+    option = "hydra.run.chdir=false" if _started_here else "hydra.run.dir"
+    where = f"{option} (the folder you started in)" if _started_here else f"{option}={shown(run.dir)}"
+    new = f"leave {option} out for a new folder"
+    if run.holds_run():
+        raise RunError(f"{where} holds a run already: continue it with resume={shown(run.dir)}, or {new}")
+    if outer := run.enclosing_run():
+        raise RunError(f"{where} lies inside the run {shown(outer.dir)}: choose a folder outside it ({new})")
+    if in_the_way := run.outputs_present(seeds):
+        raise RunError(f"{where} holds what a run writes ({', '.join(in_the_way)}): move that away, or choose "
+                       f"another folder ({new})")
+
+
+def take_reference_scores(cfg, overrides):
+    """env.ref_*_score and env.ref_source: a Minari dataset's (with its env), the command line's, else D4RL's."""
     keys = ("env.ref_min_score", "env.ref_max_score")
     given = [key for key in keys if any(o.startswith(f"{key}=") for o in overrides)]
     if len(given) == 1:
         raise ConfigError(f"{given[0]} given alone: give env.ref_min_score and env.ref_max_score together")
-    return (float(cfg.env.ref_min_score), float(cfg.env.ref_max_score)) if given else None
-
-
-def take_reference_scores(cfg, overrides):
-    """env.ref_*_score and env.ref_source (their scale): a Minari dataset's (and its env, kwargs included), the
-    command line's, or D4RL's of cfgs/env/<name>.yaml."""
-    scores = command_line_scores(cfg, overrides)
+    scores = (float(cfg.env.ref_min_score), float(cfg.env.ref_max_score)) if given else None
     if cfg.buffer.source == "minari":  # the env and the score's scale are the dataset's
-        facts = minari_facts(cfg.buffer.dataset, scores)
-        cfg.env.id, cfg.env.kwargs, cfg.buffer.files = facts["env_id"], facts["env_kwargs"], [facts["file"]]
-        cfg.env.ref_min_score, cfg.env.ref_max_score = facts["ref_min_score"], facts["ref_max_score"]
-        cfg.env.ref_source = facts["ref_source"]
+        for key, value in minari_facts(cfg.buffer.dataset, scores).items():
+            OmegaConf.update(cfg, key, value, merge=False)
         schema.check(cfg)  # its reference scores too
     elif scores:
         cfg.env.ref_source = "command-line"
 
 
 def exit_if_finished(cfg, run):
-    """A resumed run whose every seed has its final evaluation: one line, exit 0, nothing written; unless its
-    summary.json is missing or damaged (a full disk), which the resume writes again."""
+    """A resumed run whose every seed is finished and summarized: one line, exit 0, nothing written."""
     try:
         summarized = run.summary() is not None
     except RunError:
@@ -208,26 +186,6 @@ def submitit_job():
         return None
 
 
-def absolute_paths(paths):
-    """buffer.path (a file, or a list of them) relative to where the user started, in its own form."""
-    absolute = [to_absolute_path(p) for p in as_list(paths)]
-    return absolute[0] if isinstance(paths, str) else absolute
-
-
-def requeued_job(cfg, run, job):
-    """Is `run` this submitit job's own earlier attempt (submitit requeues a preempted job into its folder)?"""
-    if job is None or run.job() != job:
-        return False
-    saved, fresh = run.saved_config(), OmegaConf.to_container(cfg, resolve=True)
-    if fresh["buffer"]["path"]:
-        fresh["buffer"]["path"] = absolute_paths(fresh["buffer"]["path"])
-    for config in (saved, fresh):  # what prepare() fills in
-        config["buffer"]["files"] = config["buffer"]["sha256"] = config["train"]["precision"] = config["resume"] = None
-        config["env"]["id"] = config["env"]["ref_min_score"] = config["env"]["ref_max_score"] = None  # minari
-        config["env"]["ref_source"] = config["env"]["kwargs"] = None
-    return saved == fresh
-
-
 def parallel_jobs():
     """How many jobs of this multirun share the machine (Hydra's joblib launcher: n_jobs); else 1."""
     hydra_cfg = HydraConfig.get()
@@ -236,8 +194,7 @@ def parallel_jobs():
 
 
 def resumed_config(cfg, run, overrides):
-    """The run's saved config in today's schema (newer keys take their defaults); seeds= adds seeds; buffer.path=
-    names the new place of the run's files, taken when their bytes are the recorded ones (prepare checks)."""
+    """The run's saved config; seeds= adds seeds, buffer.path= names the new place of the run's files."""
     schema.refuse_code_in_config(run.config_path())  # unknown keys: typed_config() below
     saved = run.typed_config()
     if any(o.startswith("seeds=") for o in overrides):
@@ -264,8 +221,7 @@ def summarize(cfg, run):
 
 
 class Failed(SystemExit):
-    """A run's end on an error: its one line, which cli prints on stderr (a study's job hands it to the study's
-    report instead: job), and its exit code."""
+    """A run's end on an error, with its one line (cli prints it; a study's job reports it) and exit code."""
 
     def __init__(self, line: str, code: int = 1):
         super().__init__(code)
@@ -273,15 +229,14 @@ class Failed(SystemExit):
 
 
 def fail(message, code=1):
-    """Log the one-line error (main.log keeps it; errors_to_the_log_file_only) and end with it (Failed)."""
+    """Log the one-line error (main.log keeps it) and end with it (Failed)."""
     log.error(message)
     raise Failed(message, code)
 
 
 @contextlib.contextmanager
 def stop_on_write_errors(run: Run, resume: str) -> Iterator[None]:
-    """A write that fails (a full disk, a read-only folder) ends the run in one line naming the file and the fix;
-    what is written stays, and `resume` (the command) continues from it. A run folder that vanished: one line."""
+    """A failed write (with `resume`, the command) or a vanished run folder ends the run in one line."""
     try:
         yield
     except utils.WriteError as e:
@@ -291,9 +246,7 @@ def stop_on_write_errors(run: Run, resume: str) -> Iterator[None]:
 
 
 def errors_to_the_log_file_only():
-    """Hydra's console handler (stdout) leaves out errors: each is printed once, as one line on stderr (fail), and
-    kept with its details (a traceback) in the log file. A log line that cannot be written (a full disk) is dropped
-    without a traceback: the one-line error says why."""
+    """Errors go to the log file, not the console (fail prints their one line); an unwritable log line is dropped."""
     logging.raiseExceptions = False
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler:  # the console; not the log file (a FileHandler)
@@ -301,18 +254,15 @@ def errors_to_the_log_file_only():
 
 
 def start(cfg):
-    """Signals caught from here on, the config checked and the run folder prepared: (cfg, run); a one-line
-    error and exit on a value or folder that cannot work. main_mp.py starts the same way."""
+    """Signals caught, the config checked and the run folder prepared: (cfg, run); or a one-line error and exit."""
     errors_to_the_log_file_only()
     signals.stop_on_signals()
     try:
         return prepare(cfg)
-    except RunError as e:  # the folder belongs to another run, or holds files a run writes: nothing written there
-        discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
-        raise Failed(f"error: {e}") from None
-    except Exception as e:  # noqa: BLE001  a value, file or machine that cannot work: no run folder is left
+    except Exception as e:  # noqa: BLE001  a value, file, folder or machine that cannot work: no run folder is left
         told = f"{e}" if isinstance(e, (*FATAL, utils.WriteError)) else advice(e)
-        log.error("error: %s", told or e, exc_info=not told)
+        if not isinstance(e, RunError):  # else the folder is another run's, or holds its files: nothing written there
+            log.error("error: %s", told or e, exc_info=not told)
         discard_failed_start(Run(HydraConfig.get().runtime.output_dir))
         if told is None:
             raise
@@ -320,10 +270,7 @@ def start(cfg):
 
 
 class FailedJob:
-    """A study's job (a multirun's) that ended on an error, as the job's return value: Hydra's launchers run the
-    other jobs on (a raised error stops the basic launcher, and the joblib launcher kills the running jobs). Each one
-    made in this process (a job of the basic launcher) or unpickled here (a job's result from a worker of the joblib
-    or submitit launcher) is kept in failed_jobs, which cli reports when the study ends."""
+    """A study's failed job, returned (not raised: the other jobs run on) and kept in failed_jobs for cli."""
 
     def __init__(self, number: int, folder: str, line: str, code: int):
         self.number, self.folder, self.line, self.code = number, folder, line, code
@@ -334,9 +281,7 @@ class FailedJob:
 
 
 def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob | None]:
-    """An entry point's task, below @hydra.main. In a multirun (a study) any end on an error returns a FailedJob with
-    its one line, and the other jobs run on; a job in a worker process of the joblib launcher dies with the study's
-    process (no orphan goes on writing). Outside a multirun, the task as it is."""
+    """An entry point's task: in a study, an end on an error returns a FailedJob; joblib workers die with it."""
 
     @functools.wraps(task)
     def study_job(cfg: DictConfig) -> FailedJob | None:
@@ -361,20 +306,8 @@ def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob 
     return study_job
 
 
-def report_failed_jobs() -> None:
-    """The end of a study whose jobs failed (failed_jobs): one line for each (its folder, then its own line: the
-    cause, and how to resume one a resume continues), in job order; the exit code is the highest of theirs."""
-    for failed in sorted(failed_jobs, key=lambda failed: failed.number):
-        print(f"{failed.folder}: {failed.line}", file=sys.stderr)
-    raise SystemExit(max(failed.code for failed in failed_jobs))
-
-
 def cli(hydra_main):
-    """Call a @hydra.main function: a command line Hydra cannot compose ends in one line that names the key, a run
-    that failed in its one line (Failed), and a study (a multirun) whose jobs failed in one line for each.
-
-    The assignment's hydra.run.chdir=<bool> is taken as the key Hydra 1.3 has for it (assignment_chdir).
-    """
+    """Call a @hydra.main function: a composition error, a failed run or each failed job of a study in one line."""
     global _started_here
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
     _started_here = starts_here(sys.argv[1:])
@@ -394,33 +327,30 @@ def cli(hydra_main):
         raise SystemExit(f"error: {missing_launcher(message) or message}") from None
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    for failed in sorted(failed_jobs, key=lambda failed: failed.number):  # its folder, then its own line
+        print(f"{failed.folder}: {failed.line}", file=sys.stderr)
     if failed_jobs:
-        report_failed_jobs()
+        raise SystemExit(max(failed.code for failed in failed_jobs))
 
 
 def assignment_chdir(args, cwd):
-    """The command line `args` with the assignment's hydra.run.chdir=<bool> in Hydra 1.3's keys: hydra.job.chdir,
-    and with false the run's folder is the one started in (hydra.run.dir=<cwd>), unless hydra.run.dir= or resume=
-    names another. prepare() still refuses a folder that holds a run."""
+    """`args` with hydra.run.chdir=<bool> as hydra.job.chdir, and with false hydra.run.dir=<cwd> (starts_here)."""
     given = [arg for arg in args if arg.startswith("hydra.run.chdir=")]
-    kept = [arg for arg in args if arg not in given]
     if not given:
-        return kept
-    value = given[-1].split("=", 1)[1]
-    return [*kept, f"hydra.job.chdir={value}", *([f"hydra.run.dir={quoted(cwd)}"] if starts_here(args) else [])]
+        return args
+    here = [f"hydra.run.dir={quoted(cwd)}"] if starts_here(args) else []
+    return [*(arg for arg in args if arg not in given), f"hydra.job.chdir={given[-1].split('=', 1)[1]}", *here]
 
 
 def starts_here(args):
-    """Does the command line's hydra.run.chdir=false put the run in the folder started in (no hydra.run.dir= or
-    resume= names another)?"""
+    """Does hydra.run.chdir=false put the run in the folder started in (no hydra.run.dir= or resume= names another)?"""
     given = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.chdir=")]
     return bool(given) and given[-1].strip().lower() == "false" and not any(
         arg.startswith(("hydra.run.dir=", "resume=")) for arg in args)
 
 
 def existing_folder(folder):
-    """Whether the folder hydra.run.dir names exists; ConfigError naming why no folder can be made there: a file at
-    or above it, or a name too long for the file system."""
+    """Does the folder hydra.run.dir names exist? ConfigError when none can be made there (a file, a long name)."""
     for path in (folder, *folder.parents):  # the nearest that exists must be a folder
         try:
             if path.exists() and not path.is_dir():
@@ -439,11 +369,7 @@ def quoted(value):
 
 
 def named_run_dir(args):
-    """The folder the command line's (last) hydra.run.dir= names, resolved, as quoted() or plainly; else None."""
-    values = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
-    if not values:
-        return None
-    value = values[-1]
-    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1].replace("\\" + value[0], value[0])
-    return Path(value).resolve()
+    """The folder the (last) hydra.run.dir= names, unquoted as Hydra reads it, resolved; else None."""
+    given = [arg for arg in args if arg.startswith("hydra.run.dir=")]
+    value = OverridesParser.create().parse_override(given[-1]).value() if given else None
+    return Path(value).resolve() if isinstance(value, str) else None  # a sweep's choices name no one folder

@@ -1,11 +1,8 @@
-"""Feedback on long work: a seed's progress and ETA, as main.py's bar (on a terminal; else a log line every 30 s)
-and main_mp.py's one line over its seeds, printed by the parent process.
-
-The ETA is this attempt's pace so far (its seconds, periodic evals included, per step trained) times the steps
-left: known from the first log interval on.
-"""
+"""A seed's progress and ETA (this attempt's seconds per step so far, evals included, times the steps left): main.py's
+bar (on a terminal; else a log line every 30 s) and main_mp.py's one line over its seeds."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -13,9 +10,10 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Protocol, TextIO
+from typing import Protocol
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +64,7 @@ def duration(seconds: float | None) -> str:
 
 
 def after_ctrl_c() -> None:
-    """On a terminal, back to the start of the line: a message printed after a Ctrl-C covers the '^C' that the
-    terminal echoed."""
+    """On a terminal, back to the start of the line: what is printed after a Ctrl-C covers the echoed '^C'."""
     for stream in (sys.stdout, sys.stderr):
         if stream.isatty():
             stream.write("\r")
@@ -83,13 +80,12 @@ class Reporter(Protocol):
 
 
 class Bar:
-    """main.py's progress of a seed and the run's ETA (this seed's, and `later_seeds` more like it after it): a bar
-    on a terminal, with the log printed above it; elsewhere (nohup, a file) a log line every `every` seconds."""
+    """main.py's bar of a seed and the run's ETA (on a terminal; elsewhere a log line every `every` seconds)."""
 
     def __init__(self, later_seeds: int = 0, every: float = 30):
         self.later_seeds, self.every, self.printed = later_seeds, every, 0.0
         self.bar: tqdm | None = None
-        self.consoles: list[tuple[logging.StreamHandler, TextIO]] = []  # (handler, its own stream) while open
+        self.above = contextlib.ExitStack()  # on a terminal, while open: the console's log lines above the bar
 
     def __call__(self, progress: SeedProgress) -> None:
         run_left = progress.left_now()
@@ -111,45 +107,19 @@ class Bar:
         self.bar = tqdm(total=progress.steps, initial=progress.step, desc=f"seed {progress.seed}", mininterval=2,
                         ncols=width, disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                                              "[{elapsed}, {rate_fmt}{postfix}]")
-        if self.bar.disable:  # not a terminal
-            return
-        for handler in logging.getLogger().handlers:  # the console's (Hydra's), not the log file's
-            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
-                self.consoles.append((handler, handler.setStream(AboveTheBar(handler.stream))))
+        if not self.bar.disable:  # a terminal
+            self.above.enter_context(logging_redirect_tqdm())
 
     def close(self) -> None:
         """The bar stays on the screen with its last state; what follows starts on a line of its own."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        for handler, stream in self.consoles:
-            handler.setStream(stream)
-        self.consoles = []
-
-
-class AboveTheBar:
-    """A console stream whose lines tqdm prints above its bars (tqdm.write)."""
-
-    def __init__(self, stream: TextIO):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        tqdm.write(text, file=self.stream, end="")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """A main_mp.py seed process's last message: why it stopped, in one line (its error, or what to change)."""
-
-    cause: str
+        self.above.close()
 
 
 class Sender:
-    """A main_mp.py seed process's reporter: each progress, and why the seed stopped, goes to the parent's SeedsLine
-    through the seed's one pipe (which needs no disk)."""
+    """A main_mp.py seed process's reporter: its progress and why it stopped go through its pipe to SeedsLine."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
@@ -158,18 +128,16 @@ class Sender:
         self.connection.send(progress)
 
     def stopped(self, cause: str) -> None:
-        self.connection.send(Stopped(cause))
+        """Why the seed stopped, in one line (its error, or what to change): its last message."""
+        self.connection.send(cause)
 
     def close(self) -> None:
         """The pipe stays open for the seed's cause (an error in the final evaluation), and closes with it."""
 
 
 class SeedsLine:
-    """main_mp.py's progress: what the seeds' processes send, logged as one line after each periodic eval and at
-    least every `every` seconds; a seed that stopped on an error sent its one-line cause last (causes).
-
-        seed 0: step 4200/20000, loss 0.0123, score 45.1, ETA 12:03 | seed 1: ... | run ETA 14:10
-    """
+    """main_mp.py's progress: what the seeds send (a stopped seed's cause: causes), logged after each periodic eval
+    and every `every` seconds: seed 0: step 4200/20000, loss 0.0123, score 45.1, ETA 12:03 | ... | run ETA 14:10"""
 
     def __init__(self, seeds: list[int], context: BaseContext, every: float = 30):
         pipes = {seed: context.Pipe(duplex=False) for seed in seeds}  # (receiver, sender) each
@@ -186,18 +154,17 @@ class SeedsLine:
             sender.connection.close()
 
     def update(self, ended: set[int]) -> None:
-        """Read what the seeds sent; log the line after a new periodic eval or when `every` seconds have passed.
-        ended: the seeds whose process has ended."""
+        """Read what the seeds sent (ended: the seeds whose process has ended); log the line when due."""
         evaluated = False
         for seed, receiver in list(self.receivers.items()):
             try:
                 while receiver.poll():
                     message = receiver.recv()
-                    if isinstance(message, Stopped):
-                        self.causes[seed] = message.cause
-                        continue
-                    evaluated |= message.evals > (self.latest[seed].evals if self.latest[seed] else 0)
-                    self.latest[seed] = message
+                    if isinstance(message, str):  # Sender.stopped
+                        self.causes[seed] = message
+                    else:
+                        evaluated |= message.evals > (self.latest[seed].evals if self.latest[seed] else 0)
+                        self.latest[seed] = message
             except (EOFError, OSError):  # the seed's process has ended and everything it sent is read
                 del self.receivers[seed]
         self.ended = ended

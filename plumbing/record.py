@@ -1,6 +1,5 @@
-"""One seed's record below the training loop: its metrics (train.csv, eval.csv, the tracker), checkpoints (last.pt,
-best.pt, final.pt), final scores, video, the NaN guard, the stop signal and the progress it shows. Its state
-(a dict in last.pt) resumes a seed exactly."""
+"""One seed's record below the training loop: its metrics, checkpoints, final scores, video, NaN guard, stop signal
+and progress; its state (a dict in last.pt) resumes the seed exactly."""
 from __future__ import annotations
 
 import logging
@@ -69,11 +68,8 @@ class SeedRecord:
             log.info("seed %d: resumed at step %d", seed, state["step"])
             record.step, record.best_score, record.seconds_before = state["step"], state["best_score"], state["seconds"]
             record.train_rows, record.eval_rows = state["train"], state["eval"]
-            sums = state.get("loss_sums", {})
-            if isinstance(sums, list):  # a checkpoint of before the named losses: (loss, action, state, rtg)
-                sums = {k: v for k, v in zip(("loss", "action_mse", "state_mse", "rtg_mse"), sums) if v}
             device = next(model.parameters()).device
-            record.loss_sums = {name: torch.tensor(value, device=device) for name, value in sums.items()}
+            record.loss_sums = {name: torch.tensor(value, device=device) for name, value in state["loss_sums"].items()}
             if ema is not None:
                 ema.load_state_dict(state["ema"])
         record.clock = progress.Clock(first_step=record.step)
@@ -115,8 +111,7 @@ class SeedRecord:
             self.loss_sums[name] = self.loss_sums[name] + value if name in self.loss_sums else value.clone()
 
     def log_when_due(self, step: int, lr: float) -> None:
-        """Every train.log_every steps and at the last: the mean of each loss since the last row, checked, in
-        train.csv and the tracker."""
+        """Every train.log_every steps and at the last: each loss's mean since the last row, checked, logged."""
         if not (step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps):  # the last may be shorter
             return
         steps_logged = step - (self.train_rows[-1]["step"] if self.train_rows else 0)
@@ -151,8 +146,7 @@ class SeedRecord:
         self.report(step)
 
     def checkpoint_when_due(self, step: int) -> None:
-        """After an eval, every train.checkpoint_every steps and on a stop signal: CSVs and last.pt; the figure
-        after an eval; on a stop signal, Interrupted once the checkpoint is written."""
+        """After an eval, every train.checkpoint_every steps and on a stop signal (then Interrupted): CSVs, last.pt."""
         stop = signals.stop_requested()
         if self.evaluated or step % self.cfg.train.checkpoint_every == 0 or stop:
             if stop and self.loss_sums:  # between log steps: no checkpoint of weights whose loss is unchecked
@@ -178,8 +172,7 @@ class SeedRecord:
         return final
 
     def save_video(self, frames: list[np.ndarray] | None, fps: int) -> None:
-        """video.mp4 of the filmed episode (None: rendering failed, said already); a failed write is one logged line:
-        the scores stand without the video."""
+        """video.mp4 of the filmed episode (None: rendering failed); a failed write is logged, the scores stand."""
         if frames is None:
             return
         try:

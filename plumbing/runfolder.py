@@ -1,22 +1,20 @@
-"""The run folder's owner: one API writes and reads a run folder and its seed folders (the stop signals:
-plumbing/signals.py).
-
-    Run          the run folder: its config (loaded once, upgraded once), seeds, summary, per-seed tables, sweeps
-    SeedFolder   one seed's folder (run.seed(n)): metrics, training state, policies, final scores, video, its log
-    Tracker      a seed's metrics also in TensorBoard / W&B
-"""
+"""The run folder's owner, the one API that writes and reads it: Run (the run folder), SeedFolder (one seed's, with
+run.seed(n)) and Tracker (a seed's metrics also in TensorBoard / W&B)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from cfgs import schema
 from cfgs.schema import ConfigError
 from utils import (
     atomic_torch_save,
@@ -25,18 +23,10 @@ from utils import (
     read_csv,
     run_title,
     save_video,
-    spread,
     write_csv,
 )
 
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run folder
 
 
 class RunError(RuntimeError):
@@ -44,7 +34,7 @@ class RunError(RuntimeError):
 
 
 class FolderVanished(RunError):
-    """The run folder was deleted or moved while the run wrote into it: nothing more is written (not even the folder)."""
+    """The run folder was deleted or moved while the run wrote into it: nothing more is written there."""
 
 
 def read_json(path: Path, fix: str) -> dict | None:
@@ -81,11 +71,9 @@ class Run:
         Path(base).parent.mkdir(parents=True, exist_ok=True)
         for i in range(1000):
             folder = Path(f"{base}-{i}" if i else base)
-            try:
+            with contextlib.suppress(FileExistsError):
                 folder.mkdir()
                 return str(folder)
-            except FileExistsError:
-                continue
         raise RunError(f"{base}: 1000 runs of that name already exist")
 
     def holds_run(self) -> bool:
@@ -121,22 +109,23 @@ class Run:
         return self.dir / "config.yaml"
 
     def saved_config(self) -> dict:
-        """config.yaml as a plain dict in today's keys (the one upgrade step of old runs' configs)."""
-        from omegaconf import OmegaConf
-
-        from cfgs import schema
-        return schema.upgrade(OmegaConf.load(self.config_path()))
+        """config.yaml as a plain dict without its defaults list, an older run's buffer.file as buffer.files."""
+        saved = OmegaConf.to_container(OmegaConf.load(self.config_path()))
+        saved.pop("defaults", None)
+        buffer = saved.get("buffer", {})
+        if "file" in buffer:
+            file, sha = buffer.pop("file"), buffer.get("sha256")
+            buffer["files"], buffer["sha256"] = [file] if file else None, [sha] if sha else None
+        return saved
 
     def config(self) -> DictConfig:
-        """config.yaml on the schema (typed, upgraded, resolved): what every reader of a run uses."""
-        from omegaconf import OmegaConf
+        """config.yaml on the schema, typed and resolved: what every reader of a run uses."""
         cfg = self.typed_config()
         OmegaConf.resolve(cfg)
         return cfg
 
     def typed_config(self) -> DictConfig:
         """config.yaml on the schema, unresolved; ConfigError naming the file when today's schema cannot read it."""
-        from cfgs import schema
         try:
             return schema.typed(self.saved_config())
         except ConfigError as e:
@@ -196,7 +185,7 @@ class Run:
         summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
                    "missing_seeds": sorted(set(seeds) - {f["seed"] for f in finals}),
                    "score_mean": float(np.mean(scores)) if scores else None,
-                   "score_std": spread(scores),
+                   "score_std": float(np.std(scores)) if len(scores) > 1 else None,  # one seed has no spread
                    "per_seed": finals}
         atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
@@ -210,9 +199,8 @@ class Run:
     # sharing
 
     def publish(self, dest: str | Path, policies: bool) -> list:
-        """Copy the finished seeds to share, without training state or this machine's paths (results.png drawn
-        again). policies: keep each seed's final.pt and the first seed's video (a reference run); else the CSVs,
-        summaries and figures only (a study run: its command makes the policies again). Returns the seeds left out."""
+        """Copy the finished seeds to share, without training state or this machine's paths; with `policies`, each
+        final.pt and the first seed's video. Returns the seeds left out."""
         root = Path(__file__).resolve().parents[1]
         local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
         dest = Path(dest)
@@ -229,7 +217,6 @@ class Run:
                 continue
             data = path.read_bytes()
             if relative == Path("config.yaml"):  # in today's keys, a new run (not a resume): --config-path retrains it
-                from cfgs import schema
                 config = self.config()
                 config.resume = None
                 data = schema.to_yaml(config).encode()
@@ -240,9 +227,6 @@ class Run:
                 data = text.encode()
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(dest / relative, data)
-        from omegaconf.errors import OmegaConfBaseException
-
-        from cfgs.schema import ConfigError
         copy = Run(dest)
         try:  # drawn again: without unfinished seeds, and titled without this machine's paths
             copy.plot(copy.config(), label=self.name)
@@ -374,19 +358,16 @@ class SeedFolder:
     def sweep_path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
 
-    def has_videos(self, names: list[str]) -> bool:
-        return all(self.video_path(name).exists() for name in names)
 
-
-NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT", "run.lock")  # state, job id, others' logs
+NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT")  # state, job id, others' logs
 
 
 def shared(relative: Path, policies: bool, video: Path) -> bool:
     """Is a run's file part of its shared copy (Run.publish)?"""
     name = relative.name
-    if name in NOT_SHARED or name.startswith("events.out.tfevents") or name.endswith(".tmp"):
+    if name in NOT_SHARED or name.startswith("events.out.tfevents"):
         return False
-    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # .hydra/ of old runs
+    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # temporaries, .hydra/ of old runs
         return False
     if name.endswith(".pt"):
         return policies
@@ -396,14 +377,10 @@ def shared(relative: Path, policies: bool, video: Path) -> bool:
 
 
 class Tracker:
-    """A seed's metrics, also in TensorBoard and/or Weights & Biases (cfg.logger); the CSVs stay the record.
-
-    Each is imported only when chosen. A resumed seed continues its own TensorBoard events (those after the
-    checkpoint are dropped) and its own W&B run (its id comes from the folder and the seed).
-    """
+    """A seed's metrics also in TensorBoard and/or W&B (cfg.logger, each imported only when chosen); a resumed seed
+    continues its own events (those after the checkpoint dropped) and its own W&B run (its id: folder and seed)."""
 
     def __init__(self, cfg: DictConfig, folder: str | Path, name: str, step: int):
-        from omegaconf import OmegaConf
         self.tensorboard = self.wandb = None
         config = OmegaConf.to_container(cfg)
         if "wandb" in cfg.logger:  # first: if it cannot start, nothing else is open yet

@@ -1,8 +1,5 @@
-"""Ctrl-C, SIGTERM, SIGHUP and a scheduler's preemption notice.
-
-    stop_on_signals, stop_requested, Interrupted   the training loop checkpoints, then stops
-    stop_at_once, Stopped                          a program stops where it is (evaluate.py)
-"""
+"""Ctrl-C, SIGTERM, SIGHUP and a scheduler's preemption notice: the training loop checkpoints, then stops
+(stop_on_signals, stop_requested, Interrupted); evaluate.py stops where it is (stop_at_once, Stopped)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +22,7 @@ def _note_signal(signum, frame):
 
 
 def stop_on_signals() -> None:
-    """From now on SIGINT, SIGTERM, SIGHUP and the preemption signal only set a flag that the training loop reads."""
+    """From now on the stop signals only set a flag that the training loop reads."""
     global _requeue
     previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
     if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
@@ -35,32 +32,23 @@ def stop_on_signals() -> None:
 
 
 def pass_stops_to_children() -> None:
-    """In an entry point's own process: SIGINT, SIGTERM and SIGHUP that reach a study's process (a multirun's, however it was
-    asked for) while the joblib launcher's workers run are noted and passed on to them, whose jobs checkpoint and
-    stop; the study waits for them and reports each job. Elsewhere the signals act as before (a run's job takes
-    them over when it starts: stop_on_signals)."""
+    """In a study's process: SIGINT, SIGTERM and SIGHUP pass on to the joblib launcher's workers, which checkpoint."""
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def pass_on(signum, frame):
         workers = [child for child in multiprocessing.active_children() if type(child).__name__ == "LokyProcess"]
-        if not workers:
-            act_as_before(before[signum], signum, frame)
-            return
-        _note_signal(signum, frame)
+        if workers:
+            _note_signal(signum, frame)
+        elif callable(before[signum]):
+            before[signum](signum, frame)
+        elif before[signum] == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                 os.kill(worker.pid, signum)
     for sig in before:
         signal.signal(sig, pass_on)
-
-
-def act_as_before(handler, signum, frame) -> None:
-    """What the signal would have done under `handler` (Python's handler, the default action, or ignored)."""
-    if callable(handler):
-        handler(signum, frame)
-    elif handler == signal.SIG_DFL:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
 
 
 def stop_requested() -> str | None:
@@ -69,10 +57,7 @@ def stop_requested() -> str | None:
 
 
 def requeue_if_preempted() -> None:
-    """In a submitit job that got its preemption notice, after the checkpoint: let submitit requeue the job.
-
-    submitit resubmits the same job (same overrides, same folder); main.py resumes that folder. Exits when requeued.
-    """
+    """In a submitit job preempted, after the checkpoint: submitit requeues it into its folder, which it resumes."""
     if _requeue is not None and PREEMPTION_SIGNAL.name in _signals:
         log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
         _requeue(PREEMPTION_SIGNAL.value, None)
@@ -92,11 +77,8 @@ class Stopped(Exception):
 
 
 def stop_at_once() -> None:
-    """From now on each stop signal raises Stopped where the program is: for a program whose every output is
-    written whole when it is complete (evaluate.py: each seed's sweep), so a stop loses only the part under way."""
+    """From now on each stop signal raises Stopped where the program is (evaluate.py)."""
     def stop(signum, frame):
         raise Stopped(signal.Signals(signum).name)
     for sig in STOP_SIGNALS:
         signal.signal(sig, stop)
-
-

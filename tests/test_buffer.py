@@ -110,11 +110,7 @@ def test_state_statistics_describe_the_kept_states(hopper_file):
 # --- dataset files -------------------------------------------------------------------------------
 
 
-def test_unknown_env_and_dataset_list_the_choices():
-    with pytest.raises(DatasetError, match="choose one of hopper, halfcheetah, walker2d"):
-        sources.dataset_file("ant", "medium")
-    with pytest.raises(DatasetError, match="medium-replay"):
-        sources.dataset_file("hopper", "mediocre")
+def test_a_dataset_is_read_from_d4rls_file_name():  # an unknown env or dataset: test_bad_input.py
     assert sources.dataset_file("walker2d", "medium-expert") == "walker2d_medium_expert-v2.hdf5"
 
 

@@ -1,5 +1,5 @@
-"""Minari datasets as published: reference scores from the dataset, the command line or the env's expert dataset,
-and the env built from the dataset's spec, kwargs included. The datasets are built with Minari's public
+"""Minari datasets as published: reference scores from the dataset or the command line, and the env built from
+the dataset's spec, kwargs included. The datasets are built with Minari's public
 create_dataset_from_buffers (no network, no jax)."""
 import gymnasium as gym
 import numpy as np
@@ -78,29 +78,22 @@ def test_a_dataset_without_reference_scores_takes_those_given_on_the_command_lin
     assert_scored_on(tmp_path / "run", -5.0, 500.0)
 
 
-def test_a_dataset_without_reference_scores_takes_those_of_its_envs_expert_dataset_on_disk(minari_root):
-    write_minari_dataset("mujoco/hopper/medium-v0", gym.make("Hopper-v5"))
-    write_minari_dataset("mujoco/hopper/expert-v0", gym.make("Hopper-v5"), ref_scores=(-20, 3200))
-    facts = sources.minari_facts("mujoco/hopper/medium-v0")
-    assert (facts["ref_min_score"], facts["ref_max_score"], facts["ref_source"]) == (-20.0, 3200.0, "minari-expert")
-    assert facts["file"].endswith("mujoco/hopper/medium-v0/data")
-
-
 def test_the_datasets_own_reference_scores_win_over_the_command_line(minari_root):
     write_minari_dataset("mujoco/hopper/medium-v0", gym.make("Hopper-v5"), ref_scores=(-20, 3000))
     facts = sources.minari_facts("mujoco/hopper/medium-v0", command_line=(0.0, 1.0))
-    assert (facts["ref_min_score"], facts["ref_max_score"], facts["ref_source"]) == (-20.0, 3000.0, "minari")
+    scores = (facts["env.ref_min_score"], facts["env.ref_max_score"], facts["env.ref_source"])
+    assert scores == (-20.0, 3000.0, "minari")
 
 
-def test_a_dataset_without_reference_scores_stops_with_one_line_naming_both_ways(tmp_path, minari_root):
+def test_a_dataset_without_reference_scores_stops_with_one_line_naming_the_overrides(tmp_path, minari_root):
     write_minari_dataset("mujoco/hopper/medium-v0", gym.make("Hopper-v5"))
-    write_minari_dataset("mujoco/walker2d/expert-v0", gym.make("Walker2d-v5"), ref_scores=(0, 4000))  # another env's
+    write_minari_dataset("mujoco/hopper/expert-v0", gym.make("Hopper-v5"), ref_scores=(0, 4000))  # not taken
     result = run_entry("main.py", tmp_path / "run", "buffer.source=minari", "buffer.dataset=mujoco/hopper/medium-v0",
                        check=False, env={"MINARI_DATASETS_PATH": str(minari_root)})
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1, result.stderr
-    assert "has no reference scores" in lines[0] and "env.ref_min_score=" in lines[0]
-    assert "`minari download mujoco/hopper/expert-v0`" in lines[0]
+    assert "has no reference scores" in lines[0]
+    assert "env.ref_min_score=" in lines[0] and "env.ref_max_score=" in lines[0]
 
 
 def test_one_reference_score_alone_on_the_command_line_is_refused(tmp_path, minari_root):
