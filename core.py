@@ -44,7 +44,6 @@ class RolloutStopped(Exception):
     """A stop signal (its name: str(e)) arrived during a rollout that checks for one; its episodes are unfinished."""
 
 
-# ---------------------------------------------------------------------------------------------
 # Training
 
 
@@ -143,7 +142,6 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None =
         return final
 
 
-# ---------------------------------------------------------------------------------------------
 # Evaluation: one loop over `num_envs` envs in lockstep; a single env is num_envs=1.
 
 
@@ -254,7 +252,7 @@ def periodic_eval(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> di
     """`cfg.eval.episodes` episodes of the policy (in eval mode for them), seeded by the seed."""
     was_training = policy.training
     result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed),
-                      reference_scores(cfg), cfg.eval.vectorized)
+                      (cfg.env.ref_min_score, cfg.env.ref_max_score), cfg.eval.vectorized)
     policy.train(was_training)
     return result
 
@@ -265,7 +263,8 @@ def final_evaluation(policy: DecisionTransformer, cfg: DictConfig, seed: int) ->
     started = time.time()
     try:
         result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
-                          reference_scores(cfg), cfg.eval.vectorized, stop=signals.stop_requested)
+                          (cfg.env.ref_min_score, cfg.env.ref_max_score), cfg.eval.vectorized,
+                          stop=signals.stop_requested)
     except RolloutStopped as e:
         raise signals.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
                                     f"{cfg.train.steps} is kept, from which a resume repeats it") from None
@@ -306,13 +305,7 @@ def scale_note(cfg: DictConfig) -> str:
             f"references' {D4RL_TIME_LIMIT}-step episodes)")
 
 
-# ---------------------------------------------------------------------------------------------
 # Building blocks of a run
-
-
-def reference_scores(cfg: DictConfig) -> tuple[float, float]:
-    """(env.ref_min_score, env.ref_max_score): the returns of scores 0 and 100."""
-    return cfg.env.ref_min_score, cfg.env.ref_max_score
 
 
 def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
@@ -323,10 +316,6 @@ def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
     return dataclasses.replace(spec, kwargs={**spec.kwargs, **OmegaConf.to_container(env_cfg.kwargs)})
 
 
-def space_dims(env: gym.Env) -> tuple[int, int]:
-    return env.observation_space.shape[0], env.action_space.shape[0]
-
-
 def load_data(cfg: DictConfig, env: gym.Env) -> SequenceBuffer:
     """The SequenceBuffer of the run's dataset, checked against the env's spaces and action bounds."""
     return SequenceBuffer(load_transitions(cfg, env), cfg.buffer.context_len, cfg.buffer.reward_scale,
@@ -335,9 +324,10 @@ def load_data(cfg: DictConfig, env: gym.Env) -> SequenceBuffer:
 
 def build_model(cfg: DictConfig, data: SequenceBuffer, env: gym.Env) -> DecisionTransformer:
     """The configured model for this env's spaces, holding the dataset's state statistics and the action bounds."""
-    config = DTConfig(*space_dims(env), context_len=cfg.buffer.context_len, max_timestep=cfg.env.max_episode_len,
-                      embed_dim=cfg.model.embed_dim, n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads,
-                      dropout=cfg.model.dropout, condition_on_return=cfg.model.condition_on_return)
+    config = DTConfig(env.observation_space.shape[0], env.action_space.shape[0], context_len=cfg.buffer.context_len,
+                      max_timestep=cfg.env.max_episode_len, embed_dim=cfg.model.embed_dim,
+                      n_layers=cfg.model.n_layers, n_heads=cfg.model.n_heads, dropout=cfg.model.dropout,
+                      condition_on_return=cfg.model.condition_on_return)
     return MODELS[cfg.model.implementation](config, state_mean=data.state_mean, state_std=data.state_std,
                                             action_low=env.action_space.low, action_high=env.action_space.high)
 

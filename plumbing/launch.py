@@ -119,12 +119,14 @@ def prepare(cfg):
         take_reference_scores(cfg, overrides)
     for path in as_list(cfg.buffer.path):
         if not Path(path).is_file():
-            moved = f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>" if cfg.resume else ""
+            moved = (f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>"
+                     if cfg.resume else "")
             raise ConfigError(f"buffer.path: {path}: no such file{moved}")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
     if not (cfg.resume and cfg.buffer.files or cfg.buffer.source == "minari"):  # the run records the files it read
-        dims = core.space_dims(gym.make(cfg.env.id))
+        env = gym.make(cfg.env.id)
+        dims = env.observation_space.shape[0], env.action_space.shape[0]
         cfg.buffer.files = [str(Path(p).resolve()) for p in run_files(cfg, *dims)]  # one download, before seeds
     cfg.buffer.sha256 = dataset_identity(cfg.buffer.files, cfg.buffer.sha256)  # the data's identity, kept
     load_transitions(cfg, gym.make(core.env_spec(cfg.env)))  # bad data is refused before the run exists

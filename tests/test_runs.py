@@ -76,7 +76,7 @@ def test_checkpoint_alone_evaluates_and_refuses_another_env(tiny_run):
     model = core.load_policy(run_dir / "seed0" / "final.pt", env_id="Hopper-v4")
     assert model.state_mean.shape == (11,) and not model.training
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    result = core.evaluate(model, core.RolloutSpec.of_run(cfg, 1, 0), core.reference_scores(cfg))
+    result = core.evaluate(model, core.RolloutSpec.of_run(cfg, 1, 0), (cfg.env.ref_min_score, cfg.env.ref_max_score))
     assert np.isfinite(result["score_mean"])
     with pytest.raises(core.ConfigError, match="trained on Hopper-v4, not Walker2d-v4"):
         core.load_policy(run_dir / "seed0" / "final.pt", env_id="Walker2d-v4")
