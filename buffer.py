@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
+import utils
 from cfgs.schema import ENVS, RTG_LIMIT, SAMPLE_BY
 from plumbing.sources import DatasetError, dataset_identity, local_files, read_d4rl, run_files
 
 if TYPE_CHECKING:
     import gymnasium as gym
-    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,16 @@ class SequenceBuffer:
     """Trajectories stored back to back, sampled as context windows of K steps."""
 
     def __init__(self, transitions: Transitions, context_len: int, reward_scale: float, max_timestep: int,
-                 sample_by: str = "length", top_percent: float = 100.0):
+                 sample_by: str = "length", top_percent: float = 100.0, holdout: float = 0.0,
+                 keep: np.ndarray | None = None):
+        """holdout: a fraction of trajectories (the same for every seed) put in held_out; keep: a mask to take."""
         starts, lengths, returns = transitions.trajectories()  # (trajectories,) each; starts: rows of the file
-        keep = top_trajectories(returns, top_percent)
+        held = np.random.default_rng(0).random(len(lengths)) < holdout  # (trajectories,) True: held out
+        self.held_out = None  # the held-out trajectories' own buffer
+        if keep is None:
+            keep = top_trajectories(returns, top_percent) & ~held
+            if held.any():
+                self.held_out = SequenceBuffer(transitions, context_len, reward_scale, max_timestep, keep=held)
         self.lengths, self.returns = lengths[keep], returns[keep]  # (T,) the T trajectories kept
         steps = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[keep], self.lengths)])  # (N,) their rows
         self.states = transitions.observations[steps]  # (N, obs)
@@ -210,9 +218,6 @@ class SequenceBuffer:
 
 def trajectory_scores_and_lengths(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Each trajectory's normalized return and its length in steps, of a D4RL file named <env>_<dataset>-v2.hdf5."""
-    from omegaconf import OmegaConf
-
-    import utils
     env = OmegaConf.load(Path(__file__).parent / "cfgs" / "env" / f"{Path(path).name.split('_')[0]}.yaml")
     with h5py.File(path, "r") as f:
         obs_dim, act_dim = f["observations"].shape[1], f["actions"].shape[1]
@@ -228,7 +233,6 @@ def task_name(path: str | Path) -> str:
 
 def plot_returns(paths: list[str | Path], out: str | Path) -> Path:
     """The trajectory-return histogram of each D4RL file on the normalized-score axis, as the assignment's Figure 1."""
-    import utils
     datasets = {task_name(p): trajectory_scores_and_lengths(p)[0] for p in paths}
     return utils.save_png(utils.dataset_returns_figure(datasets), out)
 
@@ -240,20 +244,17 @@ if __name__ == "__main__":
     parser.add_argument("--out", help="the figure (default: runs/dataset_returns.png, or -1, -2, ... if it exists)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
-    import utils
     if args.out:
         utils.refuse_replacing(args.out, args.force)
     try:
         files = args.files or local_files()
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}, or give the files")
-    unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
-    if unknown:
-        raise SystemExit(f"error: {unknown[0]}: give files named <env>_<dataset>-v2.hdf5, env one of {', '.join(ENVS)}")
-    out = Path(args.out) if args.out else utils.new_path(Path("runs") / "dataset_returns.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+        unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
+        if unknown:
+            raise SystemExit(f"error: {unknown[0]}: give files named <env>_<dataset>-v2.hdf5, env one of "
+                             f"{', '.join(ENVS)}")
+        out = Path(args.out) if args.out else utils.new_path(Path("runs") / "dataset_returns.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
         plot_returns(sorted(files, key=lambda f: (ENVS.index(Path(f).name.split("_")[0]), f)), out)
     except DatasetError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}" + ("" if args.files else ", or give the files"))
     print(f"wrote {out}")

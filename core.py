@@ -54,9 +54,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 def losses(model: DecisionTransformer, batch: list[torch.Tensor], train_cfg: DictConfig,
            precision: str) -> dict[str, torch.Tensor]:
-    """The named losses of a batch; "loss", their weighted sum, is the one trained. Without auxiliary losses it is
-    the action MSE alone; with them, each is its own entry (train.csv's columns, the tracker's keys, the figure's
-    curves all follow these names).
+    """The named losses of a batch; "loss", their weighted sum, is the one trained: the action MSE alone, or with
+    each auxiliary loss as its own entry (train.csv's columns, the tracker's keys and the figure follow the names).
 
     The auxiliary targets are the next step's state (normalized) and return-to-go, read from the a_t token:
     step t's prediction counts where step t + 1 is real (mask[:, 1:]), not where it is padding.
@@ -126,14 +125,14 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None =
     with record:
         model.train()
         for step in range(record.step + 1, cfg.train.steps + 1):
-            batch = to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
+            batch = utils.to_device(data.sample(cfg.train.batch_size, rng), device)  # (B, K, .) each
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             record.add_losses(train_step(model, optimizer, scheduler, batch, cfg.train, precision))
             if ema is not None:
                 ema.update(model)
             record.log_when_due(step, lr)
             if record.eval_due(step):
-                record.add_eval(step, periodic_eval(record.policy, cfg, seed))
+                record.add_eval(step, periodic_eval(record.policy, cfg, seed, data))
             record.checkpoint_when_due(step)  # and on a stop signal, which then ends training (Interrupted)
         record.save_policy("final")
         final = record.finish(final_evaluation(record.policy, cfg, seed))
@@ -248,13 +247,26 @@ def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[f
             "score_mean": float(scores.mean()), "score_std": float(scores.std())}
 
 
-def periodic_eval(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> dict:
-    """`cfg.eval.episodes` episodes of the policy (in eval mode for them), seeded by the seed."""
+def periodic_eval(policy: DecisionTransformer, cfg: DictConfig, seed: int, data: SequenceBuffer) -> dict:
+    """`cfg.eval.episodes` episodes of the policy (in eval mode for them), seeded by the seed. With buffer.holdout,
+    also its action MSE on training and on held-out trajectories: does its fit to the data carry over?"""
     was_training = policy.training
     result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed),
                       (cfg.env.ref_min_score, cfg.env.ref_max_score), cfg.eval.vectorized)
+    if data.held_out is not None:
+        result |= {"fit_action_mse": action_mse(policy, data), "holdout_action_mse": action_mse(policy, data.held_out)}
     policy.train(was_training)
     return result
+
+
+@torch.no_grad()
+def action_mse(policy: DecisionTransformer, data: SequenceBuffer, batches: int = 20, batch_size: int = 256) -> float:
+    """The policy's action MSE on windows of `data` drawn by a fixed seed: the same windows at every eval."""
+    rng, errors = np.random.default_rng(0), []
+    for _ in range(batches):
+        states, actions, returns_to_go, timesteps, mask = utils.to_device(data.sample(batch_size, rng), policy.device)
+        errors.append(masked_mse(policy(states, actions, returns_to_go, timesteps)["action"], actions, mask).item())
+    return float(np.mean(errors))
 
 
 def final_evaluation(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> dict:
@@ -305,9 +317,6 @@ def scale_note(cfg: DictConfig) -> str:
             f"references' {D4RL_TIME_LIMIT}-step episodes)")
 
 
-# Building blocks of a run
-
-
 def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
     """What gym.make builds for a run: env.id, or with env.kwargs (a Minari dataset's env) its spec with them."""
     if not env_cfg.get("kwargs"):
@@ -319,7 +328,7 @@ def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
 def load_data(cfg: DictConfig, env: gym.Env) -> SequenceBuffer:
     """The SequenceBuffer of the run's dataset, checked against the env's spaces and action bounds."""
     return SequenceBuffer(load_transitions(cfg, env), cfg.buffer.context_len, cfg.buffer.reward_scale,
-                          cfg.env.max_episode_len, cfg.buffer.sample_by, cfg.buffer.top_percent)
+                          cfg.env.max_episode_len, cfg.buffer.sample_by, cfg.buffer.top_percent, cfg.buffer.holdout)
 
 
 def build_model(cfg: DictConfig, data: SequenceBuffer, env: gym.Env) -> DecisionTransformer:
@@ -339,11 +348,3 @@ def load_policy(path: str | Path, env_id: str | None = None, device: str | torch
         raise ConfigError(f"checkpoint {path} was trained on {checkpoint['env_id']}, not {env_id}: "
                           f"choose the matching env=<name>")
     return policy_from_checkpoint(checkpoint).to(device)
-
-
-def to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-    """numpy arrays -> tensors on `device`; to a GPU from pinned memory, without waiting for its running steps."""
-    tensors = [torch.from_numpy(x) for x in arrays]
-    if device.type == "cuda":  # a plain copy would block the host until the GPU's queue is empty
-        return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
-    return tensors

@@ -292,3 +292,11 @@ def save_video(frames: list[np.ndarray], path: str | Path, fps: int = 30) -> Non
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """numpy arrays -> tensors on `device`; to a GPU from pinned memory, without waiting for its running steps."""
+    tensors = [torch.from_numpy(x) for x in arrays]
+    if device.type == "cuda":  # a plain copy would block the host until the GPU's queue is empty
+        return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+    return tensors

@@ -98,6 +98,7 @@ class BufferConfig:
     reward_scale: float = ruled(POSITIVE)  # returns-to-go are divided by this
     sample_by: str = ruled(one_of(SAMPLE_BY))  # length: every step equally likely
     top_percent: float = ruled(PERCENT)  # percentile behaviour cloning: keep the top x% by return
+    holdout: float = ruled(PROBABILITY)  # a fraction of trajectories left out; evals then log the action MSE on them
 
 
 @dataclass

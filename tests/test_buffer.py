@@ -332,3 +332,12 @@ def test_a_run_records_each_file_it_read_and_its_sha256(tmp_path):
     recorded = OmegaConf.load(tmp_path / "run" / "config.yaml").buffer
     assert list(recorded.files) == [str(f) for f in files]
     assert list(recorded.sha256) == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+
+
+def test_held_out_trajectories_are_the_same_for_every_seed_and_never_trained_on(hopper_file):
+    data, again = make_sequences(hopper_file, holdout=0.5), make_sequences(hopper_file, holdout=0.5)
+    held = data.held_out
+    assert sorted([*data.lengths, *held.lengths]) == sorted(n for n, _ in TRAJECTORIES)  # each on one side
+    assert len(held.lengths) and len(data.lengths) and held.lengths.tolist() == again.held_out.lengths.tolist()
+    assert not {tuple(s) for s in held.states} & {tuple(s) for s in data.states}
+    assert make_sequences(hopper_file).held_out is None

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 import core
 import models
 import utils
+from cfgs import schema
 from conftest import CRASH_ENV, ROOT, TINY, compose, copy_run, run_entry, run_script, start_script
 from plumbing import runfolder
 from plumbing.record import NonFiniteLossError
@@ -281,3 +282,12 @@ def test_every_gallery_config_and_policy_loads_without_migration_shims():
         cfg = run.config()  # typed: a key of older code would fail here
         if path.exists():
             assert not core.load_policy(path, env_id=cfg.env.id).training
+
+
+def test_with_held_out_trajectories_each_eval_logs_the_action_error_on_them_and_on_training_ones(hopper_file, tmp_path):
+    cfg = compose("buffer.holdout=0.5", f"buffer.path={hopper_file}")
+    schema.check(cfg)
+    core.train(cfg, 0, Run(tmp_path))
+    evals = utils.read_csv(tmp_path / "seed0" / "eval.csv")
+    for column in ("fit_action_mse", "holdout_action_mse"):
+        assert len(evals[column]) == len(evals["step"]) and (evals[column] > 0).all() and np.isfinite(evals[column]).all()
