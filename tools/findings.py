@@ -14,8 +14,7 @@ from typing import Union
 import numpy as np
 
 from tools import datasets, stats
-from tools.runs import compare, condition_words, scores, setting
-from tools.typeset import bullets, heading, paragraph
+from tools.runs import compare, condition_words, scores, setting, trend
 
 
 class Facts:
@@ -23,7 +22,7 @@ class Facts:
 
     def __init__(self, runs: list, grouped: dict, data: dict):
         self.runs, self.grouped, self.data = runs, grouped, data  # data: {task: (normalized returns, lengths)}
-        self.by_name = {run.run.dir.name: (task, settings[setting(run)], run) for task, settings in grouped.items()
+        self.by_name = {run.run.dir.name: (task, runs, run) for task, settings in grouped.items()
                         for runs in settings.values() for run in runs}
 
     def __call__(self, key: str) -> str:
@@ -57,9 +56,7 @@ class Facts:
         return {
             "": lambda: stats.score_text(values), "mean": lambda: n(np.mean(values)),
             "seeds": lambda: stats.seeds_text(values), "n": lambda: n(len(values), 0),
-            "setting": lambda: setting(run), "machine": lambda: condition_words(run),
-            "trend": lambda: stats.trend_text([t for r in runs for t in r.run.tables("eval")],
-                                              run.config["train.steps"]),
+            "setting": lambda: setting(run), "machine": lambda: condition_words(run), "trend": lambda: trend(runs),
             "bar": lambda: n(datasets.bar_and_paper(run)[0], None), "paper": lambda: n(datasets.bar_and_paper(run)[1]),
             "data-mean": lambda: n(data()[0].mean()), "data-best": lambda: n(data()[0].max()),
             "data-trajectories": lambda: n(len(data()[0]), 0), "data-steps": lambda: n(data()[1].sum(), 0),
@@ -104,13 +101,13 @@ def blocks(text: str) -> list:
     for line in text.splitlines() + [""]:
         stripped = line.strip()
         if (not stripped or stripped.startswith(("#", "- "))) and lines:
-            found.append(paragraph(" ".join(lines)))
+            found.append(("paragraph", " ".join(lines)))
             lines = []
         if items and not (stripped.startswith("- ") or (stripped and line.startswith("  "))):
-            found.append(bullets(items))
+            found.append(("bullets", items))
             items = []
         if stripped.startswith("#"):
-            found.append(heading(min(3, len(stripped) - len(stripped.lstrip("#"))), stripped.lstrip("# ")))
+            found.append(("heading", min(3, len(stripped) - len(stripped.lstrip("#"))), stripped.lstrip("# ")))
         elif stripped.startswith("- "):
             items.append(stripped[2:])
         elif stripped and items:

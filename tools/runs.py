@@ -15,17 +15,19 @@ from cfgs import schema
 from plumbing.runfolder import Run, RunError
 from tools import stats
 
-ENVS, DATASETS = schema.ENVS, schema.DATASETS
 # Keys set at start, or that say where outputs go or which machine trains: never part of a setting or its overrides
 SET_AT_START = ("resume", "buffer.files", "buffer.sha256", "buffer.path", "device", "logger", "wandb.", "eval.video",
                 "env.kwargs", "env.assignment_bar", "env.dt_paper_score", "env.ref_source", "train.threads")
 TASK_KEYS = ("seeds", "buffer.dataset", "buffer.source", "train.log_every", "train.checkpoint_every")  # not settings
 AUTO_MEANS = {"train.precision": "bf16"}  # in setting names: `auto` is bf16 on the reference runs' CPU
-PERCENTILE_KEYS = ("buffer.top_percent", "model.condition_on_return")
-AUX_KEYS = ("train.aux_state_coef", "train.aux_rtg_coef")
-QUESTION_KEYS = (*PERCENTILE_KEYS, *AUX_KEYS, "train.precision")  # always named in a setting
-PERCENTILE_SETTINGS = ("DT, all data", "DT, top 10%", "DT, top 25%", "BC, all data", "BC, top 10%")
-AUX_SETTINGS = ("action only", "+ next state", "+ next state and return-to-go")
+DEFAULT = "DT, all data"  # the setting of cfgs/'s defaults: the reference of its task
+QUESTIONS = {  # a bonus question: the keys its settings change and their names, its baseline first
+    "percentile": (("buffer.top_percent", "model.condition_on_return"),
+                   (DEFAULT, "DT, top 10%", "DT, top 25%", "BC, all data", "BC, top 10%")),
+    "aux": (("train.aux_state_coef", "train.aux_rtg_coef"),
+            ("action only", "+ next state", "+ next state and return-to-go")),
+}
+NAMED_KEYS = (*QUESTIONS["percentile"][0], *QUESTIONS["aux"][0], "train.precision")  # always named in a setting
 
 
 @dataclass
@@ -131,14 +133,11 @@ def default_config(env: str) -> dict:
 
 def retrained_changes(run: FinishedRun, auto_means: Optional[dict] = None) -> dict:
     """The run's values that differ from cfgs/'s defaults for its env, but for those set at start: {key: value}."""
+    def meant(key: str, value: object) -> object:
+        return (auto_means or {}).get(key, value) if value == "auto" else value
     default = default_config(run.config.get("env.name"))
-    changed = {}
-    for key, value in run.config.items():
-        expected, value = ((auto_means or {}).get(key, v) if v == "auto" else v
-                           for v in (default.get(key, value), value))
-        if not key.startswith(SET_AT_START) and value != expected:
-            changed[key] = value
-    return changed
+    return {key: meant(key, value) for key, value in run.config.items() if not key.startswith(SET_AT_START)
+            and meant(key, value) != meant(key, default.get(key, value))}
 
 
 def changes(run: FinishedRun) -> dict:
@@ -155,10 +154,9 @@ def overrides(run: FinishedRun) -> str:
     return " ".join([f"env={run.config.get('env.name')}", *(f"{k}={value(v)}" for k, v in changed)])
 
 
-def setting(run: FinishedRun) -> str:
-    """The run's setting in words: 'DT, all data', 'BC, top 10%', 'DT, all data, + next state', 'DT, all data, fp32,
-    on the AVX2 machine'."""
-    changed = changes(run)
+def in_words(changed: dict) -> str:
+    """Changes from cfgs/'s defaults in words: 'DT, all data', 'BC, top 10%', 'DT, all data, + next state, fp32'."""
+    changed = dict(changed)
     words = ["BC" if changed.pop("model.condition_on_return", True) is False else "DT"]
     top = changed.pop("buffer.top_percent", 100.0)
     words.append("all data" if top >= 100 else f"top {stats.number(top, None)}%")
@@ -170,19 +168,22 @@ def setting(run: FinishedRun) -> str:
     named = {"buffer.sample_by": "sampled by {}", "model.dropout": "dropout {}", "train.precision": "{}",
              "model.implementation": "{}", "eval.target_return": "target {}"}
     words += [named.get(key, key + " {}").format(stats.shown(value)) for key, value in sorted(changed.items())]
-    words += [f"on the {run.machine} machine"] if run.machine else []
-    return ", ".join(str(w).replace("models.ReferenceDT", "plain eager model") for w in words)
+    return ", ".join(words).replace("models.ReferenceDT", "plain eager model")
+
+
+def setting(run: FinishedRun) -> str:
+    """The run's setting in words, with the machine it trained on where that is not the default one."""
+    return in_words(changes(run)) + (f", on the {run.machine} machine" if run.machine else "")
 
 
 def question_setting(run: FinishedRun, keys: tuple, names: tuple) -> Optional[str]:
     """The run's setting without its precision and machine, where it differs from the default in `keys` only
-    and is one of `names`; else None."""
-    if set(changes(run)) - {*keys, "train.precision"}:
+    and is one of `names` (names[0] the default's); else None."""
+    changed = {k: v for k, v in changes(run).items() if k != "train.precision"}
+    if set(changed) - set(keys):
         return None
-    name = setting(run).replace(f", {run.config.get('train.precision')}", "")
-    name = name.replace(f", on the {run.machine} machine", "")
-    if keys == AUX_KEYS:
-        name = {"DT, all data": AUX_SETTINGS[0]}.get(name, name.replace("DT, all data, ", ""))
+    name = in_words(changed).removeprefix(f"{DEFAULT}, ")
+    name = names[0] if name == DEFAULT else name
     return name if name in names else None
 
 
@@ -191,25 +192,29 @@ def condition(run: FinishedRun) -> tuple:
     return run.config.get("train.precision"), run.machine
 
 
+def condition_words(run: FinishedRun) -> str:
+    return run.config.get("train.precision") + (f", on the {run.machine} machine" if run.machine else "")
+
+
 def task_order(task: str) -> tuple:
     env, _, dataset = task.partition("-")
-    return (ENVS.index(env) if env in ENVS else len(ENVS), DATASETS.index(dataset) if dataset in DATASETS else 99,
+    envs, datasets = schema.ENVS, schema.DATASETS
+    return (envs.index(env) if env in envs else len(envs), datasets.index(dataset) if dataset in datasets else 99,
             task)
 
 
 def by_task(runs: list) -> dict:
     """{task: {setting: [runs]}}, tasks in the order of cfgs' envs and datasets; runs of one setting pool seeds.
     A change every run of a task shares (train.steps=200 of a quick study) is the task's, named beside it."""
-    tasks = {}
+    tasks, grouped = {}, {}
     for run in sorted(runs, key=lambda r: task_order(r.task)):
         tasks.setdefault(run.task, []).append(run)
-    grouped = {}
     for name, members in tasks.items():
-        common = set.intersection(*({(k, repr(v)) for k, v in retrained_changes(r, AUTO_MEANS).items()}
-                                    for r in members))
-        keys = sorted(k for k, _ in common if k not in QUESTION_KEYS and not k.startswith(TASK_KEYS))
-        for run in members:
-            run.shared = tuple((k, retrained_changes(run, AUTO_MEANS)[k]) for k in keys)
+        changed = [retrained_changes(r, AUTO_MEANS) for r in members]
+        keys = sorted(k for k, v in changed[0].items() if k not in NAMED_KEYS and not k.startswith(TASK_KEYS)
+                      and all(k in c and repr(c[k]) == repr(v) for c in changed))
+        for run, c in zip(members, changed):
+            run.shared = tuple((k, c[k]) for k in keys)
             grouped.setdefault(name, {}).setdefault(setting(run), []).append(run)
     return grouped
 
@@ -221,8 +226,8 @@ def shared_text(settings: dict) -> str:
 
 
 def reference(settings: dict) -> Optional[list]:
-    """A task's default runs (its setting 'DT, all data'), or None."""
-    return settings.get(PERCENTILE_SETTINGS[0])
+    """A task's default runs, or None."""
+    return settings.get(DEFAULT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,15 +235,26 @@ def reference(settings: dict) -> Optional[list]:
 
 
 def scores(runs: list) -> list:
-    return [f["score_mean"] for f in finals(runs)]
-
-
-def finals(runs: list) -> list:
-    return [f for run in runs for f in run.finals()]
+    return [f["score_mean"] for run in runs for f in run.finals()]
 
 
 def compare(runs: list, base: list) -> Optional[tuple]:
-    return stats.difference(finals(runs), finals(base))
+    return stats.difference([f for r in runs for f in r.finals()], [f for r in base for f in r.finals()])
+
+
+def trend(runs: list) -> str:
+    """'level', or where the runs' pooled eval scores still rise at the end of training (stats.trend_text)."""
+    return stats.trend_text([t for r in runs for t in r.run.tables("eval")], runs[0].config.get("train.steps"))
+
+
+def baseline(settings: dict, runs: list) -> tuple:
+    """The default of the runs' task at their precision and machine, and ''; else (a default at another precision
+    or machine itself among them) the task's default and ' †'."""
+    same = [rs for rs in settings.values() if condition(rs[0]) == condition(runs[0])
+            and not set(changes(rs[0])) - {"train.precision"}]
+    if same and (same[0] is not runs or runs is reference(settings)):
+        return same[0], ""
+    return reference(settings) or [], " †"
 
 
 @dataclass
@@ -248,10 +264,6 @@ class Comparison:
     runs: list
     base: list
     note: str  # '' where runs and base share precision and machine; else how they differ
-
-
-def condition_words(run: FinishedRun) -> str:
-    return run.config.get("train.precision") + (f", on the {run.machine} machine" if run.machine else "")
 
 
 def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
@@ -275,11 +287,11 @@ def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
     return found
 
 
-def bar_data(found: list, grouped: dict, baseline: str) -> dict:
-    """{task: {setting: (scores, its baseline's mean, other condition?)}} for figures.bars."""
+def bar_data(found: list, grouped: dict, first: str) -> dict:
+    """{task: {setting: (scores, its baseline's mean, other condition?)}} for figures.bars; first: the default's."""
     results = {}
     for c in found:
         default = scores(reference(grouped[c.task]))
-        results.setdefault(c.task, {baseline: (default, np.mean(default), False)})
+        results.setdefault(c.task, {first: (default, np.mean(default), False)})
         results[c.task][c.setting] = (scores(c.runs), np.mean(scores(c.base)), bool(c.note))
     return results
