@@ -53,26 +53,6 @@ n = stats.number
 # Tables and sentences from the runs
 
 
-def results_tables(grouped: dict, data: dict) -> tuple:
-    """The rows on D4RL's scale and those on another: a row per task with its default runs; a task without them
-    gets a row per setting (named beside it)."""
-    rows = {True: [], False: []}
-    for name, settings in grouped.items():
-        shown = {"": reference(settings)} if reference(settings) else settings
-        for setting_name, runs in shown.items():
-            values, (bar, paper) = scores(runs), datasets.bar_and_paper(runs[0])
-            passed = "-" if bar is None else f"> {n(bar, None)}: " + (
-                ("yes" if np.mean(values) > bar else "no") if len(values) >= 3 else
-                f"n/a ({n(len(values), 0)} seed{'s' * (len(values) != 1)})")
-            returns = data.get(name, (None,))[0]
-            rows[runs[0].on_d4rl_scale].append([
-                name + shared_text(settings) + (f", {setting_name}" if setting_name else ""),
-                stats.score_text(values), stats.seeds_text(values), passed, n(paper),
-                "-" if returns is None else n(returns.mean()), "-" if returns is None else n(returns.max()),
-                trend(runs)])
-    return rows[True], rows[False]
-
-
 def statistics_text(runs: list) -> str:
     """What the numbers are: the spread, the trend test, the difference test and what it holds fixed."""
     episodes = sorted({run.config.get("eval.final_episodes") for run in runs})
@@ -159,14 +139,28 @@ def draw_figures(grouped: dict, data: dict, found: dict) -> Iterator[tuple]:
 
 
 def results(runs: list, grouped: dict, data: dict, label: str) -> list:
-    """The results table, what its numbers are, the runs on other scales and what is left out."""
+    """The results table, a row per task with its default runs (a task without them: a row per setting, named
+    beside it), on D4RL's scale and on any other; what its numbers are; the runs left out of them."""
+    rows = {True: [], False: []}  # on D4RL's scale, on another
+    for name, settings in grouped.items():
+        shown = {"": reference(settings)} if reference(settings) else settings
+        for setting_name, members in shown.items():
+            values, (bar, paper) = scores(members), datasets.bar_and_paper(members[0])
+            passed = "-" if bar is None else f"> {n(bar, None)}: " + (
+                ("yes" if np.mean(values) > bar else "no") if len(values) >= 3 else
+                f"n/a ({n(len(values), 0)} seed{'s' * (len(values) != 1)})")
+            returns = data.get(name, (None,))[0]
+            rows[members[0].on_d4rl_scale].append([
+                name + shared_text(settings) + (f", {setting_name}" if setting_name else ""),
+                stats.score_text(values), stats.seeds_text(values), passed, n(paper),
+                "-" if returns is None else n(returns.mean()), "-" if returns is None else n(returns.max()),
+                trend(members)])
     header = ["task", "final score", "seeds' scores", "bar (3-seed mean)", "DT paper (D4RL)", "data: mean",
               "data: best", "trend"]
-    d4rl_scale, other_scale = results_tables(grouped, data)
-    blocks = [("heading", 2, f"Results{label}"), ("table", header, d4rl_scale), ("paragraph", statistics_text(runs))]
-    if other_scale:
+    blocks = [("heading", 2, f"Results{label}"), ("table", header, rows[True]), ("paragraph", statistics_text(runs))]
+    if rows[False]:
         blocks += [("paragraph", "On other scales (Minari's reference scores, or -v5 envs): not comparable with the "
-                                 "table above, the bars or the DT paper."), ("table", header, other_scale)]
+                                 "table above, the bars or the DT paper."), ("table", header, rows[False])]
     blocks += [("paragraph", s) for s in datasets.different_files(runs)]
     nan = [f"{r.label} (seed {', '.join(n(s, 0) for s in r.nan_seeds())})" for r in runs if r.nan_seeds()]
     if nan:

@@ -14,7 +14,7 @@ from typing import Union
 import numpy as np
 
 from tools import datasets, stats
-from tools.runs import compare, condition_words, scores, setting, trend
+from tools.runs import compare, condition, scores, setting, trend
 
 
 class Facts:
@@ -56,7 +56,7 @@ class Facts:
         return {
             "": lambda: stats.score_text(values), "mean": lambda: n(np.mean(values)),
             "seeds": lambda: stats.seeds_text(values), "n": lambda: n(len(values), 0),
-            "setting": lambda: setting(run), "machine": lambda: condition_words(run), "trend": lambda: trend(runs),
+            "setting": lambda: setting(run), "machine": lambda: condition(run), "trend": lambda: trend(runs),
             "bar": lambda: n(datasets.bar_and_paper(run)[0], None), "paper": lambda: n(datasets.bar_and_paper(run)[1]),
             "data-mean": lambda: n(data()[0].mean()), "data-best": lambda: n(data()[0].max()),
             "data-trajectories": lambda: n(len(data()[0]), 0), "data-steps": lambda: n(data()[1].sum(), 0),

@@ -187,12 +187,8 @@ def question_setting(run: FinishedRun, keys: tuple, names: tuple) -> Optional[st
     return name if name in names else None
 
 
-def condition(run: FinishedRun) -> tuple:
-    """What a comparison must hold fixed besides the setting: the precision trained in and the machine."""
-    return run.config.get("train.precision"), run.machine
-
-
-def condition_words(run: FinishedRun) -> str:
+def condition(run: FinishedRun) -> str:
+    """What a comparison must hold fixed besides the setting: 'fp32', 'bf16, on the avx2 machine'."""
     return run.config.get("train.precision") + (f", on the {run.machine} machine" if run.machine else "")
 
 
@@ -228,10 +224,6 @@ def shared_text(settings: dict) -> str:
 def reference(settings: dict) -> Optional[list]:
     """A task's default runs, or None."""
     return settings.get(DEFAULT)
-
-
-# ---------------------------------------------------------------------------------------------
-# The questions: each setting against the default of its task trained at the same precision on the same machine
 
 
 def scores(runs: list) -> list:
@@ -272,18 +264,17 @@ def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
     found = []
     for task, settings in grouped.items():
         named, default = {}, reference(settings)
-        for run in (r for runs in settings.values() for r in runs):
-            if (name := question_setting(run, keys, names)) is not None:
-                named.setdefault(name, {}).setdefault(condition(run), []).append(run)
+        for runs in settings.values():
+            if (name := question_setting(runs[0], keys, names)) is not None:
+                named.setdefault(name, {})[condition(runs[0])] = runs
         if not default or len(named) < 2:
             continue
         for name in (n for n in names[1:] if n in named):
-            home = named[name].get(condition(default[0]))
-            runs = home or next(iter(named[name].values()))
-            base = default if home else named.get(names[0], {}).get(condition(runs[0]))
-            note = "" if home else condition_words(runs[0]) + (", as is its baseline" if base else
-                                                               f"; its baseline {condition_words(default[0])}")
-            found.append(Comparison(task, name, runs, base or default, note))
+            runs = named[name].get(condition(default[0])) or next(iter(named[name].values()))
+            base, mark = baseline(settings, runs)
+            note = "" if condition(runs[0]) == condition(default[0]) else condition(runs[0]) + (
+                f"; its baseline {condition(default[0])}" if mark else ", as is its baseline")
+            found.append(Comparison(task, name, runs, base, note))
     return found
 
 
