@@ -24,7 +24,7 @@ import numpy as np
 
 import utils
 from plumbing.runfolder import RunError
-from tools import datasets, figures, findings, stats, typeset
+from tools import figures, findings, stats, typeset
 from tools.runs import (
     DEFAULT,
     QUESTIONS,
@@ -33,6 +33,7 @@ from tools.runs import (
     by_task,
     compare,
     comparisons,
+    different_files,
     expand_sweeps,
     load_run,
     overrides,
@@ -41,6 +42,7 @@ from tools.runs import (
     scores,
     setting,
     shared_text,
+    trajectories,
     trend,
 )
 
@@ -121,14 +123,14 @@ def seeds_left_out(runs: list) -> str:
 def draw_figures(grouped: dict, data: dict, found: dict) -> Iterator[tuple]:
     """Every figure, one at a time: (name, figure); runs<i> the curves of the i-th task's settings."""
     defaults = {name: rs[0] for name, s in grouped.items() if (rs := reference(s))}
-    bars = {name: datasets.bar_and_paper(run)[0] for name, run in defaults.items()}
+    bars = {name: run.bar_and_paper()[0] for name, run in defaults.items()}
     medium = {name: (run.curve("eval", "score_mean"), run.curve("train", "action_mse") or run.curve("train", "loss"),
                      bars[name]) for name, run in defaults.items() if name.endswith("-medium")}
     if medium:
         yield "training", figures.training(medium)
     if data:
         yield "datasets", figures.datasets({k: v[0] for k, v in data.items()}, bars)
-    sweeps = {name: rows for name, run in defaults.items() if (rows := datasets.sweep_rows(run)) is not None}
+    sweeps = {name: rows for name, run in defaults.items() if (rows := run.sweep_rows()) is not None}
     if sweeps:
         yield "sweep", figures.sweep(sweeps, {name: data[name][0].max() for name in sweeps if name in data})
     for key, (_, names) in QUESTIONS.items():
@@ -145,7 +147,7 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
     for name, settings in grouped.items():
         shown = {"": reference(settings)} if reference(settings) else settings
         for setting_name, members in shown.items():
-            values, (bar, paper) = scores(members), datasets.bar_and_paper(members[0])
+            values, (bar, paper) = scores(members), members[0].bar_and_paper()
             passed = "-" if bar is None else f"> {n(bar, None)}: " + (
                 ("yes" if np.mean(values) > bar else "no") if len(values) >= 3 else
                 f"n/a ({n(len(values), 0)} seed{'s' * (len(values) != 1)})")
@@ -161,7 +163,7 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
     if rows[False]:
         blocks += [("paragraph", "On other scales (Minari's reference scores, or -v5 envs): not comparable with the "
                                  "table above, the bars or the DT paper."), ("table", header, rows[False])]
-    blocks += [("paragraph", s) for s in datasets.different_files(runs)]
+    blocks += [("paragraph", s) for s in different_files(runs)]
     nan = [f"{r.label} (seed {', '.join(n(s, 0) for s in r.nan_seeds())})" for r in runs if r.nan_seeds()]
     if nan:
         blocks.append(("paragraph", f"A NaN or inf final score, left out of every number here (its main.log says "
@@ -208,10 +210,10 @@ def appendix(grouped: dict, drawn: dict) -> list:
             versus = "-" if base is runs else stats.difference_text(compare(runs, base)) + mark
             rows.append([setting_name, ", ".join(r.label for r in runs), stats.score_text(scores(runs)),
                          stats.seeds_text(scores(runs)) + seeds_left_out(runs), versus, trends[setting_name],
-                         " + ".join(runs[0].config.get("buffer.files") or ["-"]) + f": {datasets.identity(runs[0])}"])
+                         " + ".join(runs[0].config.get("buffer.files") or ["-"]) + f": {runs[0].identity()}"])
             commands.append(f"{setting_name}: `{overrides(runs[0])}`")
         blocks += [("heading", 2, name + shared_text(settings)), ("table", header, rows), ("bullets", commands)]
-        blocks += [("paragraph", s) for s in datasets.different_files([r for rs in settings.values() for r in rs])]
+        blocks += [("paragraph", s) for s in different_files([r for rs in settings.values() for r in rs])]
         rising = "; ".join(s for s, t in trends.items() if t != "level") or "none"
         blocks.append(("image", drawn[f"runs{i}"], f"{name}: each setting's eval score over training (mean ± std "
                                                    f"over seeds), one y-range, the default's curve grey in each "
@@ -224,9 +226,9 @@ def write_report(runs: list, out: str, standin: bool, findings_path: Optional[st
     grouped = by_task(runs)
     data = {}
     for name, settings in grouped.items():
-        files = datasets.files((reference(settings) or next(iter(settings.values())))[0])
+        files = (reference(settings) or next(iter(settings.values())))[0].files()
         if files is not None:
-            data[name] = datasets.trajectories(tuple(files))
+            data[name] = trajectories(tuple(files))
     text = findings.fill(findings_path, findings.Facts(runs, grouped, data)) if findings_path else ""
     opening, rest = findings.sections(findings.blocks(text), OPENING)
     found = {key: comparisons(grouped, keys, names) for key, (keys, names) in QUESTIONS.items()}

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import buffer  # noqa: E402
 import report  # noqa: E402
 from conftest import write_d4rl_file  # noqa: E402
-from tools import datasets, figures, runs, stats, typeset  # noqa: E402
+from tools import figures, runs, stats, typeset  # noqa: E402
 
 ROOT = Path(report.__file__).resolve().parent
 HOPPER = {"name": "hopper", "id": "Hopper-v4", "target_return": 3600, "ref_min_score": -20.272305,
@@ -288,7 +288,7 @@ def test_a_runs_return_to_go_sweep_is_drawn(tmp_path):
     (run / "sweep_final.csv").write_text("\n".join(rows) + "\n")
     md = write([run], tmp_path / "report")
     assert "](report_sweep.png)" in md
-    targets, achieved = datasets.sweep_rows(runs.load_run(run))
+    targets, achieved = runs.load_run(run).sweep_rows()
     assert achieved.tolist() == [[30.0, 31.0], [58.0, 59.0]]
 
 

@@ -13,8 +13,8 @@ from typing import Union
 
 import numpy as np
 
-from tools import datasets, stats
-from tools.runs import compare, condition, scores, setting, trend
+from tools import stats
+from tools.runs import compare, condition, identity_text, scores, setting, trend
 
 
 class Facts:
@@ -27,7 +27,7 @@ class Facts:
 
     def __call__(self, key: str) -> str:
         if key == "data-identity":
-            return datasets.identity_text(self.runs)
+            return identity_text(self.runs)
         name, _, field = key.partition(":")
         if " - " in name:
             found = compare(*(self.find(n)[1] for n in name.split(" - ")))
@@ -57,7 +57,7 @@ class Facts:
             "": lambda: stats.score_text(values), "mean": lambda: n(np.mean(values)),
             "seeds": lambda: stats.seeds_text(values), "n": lambda: n(len(values), 0),
             "setting": lambda: setting(run), "machine": lambda: condition(run), "trend": lambda: trend(runs),
-            "bar": lambda: n(datasets.bar_and_paper(run)[0], None), "paper": lambda: n(datasets.bar_and_paper(run)[1]),
+            "bar": lambda: n(run.bar_and_paper()[0], None), "paper": lambda: n(run.bar_and_paper()[1]),
             "data-mean": lambda: n(data()[0].mean()), "data-best": lambda: n(data()[0].max()),
             "data-trajectories": lambda: n(len(data()[0]), 0), "data-steps": lambda: n(data()[1].sum(), 0),
             "data-full": lambda: n(data()[2].sum(), 0),
@@ -79,7 +79,7 @@ class Facts:
 
     def sweep(self, run: object) -> tuple:
         """(targets, the seeds' mean achieved score at each) of the run's return-to-go sweep."""
-        rows = datasets.sweep_rows(run)
+        rows = run.sweep_rows()
         if rows is None:
             raise KeyError(f"{run.label} has no sweep (python evaluate.py run=<run>)")
         return rows[0], rows[1].mean(1)

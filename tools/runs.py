@@ -1,6 +1,7 @@
-"""report.py's reading of finished runs: each run's config, summary and machine; its setting in words and the
-overrides of cfgs/ that train it again; runs grouped by task and setting; the comparisons that answer a question,
-each setting against its task's default trained at the same precision on the same machine."""
+"""report.py's reading of finished runs: each run's config, summary and machine, and the data behind it (its files'
+trajectories where they are on this machine, how the data is known, the bar and the DT paper's score, evaluate.py's
+sweep); its setting in words and the overrides of cfgs/ that train it again; runs grouped by task and setting; the
+comparisons that answer a question, each setting against its task's default at the same precision and machine."""
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -12,7 +13,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import utils
 from cfgs import schema
-from plumbing.runfolder import Run, RunError
+from plumbing.runfolder import Run, RunError, load_checkpoint
+from plumbing.sources import run_dataset_files
 from tools import stats
 
 # Keys set at start, or that say where outputs go or which machine trains: never part of a setting or its overrides
@@ -72,6 +74,44 @@ class FinishedRun:
         curve = utils.mean_std_over_seeds([t for t in self.run.tables(kind) if key in t], key)
         return None if curve is None else curve[:3]
 
+    def files(self) -> Optional[list]:
+        """The run's dataset files on this machine; None where one is missing (or for Minari data)."""
+        return run_dataset_files(self.run.saved_config().get("buffer", {}))
+
+    def identity(self) -> str:
+        """How the run's data is known beyond its file's name: the SHA-256 recorded at start; else the state
+        statistics stored in its policy (final.pt) against those of the file here; else not checked, and why."""
+        if self.config.get("buffer.sha256"):
+            return "SHA-256 " + ", ".join(sha[:12] for sha in self.config["buffer.sha256"])
+        policies, found = sorted(self.run.dir.glob("seed*/final.pt")), self.files()
+        if not policies or found is None:
+            return "not checked: " + ("no policy kept" if not policies else "file not here")
+        stored = load_checkpoint(policies[0])["model"]
+        expected = state_statistics(tuple(found), self.config["buffer.top_percent"],
+                                    self.config["buffer.reward_scale"])
+        same = all(np.allclose(stored[key].numpy(), value, rtol=1e-4, atol=1e-5)
+                   for key, value in zip(("state_mean", "state_std"), expected))
+        return f"state statistics {'match' if same else 'differ'}"
+
+    def bar_and_paper(self) -> tuple:
+        """The assignment's bar and the DT paper's D4RL score of the run's task (None where there is none)."""
+        env, dataset = self.summary["env"], Path(self.summary["dataset"]).stem
+        if not self.on_d4rl_scale or env not in schema.ENVS:
+            return None, None
+        facts = default_config(env)
+        return facts.get(f"env.assignment_bar.{dataset}"), facts.get(f"env.dt_paper_score.{dataset}")
+
+    def sweep_rows(self) -> Optional[tuple]:
+        """evaluate.py's sweep: (target scores, per-seed achieved scores (targets, seeds)); None without one."""
+        rows = self.run.run_table("sweep_final.csv")
+        if not rows:
+            return None
+        targets, seeds = np.unique(rows["target"]), np.unique(rows["seed"])
+        achieved = np.array([[rows["score"][(rows["target"] == t) & (rows["seed"] == s)].mean() for s in seeds]
+                             for t in targets])  # (targets, seeds): each seed's mean over its episodes
+        ref_min, ref_max = self.config["env.ref_min_score"], self.config["env.ref_max_score"]
+        return utils.normalized_score(targets, ref_min, ref_max), achieved
+
 
 def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> FinishedRun:
     """A finished run folder; SystemExit with one line if it is not one."""
@@ -97,6 +137,51 @@ def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> Finishe
         if value:
             config["buffer"][key] = Path(value).name if isinstance(value, str) else [Path(v).name for v in value]
     return FinishedRun(run, flatten(config), summary, (machines or {}).get(run.dir.name, ""))
+
+
+@lru_cache(maxsize=None)
+def trajectories(paths: tuple) -> tuple:
+    """(normalized returns, lengths in steps) of the trajectories of D4RL files read as one dataset."""
+    from buffer import trajectory_scores_and_lengths
+    return tuple(np.concatenate(column) for column in zip(*map(trajectory_scores_and_lengths, paths)))
+
+
+@lru_cache(maxsize=None)
+def state_statistics(paths: tuple, top_percent: float, reward_scale: float) -> tuple:
+    """The state mean and std that a run on these files computes (buffer.SequenceBuffer's)."""
+    import h5py
+
+    from buffer import SequenceBuffer, Transitions
+    with h5py.File(paths[0], "r") as f:
+        dims = f["observations"].shape[1], f["actions"].shape[1]
+    data = SequenceBuffer(Transitions.from_files(paths, *dims), 1, reward_scale, 1000, top_percent=top_percent)
+    return data.state_mean, data.state_std
+
+
+IDENTITY_KINDS = (("SHA-256", "recorded their files' SHA-256"),
+                  ("match", "kept a policy whose stored state statistics match those of the file of that name here"),
+                  ("differ", "kept a policy whose state statistics differ from the file here"),
+                  ("no policy", "kept no policy (published without one), so only their file's name is known"),
+                  ("not here", "kept a policy but have no file here to check it against"))
+
+
+def identity_text(runs: list) -> str:
+    """One sentence on how the runs' data is known: FinishedRun.identity's answers, counted."""
+    checks = [run.identity() for run in runs]
+    counts = [(sum(word in check for check in checks), says) for word, says in IDENTITY_KINDS]
+    return (f"Of the {stats.number(len(runs), 0)} runs, "
+            + "; ".join(f"{stats.number(n, 0)} {says}" for n, says in counts if n) + ".")
+
+
+def different_files(runs: list) -> list:
+    """Sentences naming runs of one comparison that read different files of the same name (by SHA-256)."""
+    by_name = {}
+    for run in runs:
+        for file, sha in zip(run.config.get("buffer.files") or [], run.config.get("buffer.sha256") or []):
+            by_name.setdefault(file, {}).setdefault(sha, []).append(run.label)
+    return [f"Runs on different files named {name}: " + "; ".join(f"{', '.join(labels)} (SHA-256 {sha[:12]})"
+                                                                  for sha, labels in shas.items()) + "."
+            for name, shas in by_name.items() if len(shas) > 1]
 
 
 def read_machines(path: Union[str, Path]) -> tuple:
