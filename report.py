@@ -18,7 +18,7 @@ import argparse
 import glob
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -120,26 +120,6 @@ def seeds_left_out(runs: list) -> str:
 # The document
 
 
-def draw_figures(grouped: dict, data: dict, found: dict) -> Iterator[tuple]:
-    """Every figure, one at a time: (name, figure); runs<i> the curves of the i-th task's settings."""
-    defaults = {name: rs[0] for name, s in grouped.items() if (rs := reference(s))}
-    bars = {name: run.bar_and_paper()[0] for name, run in defaults.items()}
-    medium = {name: (run.curve("eval", "score_mean"), run.curve("train", "action_mse") or run.curve("train", "loss"),
-                     bars[name]) for name, run in defaults.items() if name.endswith("-medium")}
-    if medium:
-        yield "training", figures.training(medium)
-    if data:
-        yield "datasets", figures.datasets({k: v[0] for k, v in data.items()}, bars)
-    sweeps = {name: rows for name, run in defaults.items() if (rows := run.sweep_rows()) is not None}
-    if sweeps:
-        yield "sweep", figures.sweep(sweeps, {name: data[name][0].max() for name in sweeps if name in data})
-    for key, (_, names) in QUESTIONS.items():
-        if found[key]:
-            yield key, figures.bars(bar_data(found[key], grouped, names[0]), names)
-    for i, settings in enumerate(grouped.values()):
-        yield f"runs{i}", figures.family({s: rs[0].curve("eval", "score_mean") for s, rs in settings.items()}, DEFAULT)
-
-
 def results(runs: list, grouped: dict, data: dict, label: str) -> list:
     """The results table, a row per task with its default runs (a task without them: a row per setting, named
     beside it), on D4RL's scale and on any other; what its numbers are; the runs left out of them."""
@@ -171,30 +151,44 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
     return blocks
 
 
-def question_figures(grouped: dict, drawn: dict, found: dict) -> list:
-    """Each figure drawn but the appendix's, with a caption that says what to see in it."""
+def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
+    """The main part's figures as <out>_<name>.png, each with a caption that says what to see in it."""
+    defaults = {name: rs[0] for name, s in grouped.items() if (rs := reference(s))}
+    bars = {name: run.bar_and_paper()[0] for name, run in defaults.items()}
+    medium = {name: (run.curve("eval", "score_mean"), run.curve("train", "action_mse") or run.curve("train", "loss"),
+                     bars[name]) for name, run in defaults.items() if name.endswith("-medium")}
+    sweeps = {name: rows for name, run in defaults.items() if (rows := run.sweep_rows()) is not None}
     episodes = n(next(iter(next(iter(grouped.values())).values()))[0].config.get("eval.episodes"), 0)
-    captions = {
-        "training": f"The default runs on the medium datasets: eval score ({episodes} episodes per eval, mean ± std "
-                    f"over seeds) and the action loss over training. See: whether the score levels off before the "
-                    f"last step, and where it ends against the assignment's bar (dashed).",
-        "datasets": "The datasets: each trajectory's normalized return. See: where the assignment's bar (solid) lies "
-                    "against the data's mean (dotted) and best trajectory (dashed): a bar above most trajectories "
-                    "asks the policy to do better than most of the data it imitates.",
-        "sweep": "Does the achieved return follow the target return-to-go? Each default run's policies conditioned on "
-                 "a sweep of targets (python evaluate.py run=<run>), mean ± std over seeds. See: where the curve "
-                 "leaves the line achieved = target and levels off, against the data's best trajectory (dotted).",
-        "percentile": "Does percentile behaviour cloning help? DT and plain BC (the same network, its return-to-go "
-                      "zeroed) on all the data or its top trajectories by return; bars: mean over seeds. "
-                      + question_text(found["percentile"]),
-        "aux": "Do auxiliary next-state and return-to-go losses help? Bars: mean over seeds. "
-               + question_text(found["aux"]),
-    }
-    return [("image", drawn[key], captions[key]) for key in captions if key in drawn]
+    shown = []
+    if medium:
+        shown.append(("training", figures.training(medium), (
+            f"The default runs on the medium datasets: eval score ({episodes} episodes per eval, mean ± std over "
+            f"seeds) and the action loss over training. See: whether the score levels off before the last step, and "
+            f"where it ends against the assignment's bar (dashed).")))
+    if data:
+        shown.append(("datasets", figures.datasets({k: v[0] for k, v in data.items()}, bars), (
+            "The datasets: each trajectory's normalized return. See: where the assignment's bar (solid) lies against "
+            "the data's mean (dotted) and best trajectory (dashed): a bar above most trajectories asks the policy to "
+            "do better than most of the data it imitates.")))
+    if sweeps:
+        shown.append(("sweep", figures.sweep(sweeps, {k: data[k][0].max() for k in sweeps if k in data}), (
+            "Does the achieved return follow the target return-to-go? Each default run's policies conditioned on a "
+            "sweep of targets (python evaluate.py run=<run>), mean ± std over seeds. See: where the curve leaves the "
+            "line achieved = target and levels off, against the data's best trajectory (dotted).")))
+    questions = {"percentile": "Does percentile behaviour cloning help? DT and plain BC (the same network, its "
+                               "return-to-go zeroed) on all the data or its top trajectories by return; bars: mean "
+                               "over seeds. ",
+                 "aux": "Do auxiliary next-state and return-to-go losses help? Bars: mean over seeds. "}
+    for key, (_, names) in QUESTIONS.items():
+        if found[key]:
+            fig = figures.bars(bar_data(found[key], grouped, names[0]), names)
+            shown.append((key, fig, questions[key] + question_text(found[key])))
+    return [("image", figures.save(fig, f"{out}_{name}.png"), caption) for name, fig, caption in shown]
 
 
-def appendix(grouped: dict, drawn: dict) -> list:
-    """Each task's settings: scores against their default, trend, data check, the command, and their curves."""
+def appendix(grouped: dict, out: str) -> list:
+    """Each task's settings: scores against their default, trend, data check, the command, and their curves
+    (<out>_runs<i>.png)."""
     blocks = [("pagebreak",), ("heading", 1, "Appendix: every run"),
               ("paragraph", "Each task's runs by setting (runs of one setting pool their seeds). vs default: the "
                             "difference from the task's default at the same precision and machine, ± its interval's "
@@ -214,10 +208,11 @@ def appendix(grouped: dict, drawn: dict) -> list:
             commands.append(f"{setting_name}: `{overrides(runs[0])}`")
         blocks += [("heading", 2, name + shared_text(settings)), ("table", header, rows), ("bullets", commands)]
         blocks += [("paragraph", s) for s in different_files([r for rs in settings.values() for r in rs])]
+        curves = figures.family({s: rs[0].curve("eval", "score_mean") for s, rs in settings.items()}, DEFAULT)
         rising = "; ".join(s for s, t in trends.items() if t != "level") or "none"
-        blocks.append(("image", drawn[f"runs{i}"], f"{name}: each setting's eval score over training (mean ± std "
-                                                   f"over seeds), one y-range, the default's curve grey in each "
-                                                   f"panel. See: still rising at the end: {rising}."))
+        blocks.append(("image", figures.save(curves, f"{out}_runs{i}.png"),
+                       f"{name}: each setting's eval score over training (mean ± std over seeds), one y-range, the "
+                       f"default's curve grey in each panel. See: still rising at the end: {rising}."))
     return blocks
 
 
@@ -232,22 +227,18 @@ def write_report(runs: list, out: str, standin: bool, findings_path: Optional[st
     text = findings.fill(findings_path, findings.Facts(runs, grouped, data)) if findings_path else ""
     opening, rest = findings.sections(findings.blocks(text), OPENING)
     found = {key: comparisons(grouped, keys, names) for key, (keys, names) in QUESTIONS.items()}
-    drawn = {name: figures.save(fig, f"{out}_{name}.png") for name, fig in draw_figures(grouped, data, found)}
     label = " (stand-in data)" if standin else ""
     blocks = [("heading", 1, f"Decision Transformer on D4RL MuJoCo{label}")]
     if standin:
         blocks.append(("paragraph", "Every score here is on stand-in datasets made by D4RL's protocol in gymnasium's "
                                     "-v4 envs, not on the D4RL release: they compare with D4RL's in spirit, not "
                                     "number for number (The data, below)."))
-    blocks += (opening + results(runs, grouped, data, label) + question_figures(grouped, drawn, found)
-               + [("heading", 2, "Method"), ("paragraph", protocol(grouped, kinds))] + rest + appendix(grouped, drawn))
+    blocks += (opening + results(runs, grouped, data, label) + question_figures(grouped, data, found, out)
+               + [("heading", 2, "Method"), ("paragraph", protocol(grouped, kinds))] + rest + appendix(grouped, out))
     pdf_path, md_path = Path(f"{out}.pdf"), Path(f"{out}.md")
     utils.atomic_write_bytes(pdf_path, typeset.pdf(blocks))
     utils.atomic_write_bytes(md_path, typeset.markdown(blocks).encode())
-    return [pdf_path, md_path, *drawn.values()]
-
-
-# ---------------------------------------------------------------------------------------------
+    return [pdf_path, md_path, *(block[1] for block in blocks if block[0] == "image")]
 
 
 def new_stem(stem: str) -> str:
