@@ -38,7 +38,6 @@ from tools.runs import (
     load_run,
     overrides,
     read_machines,
-    reference,
     scores,
     setting,
     shared_text,
@@ -73,7 +72,7 @@ def statistics_text(runs: list) -> str:
 def protocol(grouped: dict, kinds: dict) -> str:
     """How the runs trained, from their configs: the default's hyperparameters, the targets, precision and machine."""
     every = [r for s in grouped.values() for rs in s.values() for r in rs]
-    defaults = [rs[0] for s in grouped.values() if (rs := reference(s))] or every[:1]
+    defaults = [rs[0] for s in grouped.values() if (rs := s.get(DEFAULT))] or every[:1]
     c = defaults[0].config
     targets = {run.config["env.name"]: run.config["eval.target_return"] for run in defaults}
     conditions = {}
@@ -125,7 +124,7 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
     beside it), on D4RL's scale and on any other; what its numbers are; the runs left out of them."""
     rows = {True: [], False: []}  # on D4RL's scale, on another
     for name, settings in grouped.items():
-        shown = {"": reference(settings)} if reference(settings) else settings
+        shown = {"": settings[DEFAULT]} if DEFAULT in settings else settings
         for setting_name, members in shown.items():
             values, (bar, paper) = scores(members), members[0].bar_and_paper()
             passed = "-" if bar is None else f"> {n(bar, None)}: " + (
@@ -153,7 +152,7 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
 
 def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
     """The main part's figures as <out>_<name>.png, each with a caption that says what to see in it."""
-    defaults = {name: rs[0] for name, s in grouped.items() if (rs := reference(s))}
+    defaults = {name: rs[0] for name, s in grouped.items() if (rs := s.get(DEFAULT))}
     bars = {name: run.bar_and_paper()[0] for name, run in defaults.items()}
     medium = {name: (run.curve("eval", "score_mean"), run.curve("train", "action_mse") or run.curve("train", "loss"),
                      bars[name]) for name, run in defaults.items() if name.endswith("-medium")}
@@ -221,7 +220,7 @@ def write_report(runs: list, out: str, standin: bool, findings_path: Optional[st
     grouped = by_task(runs)
     data = {}
     for name, settings in grouped.items():
-        files = (reference(settings) or next(iter(settings.values())))[0].files()
+        files = (settings.get(DEFAULT) or next(iter(settings.values())))[0].files()
         if files is not None:
             data[name] = trajectories(tuple(files))
     text = findings.fill(findings_path, findings.Facts(runs, grouped, data)) if findings_path else ""

@@ -17,7 +17,6 @@ from tools import typeset
 
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
          "legend.fontsize": 7, "figure.titlesize": 8}
-SCORE = "score (D4RL normalized)"
 STEP = "training step (thousands)"
 
 
@@ -78,7 +77,7 @@ def training(tasks: dict) -> Any:
         band(loss_ax, loss, "C1")
         loss_ax.set_yscale("log")
         loss_ax.yaxis.set_minor_formatter(pyplot().NullFormatter())
-        score_ax.set(title=name, ylabel=SCORE, xlabel=STEP)
+        score_ax.set(title=name, ylabel="score (D4RL normalized)", xlabel=STEP)
         loss_ax.set(ylabel="action MSE (actions in [-1, 1])", xlabel=STEP)
         for ax in (score_ax, loss_ax):
             ax.grid(alpha=0.3)

@@ -2,6 +2,7 @@
 trajectories where they are on this machine, how the data is known, the bar and the DT paper's score, evaluate.py's
 sweep); its setting in words and the overrides of cfgs/ that train it again; runs grouped by task and setting; the
 comparisons that answer a question, each setting against its task's default at the same precision and machine."""
+from collections import namedtuple
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -306,11 +307,6 @@ def shared_text(settings: dict) -> str:
     return f" ({', '.join(f'{k}={stats.shown(v)}' for k, v in shared)})" if shared else ""
 
 
-def reference(settings: dict) -> Optional[list]:
-    """A task's default runs, or None."""
-    return settings.get(DEFAULT)
-
-
 def scores(runs: list) -> list:
     return [f["score_mean"] for run in runs for f in run.finals()]
 
@@ -329,18 +325,13 @@ def baseline(settings: dict, runs: list) -> tuple:
     or machine itself among them) the task's default and ' †'."""
     same = [rs for rs in settings.values() if condition(rs[0]) == condition(runs[0])
             and not set(changes(rs[0])) - {"train.precision"}]
-    if same and (same[0] is not runs or runs is reference(settings)):
+    if same and (same[0] is not runs or runs is settings.get(DEFAULT)):
         return same[0], ""
-    return reference(settings) or [], " †"
+    return settings.get(DEFAULT) or [], " †"
 
 
-@dataclass
-class Comparison:
-    task: str
-    setting: str
-    runs: list
-    base: list
-    note: str  # '' where runs and base share precision and machine; else how they differ
+# A setting against its baseline; note: '' where the two share precision and machine, else how they differ
+Comparison = namedtuple("Comparison", "task setting runs base note")
 
 
 def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
@@ -348,7 +339,7 @@ def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
     they were run so; else at their own, against the baseline at the same where there is one."""
     found = []
     for task, settings in grouped.items():
-        named, default = {}, reference(settings)
+        named, default = {}, settings.get(DEFAULT)
         for runs in settings.values():
             if (name := question_setting(runs[0], keys, names)) is not None:
                 named.setdefault(name, {})[condition(runs[0])] = runs
@@ -367,7 +358,7 @@ def bar_data(found: list, grouped: dict, first: str) -> dict:
     """{task: {setting: (scores, its baseline's mean, other condition?)}} for figures.bars; first: the default's."""
     results = {}
     for c in found:
-        default = scores(reference(grouped[c.task]))
+        default = scores(grouped[c.task][DEFAULT])
         results.setdefault(c.task, {first: (default, np.mean(default), False)})
         results[c.task][c.setting] = (scores(c.runs), np.mean(scores(c.base)), bool(c.note))
     return results
