@@ -144,12 +144,12 @@ def bars(results: dict, settings: tuple) -> Any:
     return fig
 
 
-def family(curves: dict, default: Optional[str]) -> Any:
+def family(curves: dict, default: str) -> Any:
     """One task's settings: each one's eval score over training (mean ± std over seeds) in a small panel, all on
     one y-range, the default's curve drawn grey in each. curves: {setting: (steps, mean, std) or None}."""
     fig, axes = grid(len(curves), 4, 1.6, sharex=True, sharey=True)
     for ax, (name, curve) in zip(axes, curves.items()):
-        if default is not None and curves.get(default) is not None and name != default:
+        if curves.get(default) is not None and name != default:
             ax.plot(*curves[default][:2], color="grey", linewidth=1, label="default (DT, all data)")
         if curve is not None:
             band(ax, curve, "C0", "this setting, mean ± std over seeds")
