@@ -15,6 +15,7 @@ the machine each run trained on, which a run folder does not record. Outputs: <o
 (default: runs/report, never replacing a file).
 """
 import argparse
+import glob
 import os
 from pathlib import Path
 from typing import Optional
@@ -23,28 +24,26 @@ import numpy as np
 
 import utils
 from plumbing.runfolder import RunError
-from tools import datasets, figures, findings, stats, typeset
+from tools import figures, findings, stats, typeset
 from tools.runs import (
-    AUX_KEYS,
-    AUX_SETTINGS,
-    PERCENTILE_KEYS,
-    PERCENTILE_SETTINGS,
+    DEFAULT,
+    QUESTIONS,
     bar_data,
+    baseline,
     by_task,
-    changes,
     compare,
     comparisons,
-    condition,
+    different_files,
     expand_sweeps,
     load_run,
     overrides,
     read_machines,
-    reference,
     scores,
     setting,
     shared_text,
+    trajectories,
+    trend,
 )
-from tools.typeset import bullets, heading, image, pagebreak, paragraph, table
 
 OPENING = ("In short", "The data", "Limitations")  # the findings' sections that open the report
 DT_PAPER = "Chen et al. 2021, Table 2"  # a citation: its numbers are not results
@@ -55,35 +54,11 @@ n = stats.number
 # Tables and sentences from the runs
 
 
-def results_table(grouped: dict, data: dict, d4rl_scale: bool = True) -> list:
-    """A row per task with its default runs; a task without them gets a row per setting (named beside it)."""
-    rows = []
-    for name, settings in grouped.items():
-        shown = {"": reference(settings)} if reference(settings) else settings
-        for setting_name, runs in shown.items():
-            if runs[0].on_d4rl_scale != d4rl_scale:
-                continue
-            values, (bar, paper) = scores(runs), datasets.bar_and_paper(runs[0])
-            passed = "-" if bar is None else f"> {n(bar, None)}: " + (
-                ("yes" if np.mean(values) > bar else "no") if len(values) >= 3 else
-                f"n/a ({n(len(values), 0)} seed{'s' * (len(values) != 1)})")
-            returns = data.get(name, (None,))[0]
-            rows.append([name + shared_text(settings) + (f", {setting_name}" if setting_name else ""),
-                         stats.score_text(values), stats.seeds_text(values), passed, n(paper),
-                         "-" if returns is None else n(returns.mean()), "-" if returns is None else n(returns.max()),
-                         trend(runs)])
-    return rows
-
-
-def trend(runs: list) -> str:
-    return stats.trend_text([t for r in runs for t in r.run.tables("eval")], runs[0].config.get("train.steps"))
-
-
-def statistics_text(grouped: dict) -> str:
+def statistics_text(runs: list) -> str:
     """What the numbers are: the spread, the trend test, the difference test and what it holds fixed."""
-    episodes = {run.config.get("eval.final_episodes") for s in grouped.values() for rs in s.values() for run in rs}
+    episodes = sorted({run.config.get("eval.final_episodes") for run in runs})
     return (f"Final score: the D4RL normalized score ({n(0, 0)}: random, {n(100, 0)}: expert) of each seed's final "
-            f"evaluation ({' or '.join(n(e, 0) for e in sorted(episodes))} episodes), mean ± sample std over seeds "
+            f"evaluation ({' or '.join(n(e, 0) for e in episodes)} episodes), mean ± sample std over seeds "
             f"(ddof = {n(1, 0)}), default config. DT paper: {DT_PAPER} (on D4RL's data). Data: the normalized "
             f"returns of the dataset file's trajectories. Trend: \"still rising\" where the least-squares slope of "
             f"each seed's last {n(stats.LAST_EVALS, 0)} periodic evals is positive at one-sided p < "
@@ -96,12 +71,12 @@ def statistics_text(grouped: dict) -> str:
 
 def protocol(grouped: dict, kinds: dict) -> str:
     """How the runs trained, from their configs: the default's hyperparameters, the targets, precision and machine."""
-    defaults = [rs[0] for s in grouped.values() if (rs := reference(s))] or [next(iter(next(iter(
-        grouped.values())).values()))[0]]
+    every = [r for s in grouped.values() for rs in s.values() for r in rs]
+    defaults = [rs[0] for s in grouped.values() if (rs := s.get(DEFAULT))] or every[:1]
     c = defaults[0].config
     targets = {run.config["env.name"]: run.config["eval.target_return"] for run in defaults}
     conditions = {}
-    for run in (r for s in grouped.values() for rs in s.values() for r in rs):
+    for run in every:
         where = kinds.get(run.machine, "a machine not named (report.py --machines)")
         conditions.setdefault(f"{run.config.get('train.precision')} on {where}", []).append(run)
     return (f"Protocol, from the runs' config.yaml: the default config trains {n(c['train.steps'], 0)} steps of "
@@ -131,156 +106,143 @@ def question_text(found: list) -> str:
                if others else ""))
 
 
-def baseline(settings: dict, runs: list) -> tuple:
-    """The default of the runs' task at their precision and machine, and ''; else (a default at another precision
-    or machine itself among them) the task's default and ' †'."""
-    same = [rs for rs in settings.values() if condition(rs[0]) == condition(runs[0])
-            and not set(changes(rs[0])) - {"train.precision"}]
-    return (same[0], "") if same and (same[0] is not runs or runs is reference(settings)) else (
-        reference(settings) or [], " †")
+def seeds_left_out(runs: list) -> str:
+    """' (missing seeds: day/run: 2; NaN score: day/run: 0)', or ''."""
+    missing = [f"{r.label}: {', '.join(n(s, 0) for s in r.summary['missing_seeds'])}" for r in runs
+               if r.summary.get("missing_seeds")]
+    nan = [f"{r.label}: {', '.join(n(s, 0) for s in r.nan_seeds())}" for r in runs if r.nan_seeds()]
+    parts = [f"{what}: {'; '.join(found)}" for what, found in (("missing seeds", missing), ("NaN score", nan)) if found]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------
 # The document
 
 
-def draw_figures(grouped: dict, data: dict, out: str) -> dict:
-    """Every figure as <out>_<name>.png: {name: path}, {(family, task): path}, and the questions' sentences."""
-    drawn, defaults = {}, {name: rs for name, s in grouped.items() if (rs := reference(s))}
-    medium = {name: (runs[0].curve("eval", "score_mean"),
-                     runs[0].curve("train", "action_mse") or runs[0].curve("train", "loss"),
-                     datasets.bar_and_paper(runs[0])[0]) for name, runs in defaults.items() if name.endswith("-medium")}
-    if medium:
-        drawn["training"] = figures.save(figures.training(medium), f"{out}_training.png")
-    if data:
-        bars = {name: datasets.bar_and_paper(defaults[name][0])[0] for name in data if name in defaults}
-        drawn["datasets"] = figures.save(figures.datasets({k: v[0] for k, v in data.items()}, bars),
-                                         f"{out}_datasets.png")
-    sweeps = {name: rows for name, runs in defaults.items() if (rows := datasets.sweep_rows(runs[0])) is not None}
-    if sweeps:
-        best = {name: data[name][0].max() for name in sweeps if name in data}
-        drawn["sweep"] = figures.save(figures.sweep(sweeps, best), f"{out}_sweep.png")
-    for key, keys, names in (("percentile", PERCENTILE_KEYS, PERCENTILE_SETTINGS), ("aux", AUX_KEYS, AUX_SETTINGS)):
-        found = comparisons(grouped, keys, names)
-        if found:
-            drawn[key] = figures.save(figures.bars(bar_data(found, grouped, names[0]), names), f"{out}_{key}.png")
-            drawn[f"{key}_text"] = question_text(found)
-    for i, (name, settings) in enumerate(grouped.items()):
-        curves = {s: runs[0].curve("eval", "score_mean") for s, runs in settings.items()}
-        drawn[("family", name)] = figures.save(figures.family(curves, PERCENTILE_SETTINGS[0]), f"{out}_runs{i}.png")
-    return drawn
-
-
-def main_part(runs: list, grouped: dict, data: dict, drawn: dict, standin: bool, opening: list, rest: list,
-              kinds: dict) -> list:
-    """The short paper: answers and data, results, one figure per question, method."""
-    label = " (stand-in data)" if standin else ""
-    blocks = [heading(1, f"Decision Transformer on D4RL MuJoCo{label}")]
-    if standin:
-        blocks.append(paragraph("Every score here is on stand-in datasets made by D4RL's protocol in gymnasium's "
-                                "-v4 envs, not on the D4RL release: they compare with D4RL's in spirit, not number "
-                                "for number (The data, below)."))
+def results(runs: list, grouped: dict, data: dict, label: str) -> list:
+    """The results table, a row per task with its default runs (a task without them: a row per setting, named
+    beside it), on D4RL's scale and on any other; what its numbers are; the runs left out of them."""
+    rows = {True: [], False: []}  # on D4RL's scale, on another
+    for name, settings in grouped.items():
+        shown = {"": settings[DEFAULT]} if DEFAULT in settings else settings
+        for setting_name, members in shown.items():
+            values, (bar, paper) = scores(members), members[0].bar_and_paper()
+            passed = "-" if bar is None else f"> {n(bar, None)}: " + (
+                ("yes" if np.mean(values) > bar else "no") if len(values) >= 3 else
+                f"n/a ({n(len(values), 0)} seed{'s' * (len(values) != 1)})")
+            returns = data.get(name, (None,))[0]
+            rows[members[0].on_d4rl_scale].append([
+                name + shared_text(settings) + (f", {setting_name}" if setting_name else ""),
+                stats.score_text(values), stats.seeds_text(values), passed, n(paper),
+                "-" if returns is None else n(returns.mean()), "-" if returns is None else n(returns.max()),
+                trend(members)])
     header = ["task", "final score", "seeds' scores", "bar (3-seed mean)", "DT paper (D4RL)", "data: mean",
               "data: best", "trend"]
-    blocks += opening + [heading(2, f"Results{label}"), table(header, results_table(grouped, data)),
-                         paragraph(statistics_text(grouped))]
-    other_scale = results_table(grouped, data, d4rl_scale=False)
-    if other_scale:
-        blocks += [paragraph("On other scales (Minari's reference scores, or -v5 envs): not comparable with the "
-                             "table above, the bars or the DT paper."), table(header, other_scale)]
-    blocks += [paragraph(s) for s in datasets.different_files(runs)]
+    blocks = [("heading", 2, f"Results{label}"), ("table", header, rows[True]), ("paragraph", statistics_text(runs))]
+    if rows[False]:
+        blocks += [("paragraph", "On other scales (Minari's reference scores, or -v5 envs): not comparable with the "
+                                 "table above, the bars or the DT paper."), ("table", header, rows[False])]
+    blocks += [("paragraph", s) for s in different_files(runs)]
     nan = [f"{r.label} (seed {', '.join(n(s, 0) for s in r.nan_seeds())})" for r in runs if r.nan_seeds()]
     if nan:
-        blocks.append(paragraph(f"A NaN or inf final score, left out of every number here (its main.log says "
-                                f"why): {'; '.join(nan)}."))
+        blocks.append(("paragraph", f"A NaN or inf final score, left out of every number here (its main.log says "
+                                    f"why): {'; '.join(nan)}."))
+    return blocks
+
+
+def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
+    """The main part's figures as <out>_<name>.png, each with a caption that says what to see in it."""
+    defaults = {name: rs[0] for name, s in grouped.items() if (rs := s.get(DEFAULT))}
+    bars = {name: run.bar_and_paper()[0] for name, run in defaults.items()}
+    medium = {name: (run.curve("eval", "score_mean"), run.curve("train", "action_mse") or run.curve("train", "loss"),
+                     bars[name]) for name, run in defaults.items() if name.endswith("-medium")}
+    sweeps = {name: rows for name, run in defaults.items() if (rows := run.sweep_rows()) is not None}
     episodes = n(next(iter(next(iter(grouped.values())).values()))[0].config.get("eval.episodes"), 0)
-    captions = {
-        "training": f"The default runs on the medium datasets: eval score ({episodes} episodes per eval, mean ± std "
-                    f"over seeds) and the action loss over training. See: whether the score levels off before the "
-                    f"last step, and where it ends against the assignment's bar (dashed).",
-        "datasets": "The datasets: each trajectory's normalized return. See: where the assignment's bar (solid) lies "
-                    "against the data's mean (dotted) and best trajectory (dashed): a bar above most trajectories "
-                    "asks the policy to do better than most of the data it imitates.",
-        "sweep": "Does the achieved return follow the target return-to-go? Each default run's policies conditioned on "
-                 "a sweep of targets (python evaluate.py run=<run>), mean ± std over seeds. See: where the curve "
-                 "leaves the line achieved = target and levels off, against the data's best trajectory (dotted).",
-        "percentile": "Does percentile behaviour cloning help? DT and plain BC (the same network, its return-to-go "
-                      "zeroed) on all the data or its top trajectories by return; bars: mean over seeds. "
-                      + drawn.get("percentile_text", ""),
-        "aux": "Do auxiliary next-state and return-to-go losses help? Bars: mean over seeds. "
-               + drawn.get("aux_text", ""),
-    }
-    blocks += [image(drawn[key], captions[key]) for key in captions if drawn.get(key)]
-    return blocks + [heading(2, "Method"), paragraph(protocol(grouped, kinds))] + rest
+    shown = []
+    if medium:
+        shown.append(("training", figures.training(medium), (
+            f"The default runs on the medium datasets: eval score ({episodes} episodes per eval, mean ± std over "
+            f"seeds) and the action loss over training. See: whether the score levels off before the last step, and "
+            f"where it ends against the assignment's bar (dashed).")))
+    if data:
+        shown.append(("datasets", figures.datasets({k: v[0] for k, v in data.items()}, bars), (
+            "The datasets: each trajectory's normalized return. See: where the assignment's bar (solid) lies against "
+            "the data's mean (dotted) and best trajectory (dashed): a bar above most trajectories asks the policy to "
+            "do better than most of the data it imitates.")))
+    if sweeps:
+        shown.append(("sweep", figures.sweep(sweeps, {k: data[k][0].max() for k in sweeps if k in data}), (
+            "Does the achieved return follow the target return-to-go? Each default run's policies conditioned on a "
+            "sweep of targets (python evaluate.py run=<run>), mean ± std over seeds. See: where the curve leaves the "
+            "line achieved = target and levels off, against the data's best trajectory (dotted).")))
+    questions = {"percentile": "Does percentile behaviour cloning help? DT and plain BC (the same network, its "
+                               "return-to-go zeroed) on all the data or its top trajectories by return; bars: mean "
+                               "over seeds. ",
+                 "aux": "Do auxiliary next-state and return-to-go losses help? Bars: mean over seeds. "}
+    for key, (_, names) in QUESTIONS.items():
+        if found[key]:
+            fig = figures.bars(bar_data(found[key], grouped, names[0]), names)
+            shown.append((key, fig, questions[key] + question_text(found[key])))
+    return [("image", figures.save(fig, f"{out}_{name}.png"), caption) for name, fig, caption in shown]
 
 
-def appendix(grouped: dict, drawn: dict) -> list:
-    """Each task's settings: scores against their default, trend, data check, the command, and their curves."""
-    blocks = [pagebreak(), heading(1, "Appendix: every run"),
-              paragraph("Each task's runs by setting (runs of one setting pool their seeds). vs default: the "
-                        "difference from the task's default at the same precision and machine, ± its interval's "
-                        "half-width († where there is no such default: against the task's default). Data: how the "
-                        "run's data is known (SHA-256 recorded at start, or the state statistics stored in its "
-                        "policy against the file here). Below each table, the overrides of cfgs/ that train each "
-                        "setting again: python main.py <overrides>.")]
-    for name, settings in grouped.items():
-        rows, commands = [], []
+def appendix(grouped: dict, out: str) -> list:
+    """Each task's settings: scores against their default, trend, data check, the command, and their curves
+    (<out>_runs<i>.png)."""
+    blocks = [("pagebreak",), ("heading", 1, "Appendix: every run"),
+              ("paragraph", "Each task's runs by setting (runs of one setting pool their seeds). vs default: the "
+                            "difference from the task's default at the same precision and machine, ± its interval's "
+                            "half-width († where there is no such default: against the task's default). Data: how "
+                            "the run's data is known (SHA-256 recorded at start, or the state statistics stored in "
+                            "its policy against the file here). Below each table, the overrides of cfgs/ that train "
+                            "each setting again: python main.py <overrides>.")]
+    header = ["setting", "run", "final score", "seeds", "vs default", "trend", "data"]
+    for i, (name, settings) in enumerate(grouped.items()):
+        rows, commands, trends = [], [], {s: trend(runs) for s, runs in settings.items()}
         for setting_name, runs in settings.items():
             base, mark = baseline(settings, runs)
             versus = "-" if base is runs else stats.difference_text(compare(runs, base)) + mark
             rows.append([setting_name, ", ".join(r.label for r in runs), stats.score_text(scores(runs)),
-                         stats.seeds_text(scores(runs)) + missing_text(runs), versus, trend(runs),
-                         " + ".join(runs[0].config.get("buffer.files") or ["-"]) + f": {datasets.identity(runs[0])}"])
+                         stats.seeds_text(scores(runs)) + seeds_left_out(runs), versus, trends[setting_name],
+                         " + ".join(runs[0].config.get("buffer.files") or ["-"]) + f": {runs[0].identity()}"])
             commands.append(f"{setting_name}: `{overrides(runs[0])}`")
-        header = ["setting", "run", "final score", "seeds", "vs default", "trend", "data"]
-        blocks += [heading(2, name + shared_text(settings)), table(header, rows), bullets(commands)]
-        blocks += [paragraph(s) for s in datasets.different_files([r for rs in settings.values() for r in rs])]
-        rising = [s for s, runs in settings.items() if stats.rising([t for r in runs for t in r.run.tables("eval")])]
-        blocks.append(image(drawn[("family", name)], f"{name}: each setting's eval score over training (mean ± std "
-                                                     f"over seeds), one y-range, the default's curve grey in each "
-                                                     f"panel. See: still rising at the end: "
-                                                     f"{'; '.join(rising) or 'none'}."))
+        blocks += [("heading", 2, name + shared_text(settings)), ("table", header, rows), ("bullets", commands)]
+        blocks += [("paragraph", s) for s in different_files([r for rs in settings.values() for r in rs])]
+        curves = figures.family({s: rs[0].curve("eval", "score_mean") for s, rs in settings.items()}, DEFAULT)
+        rising = "; ".join(s for s, t in trends.items() if t != "level") or "none"
+        blocks.append(("image", figures.save(curves, f"{out}_runs{i}.png"),
+                       f"{name}: each setting's eval score over training (mean ± std over seeds), one y-range, the "
+                       f"default's curve grey in each panel. See: still rising at the end: {rising}."))
     return blocks
 
 
-def missing_text(runs: list) -> str:
-    """' (missing seeds: day/run: 2; NaN score: day/run: 0)', or ''."""
-    missing = [f"{r.label}: {', '.join(n(s, 0) for s in r.summary.get('missing_seeds', []))}" for r in runs
-               if r.summary.get("missing_seeds")]
-    nan = [f"{r.label}: {', '.join(n(s, 0) for s in r.nan_seeds())}" for r in runs if r.nan_seeds()]
-    parts = ([f"missing seeds: {'; '.join(missing)}"] if missing else []) + (
-        [f"NaN score: {'; '.join(nan)}"] if nan else [])
-    return f" ({'; '.join(parts)})" if parts else ""
-
-
-def write_report(runs: list, out: str, standin: bool = False, findings_path: Optional[str] = None,
-                 kinds: Optional[dict] = None) -> list:
+def write_report(runs: list, out: str, standin: bool, findings_path: Optional[str], kinds: dict) -> list:
     """<out>.pdf, <out>.md and the figures <out>_*.png, each written atomically; returns their paths."""
     grouped = by_task(runs)
     data = {}
     for name, settings in grouped.items():
-        files = datasets.files((reference(settings) or next(iter(settings.values())))[0])
+        files = (settings.get(DEFAULT) or next(iter(settings.values())))[0].files()
         if files is not None:
-            data[name] = datasets.trajectories(tuple(files))
+            data[name] = trajectories(tuple(files))
     text = findings.fill(findings_path, findings.Facts(runs, grouped, data)) if findings_path else ""
     opening, rest = findings.sections(findings.blocks(text), OPENING)
-    drawn = draw_figures(grouped, data, out)
-    blocks = main_part(runs, grouped, data, drawn, standin, opening, rest, kinds or {}) + appendix(grouped, drawn)
+    found = {key: comparisons(grouped, keys, names) for key, (keys, names) in QUESTIONS.items()}
+    label = " (stand-in data)" if standin else ""
+    blocks = [("heading", 1, f"Decision Transformer on D4RL MuJoCo{label}")]
+    if standin:
+        blocks.append(("paragraph", "Every score here is on stand-in datasets made by D4RL's protocol in gymnasium's "
+                                    "-v4 envs, not on the D4RL release: they compare with D4RL's in spirit, not "
+                                    "number for number (The data, below)."))
+    blocks += (opening + results(runs, grouped, data, label) + question_figures(grouped, data, found, out)
+               + [("heading", 2, "Method"), ("paragraph", protocol(grouped, kinds))] + rest + appendix(grouped, out))
     pdf_path, md_path = Path(f"{out}.pdf"), Path(f"{out}.md")
     utils.atomic_write_bytes(pdf_path, typeset.pdf(blocks))
-    utils.atomic_write_bytes(md_path, typeset.markdown(blocks, os.path.abspath(md_path.parent)).encode())
-    return [pdf_path, md_path, *(p for p in drawn.values() if isinstance(p, Path))]
-
-
-# ---------------------------------------------------------------------------------------------
+    utils.atomic_write_bytes(md_path, typeset.markdown(blocks).encode())
+    return [pdf_path, md_path, *(block[1] for block in blocks if block[0] == "image")]
 
 
 def new_stem(stem: str) -> str:
-    """stem, or stem-1, stem-2, ...: the first whose outputs are all new files (nothing of the user's is replaced)."""
-    def taken(s: str) -> bool:
-        return any(Path(p).name.startswith(Path(s).name + suffix) for p in Path(s).parent.glob(f"{Path(s).name}*")
-                   for suffix in (".pdf", ".md", "_"))
-    return next(s for s in (f"{stem}-{i}" if i else stem for i in range(10_000)) if not taken(s))
+    """stem, or stem-1, stem-2, ...: the first no file is named after yet (nothing of the user's is replaced)."""
+    return next(s for s in (f"{stem}-{i}" if i else stem for i in range(10_000)) if not glob.glob(f"{s}[._]*"))
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -299,7 +261,7 @@ def main(argv: Optional[list] = None) -> None:
         if len(args.runs) != 1:
             raise SystemExit("error: --publish copies one run folder: give one")
         run = load_run(args.runs[0])
-        unfinished = run.run.publish(args.publish, policies=setting(run) == PERCENTILE_SETTINGS[0])
+        unfinished = run.run.publish(args.publish, policies=setting(run) == DEFAULT)
         print(f"wrote {args.publish}" + (f" (left out, not finished: {', '.join(unfinished)})" if unfinished else ""))
         return
     if args.findings and not Path(args.findings).is_file():

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import buffer  # noqa: E402
 import report  # noqa: E402
 from conftest import write_d4rl_file  # noqa: E402
-from tools import datasets, figures, runs, stats, typeset  # noqa: E402
+from tools import figures, runs, stats, typeset  # noqa: E402
 
 ROOT = Path(report.__file__).resolve().parent
 HOPPER = {"name": "hopper", "id": "Hopper-v4", "target_return": 3600, "ref_min_score": -20.272305,
@@ -186,7 +186,7 @@ def test_every_figure_is_drawn_at_the_width_it_is_placed_at(outputs):
     for png in folder.glob("report_*.png"):
         with Image.open(png) as image:
             assert image.size[0] / typeset.DPI == pytest.approx(typeset.TEXT_WIDTH_IN, abs=0.01), png.name
-        assert typeset.placed_width_in(png) == pytest.approx(image.size[0] / typeset.DPI)
+        assert f"width: {image.size[0] / typeset.DPI:.3f}in" in typeset.typst([("image", png, "")])
 
 
 # The legibility linter: what would be illegible on the printed page (report.py's figures are drawn at the size they
@@ -288,7 +288,7 @@ def test_a_runs_return_to_go_sweep_is_drawn(tmp_path):
     (run / "sweep_final.csv").write_text("\n".join(rows) + "\n")
     md = write([run], tmp_path / "report")
     assert "](report_sweep.png)" in md
-    targets, achieved = datasets.sweep_rows(runs.load_run(run))
+    targets, achieved = runs.load_run(run).sweep_rows()
     assert achieved.tolist() == [[30.0, 31.0], [58.0, 59.0]]
 
 

@@ -1,10 +1,10 @@
 """report.py's numbers: the difference test over seeds, a curve's trend (tools/stats.py), and how a run's data is
-known (tools/datasets.py)."""
+known (tools/runs.py)."""
 import pytest
 from test_report import HOPPER, make_run, row, write
 
 from conftest import write_d4rl_file
-from tools import datasets, runs, stats
+from tools import runs, stats
 
 
 def finals(scores, episode_std=1.0):
@@ -35,14 +35,14 @@ def test_a_runs_data_is_checked_by_the_state_statistics_stored_in_its_policy(tmp
     import torch
     data = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5")
     run = make_run(tmp_path / "runs" / "day" / "hopper", HOPPER, [50.0], **{"buffer.files": [str(data)]})
-    mean, std = datasets.state_statistics((data,), 100.0, 1000.0)
+    mean, std = runs.state_statistics((data,), 100.0, 1000.0)
     policy = {"model": {"state_mean": torch.tensor(mean), "state_std": torch.tensor(std)}}
-    assert datasets.identity(runs.load_run(run)) == "not checked: no policy kept"
+    assert runs.load_run(run).identity() == "not checked: no policy kept"
     torch.save(policy, run / "seed0" / "final.pt")
-    assert datasets.identity(runs.load_run(run)) == "state statistics match"
+    assert runs.load_run(run).identity() == "state statistics match"
     policy["model"]["state_mean"] += 1
     torch.save(policy, run / "seed0" / "final.pt")
-    assert datasets.identity(runs.load_run(run)) == "state statistics differ"
+    assert runs.load_run(run).identity() == "state statistics differ"
 
 
 def test_a_run_of_another_machine_is_its_own_setting_compared_with_its_own_default(tmp_path):

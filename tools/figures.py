@@ -17,10 +17,7 @@ from tools import typeset
 
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
          "legend.fontsize": 7, "figure.titlesize": 8}
-SCORE = "score (D4RL normalized)"
-FINAL_SCORE = "final score (D4RL normalized)"
 STEP = "training step (thousands)"
-OTHER_CONDITION = "//"  # the hatch of a bar trained at another precision or on another machine than its baseline
 
 
 def pyplot() -> Any:
@@ -30,9 +27,7 @@ def pyplot() -> Any:
 
 
 def save(fig: Any, path: Union[str, Path]) -> Path:
-    """The figure as a PNG at typeset.DPI (placed at its own width), written atomically."""
-    if fig.get_figwidth() > typeset.TEXT_WIDTH_IN + 1e-6:
-        raise ValueError(f"{Path(path).name}: {fig.get_figwidth():.2f} in wide, wider than the page's text")
+    """The figure as a PNG at typeset.DPI, written atomically."""
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=typeset.DPI)
     pyplot().close(fig)
@@ -74,22 +69,20 @@ def legend_above(fig: Any, axes: list) -> None:
 def training(tasks: dict) -> Any:
     """The default runs of the medium tasks: eval score (top) and action loss (bottom) over training.
     tasks: {name: (score curve, loss curve, bar or None)}, each curve (steps, mean over seeds, std over seeds)."""
-    fig, axes = pyplot().subplots(2, len(tasks), figsize=(typeset.TEXT_WIDTH_IN, 3.6), squeeze=False,
-                                  layout="constrained")
-    for column, (name, (score, loss, bar)) in enumerate(tasks.items()):
-        score_ax, loss_ax = axes[0, column], axes[1, column]
+    fig, axes = grid(2 * len(tasks), len(tasks), 1.8)
+    for score_ax, loss_ax, (name, (score, loss, bar)) in zip(axes, axes[len(tasks):], tasks.items()):
         band(score_ax, score, "C0", "eval (10 episodes), mean ± std over seeds", marker="o", markersize=2)
         if bar is not None:
             score_ax.axhline(bar, color="C3", linestyle="--", linewidth=1, label="the assignment's bar")
         band(loss_ax, loss, "C1")
         loss_ax.set_yscale("log")
         loss_ax.yaxis.set_minor_formatter(pyplot().NullFormatter())
-        score_ax.set(title=name, ylabel=SCORE, xlabel=STEP)
+        score_ax.set(title=name, ylabel="score (D4RL normalized)", xlabel=STEP)
         loss_ax.set(ylabel="action MSE (actions in [-1, 1])", xlabel=STEP)
         for ax in (score_ax, loss_ax):
             ax.grid(alpha=0.3)
             in_thousands(ax)
-    legend_above(fig, list(axes[0]))
+    legend_above(fig, axes[:len(tasks)])
     return fig
 
 
@@ -139,24 +132,24 @@ def bars(results: dict, settings: tuple) -> Any:
             scores, baseline, other = found[name]
             x = i + (j - (len(settings) - 1) / 2) * width
             ax.bar(x, np.mean(scores), width * 0.9, color=f"C{j}", alpha=0.6, label=name,
-                   hatch=OTHER_CONDITION if other else None, edgecolor="black" if other else None, linewidth=0)
+                   hatch="//" if other else None, edgecolor="black" if other else None, linewidth=0)
             ax.plot([x] * len(scores), scores, "o", color="black", markersize=2)
             ax.hlines(baseline, x - width * 0.45, x + width * 0.45, color="black", linewidth=1,
                       label="its baseline's mean")
     ax.set_xticks(range(len(results)), list(results))
-    ax.set(ylabel=FINAL_SCORE, xlabel="task (dataset)")
+    ax.set(ylabel="final score (D4RL normalized)", xlabel="task (dataset)")
     ax.grid(alpha=0.3, axis="y")
     handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
     ax.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
 
 
-def family(curves: dict, default: Optional[str]) -> Any:
+def family(curves: dict, default: str) -> Any:
     """One task's settings: each one's eval score over training (mean ± std over seeds) in a small panel, all on
     one y-range, the default's curve drawn grey in each. curves: {setting: (steps, mean, std) or None}."""
     fig, axes = grid(len(curves), 4, 1.6, sharex=True, sharey=True)
     for ax, (name, curve) in zip(axes, curves.items()):
-        if default is not None and curves.get(default) is not None and name != default:
+        if curves.get(default) is not None and name != default:
             ax.plot(*curves[default][:2], color="grey", linewidth=1, label="default (DT, all data)")
         if curve is not None:
             band(ax, curve, "C0", "this setting, mean ± std over seeds")

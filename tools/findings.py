@@ -13,9 +13,8 @@ from typing import Union
 
 import numpy as np
 
-from tools import datasets, stats
-from tools.runs import compare, condition_words, scores, setting
-from tools.typeset import bullets, heading, paragraph
+from tools import stats
+from tools.runs import compare, condition, identity_text, scores, setting, trend
 
 
 class Facts:
@@ -23,12 +22,12 @@ class Facts:
 
     def __init__(self, runs: list, grouped: dict, data: dict):
         self.runs, self.grouped, self.data = runs, grouped, data  # data: {task: (normalized returns, lengths)}
-        self.by_name = {run.run.dir.name: (task, settings[setting(run)], run) for task, settings in grouped.items()
+        self.by_name = {run.run.dir.name: (task, runs, run) for task, settings in grouped.items()
                         for runs in settings.values() for run in runs}
 
     def __call__(self, key: str) -> str:
         if key == "data-identity":
-            return datasets.identity_text(self.runs)
+            return identity_text(self.runs)
         name, _, field = key.partition(":")
         if " - " in name:
             found = compare(*(self.find(n)[1] for n in name.split(" - ")))
@@ -57,10 +56,8 @@ class Facts:
         return {
             "": lambda: stats.score_text(values), "mean": lambda: n(np.mean(values)),
             "seeds": lambda: stats.seeds_text(values), "n": lambda: n(len(values), 0),
-            "setting": lambda: setting(run), "machine": lambda: condition_words(run),
-            "trend": lambda: stats.trend_text([t for r in runs for t in r.run.tables("eval")],
-                                              run.config["train.steps"]),
-            "bar": lambda: n(datasets.bar_and_paper(run)[0], None), "paper": lambda: n(datasets.bar_and_paper(run)[1]),
+            "setting": lambda: setting(run), "machine": lambda: condition(run), "trend": lambda: trend(runs),
+            "bar": lambda: n(run.bar_and_paper()[0], None), "paper": lambda: n(run.bar_and_paper()[1]),
             "data-mean": lambda: n(data()[0].mean()), "data-best": lambda: n(data()[0].max()),
             "data-trajectories": lambda: n(len(data()[0]), 0), "data-steps": lambda: n(data()[1].sum(), 0),
             "data-full": lambda: n(data()[2].sum(), 0),
@@ -82,7 +79,7 @@ class Facts:
 
     def sweep(self, run: object) -> tuple:
         """(targets, the seeds' mean achieved score at each) of the run's return-to-go sweep."""
-        rows = datasets.sweep_rows(run)
+        rows = run.sweep_rows()
         if rows is None:
             raise KeyError(f"{run.label} has no sweep (python evaluate.py run=<run>)")
         return rows[0], rows[1].mean(1)
@@ -104,13 +101,13 @@ def blocks(text: str) -> list:
     for line in text.splitlines() + [""]:
         stripped = line.strip()
         if (not stripped or stripped.startswith(("#", "- "))) and lines:
-            found.append(paragraph(" ".join(lines)))
+            found.append(("paragraph", " ".join(lines)))
             lines = []
         if items and not (stripped.startswith("- ") or (stripped and line.startswith("  "))):
-            found.append(bullets(items))
+            found.append(("bullets", items))
             items = []
         if stripped.startswith("#"):
-            found.append(heading(min(3, len(stripped) - len(stripped.lstrip("#"))), stripped.lstrip("# ")))
+            found.append(("heading", min(3, len(stripped) - len(stripped.lstrip("#"))), stripped.lstrip("# ")))
         elif stripped.startswith("- "):
             items.append(stripped[2:])
         elif stripped and items:

@@ -1,6 +1,8 @@
-"""report.py's reading of finished runs: each run's config, summary and machine; its setting in words and the
-overrides of cfgs/ that train it again; runs grouped by task and setting; the comparisons that answer a question,
-each setting against its task's default trained at the same precision on the same machine."""
+"""report.py's reading of finished runs: each run's config, summary and machine, and the data behind it (its files'
+trajectories where they are on this machine, how the data is known, the bar and the DT paper's score, evaluate.py's
+sweep); its setting in words and the overrides of cfgs/ that train it again; runs grouped by task and setting; the
+comparisons that answer a question, each setting against its task's default at the same precision and machine."""
+from collections import namedtuple
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -12,20 +14,23 @@ from omegaconf.errors import OmegaConfBaseException
 
 import utils
 from cfgs import schema
-from plumbing.runfolder import Run, RunError
+from plumbing.runfolder import Run, RunError, load_checkpoint
+from plumbing.sources import run_dataset_files
 from tools import stats
 
-ENVS, DATASETS = schema.ENVS, schema.DATASETS
 # Keys set at start, or that say where outputs go or which machine trains: never part of a setting or its overrides
 SET_AT_START = ("resume", "buffer.files", "buffer.sha256", "buffer.path", "device", "logger", "wandb.", "eval.video",
                 "env.kwargs", "env.assignment_bar", "env.dt_paper_score", "env.ref_source", "train.threads")
 TASK_KEYS = ("seeds", "buffer.dataset", "buffer.source", "train.log_every", "train.checkpoint_every")  # not settings
 AUTO_MEANS = {"train.precision": "bf16"}  # in setting names: `auto` is bf16 on the reference runs' CPU
-PERCENTILE_KEYS = ("buffer.top_percent", "model.condition_on_return")
-AUX_KEYS = ("train.aux_state_coef", "train.aux_rtg_coef")
-QUESTION_KEYS = (*PERCENTILE_KEYS, *AUX_KEYS, "train.precision")  # always named in a setting
-PERCENTILE_SETTINGS = ("DT, all data", "DT, top 10%", "DT, top 25%", "BC, all data", "BC, top 10%")
-AUX_SETTINGS = ("action only", "+ next state", "+ next state and return-to-go")
+DEFAULT = "DT, all data"  # the setting of cfgs/'s defaults: the reference of its task
+QUESTIONS = {  # a bonus question: the keys its settings change and their names, its baseline first
+    "percentile": (("buffer.top_percent", "model.condition_on_return"),
+                   (DEFAULT, "DT, top 10%", "DT, top 25%", "BC, all data", "BC, top 10%")),
+    "aux": (("train.aux_state_coef", "train.aux_rtg_coef"),
+            ("action only", "+ next state", "+ next state and return-to-go")),
+}
+NAMED_KEYS = (*QUESTIONS["percentile"][0], *QUESTIONS["aux"][0], "train.precision")  # always named in a setting
 
 
 @dataclass
@@ -70,6 +75,44 @@ class FinishedRun:
         curve = utils.mean_std_over_seeds([t for t in self.run.tables(kind) if key in t], key)
         return None if curve is None else curve[:3]
 
+    def files(self) -> Optional[list]:
+        """The run's dataset files on this machine; None where one is missing (or for Minari data)."""
+        return run_dataset_files(self.run.saved_config().get("buffer", {}))
+
+    def identity(self) -> str:
+        """How the run's data is known beyond its file's name: the SHA-256 recorded at start; else the state
+        statistics stored in its policy (final.pt) against those of the file here; else not checked, and why."""
+        if self.config.get("buffer.sha256"):
+            return "SHA-256 " + ", ".join(sha[:12] for sha in self.config["buffer.sha256"])
+        policies, found = sorted(self.run.dir.glob("seed*/final.pt")), self.files()
+        if not policies or found is None:
+            return "not checked: " + ("no policy kept" if not policies else "file not here")
+        stored = load_checkpoint(policies[0])["model"]
+        expected = state_statistics(tuple(found), self.config["buffer.top_percent"],
+                                    self.config["buffer.reward_scale"])
+        same = all(np.allclose(stored[key].numpy(), value, rtol=1e-4, atol=1e-5)
+                   for key, value in zip(("state_mean", "state_std"), expected))
+        return f"state statistics {'match' if same else 'differ'}"
+
+    def bar_and_paper(self) -> tuple:
+        """The assignment's bar and the DT paper's D4RL score of the run's task (None where there is none)."""
+        env, dataset = self.summary["env"], Path(self.summary["dataset"]).stem
+        if not self.on_d4rl_scale or env not in schema.ENVS:
+            return None, None
+        facts = default_config(env)
+        return facts.get(f"env.assignment_bar.{dataset}"), facts.get(f"env.dt_paper_score.{dataset}")
+
+    def sweep_rows(self) -> Optional[tuple]:
+        """evaluate.py's sweep: (target scores, per-seed achieved scores (targets, seeds)); None without one."""
+        rows = self.run.run_table("sweep_final.csv")
+        if not rows:
+            return None
+        targets, seeds = np.unique(rows["target"]), np.unique(rows["seed"])
+        achieved = np.array([[rows["score"][(rows["target"] == t) & (rows["seed"] == s)].mean() for s in seeds]
+                             for t in targets])  # (targets, seeds): each seed's mean over its episodes
+        ref_min, ref_max = self.config["env.ref_min_score"], self.config["env.ref_max_score"]
+        return utils.normalized_score(targets, ref_min, ref_max), achieved
+
 
 def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> FinishedRun:
     """A finished run folder; SystemExit with one line if it is not one."""
@@ -95,6 +138,51 @@ def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> Finishe
         if value:
             config["buffer"][key] = Path(value).name if isinstance(value, str) else [Path(v).name for v in value]
     return FinishedRun(run, flatten(config), summary, (machines or {}).get(run.dir.name, ""))
+
+
+@lru_cache(maxsize=None)
+def trajectories(paths: tuple) -> tuple:
+    """(normalized returns, lengths in steps) of the trajectories of D4RL files read as one dataset."""
+    from buffer import trajectory_scores_and_lengths
+    return tuple(np.concatenate(column) for column in zip(*map(trajectory_scores_and_lengths, paths)))
+
+
+@lru_cache(maxsize=None)
+def state_statistics(paths: tuple, top_percent: float, reward_scale: float) -> tuple:
+    """The state mean and std that a run on these files computes (buffer.SequenceBuffer's)."""
+    import h5py
+
+    from buffer import SequenceBuffer, Transitions
+    with h5py.File(paths[0], "r") as f:
+        dims = f["observations"].shape[1], f["actions"].shape[1]
+    data = SequenceBuffer(Transitions.from_files(paths, *dims), 1, reward_scale, 1000, top_percent=top_percent)
+    return data.state_mean, data.state_std
+
+
+IDENTITY_KINDS = (("SHA-256", "recorded their files' SHA-256"),
+                  ("match", "kept a policy whose stored state statistics match those of the file of that name here"),
+                  ("differ", "kept a policy whose state statistics differ from the file here"),
+                  ("no policy", "kept no policy (published without one), so only their file's name is known"),
+                  ("not here", "kept a policy but have no file here to check it against"))
+
+
+def identity_text(runs: list) -> str:
+    """One sentence on how the runs' data is known: FinishedRun.identity's answers, counted."""
+    checks = [run.identity() for run in runs]
+    counts = [(sum(word in check for check in checks), says) for word, says in IDENTITY_KINDS]
+    return (f"Of the {stats.number(len(runs), 0)} runs, "
+            + "; ".join(f"{stats.number(n, 0)} {says}" for n, says in counts if n) + ".")
+
+
+def different_files(runs: list) -> list:
+    """Sentences naming runs of one comparison that read different files of the same name (by SHA-256)."""
+    by_name = {}
+    for run in runs:
+        for file, sha in zip(run.config.get("buffer.files") or [], run.config.get("buffer.sha256") or []):
+            by_name.setdefault(file, {}).setdefault(sha, []).append(run.label)
+    return [f"Runs on different files named {name}: " + "; ".join(f"{', '.join(labels)} (SHA-256 {sha[:12]})"
+                                                                  for sha, labels in shas.items()) + "."
+            for name, shas in by_name.items() if len(shas) > 1]
 
 
 def read_machines(path: Union[str, Path]) -> tuple:
@@ -131,14 +219,11 @@ def default_config(env: str) -> dict:
 
 def retrained_changes(run: FinishedRun, auto_means: Optional[dict] = None) -> dict:
     """The run's values that differ from cfgs/'s defaults for its env, but for those set at start: {key: value}."""
+    def meant(key: str, value: object) -> object:
+        return (auto_means or {}).get(key, value) if value == "auto" else value
     default = default_config(run.config.get("env.name"))
-    changed = {}
-    for key, value in run.config.items():
-        expected, value = ((auto_means or {}).get(key, v) if v == "auto" else v
-                           for v in (default.get(key, value), value))
-        if not key.startswith(SET_AT_START) and value != expected:
-            changed[key] = value
-    return changed
+    return {key: meant(key, value) for key, value in run.config.items() if not key.startswith(SET_AT_START)
+            and meant(key, value) != meant(key, default.get(key, value))}
 
 
 def changes(run: FinishedRun) -> dict:
@@ -155,10 +240,9 @@ def overrides(run: FinishedRun) -> str:
     return " ".join([f"env={run.config.get('env.name')}", *(f"{k}={value(v)}" for k, v in changed)])
 
 
-def setting(run: FinishedRun) -> str:
-    """The run's setting in words: 'DT, all data', 'BC, top 10%', 'DT, all data, + next state', 'DT, all data, fp32,
-    on the AVX2 machine'."""
-    changed = changes(run)
+def in_words(changed: dict) -> str:
+    """Changes from cfgs/'s defaults in words: 'DT, all data', 'BC, top 10%', 'DT, all data, + next state, fp32'."""
+    changed = dict(changed)
     words = ["BC" if changed.pop("model.condition_on_return", True) is False else "DT"]
     top = changed.pop("buffer.top_percent", 100.0)
     words.append("all data" if top >= 100 else f"top {stats.number(top, None)}%")
@@ -170,46 +254,49 @@ def setting(run: FinishedRun) -> str:
     named = {"buffer.sample_by": "sampled by {}", "model.dropout": "dropout {}", "train.precision": "{}",
              "model.implementation": "{}", "eval.target_return": "target {}"}
     words += [named.get(key, key + " {}").format(stats.shown(value)) for key, value in sorted(changed.items())]
-    words += [f"on the {run.machine} machine"] if run.machine else []
-    return ", ".join(str(w).replace("models.ReferenceDT", "plain eager model") for w in words)
+    return ", ".join(words).replace("models.ReferenceDT", "plain eager model")
+
+
+def setting(run: FinishedRun) -> str:
+    """The run's setting in words, with the machine it trained on where that is not the default one."""
+    return in_words(changes(run)) + (f", on the {run.machine} machine" if run.machine else "")
 
 
 def question_setting(run: FinishedRun, keys: tuple, names: tuple) -> Optional[str]:
     """The run's setting without its precision and machine, where it differs from the default in `keys` only
-    and is one of `names`; else None."""
-    if set(changes(run)) - {*keys, "train.precision"}:
+    and is one of `names` (names[0] the default's); else None."""
+    changed = {k: v for k, v in changes(run).items() if k != "train.precision"}
+    if set(changed) - set(keys):
         return None
-    name = setting(run).replace(f", {run.config.get('train.precision')}", "")
-    name = name.replace(f", on the {run.machine} machine", "")
-    if keys == AUX_KEYS:
-        name = {"DT, all data": AUX_SETTINGS[0]}.get(name, name.replace("DT, all data, ", ""))
+    name = in_words(changed).removeprefix(f"{DEFAULT}, ")
+    name = names[0] if name == DEFAULT else name
     return name if name in names else None
 
 
-def condition(run: FinishedRun) -> tuple:
-    """What a comparison must hold fixed besides the setting: the precision trained in and the machine."""
-    return run.config.get("train.precision"), run.machine
+def condition(run: FinishedRun) -> str:
+    """What a comparison must hold fixed besides the setting: 'fp32', 'bf16, on the avx2 machine'."""
+    return run.config.get("train.precision") + (f", on the {run.machine} machine" if run.machine else "")
 
 
 def task_order(task: str) -> tuple:
     env, _, dataset = task.partition("-")
-    return (ENVS.index(env) if env in ENVS else len(ENVS), DATASETS.index(dataset) if dataset in DATASETS else 99,
+    envs, datasets = schema.ENVS, schema.DATASETS
+    return (envs.index(env) if env in envs else len(envs), datasets.index(dataset) if dataset in datasets else 99,
             task)
 
 
 def by_task(runs: list) -> dict:
     """{task: {setting: [runs]}}, tasks in the order of cfgs' envs and datasets; runs of one setting pool seeds.
     A change every run of a task shares (train.steps=200 of a quick study) is the task's, named beside it."""
-    tasks = {}
+    tasks, grouped = {}, {}
     for run in sorted(runs, key=lambda r: task_order(r.task)):
         tasks.setdefault(run.task, []).append(run)
-    grouped = {}
     for name, members in tasks.items():
-        common = set.intersection(*({(k, repr(v)) for k, v in retrained_changes(r, AUTO_MEANS).items()}
-                                    for r in members))
-        keys = sorted(k for k, _ in common if k not in QUESTION_KEYS and not k.startswith(TASK_KEYS))
-        for run in members:
-            run.shared = tuple((k, retrained_changes(run, AUTO_MEANS)[k]) for k in keys)
+        changed = [retrained_changes(r, AUTO_MEANS) for r in members]
+        keys = sorted(k for k, v in changed[0].items() if k not in NAMED_KEYS and not k.startswith(TASK_KEYS)
+                      and all(k in c and repr(c[k]) == repr(v) for c in changed))
+        for run, c in zip(members, changed):
+            run.shared = tuple((k, c[k]) for k in keys)
             grouped.setdefault(name, {}).setdefault(setting(run), []).append(run)
     return grouped
 
@@ -220,38 +307,31 @@ def shared_text(settings: dict) -> str:
     return f" ({', '.join(f'{k}={stats.shown(v)}' for k, v in shared)})" if shared else ""
 
 
-def reference(settings: dict) -> Optional[list]:
-    """A task's default runs (its setting 'DT, all data'), or None."""
-    return settings.get(PERCENTILE_SETTINGS[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# The questions: each setting against the default of its task trained at the same precision on the same machine
-
-
 def scores(runs: list) -> list:
-    return [f["score_mean"] for f in finals(runs)]
-
-
-def finals(runs: list) -> list:
-    return [f for run in runs for f in run.finals()]
+    return [f["score_mean"] for run in runs for f in run.finals()]
 
 
 def compare(runs: list, base: list) -> Optional[tuple]:
-    return stats.difference(finals(runs), finals(base))
+    return stats.difference([f for r in runs for f in r.finals()], [f for r in base for f in r.finals()])
 
 
-@dataclass
-class Comparison:
-    task: str
-    setting: str
-    runs: list
-    base: list
-    note: str  # '' where runs and base share precision and machine; else how they differ
+def trend(runs: list) -> str:
+    """'level', or where the runs' pooled eval scores still rise at the end of training (stats.trend_text)."""
+    return stats.trend_text([t for r in runs for t in r.run.tables("eval")], runs[0].config.get("train.steps"))
 
 
-def condition_words(run: FinishedRun) -> str:
-    return run.config.get("train.precision") + (f", on the {run.machine} machine" if run.machine else "")
+def baseline(settings: dict, runs: list) -> tuple:
+    """The default of the runs' task at their precision and machine, and ''; else (a default at another precision
+    or machine itself among them) the task's default and ' †'."""
+    same = [rs for rs in settings.values() if condition(rs[0]) == condition(runs[0])
+            and not set(changes(rs[0])) - {"train.precision"}]
+    if same and (same[0] is not runs or runs is settings.get(DEFAULT)):
+        return same[0], ""
+    return settings.get(DEFAULT) or [], " †"
+
+
+# A setting against its baseline; note: '' where the two share precision and machine, else how they differ
+Comparison = namedtuple("Comparison", "task setting runs base note")
 
 
 def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
@@ -259,27 +339,26 @@ def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
     they were run so; else at their own, against the baseline at the same where there is one."""
     found = []
     for task, settings in grouped.items():
-        named, default = {}, reference(settings)
-        for run in (r for runs in settings.values() for r in runs):
-            if (name := question_setting(run, keys, names)) is not None:
-                named.setdefault(name, {}).setdefault(condition(run), []).append(run)
+        named, default = {}, settings.get(DEFAULT)
+        for runs in settings.values():
+            if (name := question_setting(runs[0], keys, names)) is not None:
+                named.setdefault(name, {})[condition(runs[0])] = runs
         if not default or len(named) < 2:
             continue
         for name in (n for n in names[1:] if n in named):
-            home = named[name].get(condition(default[0]))
-            runs = home or next(iter(named[name].values()))
-            base = default if home else named.get(names[0], {}).get(condition(runs[0]))
-            note = "" if home else condition_words(runs[0]) + (", as is its baseline" if base else
-                                                               f"; its baseline {condition_words(default[0])}")
-            found.append(Comparison(task, name, runs, base or default, note))
+            runs = named[name].get(condition(default[0])) or next(iter(named[name].values()))
+            base, mark = baseline(settings, runs)
+            note = "" if condition(runs[0]) == condition(default[0]) else condition(runs[0]) + (
+                f"; its baseline {condition(default[0])}" if mark else ", as is its baseline")
+            found.append(Comparison(task, name, runs, base, note))
     return found
 
 
-def bar_data(found: list, grouped: dict, baseline: str) -> dict:
-    """{task: {setting: (scores, its baseline's mean, other condition?)}} for figures.bars."""
+def bar_data(found: list, grouped: dict, first: str) -> dict:
+    """{task: {setting: (scores, its baseline's mean, other condition?)}} for figures.bars; first: the default's."""
     results = {}
     for c in found:
-        default = scores(reference(grouped[c.task]))
-        results.setdefault(c.task, {baseline: (default, np.mean(default), False)})
+        default = scores(grouped[c.task][DEFAULT])
+        results.setdefault(c.task, {first: (default, np.mean(default), False)})
         results[c.task][c.setting] = (scores(c.runs), np.mean(scores(c.base)), bool(c.note))
     return results

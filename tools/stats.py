@@ -68,9 +68,8 @@ def difference_text(found: Optional[tuple]) -> str:
 
 def claim(found: Optional[tuple]) -> str:
     """The difference in words its interval supports: 'a difference of +4.1 ± 2.9' or 'no difference shown (...)'."""
-    if shown_by_interval(found):
-        return f"a difference of {difference_text(found)}"
-    return f"no difference shown ({difference_text(found)})"
+    return (f"a difference of {difference_text(found)}" if shown_by_interval(found)
+            else f"no difference shown ({difference_text(found)})")
 
 
 def rising(tables: list) -> Optional[float]:
