@@ -66,6 +66,9 @@ class Facts:
             "sweep-first": lambda: f"{n(sweep()[1][0], 0)} at a target of {n(sweep()[0][0], 0)}",
             "sweep-last": lambda: f"{n(sweep()[1][-1], 0)} at {n(sweep()[0][-1], 0)}",
             "sweep-range": lambda: f"{n(sweep()[1].min(), 0)}-{n(sweep()[1].max(), 0)}",
+            "falls": lambda: f"{n(self.falls(run)[0].sum(), 0)} of {n(self.falls(run)[0].size, 0)} episodes",
+            "falls-full": lambda: n(self.falls(run)[1][~self.falls(run)[0]].mean()),
+            "peak": lambda: self.peak(run),
             "task-settings": lambda: n(len(settings), 0),
             "task-best": lambda: f"{stats.score_text(scores(settings[best]))} ({best})",
         }
@@ -76,6 +79,21 @@ class Facts:
             raise KeyError(f"the data of {task} is not on this machine (set D4RL_DATASET_DIR)")
         returns, lengths = self.data[task]
         return returns, lengths, lengths >= run.config["env.max_episode_len"]
+
+    @staticmethod
+    def peak(run: object) -> str:
+        """The best periodic eval score of the seeds' mean curve, and its step."""
+        steps, mean, _ = run.curve("eval", "score_mean")
+        return f"{stats.number(mean.max())} at step {stats.number(steps[mean.argmax()], 0)}"
+
+    def falls(self, run: object) -> tuple:
+        """(which episodes fell, their scores) of the run's falls.csv: python evaluate.py run=<run> name=falls
+        targets=[<the env's target>] episodes=100; a fall is an episode shorter than the time limit."""
+        rows = run.run.run_table("falls.csv")
+        if not rows or "length" not in rows:
+            raise KeyError(f"{run.label} has no falls.csv with episode lengths (python evaluate.py run=<run> "
+                           f"name=falls targets=[{stats.shown(run.config['eval.target_return'])}] episodes=100)")
+        return rows["length"] < run.config["env.max_episode_len"], rows["score"]
 
     def sweep(self, run: object) -> tuple:
         """(targets, the seeds' mean achieved score at each) of the run's return-to-go sweep."""

@@ -29,6 +29,8 @@ QUESTIONS = {  # a bonus question: the keys its settings change and their names,
                    (DEFAULT, "DT, top 10%", "DT, top 25%", "BC, all data", "BC, top 10%")),
     "aux": (("train.aux_state_coef", "train.aux_rtg_coef"),
             ("action only", "+ next state", "+ next state and return-to-go")),
+    "course": (("train.ema_decay", "train.lr_schedule", "model.dropout", "train.warmup_steps"),
+               (DEFAULT, "EMA 0.999", "lr cosine", "dropout 0.2", "warm-up 2000")),
 }
 NAMED_KEYS = (*QUESTIONS["percentile"][0], *QUESTIONS["aux"][0], "train.precision")  # always named in a setting
 
@@ -252,7 +254,8 @@ def in_words(changed: dict) -> str:
                                   for name, coef in (("next state", state), ("return-to-go", rtg)) if coef)
                      .replace(" and +", " and"))
     named = {"buffer.sample_by": "sampled by {}", "model.dropout": "dropout {}", "train.precision": "{}",
-             "model.implementation": "{}", "eval.target_return": "target {}"}
+             "model.implementation": "{}", "eval.target_return": "target {}", "train.ema_decay": "EMA {}",
+             "train.lr_schedule": "lr {}", "train.warmup_steps": "warm-up {}"}
     words += [named.get(key, key + " {}").format(stats.shown(value)) for key, value in sorted(changed.items())]
     return ", ".join(words).replace("models.ReferenceDT", "plain eager model")
 
