@@ -465,3 +465,19 @@ def test_out_under_a_file_is_one_line_naming_it(tmp_path):
     with pytest.raises(SystemExit, match=rf"error: --out {tmp_path / 'file' / 'report'}: .*give a path in a folder"):
         write([run], tmp_path / "file" / "report")
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_the_walker2d_study_reads_the_peak_from_the_evals_and_the_falls_from_falls_csv(tmp_path):
+    day = tmp_path / "runs" / "day"
+    walker = make_run(day / "walker", WALKER, [60.0, 62.0, 64.0], [[70, 60], [72, 62], [68, 64]])
+    ema = make_run(day / "ema", WALKER, [63.0, 64.0, 65.0], **{"train.ema_decay": 0.999})
+    write_csv(walker / "falls.csv", ["seed", "target", "episode", "return", "score", "length"],
+              [(0, 5000.0, 0, 1.0, 70.0, 1000), (0, 5000.0, 1, 1.0, 20.0, 300), (1, 5000.0, 0, 1.0, 66.0, 1000)])
+    (tmp_path / "findings.md").write_text("## In short\n\n- {walker:peak}; {walker:falls} fell, the others "
+                                          "{walker:falls-full}; {ema:setting}\n")
+    md = write([walker, ema], tmp_path / "report", "--findings", str(tmp_path / "findings.md"))
+    assert "70.0 at step 100; 1 of 3 episodes fell, the others 68.0; DT, all data, EMA 0.999" in md
+    assert "Does a change to the course of training keep walker2d's early peak" in md
+    (tmp_path / "findings.md").write_text("## In short\n\n{ema:falls}\n")
+    with pytest.raises(SystemExit, match=re.escape("has no falls.csv with episode lengths (python evaluate.py")):
+        write([walker, ema], tmp_path / "report2", "--findings", str(tmp_path / "findings.md"))
