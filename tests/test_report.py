@@ -473,10 +473,14 @@ def test_the_walker2d_study_reads_the_peak_from_the_evals_and_the_falls_from_fal
     ema = make_run(day / "ema", WALKER, [63.0, 64.0, 65.0], **{"train.ema_decay": 0.999})
     write_csv(walker / "falls.csv", ["seed", "target", "episode", "return", "score", "length"],
               [(0, 5000.0, 0, 1.0, 70.0, 1000), (0, 5000.0, 1, 1.0, 20.0, 300), (1, 5000.0, 0, 1.0, 66.0, 1000)])
+    write_csv(walker / "falls_best.csv", ["seed", "target", "episode", "return", "score", "length"],
+              [(0, 5000.0, 0, 1.0, 71.0, 1000), (1, 5000.0, 0, 1.0, 73.0, 1000)])
     (tmp_path / "findings.md").write_text("## In short\n\n- {walker:peak}; {walker:falls} fell, the others "
-                                          "{walker:falls-full}; {ema:setting}\n")
+                                          "{walker:falls-full}; best.pt: {walker:falls-best}, {walker:falls-best-full}"
+                                          "; {ema:setting}\n")
     md = write([walker, ema], tmp_path / "report", "--findings", str(tmp_path / "findings.md"))
-    assert "70.0 at step 100; 1 of 3 episodes fell, the others 68.0; DT, all data, EMA 0.999" in md
+    assert ("70.0 at step 100; 1 of 3 episodes fell, the others 68.0; best.pt: 0 of 2 episodes, 72.0; DT, all data, "
+            "EMA 0.999") in md
     assert "Does a change to the course of training keep walker2d's early peak" in md
     (tmp_path / "findings.md").write_text("## In short\n\n{ema:falls}\n")
     with pytest.raises(SystemExit, match=re.escape("has no falls.csv with episode lengths (python evaluate.py")):

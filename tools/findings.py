@@ -66,8 +66,8 @@ class Facts:
             "sweep-first": lambda: f"{n(sweep()[1][0], 0)} at a target of {n(sweep()[0][0], 0)}",
             "sweep-last": lambda: f"{n(sweep()[1][-1], 0)} at {n(sweep()[0][-1], 0)}",
             "sweep-range": lambda: f"{n(sweep()[1].min(), 0)}-{n(sweep()[1].max(), 0)}",
-            "falls": lambda: f"{n(self.falls(run)[0].sum(), 0)} of {n(self.falls(run)[0].size, 0)} episodes",
-            "falls-full": lambda: n(self.falls(run)[1][~self.falls(run)[0]].mean()),
+            "falls": lambda: self.fell(run), "falls-full": lambda: self.full_length(run),
+            "falls-best": lambda: self.fell(run, "-best"), "falls-best-full": lambda: self.full_length(run, "-best"),
             "peak": lambda: self.peak(run),
             "task-settings": lambda: n(len(settings), 0),
             "task-best": lambda: f"{stats.score_text(scores(settings[best]))} ({best})",
@@ -86,13 +86,25 @@ class Facts:
         steps, mean, _ = run.curve("eval", "score_mean")
         return f"{stats.number(mean.max())} at step {stats.number(steps[mean.argmax()], 0)}"
 
-    def falls(self, run: object) -> tuple:
-        """(which episodes fell, their scores) of the run's falls.csv: python evaluate.py run=<run> name=falls
-        targets=[<the env's target>] episodes=100; a fall is an episode shorter than the time limit."""
-        rows = run.run.run_table("falls.csv")
+    def fell(self, run: object, best: str = "") -> str:
+        fell, _ = self.falls(run, best)
+        return f"{stats.number(fell.sum(), 0)} of {stats.number(fell.size, 0)} episodes"
+
+    def full_length(self, run: object, best: str = "") -> str:
+        """The mean score of the episodes that ran the full time limit."""
+        fell, scores = self.falls(run, best)
+        return stats.number(scores[~fell].mean())
+
+    def falls(self, run: object, best: str = "") -> tuple:
+        """(which episodes fell, their scores) of the run's falls.csv (best: "-best", falls_best.csv, its best.pt's):
+        python evaluate.py run=<run> name=falls targets=[<the env's target>] episodes=100 [checkpoint=best
+        name=falls_best]; a fall is an episode shorter than the time limit."""
+        name = f"falls{best.replace('-', '_')}"
+        rows = run.run.run_table(f"{name}.csv")
         if not rows or "length" not in rows:
-            raise KeyError(f"{run.label} has no falls.csv with episode lengths (python evaluate.py run=<run> "
-                           f"name=falls targets=[{stats.shown(run.config['eval.target_return'])}] episodes=100)")
+            raise KeyError(f"{run.label} has no {name}.csv with episode lengths (python evaluate.py run=<run> "
+                           f"name={name} targets=[{stats.shown(run.config['eval.target_return'])}] episodes=100"
+                           + (" checkpoint=best)" if best else ")"))
         return rows["length"] < run.config["env.max_episode_len"], rows["score"]
 
     def sweep(self, run: object) -> tuple:
