@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import utils
-from cfgs.schema import ENVS, RTG_LIMIT, SAMPLE_BY
+from cfgs.schema import ENVS, RTG_LIMIT
 from plumbing.sources import DatasetError, dataset_identity, local_files, read_d4rl, run_files
 
 if TYPE_CHECKING:
@@ -160,12 +160,17 @@ class SequenceBuffer:
                  keep: np.ndarray | None = None):
         """holdout: a fraction of trajectories (the same for every seed) put in held_out; keep: a mask to take."""
         starts, lengths, returns = transitions.trajectories()  # (trajectories,) each; starts: rows of the file
-        held = np.random.default_rng(0).random(len(lengths)) < holdout  # (trajectories,) True: held out
-        self.held_out = None  # the held-out trajectories' own buffer
+        self.held_out = None  # the held-out trajectories' own buffer, drawn from all trajectories
         if keep is None:
+            held = np.random.default_rng(0).random(len(lengths)) < holdout  # (trajectories,) True: held out
             keep = top_trajectories(returns, top_percent) & ~held
             if held.any():
-                self.held_out = SequenceBuffer(transitions, context_len, reward_scale, max_timestep, keep=held)
+                log.info("buffer.holdout=%g: %d of %d trajectories held out", holdout, held.sum(), len(held))
+                self.held_out = SequenceBuffer(transitions, context_len, reward_scale, max_timestep, sample_by,
+                                               keep=held)
+        if not keep.any():
+            raise DatasetError(f"{transitions.source}: buffer.holdout={holdout:g} holds out every trajectory that "
+                               f"buffer.top_percent={top_percent:g} keeps: lower holdout or raise top_percent")
         self.lengths, self.returns = lengths[keep], returns[keep]  # (T,) the T trajectories kept
         steps = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[keep], self.lengths)])  # (N,) their rows
         self.states = transitions.observations[steps]  # (N, obs)
@@ -183,14 +188,9 @@ class SequenceBuffer:
         self.traj_probs = self._traj_probs(sample_by)
 
     def _traj_probs(self, sample_by):
-        if sample_by == "length":  # every step equally likely, as in the DT paper
-            weights = self.lengths.astype(np.float64)
-        elif sample_by == "uniform":
-            weights = np.ones(len(self.lengths))
-        elif sample_by == "return":
-            weights = self.returns - self.returns.min() + 1e-3 * (np.ptp(self.returns) + 1.0)
-        else:
-            raise ValueError(f"buffer.sample_by must be one of {', '.join(SAMPLE_BY)}, not '{sample_by}'")
+        weights = {"length": self.lengths.astype(np.float64),  # every step equally likely, as in the DT paper
+                   "uniform": np.ones(len(self.lengths)),
+                   "return": self.returns - self.returns.min() + 1e-3 * (np.ptp(self.returns) + 1.0)}[sample_by]
         return weights / weights.sum()
 
     @property

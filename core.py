@@ -178,8 +178,8 @@ class Episodes(NamedTuple):
     """What rollout played: per-episode returns and lengths (num_envs,), and {env: frames} of the recorded envs."""
 
     returns: np.ndarray
-    frames: dict[int, list[np.ndarray]]
     lengths: np.ndarray  # env steps; shorter than the time limit: the episode ended in a fall (terminated)
+    frames: dict[int, list[np.ndarray]]
 
 
 @torch.inference_mode()
@@ -227,7 +227,7 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
         if not active.any():
             break
     envs.close()
-    return Episodes(episode_returns, frames, lengths)
+    return Episodes(episode_returns, lengths, frames)
 
 
 def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[float, float], vectorized: bool = True,

@@ -41,6 +41,7 @@ from plumbing.runfolder import Run, RunError
 log = logging.getLogger(__name__)
 SWEEP_SEED_OFFSET = 200_000  # env seeds of seed s's sweep: 1000 s + 200 000 + i, apart from its training evals
 DEFAULT_TARGETS = np.linspace(0.25, 1.5, 8)  # times the env's target return
+SWEEP_ROWS = "seed, target, episode, return, score, length"  # a kept sweep part with other columns is redone
 GALLERY = Path(__file__).resolve().parent / "gallery"  # tracked runs: their evaluations go under runs/evaluate/
 
 
@@ -154,7 +155,7 @@ def evaluate_run(cfg, out_folder=None):
         videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
         settings = {"policy_sha256": hash_file(path), "targets": [float(t) for t in targets],
                     "episodes": cfg.episodes, "device": cfg.device, "videos": videos,
-                    "columns": "with length"}  # what the sweep depends on; a part without episode lengths is redone
+                    "rows": SWEEP_ROWS}  # what the sweep depends on
         kept = folder.sweep_part(cfg.name)
         if kept and kept["settings"] == settings and all(folder.video_path(v).exists() for v in videos):
             reused.append(seed)

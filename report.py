@@ -178,9 +178,9 @@ def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
                                "return-to-go zeroed) on all the data or its top trajectories by return; bars: mean "
                                "over seeds. ",
                  "aux": "Do auxiliary next-state and return-to-go losses help? Bars: mean over seeds. ",
-                 "course": "Does a change to the course of training keep walker2d's early peak in the policy at the "
-                           "last step (a moving average of the weights, a learning rate decaying after the warm-up, "
-                           "more dropout)? Bars: mean over seeds of the final evaluation. "}
+                 "course": "Does a change to the course of training keep an early peak of the eval score in the "
+                           "policy at the last step (a moving average of the weights, a learning rate decaying after "
+                           "the warm-up, more dropout, a shorter warm-up)? Bars: mean over seeds. "}
     for key, (_, names) in QUESTIONS.items():
         if found[key]:
             fig = figures.bars(bar_data(found[key], grouped, names[0]), names)

@@ -90,7 +90,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         if tmp:
-            os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)  # gone with its folder, if that was deleted
         if isinstance(e, OSError):
             raise WriteError(e.errno, e.strerror, str(path)) from None
         raise
@@ -285,6 +285,7 @@ def save_video(frames: list[np.ndarray], path: str | Path, fps: int = 30) -> Non
     import imageio.v2 as imageio
 
     path = Path(path)
+    path.parent.mkdir(exist_ok=True)  # as atomic_write_bytes: its folder, not the folders above it
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{time.monotonic_ns()}.tmp.mp4")  # format from the suffix
     try:
         imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)

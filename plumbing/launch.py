@@ -242,7 +242,8 @@ def stop_on_write_errors(run: Run, resume: str) -> Iterator[None]:
     try:
         yield
     except utils.WriteError as e:
-        fail(f"error: {run.vanished()}" if run.vanished() else f"error: {e}; then resume with: {resume}")
+        gone = run.vanished()
+        fail(f"error: {gone}" if gone else f"error: {e}; then resume with: {resume}")
     except RunError as e:
         fail(f"error: {e}")
 

@@ -12,7 +12,7 @@ import torch
 
 from models import policy_checkpoint
 from plumbing import progress, signals
-from plumbing.runfolder import Run, SeedFolder, Tracker
+from plumbing.runfolder import Run, RunError, SeedFolder, Tracker
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -64,6 +64,9 @@ class SeedRecord:
         """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng, EMA restored)."""
         record = cls(cfg, seed, run, model, optimizer, scheduler, rng, show, ema)
         state = record.folder.load_state(model, optimizer, scheduler, rng)
+        if state is not None and not (isinstance(state.get("loss_sums"), dict) and (ema is None or "ema" in state)):
+            raise RunError(f"{record.folder.dir / 'last.pt'}: a checkpoint of another version of this project (or "
+                           f"without the EMA train.ema_decay asks for): delete it to train seed {seed} from step 0")
         if state is not None:
             log.info("seed %d: resumed at step %d", seed, state["step"])
             record.step, record.best_score, record.seconds_before = state["step"], state["best_score"], state["seconds"]

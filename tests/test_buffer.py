@@ -341,3 +341,5 @@ def test_held_out_trajectories_are_the_same_for_every_seed_and_never_trained_on(
     assert len(held.lengths) and len(data.lengths) and held.lengths.tolist() == again.held_out.lengths.tolist()
     assert not {tuple(s) for s in held.states} & {tuple(s) for s in data.states}
     assert make_sequences(hopper_file).held_out is None
+    with pytest.raises(DatasetError, match="buffer.holdout=0.9999 holds out every trajectory that buffer.top_percent"):
+        make_sequences(hopper_file, holdout=0.9999)

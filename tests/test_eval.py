@@ -85,7 +85,7 @@ class Gait(torch.nn.Module):
 
 
 def test_the_tracking_camera_keeps_a_running_robot_in_view_where_the_default_camera_loses_it(small_frames):
-    returns, frames, lengths = rollout(Gait(), RolloutSpec("HalfCheetah-v4", 1, 0, 6000, 1000, time_limit=150,
+    returns, lengths, frames = rollout(Gait(), RolloutSpec("HalfCheetah-v4", 1, 0, 6000, 1000, time_limit=150,
                                                            record=(0,)))
     tracked = np.array([robot_share(f) for f in frames[0]])  # filmed by rollout's camera
     assert returns[0] < -150, "the gait ran several metres (backwards)"

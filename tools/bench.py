@@ -157,6 +157,7 @@ def parallel_steps_per_second(steps: int, batch_size: int, shape: dict, precisio
         p.join()
     return sum(rates)
 
+
 def levers(steps: int, precision: str) -> dict:
     """Issue 42's levers against the default step, interleaved step by step in this process (so a busy machine
     slows all alike): AdamW fused=True, and torch.compile of the model (inductor; its compile time reported).
@@ -167,8 +168,9 @@ def levers(steps: int, precision: str) -> dict:
         torch.manual_seed(0)
         model = DecisionTransformer(config)
         optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
-        if fused:
-            optimizer = torch.optim.AdamW(optimizer.param_groups, fused=True)
+        if fused:  # the same groups, each asking for the fused kernel (a group's own foreach=True would win)
+            optimizer = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]}
+                                           for g in optimizer.param_groups], lr=CFG.train.lr, fused=True)
         return train_stepper(torch.compile(model) if compiled else model, batch, precision, optimizer)
 
     steppers = {"default": stepper(), "AdamW fused": stepper(fused=True)}

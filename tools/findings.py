@@ -66,8 +66,9 @@ class Facts:
             "sweep-first": lambda: f"{n(sweep()[1][0], 0)} at a target of {n(sweep()[0][0], 0)}",
             "sweep-last": lambda: f"{n(sweep()[1][-1], 0)} at {n(sweep()[0][-1], 0)}",
             "sweep-range": lambda: f"{n(sweep()[1].min(), 0)}-{n(sweep()[1].max(), 0)}",
-            "falls": lambda: self.fell(run), "falls-full": lambda: self.full_length(run),
-            "falls-best": lambda: self.fell(run, "-best"), "falls-best-full": lambda: self.full_length(run, "-best"),
+            "falls": lambda: self.fell(run, "falls"), "falls-full": lambda: self.full_length(run, "falls"),
+            "falls-best": lambda: self.fell(run, "falls_best"),
+            "falls-best-full": lambda: self.full_length(run, "falls_best"),
             "peak": lambda: self.peak(run),
             "task-settings": lambda: n(len(settings), 0),
             "task-best": lambda: f"{stats.score_text(scores(settings[best]))} ({best})",
@@ -83,28 +84,31 @@ class Facts:
     @staticmethod
     def peak(run: object) -> str:
         """The best periodic eval score of the seeds' mean curve, and its step."""
-        steps, mean, _ = run.curve("eval", "score_mean")
+        curve = run.curve("eval", "score_mean")
+        if curve is None:
+            raise KeyError(f"{run.label} has no periodic evals (eval.csv)")
+        steps, mean, _ = curve
         return f"{stats.number(mean.max())} at step {stats.number(steps[mean.argmax()], 0)}"
 
-    def fell(self, run: object, best: str = "") -> str:
-        fell, _ = self.falls(run, best)
+    def fell(self, run: object, name: str) -> str:
+        fell, _ = self.falls(run, name)
         return f"{stats.number(fell.sum(), 0)} of {stats.number(fell.size, 0)} episodes"
 
-    def full_length(self, run: object, best: str = "") -> str:
+    def full_length(self, run: object, name: str) -> str:
         """The mean score of the episodes that ran the full time limit."""
-        fell, scores = self.falls(run, best)
-        return stats.number(scores[~fell].mean())
+        fell, scores = self.falls(run, name)
+        return stats.number(scores[~fell].mean()) if (~fell).any() else "none (every episode fell)"
 
-    def falls(self, run: object, best: str = "") -> tuple:
-        """(which episodes fell, their scores) of the run's falls.csv (best: "-best", falls_best.csv, its best.pt's):
-        python evaluate.py run=<run> name=falls targets=[<the env's target>] episodes=100 [checkpoint=best
-        name=falls_best]; a fall is an episode shorter than the time limit."""
-        name = f"falls{best.replace('-', '_')}"
+    @staticmethod
+    def falls(run: object, name: str) -> tuple:
+        """(which episodes fell, their scores) of the run's <name>.csv, made by python evaluate.py run=<run>
+        name=falls targets=[<the env's target>] episodes=100 (falls_best: with checkpoint=best); a fall is an
+        episode shorter than the time limit."""
         rows = run.run.run_table(f"{name}.csv")
         if not rows or "length" not in rows:
             raise KeyError(f"{run.label} has no {name}.csv with episode lengths (python evaluate.py run=<run> "
                            f"name={name} targets=[{stats.shown(run.config['eval.target_return'])}] episodes=100"
-                           + (" checkpoint=best)" if best else ")"))
+                           + (" checkpoint=best)" if name == "falls_best" else ")"))
         return rows["length"] < run.config["env.max_episode_len"], rows["score"]
 
     def sweep(self, run: object) -> tuple:
