@@ -52,3 +52,20 @@ def test_results_figure_is_drawn_from_the_seed_folders(tmp_path):
         utils.write_csv([{"step": s, "loss": 1 / s} for s in (5, 10)], tmp_path / f"seed{seed}" / "train.csv")
     Run(tmp_path).plot(compose())  # hopper-medium
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_write_into_a_folder_deleted_under_it_fails_as_a_write_error_and_makes_no_folder(tmp_path, monkeypatch):
+    import shutil
+    folder, replace = tmp_path / "run" / "seed0", os.replace
+    folder.mkdir(parents=True)
+
+    def deleted_first(src, dst):  # `rm -r` of the run folder between the temporary's write and its rename
+        shutil.rmtree(tmp_path / "run")
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", deleted_first)
+    with pytest.raises(utils.WriteError):
+        utils.atomic_write_bytes(folder / "train.csv", b"step\n")
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(utils.WriteError):  # a later write does not make the run folder again
+        utils.atomic_write_bytes(folder / "train.csv", b"step\n")
+    assert not (tmp_path / "run").exists()
