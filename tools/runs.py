@@ -32,7 +32,7 @@ QUESTIONS = {  # a bonus question: the keys its settings change and their names,
     "course": (("train.ema_decay", "train.lr_schedule", "model.dropout", "train.warmup_steps"),
                (DEFAULT, "EMA 0.999", "lr cosine", "dropout 0.2", "warm-up 2,000")),
 }
-NAMED_KEYS = (*(key for keys, _ in QUESTIONS.values() for key in keys), "train.precision")  # always named in a setting
+NAMED_KEYS = (*QUESTIONS["percentile"][0], *QUESTIONS["aux"][0], "train.precision")  # always named in a setting
 
 
 @dataclass
