@@ -485,3 +485,14 @@ def test_the_walker2d_study_reads_the_peak_from_the_evals_and_the_falls_from_fal
     (tmp_path / "findings.md").write_text("## In short\n\n{ema:falls}\n")
     with pytest.raises(SystemExit, match=re.escape("has no falls.csv with episode lengths (python evaluate.py")):
         write([walker, ema], tmp_path / "report2", "--findings", str(tmp_path / "findings.md"))
+
+
+def test_a_held_out_run_is_read_at_its_peak_and_at_its_end(tmp_path):
+    held = make_run(tmp_path / "runs" / "day" / "held", WALKER, [60.0], [[70, 60]], **{"buffer.holdout": 0.05})
+    write_csv(held / "seed0" / "eval.csv", ["step", "return_mean", "return_std", "score_mean", "score_std",
+                                            "fit_action_mse", "holdout_action_mse"],
+              [(100, 700, 1.0, 70.0, 1.0, 0.05, 0.052), (200, 600, 1.0, 60.0, 1.0, 0.04, 0.0425)])
+    (tmp_path / "findings.md").write_text("## In short\n\n{held:holdout}\n")
+    md = write([held], tmp_path / "report", "--findings", str(tmp_path / "findings.md"))
+    assert ("0.0520 at the score's peak (step 100) and 0.0425 at the end, against 0.0500 and 0.0400 on training "
+            "windows") in md

@@ -66,6 +66,7 @@ class Facts:
             "sweep-first": lambda: f"{n(sweep()[1][0], 0)} at a target of {n(sweep()[0][0], 0)}",
             "sweep-last": lambda: f"{n(sweep()[1][-1], 0)} at {n(sweep()[0][-1], 0)}",
             "sweep-range": lambda: f"{n(sweep()[1].min(), 0)}-{n(sweep()[1].max(), 0)}",
+            "holdout": lambda: self.holdout(run),
             "falls": lambda: self.fell(run, "falls"), "falls-full": lambda: self.full_length(run, "falls"),
             "falls-score": lambda: n(self.falls(run, "falls")[1].mean()),
             "falls-best": lambda: self.fell(run, "falls_best"),
@@ -91,6 +92,18 @@ class Facts:
             raise KeyError(f"{run.label} has no periodic evals (eval.csv)")
         steps, mean, _ = curve
         return f"{stats.number(mean.max())} at step {stats.number(steps[mean.argmax()], 0)}"
+
+    @staticmethod
+    def holdout(run: object) -> str:
+        """The action MSE on held-out and on training windows (buffer.holdout) at the score's peak and at the end."""
+        steps, score, _ = run.curve("eval", "score_mean")
+        held, fit = run.curve("eval", "holdout_action_mse"), run.curve("eval", "fit_action_mse")
+        if held is None or fit is None:
+            raise KeyError(f"{run.label} has no held-out action MSE in eval.csv (train it with buffer.holdout>0)")
+        peak = score.argmax()
+        return (f"{stats.number(held[1][peak], 4)} at the score's peak (step {stats.number(steps[peak], 0)}) and "
+                f"{stats.number(held[1][-1], 4)} at the end, against {stats.number(fit[1][peak], 4)} and "
+                f"{stats.number(fit[1][-1], 4)} on training windows")
 
     def fell(self, run: object, name: str) -> str:
         fell, _ = self.falls(run, name)
