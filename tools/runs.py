@@ -237,7 +237,7 @@ def changes(run: FinishedRun) -> dict:
 def overrides(run: FinishedRun) -> str:
     """main.py's overrides of cfgs/ that train the run again: 'env=hopper buffer.dataset=medium-replay ...'."""
     def value(v: object) -> str:
-        return f"[{','.join(map(value, v))}]" if isinstance(v, (list, tuple)) else stats.shown(v)
+        return f"[{','.join(map(value, v))}]" if isinstance(v, (list, tuple)) else stats.shown(v, commas=False)
     changed = sorted(retrained_changes(run).items())
     return " ".join([f"env={run.config.get('env.name')}", *(f"{k}={value(v)}" for k, v in changed)])
 

@@ -13,17 +13,17 @@ CONFIDENCE = 0.95  # of the difference intervals and the trend test
 LAST_EVALS = 5  # the periodic evals at the end of training that a curve's trend is fitted to
 
 
-def number(x: Optional[float], digits: Optional[int] = 1, sign: bool = False) -> str:
+def number(x: Optional[float], digits: Optional[int] = 1, sign: bool = False, commas: bool = True) -> str:
     """x to `digits` decimals (None: as short as it is), thousands by commas; 'n/a' for a missing or non-finite x."""
     if x is None or not np.isfinite(x):
         return "n/a"
-    return f"{x:{'+' if sign else ''},{'g' if digits is None else f'.{digits}f'}}"
+    return f"{x:{'+' if sign else ''}{',' if commas else ''}{'g' if digits is None else f'.{digits}f'}}"
 
 
-def shown(value: object) -> str:
-    """A config value in text, a number through number()."""
+def shown(value: object, commas: bool = True) -> str:
+    """A config value in text, a number through number() (commas=False: as a command line takes it)."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return number(value, None) if is_number else str(value)
+    return number(value, None, commas=commas) if is_number else str(value)
 
 
 def score_text(scores: list) -> str:
