@@ -71,3 +71,19 @@ def test_the_findings_template_types_no_number():
     text = re.sub(r"\{[^{}]+\}|`[^`]+`", "", text)  # placeholders and code
     typed = re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w])", text)
     assert not typed, f"numbers typed into gallery/findings.md: {typed}; name them as placeholders"
+
+
+def table_rows(markdown: str, header: str) -> dict[str, list[str]]:
+    """{task: its cells after the first} of the table whose header row starts with `header`."""
+    table = markdown.split(header, 1)[1].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    return {re.sub(r"\[([^]]+)\]\([^)]*\)|,.*|\s*\(.*\)", r"\1", cells[0]).strip(): cells[1:] for cells in rows}
+
+
+def test_the_readme_results_table_is_the_reports():
+    readme = table_rows((ROOT / "README.md").read_text(), "| task | final score")
+    report = table_rows((ROOT / "gallery" / "report.md").read_text(), "| task | final score")
+    assert readme, "README.md has no results table"
+    differ = {task: (cells, report.get(task, [])[:len(cells)]) for task, cells in readme.items()
+              if cells != report.get(task, [])[:len(cells)]}
+    assert not differ, f"README.md's results differ from gallery/report.md's (regenerate and copy): {differ}"
