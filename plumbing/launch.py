@@ -53,13 +53,12 @@ def run_folder(resume):
 def discard_failed_start(run):
     """After a failed start: the folder this process made, if it holds only the log; in one that was there, the log."""
     folder = run.dir.resolve()
-    if folder not in _claimed or _claimed[folder] and any(p.name != "main.log" for p in folder.iterdir()):
+    made = _claimed.get(folder)
+    if made is None or made and any(p.name != "main.log" for p in folder.iterdir()):
         return
     (folder / "main.log").unlink(missing_ok=True)
-    if not _claimed[folder]:
-        return
-    with contextlib.suppress(OSError):  # up to the first that is not empty
-        for empty in (folder, folder.parent, folder.parent.parent):  # runs/<date>/<time>, runs/<date>, runs
+    with contextlib.suppress(OSError):  # up to the first that is not empty: runs/<date>/<time>, runs/<date>, runs
+        for empty in (folder, folder.parent, folder.parent.parent) if made else ():
             empty.rmdir()
 
 
@@ -143,9 +142,10 @@ def refuse_used_folder(run, seeds):
     new = f"leave {option} out for a new folder"
     if run.holds_run():
         raise RunError(f"{where} holds a run already: continue it with resume={shown(run.dir)}, or {new}")
-    if outer := run.enclosing_run():
+    if outer := next((Run(folder) for folder in run.dir.parents if Run(folder).holds_run()), None):
         raise RunError(f"{where} lies inside the run {shown(outer.dir)}: choose a folder outside it ({new})")
-    if in_the_way := run.outputs_present(seeds):
+    written = ["results.png", "summary.json", "submitit_job", *(run.seed(seed).dir.name for seed in seeds)]
+    if in_the_way := [name for name in written if (run.dir / name).exists()]:
         raise RunError(f"{where} holds what a run writes ({', '.join(in_the_way)}): move that away, or choose "
                        f"another folder ({new})")
 
@@ -165,27 +165,11 @@ def take_reference_scores(cfg, overrides):
         cfg.env.ref_source = "command-line"
 
 
-def exit_if_finished(cfg, run):
-    """A resumed run whose every seed is finished and summarized: one line, exit 0, nothing written."""
-    try:
-        summarized = run.summary() is not None
-    except RunError:
-        summarized = False
-    if summarized and all(run.seed(seed).final() is not None for seed in cfg.seeds):
-        print(f"{shown(run.dir)}: every seed {list(cfg.seeds)} finished already (scores in summary.json): nothing "
-              f"to do; add seeds with seeds=[...]")
-        raise SystemExit(0)
-
-
 def submitit_job():
     """This process's submitit job id (kept when submitit requeues the job), or None outside a submitit job."""
-    if "submitit" not in sys.modules:  # a submitit launcher's job runs inside submitit, which imported it
-        return None
-    import submitit
-    try:
-        return str(submitit.JobEnvironment().job_id)
-    except RuntimeError:  # submitit is imported, but this is no job of it
-        return None
+    with contextlib.suppress(KeyError, RuntimeError):  # a submitit launcher's job runs inside submitit, imported
+        return str(sys.modules["submitit"].JobEnvironment().job_id)
+    return None
 
 
 def parallel_jobs():
@@ -203,23 +187,19 @@ def resumed_config(cfg, run, overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
     if any(o.startswith("buffer.path=") for o in overrides):
         saved.buffer.path, saved.buffer.files = cfg.buffer.path, None  # prepare records the files read there
-    exit_if_finished(saved, run)  # before the first line of the log
+    try:
+        summarized = run.summary() is not None
+    except RunError:
+        summarized = False
+    if summarized and all(run.seed(seed).final() is not None for seed in saved.seeds):  # before the log's first line
+        print(f"{shown(run.dir)}: every seed {list(saved.seeds)} finished already (scores in summary.json): nothing "
+              f"to do; add seeds with seeds=[...]")
+        raise SystemExit(0)
     ignored = [o for o in overrides if not o.startswith(("resume=", "seeds=", "buffer.path="))]
     if ignored:
         log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
     saved.resume = cfg.resume
     return saved
-
-
-def summarize(cfg, run):
-    """summary.json and the figure from the seeds' final.json; the score line in the log."""
-    summary = run.summarize(cfg.env.name, utils.dataset_name(cfg), list(cfg.seeds))
-    run.plot(cfg)
-    if summary["seeds"]:
-        spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
-        log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", utils.run_title(cfg),
-                 summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
-    return summary
 
 
 class Failed(SystemExit):
@@ -240,10 +220,11 @@ def fail(message, code=1):
 def stop_on_write_errors(run: Run, resume: str) -> Iterator[None]:
     """A failed write (with `resume`, the command) or a vanished run folder ends the run in one line."""
     try:
-        yield
-    except utils.WriteError as e:
-        gone = run.vanished()
-        fail(f"error: {gone}" if gone else f"error: {e}; then resume with: {resume}")
+        try:
+            yield
+        except utils.WriteError as e:
+            run.check_present()  # a vanished folder: FolderVanished, its own line
+            fail(f"error: {e}; then resume with: {resume}")
     except RunError as e:
         fail(f"error: {e}")
 
