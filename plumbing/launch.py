@@ -96,7 +96,8 @@ def prepare(cfg):
         cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
-        folder_lock.remove_stray_temporaries(run.dir)
+        for path in [*run.dir.glob(".*.tmp"), *run.dir.glob("seed*/.*.tmp")]:  # left by a killed atomic write
+            path.unlink(missing_ok=True)
     else:
         refuse_used_folder(run, list(cfg.seeds))
         if job:

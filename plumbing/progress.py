@@ -131,7 +131,6 @@ class SeedsLine:
         self.senders = {seed: Sender(sender) for seed, (_, sender) in pipes.items()}
         self.latest: dict[int, SeedProgress | None] = dict.fromkeys(seeds)
         self.causes: dict[int, str] = {}
-        self.ended: set[int] = set()
         self.every, self.printed = every, time.time()
 
     def started(self) -> None:
@@ -153,16 +152,12 @@ class SeedsLine:
                         self.latest[seed] = message
             except (EOFError, OSError):  # the seed's process has ended and everything it sent is read
                 del self.receivers[seed]
-        self.ended = ended
         if evaluated or time.time() - self.printed >= self.every:
-            log.info("%s", self.line())
+            seeds = []
+            for seed, p in self.latest.items():
+                state = "ended" if seed in ended else "starting" if p is None else f"ETA {duration(p.left_now())}"
+                seeds.append(f"seed {seed}: " + (f"{p.text()}, " if p else "") + state)
+            left = [p.left_now() if p else None for seed, p in self.latest.items() if seed not in ended]
+            run_left = None if None in left else max(left, default=0.0)
+            log.info("%s", " | ".join([*seeds, f"run ETA {duration(run_left)}"]))
             self.printed = time.time()
-
-    def line(self) -> str:
-        seeds = [f"seed {seed}: " + ("starting" if p is None and seed not in self.ended else
-                                     (p.text() + ", " if p else "") + ("ended" if seed in self.ended else
-                                                                        f"ETA {duration(p.left_now())}"))
-                 for seed, p in self.latest.items()]
-        left = [p.left_now() if p else None for seed, p in self.latest.items() if seed not in self.ended]
-        run_left = None if None in left else max(left, default=0.0)
-        return " | ".join([*seeds, f"run ETA {duration(run_left)}"])

@@ -148,8 +148,7 @@ class SeedRecord:
         if self.evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
             self.run.plot(self.cfg)
         if stop:
-            raise signals.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is "
-                                        f"written")
+            raise signals.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is written")
 
     def save_policy(self, which: str) -> None:
         """best.pt / final.pt: the policy's config and weights."""

@@ -171,8 +171,6 @@ class Run:
         utils.plot_results(self.tables("eval"), self.tables("train"), title, cfg.eval.target_return,
                            cfg.env.ref_min_score, cfg.env.ref_max_score, self.dir / "results.png")
 
-    # sharing
-
     def publish(self, dest: str | Path, policies: bool) -> list:
         """Copy the finished seeds to share, without training state or this machine's paths; with `policies`, each
         final.pt and the first seed's video. Returns the seeds left out."""
@@ -296,14 +294,10 @@ class SeedFolder:
         """video.mp4 (the final policy's episode), or evaluate.py's video `name`."""
         return self.dir / name
 
-    # main_mp.py's seed process
-
     def log_path(self) -> Path:
         """train.log, the log of the seed's own process (main_mp.py); the folder is made."""
         self.dir.mkdir(parents=True, exist_ok=True)
         return self.dir / "train.log"
-
-    # evaluate.py
 
     def save_sweep_part(self, name: str, part: dict) -> None:
         """The seed's finished sweep `name` (its settings and rows): what a stopped evaluate.py keeps."""

@@ -1,7 +1,5 @@
-"""Where a run's data comes from: D4RL files (found, downloaded, checked, hashed) and Minari datasets.
-
-A new source adds its reader here and its name to cfgs/schema.py SOURCES (docs/extending.md).
-"""
+"""Where a run's data comes from: D4RL files (found, downloaded, checked, hashed) and Minari datasets. A new source
+adds its reader here and its name to cfgs/schema.py SOURCES (docs/extending.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +81,7 @@ def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndar
                            f"with resume=<run> buffer.path=<the file's new place>")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in KEYS if k not in f]
-            if missing:
+            if missing := [k for k in KEYS if k not in f]:
                 raise DatasetError(f"{path} lacks the D4RL keys {missing}: {fix}")
             for key in KEYS:
                 kinds = "fiub" if key in ("terminals", "timeouts") else "fiu"  # float, int, unsigned, bool
