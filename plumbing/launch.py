@@ -78,11 +78,8 @@ def setup():
 
 def shown(path):
     """`path` as the user would type it: relative to where they started, when it lies below."""
-    path = Path(os.path.abspath(path))
-    try:
-        return str(path.relative_to(os.path.abspath(get_original_cwd())))
-    except ValueError:
-        return str(path)
+    path, started = Path(os.path.abspath(path)), Path(os.path.abspath(get_original_cwd()))
+    return str(path.relative_to(started) if path.is_relative_to(started) else path)
 
 
 def prepare(cfg):
@@ -124,12 +121,12 @@ def prepare(cfg):
             raise ConfigError(f"buffer.path: {path}: no such file{moved}")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
+    env = gym.make(core.env_spec(cfg.env))
     if not (cfg.resume and cfg.buffer.files or cfg.buffer.source == "minari"):  # the run records the files it read
-        env = gym.make(cfg.env.id)
         dims = env.observation_space.shape[0], env.action_space.shape[0]
         cfg.buffer.files = [str(Path(p).resolve()) for p in run_files(cfg, *dims)]  # one download, before seeds
     cfg.buffer.sha256 = dataset_identity(cfg.buffer.files, cfg.buffer.sha256)  # the data's identity, kept
-    load_transitions(cfg, gym.make(core.env_spec(cfg.env)))  # bad data is refused before the run exists
+    load_transitions(cfg, env)  # bad data is refused before the run exists
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
@@ -182,8 +179,8 @@ def parallel_jobs():
 
 def resumed_config(cfg, run, overrides):
     """The run's saved config; seeds= adds seeds, buffer.path= names the new place of the run's files."""
-    schema.refuse_code_in_config(run.config_path())  # unknown keys: typed_config() below
-    saved = run.typed_config()
+    schema.refuse_code_in_config(run.config_path())  # unknown keys: run.config() below
+    saved = run.config()
     if any(o.startswith("seeds=") for o in overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
     if any(o.startswith("buffer.path=") for o in overrides):
@@ -196,8 +193,7 @@ def resumed_config(cfg, run, overrides):
         print(f"{shown(run.dir)}: every seed {list(saved.seeds)} finished already (scores in summary.json): nothing "
               f"to do; add seeds with seeds=[...]")
         raise SystemExit(0)
-    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds=", "buffer.path="))]
-    if ignored:
+    if ignored := [o for o in overrides if not o.startswith(("resume=", "seeds=", "buffer.path="))]:
         log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
     saved.resume = cfg.resume
     return saved

@@ -5,19 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
-from models import policy_checkpoint
+from models import EMA, policy_checkpoint
 from plumbing import progress, signals
 from plumbing.runfolder import Run, RunError, Tracker
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from core import EMA
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +27,7 @@ class NonFiniteScoreError(NonFiniteLossError):
 
 @dataclass
 class SeedRecord:
-    """What one seed has done so far, and where it goes (its SeedFolder in `run`, its tracker, `show`); made, it
-    resumes from the seed's last.pt, if there is one (model, optimizer, scheduler, rng and EMA restored)."""
+    """What one seed has done so far, and where it goes; made, it resumes from the seed's last.pt if there is one."""
 
     cfg: DictConfig
     seed: int

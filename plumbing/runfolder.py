@@ -90,18 +90,14 @@ class Run:
         return saved
 
     def config(self) -> DictConfig:
-        """config.yaml on the schema, typed and resolved: what every reader of a run uses."""
-        cfg = self.typed_config()
-        OmegaConf.resolve(cfg)
-        return cfg
-
-    def typed_config(self) -> DictConfig:
-        """config.yaml on the schema, unresolved; ConfigError naming the file when today's schema cannot read it."""
+        """config.yaml on the schema, typed and resolved; ConfigError naming the file where today's schema cannot."""
         try:
-            return schema.typed(self.saved_config())
+            cfg = schema.typed(self.saved_config())
         except ConfigError as e:
             raise ConfigError(f"{self.config_path()}: {e}: the run comes from another version of this project; use "
                               f"that version for it") from None
+        OmegaConf.resolve(cfg)
+        return cfg
 
     def save_job(self, job_id: str) -> None:
         """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""

@@ -73,8 +73,7 @@ def as_list(paths: str | Sequence[str] | None) -> list[str]:
 
 
 def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
-    """The arrays of a D4RL-layout file, checked: keys, real numbers, shapes for these space sizes, finite values;
-    DatasetError naming the fix for a missing, truncated, corrupt or mismatched file."""
+    """The checked arrays of a D4RL-layout file; DatasetError naming the fix for a missing, bad or mismatched file."""
     fix = "replace it with a good copy"  # a cached download is fetched again by find_dataset
     if not Path(path).is_file():
         raise DatasetError(f"{path}: no such file. Put the dataset there, or, for a run whose file moved, resume it "
