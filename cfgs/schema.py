@@ -322,8 +322,7 @@ def typed(tree: Any) -> DictConfig:
 
 def one_line(error: Exception) -> str:
     """An OmegaConf error as 'key: what is wrong'."""
-    message = str(error).splitlines()[0]
-    key = getattr(error, "full_key", None)
+    key, message = getattr(error, "full_key", None), str(error).splitlines()[0]
     return f"{key}: {message}" if key else message
 
 

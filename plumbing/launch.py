@@ -116,9 +116,8 @@ def prepare(cfg):
         take_reference_scores(cfg, overrides)
     for path in as_list(cfg.buffer.path):
         if not Path(path).is_file():
-            moved = (f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>"
-                     if cfg.resume else "")
-            raise ConfigError(f"buffer.path: {path}: no such file{moved}")
+            moved = f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>"
+            raise ConfigError(f"buffer.path: {path}: no such file{moved if cfg.resume else ''}")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
     env = gym.make(core.env_spec(cfg.env))

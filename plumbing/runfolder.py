@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 import utils
 from cfgs import schema
@@ -138,8 +137,6 @@ class Run:
     @staticmethod
     def of_sweep(folder: str | Path) -> list["Run"]:
         """A multirun's runs/<date>/<time>-sweep folder -> its job runs 0, 1, ...; [] if it is no sweep folder."""
-        if Run(folder).holds_run():
-            return []
         jobs = [Run(d) for d in Path(folder).glob("*") if d.name.isdigit() and Run(d).holds_run()]
         return sorted(jobs, key=lambda job: int(job.dir.name))
 
@@ -196,10 +193,7 @@ class Run:
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
             utils.atomic_write_bytes(dest / relative, data)
         copy = Run(dest)
-        try:  # drawn again: without unfinished seeds, and titled without this machine's paths
-            copy.plot(copy.config(), label=self.name)
-        except (ConfigError, OmegaConfBaseException):  # unknown keys: no figure rather than a stale one
-            (dest / "results.png").unlink(missing_ok=True)
+        copy.plot(copy.config(), label=self.name)  # drawn again: without unfinished seeds, titled without local paths
         return unfinished
 
 
