@@ -103,7 +103,7 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg: DictConfig) -> tor
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None = None) -> dict:
+def train(cfg: DictConfig, seed: int, run: Run, show: progress.Bar | progress.Sender | None = None) -> dict:
     """Train one seed of `run` and evaluate it; returns final.json. Its SeedRecord keeps the metrics, checkpoints
     and policies, resumes from last.pt and reports to `show` (default: a bar)."""
     if (final := run.seed(seed).final()) is not None:
@@ -119,7 +119,7 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Reporter | None =
     scheduler = lr_scheduler(optimizer, cfg.train)
     ema = models.EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     rng = np.random.default_rng(seed)
-    record = SeedRecord.resume(cfg, seed, run, model, optimizer, scheduler, rng, show or progress.Bar(), ema)
+    record = SeedRecord(cfg, seed, run, model, optimizer, scheduler, rng, show or progress.Bar(), ema)  # or resumed
     log.info("seed %d: %d trajectories, %d steps, %s, device %s, %s, %d torch threads", seed, data.num_trajectories,
              len(data.rewards), utils.dataset_name(cfg), device, precision, torch.get_num_threads())
     with record:

@@ -13,7 +13,7 @@ import hydra
 
 import core
 from plumbing import errors, launch, progress, signals
-from plumbing.launch import FATAL, fail, shown, summarize
+from plumbing.launch import FATAL, fail, shown
 from plumbing.record import NonFiniteLossError
 from plumbing.signals import Interrupted
 from utils import WriteError
@@ -37,7 +37,7 @@ def main(cfg):
                 fail(f"error: {e}")
             except Interrupted as e:
                 progress.after_ctrl_c()
-                summarize(cfg, run)
+                run.summarize(cfg)
                 signals.requeue_if_preempted()
                 fail(f"interrupted: {e}. Resume with: {resume}", code=signals.interrupted_exit_code())
             except NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
@@ -50,7 +50,7 @@ def main(cfg):
                 if errors.advice(e):  # every seed, and every resume, would fail the same way
                     fail(f"error: seed {seed}: {errors.advice(e)}")
                 crashed.append(seed)
-        summarize(cfg, run)
+        run.summarize(cfg)
     if diverged:
         fail(f"seeds {[seed for seed, _ in diverged]} stopped: {diverged[0][1]}"
              + (f"; seeds {crashed} crashed" if crashed else ""))

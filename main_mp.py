@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 import core
 import utils
 from plumbing import errors, folder_lock, launch, progress, signals
-from plumbing.launch import FATAL, fail, parallel_jobs, shown, summarize
+from plumbing.launch import FATAL, fail, parallel_jobs, shown
 from plumbing.record import NonFiniteLossError
 from plumbing.runfolder import Run
 from plumbing.signals import Interrupted
@@ -107,7 +107,7 @@ def main(cfg):
         log.log(logging.WARNING if stopped_by_user else logging.ERROR, "seed %d: %s", seed, told[seed])
     command = f"python main_mp.py resume={shown(run.dir)}"
     with launch.stop_on_write_errors(run, command):
-        summarize(cfg, run)
+        run.summarize(cfg)
     resume = f"Resume with: {command}"
     if ended and (signals.stop_requested() or any(code > 128 for code in ended.values())):
         signals.requeue_if_preempted()

@@ -1,13 +1,15 @@
 """The config's schema: a dataclass per section of cfgs/config.yaml (types and rules; every value is written once,
 in cfgs/'s YAML files). OmegaConf rejects a wrong type (`train.batch_size=abc`); `check(cfg)` a value of the right
 type that cannot work (`train.lr=-1`), naming the field and what is allowed."""
+import contextlib
 import importlib.util
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
+from hydra._internal.utils import get_args_parser
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -208,15 +210,12 @@ def own_values(name: str) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(EvaluateConfig if name == "evaluate" else Config), values)
 
 
-def default_env() -> str:
-    """The env that cfgs/config.yaml's defaults list chooses when the command line names none."""
-    listed = OmegaConf.load(CFGS / "config.yaml").defaults
-    return next(entry.env for entry in listed if OmegaConf.is_dict(entry) and "env" in entry)
-
-
 def defaults(env: Optional[str] = None) -> DictConfig:
-    """What `python main.py env=<env>` starts from (else the default env), unresolved, as Hydra composes it."""
-    env_values = OmegaConf.load(CFGS / "env" / f"{env if env in ENVS else default_env()}.yaml")
+    """What `python main.py env=<env>` starts from (else cfgs/config.yaml's env), unresolved, as Hydra composes it."""
+    if env not in ENVS:
+        listed = OmegaConf.load(CFGS / "config.yaml").defaults
+        env = next(entry.env for entry in listed if OmegaConf.is_dict(entry) and "env" in entry)
+    env_values = OmegaConf.load(CFGS / "env" / f"{env}.yaml")
     return OmegaConf.merge(OmegaConf.structured(Config), {"env": env_values}, own_values("config"))
 
 
@@ -230,7 +229,14 @@ ConfigStore.instance().store(name="evaluate_schema", node=own_values("evaluate")
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first field of a training config whose value cannot work."""
     check_fields(Config, cfg)
-    check_env(cfg)
+    import gymnasium as gym  # env.id: a gymnasium id of env.name's robot (Hopper-v4, or Hopper-v5 where spaces match)
+    if cfg.env.id not in gym.registry or not cfg.env.id.lower().startswith(f"{cfg.env.name}-v"):
+        if cfg.buffer.source == "minari":  # the env of the dataset's spec
+            raise ConfigError(f"buffer.dataset={cfg.buffer.dataset}: recorded in {cfg.env.id}, not {cfg.env.name}'s "
+                              f"env: choose the env= of its robot ({', '.join(ENVS)})")
+        versions = [i for i in gym.registry if i.lower().startswith(f"{cfg.env.name}-v")]
+        raise ConfigError(f"env.id={cfg.env.id}: not a gymnasium id of {cfg.env.name}: choose one of "
+                          f"{', '.join(sorted(versions)[-2:])}")
     check_dataset(cfg)
     if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
         raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
@@ -267,18 +273,6 @@ def check_return_to_go(field_name: str, returns: Sequence[float], reward_scale: 
         if not finite(value) or abs(value / reward_scale) > RTG_LIMIT:
             raise ConfigError(f"{field_name}={value:g}: with buffer.reward_scale={reward_scale:g} it must lie "
                               f"within +-{RTG_LIMIT * reward_scale:g} (|return / reward_scale| <= {RTG_LIMIT:g})")
-
-
-def check_env(cfg: DictConfig) -> None:
-    """env.id: a registered gymnasium id of env.name's robot (Hopper-v4, or Hopper-v5 where the spaces match)."""
-    import gymnasium as gym
-    if cfg.env.id not in gym.registry or not cfg.env.id.lower().startswith(f"{cfg.env.name}-v"):
-        if cfg.buffer.source == "minari":  # the env of the dataset's spec
-            raise ConfigError(f"buffer.dataset={cfg.buffer.dataset}: recorded in {cfg.env.id}, not {cfg.env.name}'s "
-                              f"env: choose the env= of its robot ({', '.join(ENVS)})")
-        versions = [i for i in gym.registry if i.lower().startswith(f"{cfg.env.name}-v")]
-        raise ConfigError(f"env.id={cfg.env.id}: not a gymnasium id of {cfg.env.name}: choose one of "
-                          f"{', '.join(sorted(versions)[-2:])}")
 
 
 def check_dataset(cfg: DictConfig) -> None:
@@ -328,8 +322,7 @@ def typed(tree: Any) -> DictConfig:
 
 def one_line(error: Exception) -> str:
     """An OmegaConf error as 'key: what is wrong'."""
-    message = str(error).splitlines()[0]
-    key = getattr(error, "full_key", None)
+    key, message = getattr(error, "full_key", None), str(error).splitlines()[0]
     return f"{key}: {message}" if key else message
 
 
@@ -380,43 +373,19 @@ def code_keys(tree: Any, prefix: str = "") -> Iterator[str]:
 
 def refuse_code_in_argv(argv: Sequence[str]) -> None:
     """Before Hydra reads anything: no override names code, nor the config files --config-path/--config-dir name."""
-    script = Path(argv[0]).stem
-    options, overrides = config_options(argv[1:])
-    node, name = (EvaluateConfig, "evaluate") if script == "evaluate" else (Config, "config")
-    name = options.get("--config-name", name)
-    for override in overrides:
-        if any(override_code_keys(override)):
-            raise ConfigError(f"{override}: names code to run; a config is data: leave it out")
-    folder = Path(argv[0]).resolve().parent  # Hydra reads --config-path relative to the script's folder
-    if "--config-path" in options:
-        refuse_code_in_config(folder / options["--config-path"] / f"{name.removesuffix('.yaml')}.yaml", node)
-    if "--config-dir" in options:
-        for path in sorted(Path(options["--config-dir"]).rglob("*.yaml")):
+    args = get_args_parser().parse_args(argv[1:])  # the command line as Hydra reads it
+    for override in args.overrides:  # keys only, never values: run_target_nan is data
+        with contextlib.suppress(HydraException):  # Hydra refuses it itself
+            parsed = OverridesParser.create().parse_override(override)
+            tree = getattr(parsed.value(), "list", parsed.value())  # a sweep's choices: each may be a dict
+            for part in reversed(parsed.key_or_group.split(".")):
+                tree = {part: tree}
+            if any(code_keys(tree)):
+                raise ConfigError(f"{override}: names code to run; a config is data: leave it out")
+    node, name = (EvaluateConfig, "evaluate") if Path(argv[0]).stem == "evaluate" else (Config, "config")
+    if args.config_path is not None:  # relative to the script's folder, as Hydra reads it
+        name = (args.config_name or name).removesuffix(".yaml")
+        refuse_code_in_config(Path(argv[0]).resolve().parent / args.config_path / f"{name}.yaml", node)
+    if args.config_dir is not None:
+        for path in sorted(Path(args.config_dir).rglob("*.yaml")):
             refuse_code_in_config(path)
-
-
-def override_code_keys(override: str) -> Iterator[str]:
-    """The keys naming code in an override's key or a dict it gives (never in values: run_target_nan is data)."""
-    try:
-        parsed = OverridesParser.create().parse_override(override)
-    except HydraException:  # Hydra refuses it itself
-        return iter(())
-    tree = getattr(parsed.value(), "list", parsed.value())  # a sweep's choices: each may be a dict
-    for part in reversed(parsed.key_or_group.split(".")):
-        tree = {part: tree}
-    return code_keys(tree)
-
-
-def config_options(args: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
-    """Hydra's config options of a command line ({'--config-path': ..., ...}, long names) and its overrides."""
-    short = {"-cp": "--config-path", "-cn": "--config-name", "-cd": "--config-dir"}
-    options, overrides, args = {}, [], list(args)
-    while args:
-        arg = args.pop(0)
-        flag, _, value = arg.partition("=")
-        flag = short.get(flag, flag)
-        if flag in short.values():
-            options[flag] = value if "=" in arg else (args.pop(0) if args else "")
-        elif not arg.startswith("-"):
-            overrides.append(arg)
-    return options, overrides

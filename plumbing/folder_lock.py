@@ -2,6 +2,7 @@
 it when the process ends, however it ends: no stale lock), and no orphan process writing into it."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -45,12 +46,10 @@ def lock_holder(folder: str | Path) -> int | None:
     """The pid holding the flock of `folder` (Linux: /proc/locks), or None where it cannot be told."""
     stat = os.stat(folder)
     inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
-    try:
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    parts = [line.split() for line in lines]
-    return next((int(p[4]) for p in parts if len(p) > 5 and p[1] == "FLOCK" and p[5] == inode), None)
+    with contextlib.suppress(OSError):  # no /proc/locks
+        parts = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+        return next((int(p[4]) for p in parts if len(p) > 5 and p[1] == "FLOCK" and p[5] == inode), None)
+    return None
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -68,9 +67,3 @@ def die_with_parent(parent_pid: int) -> None:
         threading.Thread(target=watch, daemon=True, name="parent-watch").start()
     if os.getppid() != parent_pid:  # the parent ended before the line above
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def remove_stray_temporaries(folder: str | Path) -> None:
-    """Delete the .<name>.*.tmp files a killed atomic write left in a run folder and its seed folders."""
-    for path in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("seed*/.*.tmp")]:
-        path.unlink(missing_ok=True)

@@ -53,13 +53,12 @@ def run_folder(resume):
 def discard_failed_start(run):
     """After a failed start: the folder this process made, if it holds only the log; in one that was there, the log."""
     folder = run.dir.resolve()
-    if folder not in _claimed or _claimed[folder] and any(p.name != "main.log" for p in folder.iterdir()):
+    made = _claimed.get(folder)
+    if made is None or made and any(p.name != "main.log" for p in folder.iterdir()):
         return
     (folder / "main.log").unlink(missing_ok=True)
-    if not _claimed[folder]:
-        return
-    with contextlib.suppress(OSError):  # up to the first that is not empty
-        for empty in (folder, folder.parent, folder.parent.parent):  # runs/<date>/<time>, runs/<date>, runs
+    with contextlib.suppress(OSError):  # up to the first that is not empty: runs/<date>/<time>, runs/<date>, runs
+        for empty in (folder, folder.parent, folder.parent.parent) if made else ():
             empty.rmdir()
 
 
@@ -79,11 +78,8 @@ def setup():
 
 def shown(path):
     """`path` as the user would type it: relative to where they started, when it lies below."""
-    path = Path(os.path.abspath(path))
-    try:
-        return str(path.relative_to(os.path.abspath(get_original_cwd())))
-    except ValueError:
-        return str(path)
+    path, started = Path(os.path.abspath(path)), Path(os.path.abspath(get_original_cwd()))
+    return str(path.relative_to(started) if path.is_relative_to(started) else path)
 
 
 def prepare(cfg):
@@ -97,7 +93,8 @@ def prepare(cfg):
         cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
-        folder_lock.remove_stray_temporaries(run.dir)
+        for path in [*run.dir.glob(".*.tmp"), *run.dir.glob("seed*/.*.tmp")]:  # left by a killed atomic write
+            path.unlink(missing_ok=True)
     else:
         refuse_used_folder(run, list(cfg.seeds))
         if job:
@@ -119,17 +116,16 @@ def prepare(cfg):
         take_reference_scores(cfg, overrides)
     for path in as_list(cfg.buffer.path):
         if not Path(path).is_file():
-            moved = (f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>"
-                     if cfg.resume else "")
-            raise ConfigError(f"buffer.path: {path}: no such file{moved}")
+            moved = f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>"
+            raise ConfigError(f"buffer.path: {path}: no such file{moved if cfg.resume else ''}")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
+    env = gym.make(core.env_spec(cfg.env))
     if not (cfg.resume and cfg.buffer.files or cfg.buffer.source == "minari"):  # the run records the files it read
-        env = gym.make(cfg.env.id)
         dims = env.observation_space.shape[0], env.action_space.shape[0]
         cfg.buffer.files = [str(Path(p).resolve()) for p in run_files(cfg, *dims)]  # one download, before seeds
     cfg.buffer.sha256 = dataset_identity(cfg.buffer.files, cfg.buffer.sha256)  # the data's identity, kept
-    load_transitions(cfg, gym.make(core.env_spec(cfg.env)))  # bad data is refused before the run exists
+    load_transitions(cfg, env)  # bad data is refused before the run exists
     run.save_config(schema.to_yaml(cfg))
     log.info("%s %s: %s, seeds %s, device %s, %s", "resumed" if cfg.resume else "started", shown(run.dir),
              utils.run_title(cfg), list(cfg.seeds), device, cfg.train.precision)
@@ -143,9 +139,10 @@ def refuse_used_folder(run, seeds):
     new = f"leave {option} out for a new folder"
     if run.holds_run():
         raise RunError(f"{where} holds a run already: continue it with resume={shown(run.dir)}, or {new}")
-    if outer := run.enclosing_run():
+    if outer := next((Run(folder) for folder in run.dir.parents if Run(folder).holds_run()), None):
         raise RunError(f"{where} lies inside the run {shown(outer.dir)}: choose a folder outside it ({new})")
-    if in_the_way := run.outputs_present(seeds):
+    written = ["results.png", "summary.json", "submitit_job", *(run.seed(seed).dir.name for seed in seeds)]
+    if in_the_way := [name for name in written if (run.dir / name).exists()]:
         raise RunError(f"{where} holds what a run writes ({', '.join(in_the_way)}): move that away, or choose "
                        f"another folder ({new})")
 
@@ -165,27 +162,11 @@ def take_reference_scores(cfg, overrides):
         cfg.env.ref_source = "command-line"
 
 
-def exit_if_finished(cfg, run):
-    """A resumed run whose every seed is finished and summarized: one line, exit 0, nothing written."""
-    try:
-        summarized = run.summary() is not None
-    except RunError:
-        summarized = False
-    if summarized and all(run.seed(seed).final() is not None for seed in cfg.seeds):
-        print(f"{shown(run.dir)}: every seed {list(cfg.seeds)} finished already (scores in summary.json): nothing "
-              f"to do; add seeds with seeds=[...]")
-        raise SystemExit(0)
-
-
 def submitit_job():
     """This process's submitit job id (kept when submitit requeues the job), or None outside a submitit job."""
-    if "submitit" not in sys.modules:  # a submitit launcher's job runs inside submitit, which imported it
-        return None
-    import submitit
-    try:
-        return str(submitit.JobEnvironment().job_id)
-    except RuntimeError:  # submitit is imported, but this is no job of it
-        return None
+    with contextlib.suppress(KeyError, RuntimeError):  # a submitit launcher's job runs inside submitit, imported
+        return str(sys.modules["submitit"].JobEnvironment().job_id)
+    return None
 
 
 def parallel_jobs():
@@ -197,29 +178,24 @@ def parallel_jobs():
 
 def resumed_config(cfg, run, overrides):
     """The run's saved config; seeds= adds seeds, buffer.path= names the new place of the run's files."""
-    schema.refuse_code_in_config(run.config_path())  # unknown keys: typed_config() below
-    saved = run.typed_config()
+    schema.refuse_code_in_config(run.config_path())  # unknown keys: run.config() below
+    saved = run.config()
     if any(o.startswith("seeds=") for o in overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
     if any(o.startswith("buffer.path=") for o in overrides):
         saved.buffer.path, saved.buffer.files = cfg.buffer.path, None  # prepare records the files read there
-    exit_if_finished(saved, run)  # before the first line of the log
-    ignored = [o for o in overrides if not o.startswith(("resume=", "seeds=", "buffer.path="))]
-    if ignored:
+    try:
+        summarized = run.summary() is not None
+    except RunError:
+        summarized = False
+    if summarized and all(run.seed(seed).final() is not None for seed in saved.seeds):  # before the log's first line
+        print(f"{shown(run.dir)}: every seed {list(saved.seeds)} finished already (scores in summary.json): nothing "
+              f"to do; add seeds with seeds=[...]")
+        raise SystemExit(0)
+    if ignored := [o for o in overrides if not o.startswith(("resume=", "seeds=", "buffer.path="))]:
         log.warning("resume: the run keeps its own config; ignoring %s", " ".join(ignored))
     saved.resume = cfg.resume
     return saved
-
-
-def summarize(cfg, run):
-    """summary.json and the figure from the seeds' final.json; the score line in the log."""
-    summary = run.summarize(cfg.env.name, utils.dataset_name(cfg), list(cfg.seeds))
-    run.plot(cfg)
-    if summary["seeds"]:
-        spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
-        log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", utils.run_title(cfg),
-                 summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
-    return summary
 
 
 class Failed(SystemExit):
@@ -240,10 +216,11 @@ def fail(message, code=1):
 def stop_on_write_errors(run: Run, resume: str) -> Iterator[None]:
     """A failed write (with `resume`, the command) or a vanished run folder ends the run in one line."""
     try:
-        yield
-    except utils.WriteError as e:
-        gone = run.vanished()
-        fail(f"error: {gone}" if gone else f"error: {e}; then resume with: {resume}")
+        try:
+            yield
+        except utils.WriteError as e:
+            run.check_present()  # a vanished folder: FolderVanished, its own line
+            fail(f"error: {e}; then resume with: {resume}")
     except RunError as e:
         fail(f"error: {e}")
 

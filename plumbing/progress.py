@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Protocol
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -71,14 +70,6 @@ def after_ctrl_c() -> None:
             stream.flush()
 
 
-class Reporter(Protocol):
-    """Where a seed's record sends its progress: called at each log interval and eval, closed at the seed's end."""
-
-    def __call__(self, progress: SeedProgress) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class Bar:
     """main.py's bar of a seed and the run's ETA (on a terminal; elsewhere a log line every `every` seconds)."""
 
@@ -92,7 +83,12 @@ class Bar:
         if run_left is not None:
             run_left += self.later_seeds * progress.steps * progress.step_seconds
         if self.bar is None:
-            self.open(progress)
+            width = shutil.get_terminal_size().columns - 3  # room after it for the '^C' a terminal echoes on Ctrl-C
+            self.bar = tqdm(total=progress.steps, initial=progress.step, desc=f"seed {progress.seed}", mininterval=2,
+                            ncols=width, disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/"
+                                                                 "{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
+            if not self.bar.disable:  # a terminal
+                self.above.enter_context(logging_redirect_tqdm())
         if self.bar.disable:
             if time.time() - self.printed >= self.every and progress.step_seconds is not None:
                 log.info("seed %d: %s, run ETA %s", progress.seed, progress.text(), duration(run_left))
@@ -101,14 +97,6 @@ class Bar:
         self.bar.set_postfix_str(", ".join([*progress.text().split(", ")[1:], f"run ETA {duration(run_left)}"]),
                                  refresh=False)
         self.bar.update(progress.step - self.bar.n)
-
-    def open(self, progress: SeedProgress) -> None:
-        width = shutil.get_terminal_size().columns - 3  # room after it for the '^C' a terminal echoes on Ctrl-C
-        self.bar = tqdm(total=progress.steps, initial=progress.step, desc=f"seed {progress.seed}", mininterval=2,
-                        ncols=width, disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                                             "[{elapsed}, {rate_fmt}{postfix}]")
-        if not self.bar.disable:  # a terminal
-            self.above.enter_context(logging_redirect_tqdm())
 
     def close(self) -> None:
         """The bar stays on the screen with its last state; what follows starts on a line of its own."""
@@ -124,12 +112,10 @@ class Sender:
     def __init__(self, connection: Connection):
         self.connection = connection
 
-    def __call__(self, progress: SeedProgress) -> None:
-        self.connection.send(progress)
+    def __call__(self, message: SeedProgress | str) -> None:
+        self.connection.send(message)
 
-    def stopped(self, cause: str) -> None:
-        """Why the seed stopped, in one line (its error, or what to change): its last message."""
-        self.connection.send(cause)
+    stopped = __call__  # why the seed stopped, in one line (its error, or what to change): its last message
 
     def close(self) -> None:
         """The pipe stays open for the seed's cause (an error in the final evaluation), and closes with it."""
@@ -145,7 +131,6 @@ class SeedsLine:
         self.senders = {seed: Sender(sender) for seed, (_, sender) in pipes.items()}
         self.latest: dict[int, SeedProgress | None] = dict.fromkeys(seeds)
         self.causes: dict[int, str] = {}
-        self.ended: set[int] = set()
         self.every, self.printed = every, time.time()
 
     def started(self) -> None:
@@ -167,16 +152,12 @@ class SeedsLine:
                         self.latest[seed] = message
             except (EOFError, OSError):  # the seed's process has ended and everything it sent is read
                 del self.receivers[seed]
-        self.ended = ended
         if evaluated or time.time() - self.printed >= self.every:
-            log.info("%s", self.line())
+            seeds = []
+            for seed, p in self.latest.items():
+                state = "ended" if seed in ended else "starting" if p is None else f"ETA {duration(p.left_now())}"
+                seeds.append(f"seed {seed}: " + (f"{p.text()}, " if p else "") + state)
+            left = [p.left_now() if p else None for seed, p in self.latest.items() if seed not in ended]
+            run_left = None if None in left else max(left, default=0.0)
+            log.info("%s", " | ".join([*seeds, f"run ETA {duration(run_left)}"]))
             self.printed = time.time()
-
-    def line(self) -> str:
-        seeds = [f"seed {seed}: " + ("starting" if p is None and seed not in self.ended else
-                                     (p.text() + ", " if p else "") + ("ended" if seed in self.ended else
-                                                                        f"ETA {duration(p.left_now())}"))
-                 for seed, p in self.latest.items()]
-        left = [p.left_now() if p else None for seed, p in self.latest.items() if seed not in self.ended]
-        run_left = None if None in left else max(left, default=0.0)
-        return " | ".join([*seeds, f"run ETA {duration(run_left)}"])

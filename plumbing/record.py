@@ -5,19 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
-from models import policy_checkpoint
+from models import EMA, policy_checkpoint
 from plumbing import progress, signals
-from plumbing.runfolder import Run, RunError, SeedFolder, Tracker
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from core import EMA
+from plumbing.runfolder import Run, RunError, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +27,7 @@ class NonFiniteScoreError(NonFiniteLossError):
 
 @dataclass
 class SeedRecord:
-    """What one seed has done so far, and where it goes (its SeedFolder in `run`, its tracker, `show`)."""
+    """What one seed has done so far, and where it goes; made, it resumes from the seed's last.pt if there is one."""
 
     cfg: DictConfig
     seed: int
@@ -41,47 +36,38 @@ class SeedRecord:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     rng: np.random.Generator
-    show: progress.Reporter  # where the progress goes: main.py's bar, main_mp.py's parent
+    show: progress.Bar | progress.Sender  # main.py's bar, main_mp.py's pipe: called at each log and eval, then closed
     ema: EMA | None = None  # train.ema_decay: the averaged weights, evaluated and saved as the policy
-    folder: SeedFolder = field(init=False)  # the seed's folder in run
     step: int = 0  # the last step trained (and checkpointed)
     best_score: float = -np.inf  # the best periodic eval's score: best.pt's
     train_rows: list[dict] = field(default_factory=list)  # train.csv
     eval_rows: list[dict] = field(default_factory=list)  # eval.csv
     seconds_before: float = 0.0  # training seconds of earlier attempts
     loss_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # since the last log, summed on the device
-    clock: progress.Clock = field(default_factory=progress.Clock)  # this attempt's time and pace
     evaluated: bool = False  # at the current step
-    tracker: Tracker | None = None
 
     def __post_init__(self) -> None:
         self.folder = self.run.seed(self.seed)
-
-    @classmethod
-    def resume(cls, cfg: DictConfig, seed: int, run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, show: progress.Reporter,
-               ema: EMA | None = None) -> SeedRecord:
-        """The record of a new seed, or of the one run's last.pt holds (its model, optimizer, rng, EMA restored)."""
-        record = cls(cfg, seed, run, model, optimizer, scheduler, rng, show, ema)
-        state = record.folder.load_state(model, optimizer, scheduler, rng)
-        if state is not None and not (isinstance(state.get("loss_sums"), dict) and (ema is None or "ema" in state)):
-            raise RunError(f"{record.folder.dir / 'last.pt'}: a checkpoint of another version of this project (or "
-                           f"without the EMA train.ema_decay asks for): delete it to train seed {seed} from step 0")
+        state = self.folder.load_state(self.model, self.optimizer, self.scheduler, self.rng)
         if state is not None:
-            log.info("seed %d: resumed at step %d", seed, state["step"])
-            record.step, record.best_score, record.seconds_before = state["step"], state["best_score"], state["seconds"]
-            record.train_rows, record.eval_rows = state["train"], state["eval"]
-            device = next(model.parameters()).device
-            record.loss_sums = {name: torch.tensor(value, device=device) for name, value in state["loss_sums"].items()}
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-        record.clock = progress.Clock(first_step=record.step)
-        return record
+            if not isinstance(state.get("loss_sums"), dict) or self.ema is not None and "ema" not in state:
+                raise RunError(f"{self.folder.dir / 'last.pt'}: a checkpoint of another version of this project (or "
+                               f"without the EMA train.ema_decay asks for): delete it to train seed {self.seed} from "
+                               f"step 0")
+            log.info("seed %d: resumed at step %d", self.seed, state["step"])
+            self.step, self.best_score, self.seconds_before = state["step"], state["best_score"], state["seconds"]
+            self.train_rows, self.eval_rows = state["train"], state["eval"]
+            device = next(self.model.parameters()).device
+            self.loss_sums = {name: torch.tensor(value, device=device) for name, value in state["loss_sums"].items()}
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+        self.clock = progress.Clock(first_step=self.step)  # this attempt's time and pace
 
     def state(self) -> dict:
         """The state last.pt keeps (SeedFolder.save_state)."""
         state = {"step": self.step, "best_score": self.best_score, "train": self.train_rows, "eval": self.eval_rows,
-                 "seconds": self.train_seconds(), "loss_sums": {k: v.item() for k, v in self.loss_sums.items()}}
+                 "seconds": self.seconds_before + self.clock.seconds(),
+                 "loss_sums": {k: v.item() for k, v in self.loss_sums.items()}}
         return state if self.ema is None else {**state, "ema": self.ema.state_dict()}
 
     @property
@@ -89,17 +75,14 @@ class SeedRecord:
         """What is evaluated and saved: the model, or its moving average (train.ema_decay)."""
         return self.model if self.ema is None else self.ema.policy
 
-    def train_seconds(self) -> float:
-        return self.seconds_before + self.clock.seconds()
-
     def __enter__(self) -> SeedRecord:
-        self.tracker = self.folder.tracker(self.cfg, self.step).__enter__()
+        self.tracker = Tracker(self.cfg, self.folder.dir, f"{self.run.name}/seed{self.seed}", self.step)
         self.report(self.step)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.show.close()
-        self.tracker.__exit__(*exc)
+        self.tracker.close(failed=exc[0] is not None)
 
     def report(self, step: int) -> None:
         """Show the seed's progress at `step`: its loss, last score and ETA (from this attempt's step rate)."""
@@ -159,8 +142,7 @@ class SeedRecord:
         if self.evaluated:  # the figure follows the evals (main.py draws it again at the end or on a stop)
             self.run.plot(self.cfg)
         if stop:
-            raise signals.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is "
-                                        f"written")
+            raise signals.Interrupted(f"seed {self.seed} stopped by {stop} at step {step}; its checkpoint is written")
 
     def save_policy(self, which: str) -> None:
         """best.pt / final.pt: the policy's config and weights."""
@@ -169,7 +151,7 @@ class SeedRecord:
     def finish(self, result: dict) -> dict:
         """The final evaluation's result as final.json (with the training time), also in the tracker."""
         self.show.close()
-        final = {**result, "train_seconds": self.train_seconds()}
+        final = {**result, "train_seconds": self.seconds_before + self.clock.seconds()}
         self.folder.save_final(final)
         self.tracker.log("final", {"step": self.cfg.train.steps, **final})
         return final

@@ -12,19 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+import utils
 from cfgs import schema
 from cfgs.schema import ConfigError
-from utils import (
-    atomic_torch_save,
-    atomic_write_bytes,
-    plot_results,
-    read_csv,
-    run_title,
-    save_video,
-    write_csv,
-)
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +39,7 @@ def read_json(path: Path, fix: str) -> dict | None:
 
 
 class Run:
-    """A run folder and its own files; each seed's folder is a SeedFolder (run.seed(n)); nothing else writes there.
-
-        config.yaml, main.log       the resolved config; the log (main_mp.py: and each seed's seed<N>/train.log)
-        submitit_job                the submitit job that made the folder (Hydra's submitit launchers only)
-        results.png, summary.json   the figure and the final scores over seeds
-        sweep_final.csv/.png        evaluate.py's sweep of target returns
-        seed<N>/                    SeedFolder: one seed's metrics, checkpoints, final scores and video
-    """
+    """A run folder and its own files (docs/running.md lists them); each seed's folder is a SeedFolder (run.seed(n))."""
 
     def __init__(self, folder: str | Path):
         self.dir = Path(os.path.abspath(folder))  # as the user named it (a symlinked runs/ stays runs/)
@@ -79,31 +63,17 @@ class Run:
     def holds_run(self) -> bool:
         return (self.dir / "config.yaml").is_file()
 
-    def enclosing_run(self) -> Run | None:
-        """The run whose folder this folder lies inside (runs/<run>/seed0), or None."""
-        return next((Run(folder) for folder in self.dir.parents if Run(folder).holds_run()), None)
-
-    def vanished(self) -> FolderVanished | None:
-        """The error to raise when the run folder is gone (deleted or moved during the run), else None."""
-        if self.dir.is_dir():
-            return None
-        return FolderVanished(f"{self.dir}: the run folder vanished (deleted or moved) while the run wrote into it; "
-                              f"nothing more is written there: start a new run, or put the folder back and resume it")
-
     def check_present(self) -> None:
-        """FolderVanished when the run folder is gone: a write would make it again."""
-        if error := self.vanished():
-            raise error
-
-    def outputs_present(self, seeds: list[int]) -> list[str]:
-        """The files and seed folders here that a new run of `seeds` would write over (this folder holds no run)."""
-        names = ["results.png", "summary.json", "submitit_job", *(self.seed(seed).dir.name for seed in seeds)]
-        return [name for name in names if (self.dir / name).exists()]
+        """FolderVanished when the run folder is gone (deleted or moved during the run): a write would make it again."""
+        if not self.dir.is_dir():
+            raise FolderVanished(f"{self.dir}: the run folder vanished (deleted or moved) while the run wrote into "
+                                 f"it; nothing more is written there: start a new run, or put the folder back and "
+                                 f"resume it")
 
     # the config
 
     def save_config(self, yaml_text: str) -> None:
-        atomic_write_bytes(self.dir / "config.yaml", yaml_text.encode())
+        utils.atomic_write_bytes(self.dir / "config.yaml", yaml_text.encode())
 
     def config_path(self) -> Path:
         return self.dir / "config.yaml"
@@ -119,22 +89,18 @@ class Run:
         return saved
 
     def config(self) -> DictConfig:
-        """config.yaml on the schema, typed and resolved: what every reader of a run uses."""
-        cfg = self.typed_config()
-        OmegaConf.resolve(cfg)
-        return cfg
-
-    def typed_config(self) -> DictConfig:
-        """config.yaml on the schema, unresolved; ConfigError naming the file when today's schema cannot read it."""
+        """config.yaml on the schema, typed and resolved; ConfigError naming the file where today's schema cannot."""
         try:
-            return schema.typed(self.saved_config())
+            cfg = schema.typed(self.saved_config())
         except ConfigError as e:
             raise ConfigError(f"{self.config_path()}: {e}: the run comes from another version of this project; use "
                               f"that version for it") from None
+        OmegaConf.resolve(cfg)
+        return cfg
 
     def save_job(self, job_id: str) -> None:
         """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""
-        atomic_write_bytes(self.dir / "submitit_job", job_id.encode())
+        utils.atomic_write_bytes(self.dir / "submitit_job", job_id.encode())
 
     def job(self) -> str | None:
         path = self.dir / "submitit_job"
@@ -158,11 +124,11 @@ class Run:
 
     def save_table(self, name: str, rows: list[dict]) -> None:
         """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
-        write_csv(rows, self.dir / name)
+        utils.write_csv(rows, self.dir / name)
 
     def run_table(self, name: str) -> dict:
         """A CSV of the run's own (evaluate.py's sweep_final.csv) as float arrays by column; {} if missing."""
-        return read_csv(self.dir / name)
+        return utils.read_csv(self.dir / name)
 
     def summary(self) -> dict | None:
         """summary.json as a dict, None if it is not written; RunError if it is damaged."""
@@ -171,38 +137,39 @@ class Run:
     @staticmethod
     def of_sweep(folder: str | Path) -> list["Run"]:
         """A multirun's runs/<date>/<time>-sweep folder -> its job runs 0, 1, ...; [] if it is no sweep folder."""
-        folder = Path(folder)
-        if not folder.is_dir() or (folder / "config.yaml").exists():
-            return []
-        jobs = [Run(d) for d in folder.glob("*") if d.name.isdigit()]
-        return sorted((job for job in jobs if job.holds_run()), key=lambda job: int(job.dir.name))
+        jobs = [Run(d) for d in Path(folder).glob("*") if d.name.isdigit() and Run(d).holds_run()]
+        return sorted(jobs, key=lambda job: int(job.dir.name))
 
-    def summarize(self, env: str, dataset: str, seeds: list[int]) -> dict:
-        """Gather the seeds' final.json into summary.json; return it."""
+    def summarize(self, cfg: DictConfig) -> None:
+        """Gather the seeds' final.json into summary.json, draw the figure, log the score line."""
         self.check_present()
         finals = [f for f in (self.seed(s).final() for s in self.seeds()) if f is not None]
         scores = [f["score_mean"] for f in finals]
-        summary = {"env": env, "dataset": dataset, "seeds": [f["seed"] for f in finals],
-                   "missing_seeds": sorted(set(seeds) - {f["seed"] for f in finals}),
+        summary = {"env": cfg.env.name, "dataset": utils.dataset_name(cfg), "seeds": [f["seed"] for f in finals],
+                   "missing_seeds": sorted(set(cfg.seeds) - {f["seed"] for f in finals}),
                    "score_mean": float(np.mean(scores)) if scores else None,
                    "score_std": float(np.std(scores)) if len(scores) > 1 else None,  # one seed has no spread
                    "per_seed": finals}
-        atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
-        return summary
+        utils.atomic_write_bytes(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
+        self.plot(cfg)
+        if scores:
+            spread = "" if summary["score_std"] is None else f" +- {summary['score_std']:.1f}"
+            log.info("%s: normalized score %.1f%s over seeds %s (final evals of %d episodes)", utils.run_title(cfg),
+                     summary["score_mean"], spread, summary["seeds"], cfg.eval.final_episodes)
 
     def plot(self, cfg: DictConfig, label: str | None = None) -> None:
         """results.png from the seeds' metrics so far, titled with the run's config and `label` (default: name)."""
         self.check_present()
-        plot_results(self.tables("eval"), self.tables("train"), f"{run_title(cfg)}   ({label or self.name})",
-                     cfg.eval.target_return, cfg.env.ref_min_score, cfg.env.ref_max_score, self.dir / "results.png")
-
-    # sharing
+        title = f"{utils.run_title(cfg)}   ({label or self.name})"
+        utils.plot_results(self.tables("eval"), self.tables("train"), title, cfg.eval.target_return,
+                           cfg.env.ref_min_score, cfg.env.ref_max_score, self.dir / "results.png")
 
     def publish(self, dest: str | Path, policies: bool) -> list:
         """Copy the finished seeds to share, without training state or this machine's paths; with `policies`, each
         final.pt and the first seed's video. Returns the seeds left out."""
         root = Path(__file__).resolve().parents[1]
-        local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""), (str(root.parent) + "/", "../")]
+        local = [(os.path.realpath(root / "runs") + "/", "runs/"), (str(root) + "/", ""),
+                 (str(root.parent) + "/", "../")]
         dest = Path(dest)
         if dest.exists():
             raise SystemExit(f"error: --publish {dest}: exists already; give a new folder")
@@ -221,36 +188,21 @@ class Run:
                 config.resume = None
                 data = schema.to_yaml(config).encode()
             if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
-                text = data.decode()
                 for machine, relative_path in local:
-                    text = text.replace(machine, relative_path)
-                data = text.encode()
+                    data = data.replace(machine.encode(), relative_path.encode())
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(dest / relative, data)
+            utils.atomic_write_bytes(dest / relative, data)
         copy = Run(dest)
-        try:  # drawn again: without unfinished seeds, and titled without this machine's paths
-            copy.plot(copy.config(), label=self.name)
-        except (ConfigError, OmegaConfBaseException):  # unknown keys: no figure rather than a stale one
-            (dest / "results.png").unlink(missing_ok=True)
+        copy.plot(copy.config(), label=self.name)  # drawn again: without unfinished seeds, titled without local paths
         return unfinished
 
 
 class SeedFolder:
-    """One seed's folder, seed<N>/ of a run, and every file in it; nothing else names them.
-
-        train.csv, eval.csv         the metrics, rewritten at each checkpoint
-        last.pt                     the training state resume= continues from
-        best.pt, final.pt           the policy at its best periodic eval and at the end (export.py: final.onnx, ...)
-        final.json                  the final evaluation; video.mp4 one episode of it
-        train.log                   main_mp.py: the seed process's log (a crash's traceback)
-        <name>.json, <name>_*.mp4   evaluate.py's sweep of this seed and its videos
-        events.out.tfevents.*, wandb/   with logger=[csv,tensorboard] / [csv,wandb]
-    """
+    """One seed's folder, seed<N>/ of a run, and every file in it (docs/running.md); nothing else names them."""
 
     def __init__(self, run: Run, seed: int):
         self.run, self.seed = run, seed
         self.dir = run.dir / f"seed{seed}"
-        self.label = f"{run.name}/seed{seed}"  # the trackers' name of the seed
 
     # training state, metrics and checkpoints
 
@@ -264,18 +216,18 @@ class SeedFolder:
                  "torch_rng": torch.get_rng_state(), "progress": progress}
         if torch.cuda.is_initialized():  # a CUDA run's; a CPU run on a GPU machine never starts CUDA
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        atomic_torch_save(state, self.dir / "last.pt")
+        utils.atomic_torch_save(state, self.dir / "last.pt")
 
     def save_tables(self, train_rows: list[dict], eval_rows: list[dict]) -> None:
         """train.csv and eval.csv (a checkpoint rewrites them with its rows)."""
-        write_csv(train_rows, self.dir / "train.csv")
-        write_csv(eval_rows, self.dir / "eval.csv")
+        utils.write_csv(train_rows, self.dir / "train.csv")
+        utils.write_csv(eval_rows, self.dir / "eval.csv")
 
     def table(self, kind: str) -> dict:
         """<kind>.csv (train, eval) as float arrays by column; {} while it is not written; RunError if damaged."""
         path = self.dir / f"{kind}.csv"
         try:
-            return read_csv(path)
+            return utils.read_csv(path)
         except (ValueError, TypeError, KeyError) as e:  # not numbers, not text, rows of other columns
             raise RunError(f"{path} is damaged ({type(e).__name__}: {e}): put back a good copy, or delete it (the "
                            f"figures then leave seed {self.seed}'s {kind} metrics out)") from None
@@ -301,30 +253,24 @@ class SeedFolder:
 
     def checkpoint_step(self) -> int | None:
         """The step last.pt holds, or None without a readable one."""
-        path = self.dir / "last.pt"
-        try:
-            return load_checkpoint(path)["progress"]["step"] if path.exists() else None
-        except RunError:
-            return None
+        with contextlib.suppress(RunError):  # missing or damaged
+            return load_checkpoint(self.dir / "last.pt")["progress"]["step"]
+        return None
 
     def save_policy(self, which: str, policy: dict) -> None:
         """best.pt / final.pt (which: best, final): a dict of tensors and plain values (weights_only loads it)."""
         self.run.check_present()
-        atomic_torch_save(policy, self.policy_path(which))
+        utils.atomic_torch_save(policy, self.policy_path(which))
 
     def policy_path(self, which: str, suffix: str = ".pt") -> Path:
         """The policy file of `which` (best, final); another suffix: its export (.onnx, ...)."""
         return self.dir / f"{which}{suffix}"
 
-    def tracker(self, cfg: DictConfig, step: int) -> Tracker:
-        """The seed's TensorBoard / W&B logging (cfg.logger), continuing after `step` when resumed."""
-        return Tracker(cfg, self.dir, self.label, step)
-
     # the end of the seed
 
     def save_final(self, result: dict) -> None:
         self.run.check_present()
-        atomic_write_bytes(self.dir / "final.json", json.dumps(result, indent=2).encode())
+        utils.atomic_write_bytes(self.dir / "final.json", json.dumps(result, indent=2).encode())
 
     def final(self) -> dict | None:
         """final.json as a dict, or None while the seed is unfinished; RunError if it is damaged."""
@@ -332,24 +278,20 @@ class SeedFolder:
                                                   f"evaluation from its last.pt")
 
     def save_video(self, frames: list[np.ndarray], fps: int, name: str = "video.mp4") -> None:
-        save_video(frames, self.video_path(name), fps)
+        utils.save_video(frames, self.video_path(name), fps)
 
     def video_path(self, name: str = "video.mp4") -> Path:
         """video.mp4 (the final policy's episode), or evaluate.py's video `name`."""
         return self.dir / name
-
-    # main_mp.py's seed process
 
     def log_path(self) -> Path:
         """train.log, the log of the seed's own process (main_mp.py); the folder is made."""
         self.dir.mkdir(parents=True, exist_ok=True)
         return self.dir / "train.log"
 
-    # evaluate.py
-
     def save_sweep_part(self, name: str, part: dict) -> None:
         """The seed's finished sweep `name` (its settings and rows): what a stopped evaluate.py keeps."""
-        atomic_write_bytes(self.sweep_path(name), json.dumps(part).encode())
+        utils.atomic_write_bytes(self.sweep_path(name), json.dumps(part).encode())
 
     def sweep_part(self, name: str) -> dict | None:
         """What save_sweep_part kept, or None; RunError if it is damaged."""
@@ -364,16 +306,11 @@ NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT")  # state, 
 
 def shared(relative: Path, policies: bool, video: Path) -> bool:
     """Is a run's file part of its shared copy (Run.publish)?"""
-    name = relative.name
-    if name in NOT_SHARED or name.startswith("events.out.tfevents"):
+    if relative.name in NOT_SHARED or relative.name.startswith("events.out.tfevents"):
         return False
     if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # temporaries, .hydra/ of old runs
         return False
-    if name.endswith(".pt"):
-        return policies
-    if name.endswith(".mp4"):
-        return policies and relative == video
-    return True
+    return {".pt": policies, ".mp4": policies and relative == video}.get(relative.suffix, True)
 
 
 class Tracker:
@@ -382,13 +319,12 @@ class Tracker:
 
     def __init__(self, cfg: DictConfig, folder: str | Path, name: str, step: int):
         self.tensorboard = self.wandb = None
-        config = OmegaConf.to_container(cfg)
         if "wandb" in cfg.logger:  # first: if it cannot start, nothing else is open yet
             import wandb
             run_id = f"{hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]}-{Path(folder).name}"
             self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
                                     dir=folder, id=run_id, resume="allow", name=name, group=name.rsplit("/", 1)[0],
-                                    config=config)
+                                    config=OmegaConf.to_container(cfg))
         if "tensorboard" in cfg.logger:
             from torch.utils.tensorboard import SummaryWriter
             self.tensorboard = SummaryWriter(folder, purge_step=step + 1 if step else None)
@@ -404,14 +340,11 @@ class Tracker:
         if self.wandb:
             self.wandb.log(metrics, step=step)
 
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self, failed: bool) -> None:
         if self.tensorboard:
             self.tensorboard.close()
         if self.wandb:
-            self.wandb.finish(exit_code=1 if exc[0] else 0)
+            self.wandb.finish(exit_code=int(failed))
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -1,7 +1,5 @@
-"""Where a run's data comes from: D4RL files (found, downloaded, checked, hashed) and Minari datasets.
-
-A new source adds its reader here and its name to cfgs/schema.py SOURCES (docs/extending.md).
-"""
+"""Where a run's data comes from: D4RL files (found, downloaded, checked, hashed) and Minari datasets. A new source
+adds its reader here and its name to cfgs/schema.py SOURCES (docs/extending.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -75,16 +73,14 @@ def as_list(paths: str | Sequence[str] | None) -> list[str]:
 
 
 def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
-    """The arrays of a D4RL-layout file, checked: keys, real numbers, shapes for these space sizes, finite values;
-    DatasetError naming the fix for a missing, truncated, corrupt or mismatched file."""
+    """The checked arrays of a D4RL-layout file; DatasetError naming the fix for a missing, bad or mismatched file."""
     fix = "replace it with a good copy"  # a cached download is fetched again by find_dataset
     if not Path(path).is_file():
         raise DatasetError(f"{path}: no such file. Put the dataset there, or, for a run whose file moved, resume it "
                            f"with resume=<run> buffer.path=<the file's new place>")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in KEYS if k not in f]
-            if missing:
+            if missing := [k for k in KEYS if k not in f]:
                 raise DatasetError(f"{path} lacks the D4RL keys {missing}: {fix}")
             for key in KEYS:
                 kinds = "fiub" if key in ("terminals", "timeouts") else "fiu"  # float, int, unsigned, bool
