@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's modules, run as tools/gpu_check.py
-from plumbing import threads  # noqa: I001,E402  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+from plumbing import threads  # noqa: I001,E402  first, before torch loads: it sets OpenMP's wait policy
 
 import argparse  # noqa: E402
 import json  # noqa: E402
