@@ -1,8 +1,9 @@
 """Speed benchmark: the project's training step against models.ReferenceDT, a plain eager DT (nn.MultiheadAttention,
-torch's dropout, every token through every block), both timed in one process; its first line names the CPU kind.
+torch's dropout, every token through every block), both timed in one process; its first line names the machine.
 
     python tools/bench.py                     # prints a table, writes runs/bench.json
     python tools/bench.py --steps 100 --out /tmp/bench.json
+    python tools/bench.py --device cuda       # on a GPU
     python tools/bench.py --levers fp32       # only issue 42's levers, against the default step
 """
 import sys  # noqa: I001
@@ -111,13 +112,18 @@ def cpu_kind() -> str:
     return torch.backends.cpu.get_cpu_capability().replace("AVX", "AVX-").replace("AVX-2", "AVX2")
 
 
-def machine() -> dict:
+def machine(device: torch.device) -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
-    return {"cpu": cpu, "kind": cpu_kind(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16_cpu": utils.native_bf16(torch.device("cpu")), "device": "cpu"}
+    facts = {"cpu": cpu, "kind": cpu_kind(), "cores": os.cpu_count(), "torch": torch.__version__,
+             "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "bf16_cpu": utils.native_bf16(torch.device("cpu")), "device": str(device)}
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_properties(device)
+        facts.update(gpu=gpu.name, compute_capability=f"{gpu.major}.{gpu.minor}", cuda=torch.version.cuda,
+                     gpu_memory_gib=gpu.total_memory / 2**30)
+    return facts
 
 
 def main() -> None:
@@ -129,6 +135,7 @@ def main() -> None:
     parser.add_argument("--n-layers", type=int, default=CFG.model.n_layers)
     parser.add_argument("--out", help="the JSON file (default: runs/bench.json, or bench-<n>.json if that exists)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:<index>] on a GPU machine")
     parser.add_argument("--levers", choices=["fp32", "bf16"], help="only time issue 42's levers in this precision")
     args = parser.parse_args()
     threads.set_torch_threads(1)
@@ -137,23 +144,28 @@ def main() -> None:
         for name, ratio in levers(args.steps, args.levers).items():
             print(f"  {name:22s} {ratio:.2f}x the default step")
         return
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}: torch sees no CUDA GPU here (torch {torch.__version__})")
     if args.out:
         utils.refuse_replacing(args.out, args.force)
     out = Path(args.out) if args.out else utils.new_path(Path("runs") / "bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     shape = dict(context_len=args.context_len, embed_dim=args.embed_dim, n_layers=args.n_layers)
-    default = utils.pick_precision(CFG.train.precision, torch.device("cpu"))  # what a default run uses here
+    default = utils.pick_precision(CFG.train.precision, device)  # what a default run uses here
     precisions = dict.fromkeys(["fp32", default])  # emulated bf16 is many times slower than fp32: not measured
-    m = machine()
+    m = machine(device)
     results = {"machine": m, "shape": {"batch_size": args.batch_size, **shape}, "default_precision": default,
                "train": {}}
-    print(f"machine: {m['kind']} CPU ({m['cpu']}, {m['cores']} cores, torch {m['torch']}); default precision {default}")
+    gpu = f" on {m['gpu']} (compute capability {m['compute_capability']})" if "gpu" in m else ""
+    print(f"machine: {m['kind']} CPU ({m['cpu']}, {m['cores']} cores, torch {m['torch']}){gpu}; "
+          f"default precision {default}")
     print(f"{'measurement (' + m['kind'] + ')':42s} {'ms':>8s} {'per s':>8s} {'vs ref':>7s}")
     for env, (state_dim, act_dim) in SHAPES.items():
-        model = DecisionTransformer(default_model_config(state_dim, act_dim, **shape))
-        reference = ReferenceDT(model.config).load_project_weights(model)
-        batch = random_batch(state_dim, act_dim, args.batch_size, args.context_len)
+        model = DecisionTransformer(default_model_config(state_dim, act_dim, **shape)).to(device)
+        reference = ReferenceDT(model.config).to(device).load_project_weights(model)
+        batch = tuple(t.to(device) for t in random_batch(state_dim, act_dim, args.batch_size, args.context_len))
         ref_s = time_train_step(reference, batch, args.steps)
         ours = {p: time_train_step(model, batch, args.steps, precision=p) for p in precisions}
         results["train"][env] = {"reference_ms": ref_s * 1e3, **{f"{p}_ms": s * 1e3 for p, s in ours.items()},
@@ -163,11 +175,12 @@ def main() -> None:
         for name, seconds in {**named, "reference fp32": ref_s}.items():
             print(f"{f'train step {env} {name}':42s} {seconds * 1e3:8.1f} {1 / seconds:8.2f} {ref_s / seconds:6.2f}x")
     hopper = results["train"]["hopper"]
-    model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
-    share = matmul_share(model, random_batch(*SHAPES["hopper"], args.batch_size, args.context_len), default)
-    hopper.update(matmul_share=share, matmul_only_speedup=hopper["reference_ms"] / (share * hopper[f"{default}_ms"]))
-    print(f"the hopper {default} step's matmuls: {share:.0%} of its op time; a step of only these matmuls would be "
-          f"{hopper['matmul_only_speedup']:.2f}x the reference")
+    if device.type == "cpu":  # the profiler's CPU time tells nothing of a GPU's kernels
+        model = DecisionTransformer(default_model_config(*SHAPES["hopper"], **shape))
+        share = matmul_share(model, random_batch(*SHAPES["hopper"], args.batch_size, args.context_len), default)
+        hopper.update(matmul_share=share, matmul_only_speedup=hopper["reference_ms"] / share / hopper[f"{default}_ms"])
+        print(f"the hopper {default} step's matmuls: {share:.0%} of its op time; a step of only these matmuls would "
+              f"be {hopper['matmul_only_speedup']:.2f}x the reference")
     utils.atomic_write_bytes(out, json.dumps(results, indent=2).encode())
     print(f"wrote {out}")
 
