@@ -31,7 +31,6 @@ import core
 from tools import export
 from plumbing import launch, signals
 import utils
-from buffer import top_trajectories
 from plumbing.sources import DatasetError, dataset_identity, hash_file, run_dataset_files
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
@@ -168,7 +167,7 @@ def evaluate_run(cfg, out_folder=None):
     title = f"{utils.run_title(train_cfg)}   ({run.name}, {run.seed(seeds[0]).policy_path(cfg.checkpoint).name})"
     data_scores = trained_scores = None
     if data_returns is not None:  # the data's range, and the part trained on if only some
-        data_scores, trained = score(data_returns), top_trajectories(data_returns, train_cfg.buffer.top_percent)
+        data_scores, trained = score(data_returns), buffer.top_trajectories(data_returns, train_cfg.buffer.top_percent)
         trained_scores = None if trained.all() else data_scores[trained]
     utils.plot_sweep(rows, data_scores, score, title, out.dir / f"{cfg.name}.png", trained_scores)
     log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s", len(targets), cfg.episodes,
