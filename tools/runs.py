@@ -7,11 +7,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
 
+import h5py
 import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import utils
+from buffer import SequenceBuffer, Transitions, trajectory_scores_and_lengths
 from cfgs import schema
 from plumbing.runfolder import Run, RunError, load_checkpoint
 from plumbing.sources import run_dataset_files
@@ -143,16 +145,12 @@ def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> Finishe
 @lru_cache(maxsize=None)
 def trajectories(paths: tuple) -> tuple:
     """(normalized returns, lengths in steps) of the trajectories of D4RL files read as one dataset."""
-    from buffer import trajectory_scores_and_lengths
     return tuple(np.concatenate(column) for column in zip(*map(trajectory_scores_and_lengths, paths)))
 
 
 @lru_cache(maxsize=None)
 def state_statistics(paths: tuple, top_percent: float, reward_scale: float) -> tuple:
     """The state mean and std that a run on these files computes (buffer.SequenceBuffer's)."""
-    import h5py
-
-    from buffer import SequenceBuffer, Transitions
     with h5py.File(paths[0], "r") as f:
         dims = f["observations"].shape[1], f["actions"].shape[1]
     data = SequenceBuffer(Transitions.from_files(paths, *dims), 1, reward_scale, 1000, top_percent=top_percent)
