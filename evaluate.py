@@ -5,12 +5,11 @@
     python evaluate.py run=runs/<date>/<time> targets=[3000] episodes=100 name=target_3000   # beside the sweep
     python evaluate.py run=runs/<date>/<time> export=onnx            # or torchscript: each seed's policy as one file
 
-All targets and episodes of a seed run in one vectorized pass, each env with its own return-to-go. Writes into the
-run folder (a gallery/ run: into runs/evaluate/<its name>; out=<folder>: there) <name>.csv (a row per seed, target
-and episode), <name>.png (achieved against target score) and, with video=true, seed<N>/<name>_<target>.mp4; each
-seed's rows as its pass ends (seed<N>/<name>.json): a stopped sweep, started again, reuses the seeds it finished.
+All targets and episodes of a seed run in one vectorized pass. Writes into the run folder (a gallery/ run: into
+runs/evaluate/<its name>; out=<folder>: there) <name>.csv (a row per seed, target and episode), <name>.png and, with
+video=true, seed<N>/<name>_<target>.mp4; a seed's rows as its pass ends, so a stopped sweep goes on from there.
 """
-from plumbing import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy (threads.py says why)
+from plumbing import threads  # noqa: I001  first, before torch loads: it sets OpenMP's wait policy
 
 import logging
 import os
@@ -32,7 +31,6 @@ import core
 from tools import export
 from plumbing import launch, signals
 import utils
-from buffer import top_trajectories
 from plumbing.sources import DatasetError, dataset_identity, hash_file, run_dataset_files
 from cfgs import schema
 from cfgs.schema import ConfigError, EvaluateConfig
@@ -97,15 +95,6 @@ def sweep_targets(cfg, train_cfg, data_returns):
     return np.unique(np.append(DEFAULT_TARGETS * train_cfg.env.target_return, best).round(1))
 
 
-def sweep_seed(model, train_cfg, seed, targets, episodes, record):
-    """One vectorized pass: returns and lengths (len(targets), episodes), and the recorded envs' frames."""
-    conditions = np.repeat(targets, episodes)  # env j is conditioned on targets[j // episodes]
-    spec = core.RolloutSpec.of_run(train_cfg, len(conditions), core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET,
-                                   tuple(record), targets=conditions)
-    played = core.rollout(model, spec)
-    return played.returns.reshape(len(targets), episodes), played.lengths.reshape(len(targets), episodes), played.frames
-
-
 def refuse_replacing_sweep(run, out, cfg, targets):
     """ConfigError when `out` holds a sweep named cfg.name of other targets or episodes (unless overwrite=true)."""
     if cfg.overwrite:
@@ -116,15 +105,6 @@ def refuse_replacing_sweep(run, out, cfg, targets):
         if kept and (kept["settings"]["targets"], kept["settings"]["episodes"]) != wanted:
             raise ConfigError(f"name={cfg.name}: the run holds a sweep of that name with other targets or episodes "
                               f"({cfg.name}.csv): give a new name=<name>, or overwrite=true to replace it")
-
-
-def plot_sweep(rows, data_returns, score, train_cfg, title, path):
-    """The sweep's figure, with the data's range when the data is here (and the part trained on, if only some)."""
-    if data_returns is None:
-        return utils.plot_sweep(rows, None, score, title, path)
-    trained = top_trajectories(data_returns, train_cfg.buffer.top_percent)
-    utils.plot_sweep(rows, score(data_returns), score, title, path,
-                     None if trained.all() else score(data_returns[trained]))
 
 
 def seeds_with(run, cfg):
@@ -147,6 +127,7 @@ def evaluate_run(cfg, out_folder=None):
     refuse_replacing_sweep(run, out, cfg, targets)
     score = lambda r: utils.normalized_score(r, train_cfg.env.ref_min_score, train_cfg.env.ref_max_score)  # noqa
     record = [i * cfg.episodes for i in range(len(targets))] if cfg.video else []  # each target's first episode
+    conditions = np.repeat(targets, cfg.episodes)  # env j is conditioned on targets[j // episodes]
     started, rows, reused = time.time(), [], []
     bar = tqdm(total=len(seeds) * len(targets) * cfg.episodes, desc=f"{len(targets)} targets x {cfg.episodes} "
                f"episodes x {len(seeds)} seeds", unit="episode", disable=None)
@@ -165,15 +146,17 @@ def evaluate_run(cfg, out_folder=None):
             model = core.load_policy(path, train_cfg.env.id, utils.pick_device(cfg.device))
             log.info("seed %d: %d targets x %d episodes, one pass of %d envs", seed, len(targets), cfg.episodes,
                      len(targets) * cfg.episodes)
-            returns, lengths, frames = sweep_seed(model, train_cfg, seed, targets, cfg.episodes, record)
+            played = core.rollout(model, core.RolloutSpec.of_run(
+                train_cfg, len(conditions), core.EVAL_SEED_STRIDE * seed + SWEEP_SEED_OFFSET, tuple(record),
+                targets=conditions))
             for i, video in zip(record, videos):
-                folder.save_video(frames[i], env.metadata["render_fps"], video)
+                folder.save_video(played.frames[i], env.metadata["render_fps"], video)
             kept = {"settings": settings, "rows": [
-                {"seed": seed, "target": float(t), "episode": e, "return": float(r), "score": float(score(r)),
-                 "length": int(n)}
-                for t, t_returns, t_lengths in zip(targets, returns, lengths)
-                for e, (r, n) in enumerate(zip(t_returns, t_lengths))]}
+                {"seed": seed, "target": float(conditions[j]), "episode": j % cfg.episodes, "return": float(r),
+                 "score": float(score(r)), "length": int(n)}
+                for j, (r, n) in enumerate(zip(played.returns, played.lengths))]}
             folder.save_sweep_part(cfg.name, kept)
+            returns = played.returns.reshape(len(targets), cfg.episodes)
             log.info("seed %d: %s", seed, ", ".join(f"{t:g} -> {score(r.mean()):.1f}"
                                                     for t, r in zip(targets, returns)))
         rows += kept["rows"]
@@ -181,9 +164,12 @@ def evaluate_run(cfg, out_folder=None):
     bar.close()
     seconds = time.time() - started
     out.save_table(f"{cfg.name}.csv", rows)
-    policy_file = run.seed(seeds[0]).policy_path(cfg.checkpoint).name
-    plot_sweep(rows, data_returns, score, train_cfg, f"{utils.run_title(train_cfg)}   ({run.name}, {policy_file})",
-               out.dir / f"{cfg.name}.png")
+    title = f"{utils.run_title(train_cfg)}   ({run.name}, {run.seed(seeds[0]).policy_path(cfg.checkpoint).name})"
+    data_scores = trained_scores = None
+    if data_returns is not None:  # the data's range, and the part trained on if only some
+        data_scores, trained = score(data_returns), buffer.top_trajectories(data_returns, train_cfg.buffer.top_percent)
+        trained_scores = None if trained.all() else data_scores[trained]
+    utils.plot_sweep(rows, data_scores, score, title, out.dir / f"{cfg.name}.png", trained_scores)
     log.info("%d targets x %d episodes x %d seeds in %.0f s%s: %s", len(targets), cfg.episodes,
              len(seeds) - len(reused), seconds, f" ({len(reused)} reused)" if reused else "",
              out.dir / f"{cfg.name}.csv")

@@ -6,13 +6,8 @@ for each question of the assignment, the method; every run's curves, settings, d
     python report.py runs/<date>/<time>-sweep                     # a study: the sweep folder stands for its jobs
     python report.py runs/<date>/<time> --publish gallery/<name>  # instead: copy one run folder to share
 
-Runs are grouped by task (env-dataset) and named by their setting in words (tools/runs.py): the default config is
-the reference of its task, percentile BC and the auxiliary losses answer the bonus questions, each setting compared
-with its task's default trained at the same precision on the same machine. The findings file (--findings) is a
-markdown template whose numbers are {placeholders} filled from the runs (tools/findings.py); its sections "In
-short", "The data" and "Limitations" open the report, the others follow the figures. --machines (a YAML file) names
-the machine each run trained on, which a run folder does not record. Outputs: <out>.pdf, <out>.md, <out>_*.png
-(default: runs/report, never replacing a file).
+Runs are grouped by task and named by their setting in words (tools/runs.py), each setting compared with its task's
+default trained at the same precision on the same machine; the findings' numbers are filled from the runs.
 """
 import argparse
 import glob
@@ -221,11 +216,8 @@ def appendix(grouped: dict, out: str) -> list:
 def write_report(runs: list, out: str, standin: bool, findings_path: Optional[str], kinds: dict) -> list:
     """<out>.pdf, <out>.md and the figures <out>_*.png, each written atomically; returns their paths."""
     grouped = by_task(runs)
-    data = {}
-    for name, settings in grouped.items():
-        files = (settings.get(DEFAULT) or next(iter(settings.values())))[0].files()
-        if files is not None:
-            data[name] = trajectories(tuple(files))
+    data = {name: trajectories(tuple(files)) for name, settings in grouped.items()  # the task's default's files
+            if (files := (settings.get(DEFAULT) or next(iter(settings.values())))[0].files()) is not None}
     text = findings.fill(findings_path, findings.Facts(runs, grouped, data)) if findings_path else ""
     opening, rest = findings.sections(findings.blocks(text), OPENING)
     found = {key: comparisons(grouped, keys, names) for key, (keys, names) in QUESTIONS.items()}
@@ -251,14 +243,13 @@ def new_stem(stem: str) -> str:
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders runs/<date>/<time> made by main.py or main_mp.py")
-    parser.add_argument("--out", help="path stem of the outputs: <out>.pdf, <out>.md, <out>_*.png (default: "
-                                      "runs/report, or runs/report-1, ... where those files exist)")
+    parser.add_argument("--out", help="the outputs' stem: <out>.pdf, <out>.md, <out>_*.png (default: runs/report[-n])")
     parser.add_argument("--standin", action="store_true", help="the runs used stand-in data: say so in the titles")
-    parser.add_argument("--findings", help="a markdown template of what was found (tools/findings.py)")
+    parser.add_argument("--findings", help="a markdown template of what was found, its sections 'In short', 'The "
+                                           "data' and 'Limitations' first (tools/findings.py)")
     parser.add_argument("--machines", help="a YAML file naming each run's machine: kinds:, default:, runs:")
-    parser.add_argument("--publish", metavar="DEST", help="instead of a report: copy the one run folder given to DEST "
-                                                          "for sharing (no training state, no paths; a default "
-                                                          "run keeps its policies and one video)")
+    parser.add_argument("--publish", metavar="DEST", help="instead: copy the one run folder given to DEST to share "
+                                                          "(no state or paths; a default run keeps its policies)")
     args = parser.parse_args(argv)
     if args.publish:
         if len(args.runs) != 1:

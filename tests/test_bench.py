@@ -11,23 +11,20 @@ from utils import new_path
 
 def test_bench_writes_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
-    tiny = ["--steps", "2", "--episodes", "1", "--batch-size", "4", "--context-len", "5", "--embed-dim", "16",
-            "--n-layers", "1", "--trajectories", "10"]
+    tiny = ["--steps", "2", "--batch-size", "4", "--context-len", "5", "--embed-dim", "16", "--n-layers", "1"]
     result = run_script("tools/bench.py", *tiny, "--out", str(out), check=True, fresh=True)
     results = json.loads(out.read_text())
-    assert results["machine"]["cores"] >= 1 and results["matmul_gflops"]["fp32"] > 0
+    assert results["machine"]["cores"] >= 1
     for env in ("hopper", "walker2d"):
         train = results["train"][env]
         assert train["reference_ms"] > 0 and train["speedup_fp32"] == train["reference_ms"] / train["fp32_ms"]
         assert train["speedup_default"] == train[f"speedup_{results['default_precision']}"]
-    assert results["eval"]["vectorized_steps_per_s"] > 0 and results["eval"]["sequential_steps_per_s"] > 0
-    assert results["batch_sampling_ms"] > 0 and results["parallel_3_seeds_steps_per_s"] > 0
     hopper = results["train"]["hopper"]  # the matmuls' share of the default step, and a step of only them
     assert 0 < hopper["matmul_share"] < 1
     assert hopper["matmul_only_speedup"] > hopper["speedup_default"]
     assert "a step of only these matmuls would be" in result.stdout
     assert results["machine"]["kind"] in result.stdout.splitlines()[0]  # the CPU kind names the tables
-    assert "train step hopper project fp32" in result.stdout and "eval 1 x 1000 steps" in result.stdout
+    assert "train step hopper project fp32" in result.stdout and "train step walker2d reference fp32" in result.stdout
     assert results["shape"] == {"batch_size": 4, "context_len": 5, "embed_dim": 16, "n_layers": 1}
 
 

@@ -1,13 +1,12 @@
 """The GPU path with the device mocked: the precision auto picks, the seeds' GPUs, no CUDA in a CPU run's
-checkpoints; and tools/gpu_check.py, tried on the CPU."""
-import json
+checkpoints; and tools/bench.py --device cuda without a GPU."""
 
 import numpy as np
 import pytest
 import torch
 
 import utils
-from conftest import TINY, run_script
+from conftest import run_script
 from plumbing.runfolder import Run
 
 
@@ -45,20 +44,9 @@ def test_a_checkpoint_reads_the_cuda_rng_state_only_in_a_run_that_started_cuda(t
     assert touched == (["get", "set"] if cuda_started else [])
 
 
-def test_gpu_check_writes_the_facts_the_step_times_and_an_evaluated_run_into_one_folder(hopper_file, tmp_path):
-    out = tmp_path / "check"
-    run_script("tools/gpu_check.py", "--device", "cpu", "--steps", "1", "--out", str(out), *TINY,
-               f"buffer.path={hopper_file}", cwd=tmp_path, check=True)
-    machine, step = json.loads((out / "machine.json").read_text()), json.loads((out / "step.json").read_text())
-    assert machine["device"] == "cpu" and machine["precision_auto"] in ("fp32", "bf16")
-    assert set(step["ms"]) == {"fp32", machine["precision_auto"]} and all(v > 0 for v in step["ms"].values())
-    assert json.loads((out / "run" / "summary.json").read_text())["seeds"] == [0]
-    assert (out / "run" / "seed0" / "final.json").is_file()
-
-
-def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path):
+def test_bench_without_a_gpu_says_so_in_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
-    result = run_script("tools/gpu_check.py", "--out", str(tmp_path / "check"), cwd=tmp_path)
+    result = run_script("tools/bench.py", "--device", "cuda", "--out", str(tmp_path / "bench.json"), cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.strip().startswith("error: --device cuda: torch sees no CUDA GPU")
-    assert not (tmp_path / "check").exists()
+    assert not (tmp_path / "bench.json").exists()

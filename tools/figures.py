@@ -1,10 +1,5 @@
-"""report.py's figures, drawn at the width they are placed at on the page (typeset.TEXT_WIDTH_IN), so a font's size
-is its printed size (tests/test_report.py checks that every figure is legible). Each function takes plain numbers
-and returns a matplotlib figure; save() writes it.
-
-Every axis is labelled with its unit; legends sit outside the axes; the normalized score is D4RL's (0: a random
-policy, 100: an expert).
-"""
+"""report.py's figures, from plain numbers, drawn at the width they are placed at (typeset.TEXT_WIDTH_IN) so that
+a font's size is its printed size; every axis labelled with its unit, legends outside the axes."""
 import io
 import textwrap
 from pathlib import Path
@@ -67,8 +62,7 @@ def legend_above(fig: Any, axes: list) -> None:
 
 
 def training(tasks: dict) -> Any:
-    """The default runs of the medium tasks: eval score (top) and action loss (bottom) over training.
-    tasks: {name: (score curve, loss curve, bar or None)}, each curve (steps, mean over seeds, std over seeds)."""
+    """Eval score (top) and action loss (bottom) over training; tasks: {name: (score curve, loss curve, bar)}."""
     fig, axes = grid(2 * len(tasks), len(tasks), 1.8)
     for score_ax, loss_ax, (name, (score, loss, bar)) in zip(axes, axes[len(tasks):], tasks.items()):
         band(score_ax, score, "C0", "eval (10 episodes), mean ± std over seeds", marker="o", markersize=2)
@@ -87,8 +81,7 @@ def training(tasks: dict) -> Any:
 
 
 def datasets(scores: dict, bars: dict) -> Any:
-    """Each dataset's trajectory returns as a histogram; its mean, its best and (where there is one) the
-    assignment's bar as lines. scores: {name: normalized returns}; bars: {name: bar}."""
+    """Each dataset's trajectory returns (scores: {name: returns}) as a histogram; its mean, best and bar as lines."""
     fig, axes = grid(len(scores), 2, 1.55)
     for ax, (name, values) in zip(axes, scores.items()):
         ax.hist(values, bins=40, color="C0", alpha=0.8)
@@ -104,8 +97,7 @@ def datasets(scores: dict, bars: dict) -> Any:
 
 
 def sweep(sweeps: dict, best: dict) -> Any:
-    """Achieved against target (normalized), one panel per task. sweeps: {name: (targets, achieved (targets,
-    seeds))}; best: {name: the data's best trajectory}."""
+    """Achieved against target, a panel per task; sweeps: {name: (targets, achieved (targets, seeds))}."""
     fig, axes = grid(len(sweeps), 3, 2.0)
     for ax, (name, (targets, achieved)) in zip(axes, sweeps.items()):
         ax.plot(targets, targets, color="black", linestyle="--", linewidth=1, label="achieved = target")
@@ -120,9 +112,8 @@ def sweep(sweeps: dict, best: dict) -> Any:
 
 
 def bars(results: dict, settings: tuple) -> Any:
-    """Each setting's mean final score per task, its seeds as dots, its baseline's mean as a short line; a bar
-    trained at another precision or machine than the task's default is hatched. results: {task: {setting:
-    (scores, baseline mean, other condition?)}}."""
+    """Each setting's mean final score per task, its seeds as dots, its baseline's mean as a short line, hatched where
+    trained at another condition; results: {task: {setting: (scores, baseline mean, other condition?)}}."""
     fig, ax = pyplot().subplots(figsize=(typeset.TEXT_WIDTH_IN, 2.7), layout="constrained")
     width = 0.8 / len(settings)
     for j, name in enumerate(settings):
@@ -145,8 +136,7 @@ def bars(results: dict, settings: tuple) -> Any:
 
 
 def family(curves: dict, default: str) -> Any:
-    """One task's settings: each one's eval score over training (mean ± std over seeds) in a small panel, all on
-    one y-range, the default's curve drawn grey in each. curves: {setting: (steps, mean, std) or None}."""
+    """A panel per setting of its eval score curve (or None), on one y-range, the default's grey in each."""
     fig, axes = grid(len(curves), 4, 1.6, sharex=True, sharey=True)
     for ax, (name, curve) in zip(axes, curves.items()):
         if curves.get(default) is not None and name != default:

@@ -5,8 +5,7 @@ report.py fills from the runs, so that no number in the report is typed by hand.
     {hopper-medium:seeds}                 a field (Facts.fields), or {hopper-medium:config.train.steps}
     {walker2d-medium-bc10 - walker2d-medium-bc100}          the difference ± its 95% interval's half-width
     {walker2d-medium-bc10 - walker2d-medium-bc100:claim}    the same in the words its interval allows
-    {data-identity}                       how each run's data is known
-"""
+    {data-identity}                       how each run's data is known"""
 import re
 from pathlib import Path
 from typing import Union
@@ -53,6 +52,9 @@ class Facts:
         n, values, settings = stats.number, scores(runs), self.grouped[task]
         best = max(settings, key=lambda name: np.mean(scores(settings[name]) or [-np.inf]))
         data, sweep = (lambda: self.trajectories(task, run)), (lambda: self.sweep(run))
+        falls = {f"{key}{part}": lambda name=name, i=i: self.falls(run, name)[i]  # falls, falls-full, falls-score
+                 for key, name in (("falls", "falls"), ("falls-best", "falls_best"))
+                 for i, part in enumerate(("", "-full", "-score"))}
         return {
             "": lambda: stats.score_text(values), "mean": lambda: n(np.mean(values)),
             "seeds": lambda: stats.seeds_text(values), "n": lambda: n(len(values), 0),
@@ -66,13 +68,7 @@ class Facts:
             "sweep-first": lambda: f"{n(sweep()[1][0], 0)} at a target of {n(sweep()[0][0], 0)}",
             "sweep-last": lambda: f"{n(sweep()[1][-1], 0)} at {n(sweep()[0][-1], 0)}",
             "sweep-range": lambda: f"{n(sweep()[1].min(), 0)}-{n(sweep()[1].max(), 0)}",
-            "holdout": lambda: self.holdout(run),
-            "falls": lambda: self.fell(run, "falls"), "falls-full": lambda: self.full_length(run, "falls"),
-            "falls-score": lambda: n(self.falls(run, "falls")[1].mean()),
-            "falls-best": lambda: self.fell(run, "falls_best"),
-            "falls-best-full": lambda: self.full_length(run, "falls_best"),
-            "falls-best-score": lambda: n(self.falls(run, "falls_best")[1].mean()),
-            "peak": lambda: self.peak(run),
+            "holdout": lambda: self.holdout(run), "peak": lambda: self.peak(run), **falls,
             "task-settings": lambda: n(len(settings), 0),
             "task-best": lambda: f"{stats.score_text(scores(settings[best]))} ({best})",
         }
@@ -105,26 +101,18 @@ class Facts:
                 f"{stats.number(held[1][-1], 4)} at the end, against {stats.number(fit[1][peak], 4)} and "
                 f"{stats.number(fit[1][-1], 4)} on training windows")
 
-    def fell(self, run: object, name: str) -> str:
-        fell, _ = self.falls(run, name)
-        return f"{stats.number(fell.sum(), 0)} of {stats.number(fell.size, 0)} episodes"
-
-    def full_length(self, run: object, name: str) -> str:
-        """The mean score of the episodes that ran the full time limit."""
-        fell, scores = self.falls(run, name)
-        return stats.number(scores[~fell].mean()) if (~fell).any() else "none (every episode fell)"
-
     @staticmethod
     def falls(run: object, name: str) -> tuple:
-        """(which episodes fell, their scores) of the run's <name>.csv, made by python evaluate.py run=<run>
-        name=falls targets=[<the env's target>] episodes=100 (falls_best: with checkpoint=best); a fall is an
-        episode shorter than the time limit."""
+        """Of the run's <name>.csv (evaluate.py's): how many episodes fell (ended before the time limit), the mean
+        score of those that did not, and of all."""
         rows = run.run.run_table(f"{name}.csv")
         if not rows or "length" not in rows:
             raise KeyError(f"{run.label} has no {name}.csv with episode lengths (python evaluate.py run=<run> "
                            f"name={name} targets=[{stats.shown(run.config['eval.target_return'])}] episodes=100"
                            + (" checkpoint=best)" if name == "falls_best" else ")"))
-        return rows["length"] < run.config["env.max_episode_len"], rows["score"]
+        fell, scores, n = rows["length"] < run.config["env.max_episode_len"], rows["score"], stats.number
+        full = n(scores[~fell].mean()) if (~fell).any() else "none (every episode fell)"
+        return f"{n(fell.sum(), 0)} of {n(fell.size, 0)} episodes", full, n(scores.mean())
 
     def sweep(self, run: object) -> tuple:
         """(targets, the seeds' mean achieved score at each) of the run's return-to-go sweep."""

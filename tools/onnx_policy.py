@@ -1,6 +1,5 @@
-"""An exported .onnx policy in an env loop, with numpy and onnxruntime only: no torch, nothing else of this project
-(copy this file beside your own code). The file says what it is in its metadata (tools/export.py run_facts): its env
-id, target return, context length, state normalization, action bounds, reference scores and reward scale.
+"""An exported .onnx policy in an env loop, with numpy and onnxruntime only (copy this file beside your own code);
+the file's metadata is tools/export.py's run_facts.
 
     policy = OnnxPolicy("runs/<date>/<time>/seed0/final.onnx")   # conditioned on the run's eval.target_return
     action = policy.act(observation, reward)                      # docs/export.md: the env loop
@@ -17,8 +16,7 @@ MISSING_PACKAGE = "pip install -r requirements-extra.txt"  # brings onnx and onn
 
 
 class OnnxPolicy:
-    """An exported .onnx policy in an env loop: keeps the episode's last K steps (numpy and onnxruntime only).
-    metadata: what the file says of itself (env_id, target_return, context_len, state_mean, ref_min_score, ...)."""
+    """Keeps the episode's last K steps; metadata: what the file says of itself (env_id, target_return, ...)."""
 
     def __init__(self, path: str | Path, target_return: float | None = None):
         try:

@@ -1,18 +1,19 @@
-"""report.py's reading of finished runs: each run's config, summary and machine, and the data behind it (its files'
-trajectories where they are on this machine, how the data is known, the bar and the DT paper's score, evaluate.py's
-sweep); its setting in words and the overrides of cfgs/ that train it again; runs grouped by task and setting; the
-comparisons that answer a question, each setting against its task's default at the same precision and machine."""
+"""report.py's reading of finished runs: their configs, summaries, machines and data; each run's setting in words and
+the overrides that train it again; runs grouped by task and setting, and the comparisons that answer a question."""
+import itertools
 from collections import namedtuple
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
 
+import h5py
 import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import utils
+from buffer import SequenceBuffer, Transitions, trajectory_scores_and_lengths
 from cfgs import schema
 from plumbing.runfolder import Run, RunError, load_checkpoint
 from plumbing.sources import run_dataset_files
@@ -82,8 +83,7 @@ class FinishedRun:
         return run_dataset_files(self.run.saved_config().get("buffer", {}))
 
     def identity(self) -> str:
-        """How the run's data is known beyond its file's name: the SHA-256 recorded at start; else the state
-        statistics stored in its policy (final.pt) against those of the file here; else not checked, and why."""
+        """How the run's data is known: its recorded SHA-256, else its policy's state statistics against the file's."""
         if self.config.get("buffer.sha256"):
             return "SHA-256 " + ", ".join(sha[:12] for sha in self.config["buffer.sha256"])
         policies, found = sorted(self.run.dir.glob("seed*/final.pt")), self.files()
@@ -145,16 +145,12 @@ def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> Finishe
 @lru_cache(maxsize=None)
 def trajectories(paths: tuple) -> tuple:
     """(normalized returns, lengths in steps) of the trajectories of D4RL files read as one dataset."""
-    from buffer import trajectory_scores_and_lengths
     return tuple(np.concatenate(column) for column in zip(*map(trajectory_scores_and_lengths, paths)))
 
 
 @lru_cache(maxsize=None)
 def state_statistics(paths: tuple, top_percent: float, reward_scale: float) -> tuple:
     """The state mean and std that a run on these files computes (buffer.SequenceBuffer's)."""
-    import h5py
-
-    from buffer import SequenceBuffer, Transitions
     with h5py.File(paths[0], "r") as f:
         dims = f["observations"].shape[1], f["actions"].shape[1]
     data = SequenceBuffer(Transitions.from_files(paths, *dims), 1, reward_scale, 1000, top_percent=top_percent)
@@ -266,8 +262,7 @@ def setting(run: FinishedRun) -> str:
 
 
 def question_setting(run: FinishedRun, keys: tuple, names: tuple) -> Optional[str]:
-    """The run's setting without its precision and machine, where it differs from the default in `keys` only
-    and is one of `names` (names[0] the default's); else None."""
+    """The run's setting without precision and machine where it changes `keys` only and is one of `names`; else None."""
     changed = {k: v for k, v in changes(run).items() if k != "train.precision"}
     if set(changed) - set(keys):
         return None
@@ -281,20 +276,16 @@ def condition(run: FinishedRun) -> str:
     return run.config.get("train.precision") + (f", on the {run.machine} machine" if run.machine else "")
 
 
-def task_order(task: str) -> tuple:
-    env, _, dataset = task.partition("-")
-    envs, datasets = schema.ENVS, schema.DATASETS
-    return (envs.index(env) if env in envs else len(envs), datasets.index(dataset) if dataset in datasets else 99,
-            task)
-
-
 def by_task(runs: list) -> dict:
     """{task: {setting: [runs]}}, tasks in the order of cfgs' envs and datasets; runs of one setting pool seeds.
     A change every run of a task shares (train.steps=200 of a quick study) is the task's, named beside it."""
-    tasks, grouped = {}, {}
-    for run in sorted(runs, key=lambda r: task_order(r.task)):
-        tasks.setdefault(run.task, []).append(run)
-    for name, members in tasks.items():
+    def order(run: FinishedRun) -> tuple:
+        env, _, dataset = run.task.partition("-")
+        rank = lambda x, known: known.index(x) if x in known else len(known)  # noqa: E731
+        return rank(env, schema.ENVS), rank(dataset, schema.DATASETS), run.task
+    grouped = {}
+    for name, members in itertools.groupby(sorted(runs, key=order), key=lambda r: r.task):
+        members = list(members)
         changed = [retrained_changes(r, AUTO_MEANS) for r in members]
         keys = sorted(k for k, v in changed[0].items() if k not in NAMED_KEYS and not k.startswith(TASK_KEYS)
                       and all(k in c and repr(c[k]) == repr(v) for c in changed))
@@ -324,11 +315,10 @@ def trend(runs: list) -> str:
 
 
 def baseline(settings: dict, runs: list) -> tuple:
-    """The default of the runs' task at their precision and machine, and ''; else (a default at another precision
-    or machine itself among them) the task's default and ' †'."""
+    """The default of the runs' task at their precision and machine, and ''; else the task's default and ' †'."""
     same = [rs for rs in settings.values() if condition(rs[0]) == condition(runs[0])
             and not set(changes(rs[0])) - {"train.precision"}]
-    if same and (same[0] is not runs or runs is settings.get(DEFAULT)):
+    if same and (same[0] is not runs or runs is settings.get(DEFAULT)):  # not a default-like setting against itself
         return same[0], ""
     return settings.get(DEFAULT) or [], " †"
 
@@ -338,8 +328,7 @@ Comparison = namedtuple("Comparison", "task setting runs base note")
 
 
 def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
-    """Each task's settings of one question (names[0] the baseline), at the default's precision and machine where
-    they were run so; else at their own, against the baseline at the same where there is one."""
+    """Each task's settings of one question (names[0] the baseline), at the default's condition where they ran so."""
     found = []
     for task, settings in grouped.items():
         named, default = {}, settings.get(DEFAULT)

@@ -1,9 +1,5 @@
-"""report.py's numbers: how each is written (number(): every number in the report's text passes through it) and the
-statistics behind them, over the seeds' final evaluations (final.json's dicts) and eval tables.
-
-Spread: the sample std over seeds (ddof = 1). A difference of two settings counts where its CONFIDENCE Welch interval
-over seeds excludes 0, each setting's seed variance taken at least as large as its final evaluation's own noise.
-"""
+"""report.py's numbers: how each is written (every number in its text passes through number()) and the statistics
+behind them, over the seeds' final evaluations (final.json's dicts) and eval tables."""
 from typing import Optional
 
 import numpy as np
@@ -38,9 +34,8 @@ def seeds_text(scores: list) -> str:
 
 
 def mean_and_variance(finals: list) -> tuple:
-    """The seeds' mean score, the variance of that mean, and the seed count. A seed's variance is the seeds' sample
-    variance (ddof = 1), at least the final evaluation's own (each seed's episode variance / episodes): seeds that
-    agree by chance do not make a mean surer than its evaluations are."""
+    """The seeds' mean score, its variance and the seed count; the seeds' variance (ddof = 1) is taken at least as
+    large as their evaluations' own (episode variance / episodes): seeds that agree by chance prove nothing."""
     values = np.array([f["score_mean"] for f in finals])
     evaluation = np.mean([f["score_std"] ** 2 / f["episodes"] for f in finals])
     return values.mean(), max(values.var(ddof=1), evaluation) / len(values), len(values)
@@ -73,10 +68,9 @@ def claim(found: Optional[tuple]) -> str:
 
 
 def rising(tables: list) -> Optional[float]:
-    """Where the eval score still rises at the end of training: the least-squares slope (per 1,000 steps) of every
-    seed's last LAST_EVALS periodic evals, if positive at one-sided p < 1 - CONFIDENCE; else None.
-    tables: each seed's eval table ({"step": [...], "score_mean": [...]})."""
-    points = [(s, v) for t in tables if "score_mean" in t for s, v in list(zip(t["step"], t["score_mean"]))[-LAST_EVALS:]]
+    """The least-squares slope (per 1,000 steps) of each seed's last LAST_EVALS evals (its eval table) where it is
+    positive at one-sided p < 1 - CONFIDENCE; else None."""
+    points = [p for t in tables if "score_mean" in t for p in list(zip(t["step"], t["score_mean"]))[-LAST_EVALS:]]
     if len({s for s, _ in points}) < 3:
         return None
     fit = scipy_stats.linregress(*np.array(points, dtype=float).T)

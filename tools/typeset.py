@@ -1,9 +1,6 @@
-"""A document as a list of blocks, rendered to markdown and to PDF (typst): report.py's typesetter.
-
-Blocks are tuples: ("heading", level, text), ("paragraph", text), ("bullets", [text]), ("table", header, rows),
-("image", png path, caption), ("pagebreak",). Text may hold `code` spans and **bold**. An image is placed at the
-text's width (report.py draws its figures at that width) and linked by its file name (it lies beside the outputs).
-"""
+"""report.py's typesetter: a document as a list of blocks, rendered to markdown and to PDF (typst). Blocks:
+("heading", level, text), ("paragraph", text), ("bullets", [text]), ("table", header, rows), ("image", png path,
+caption), ("pagebreak",); text may hold `code` and **bold**. An image is placed at the text's width, by file name."""
 import re
 import shutil
 import tempfile
