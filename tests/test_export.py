@@ -151,7 +151,8 @@ def test_evaluate_py_on_a_copied_run_without_its_dataset_evaluates_and_says_so(t
     config = OmegaConf.load(run_dir / "config.yaml")
     config.buffer.path = config.buffer.file = str(tmp_path / "elsewhere" / "hopper_medium-v2.hdf5")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    result = run_script("evaluate.py", f"run={run_dir}", "targets=[1000]", "episodes=1", check=True)
+    result = run_script("evaluate.py", f"run={run_dir}", "targets=[1000]", "episodes=1", check=True,
+                        env={"D4RL_DATASET_DIR": str(tmp_path / "no-datasets")})  # nor where the user keeps them
     said = [line for line in (result.stdout + result.stderr).splitlines() if "is not here" in line]
     assert len(said) == 1 and "evaluating without it; the figure leaves out the data's range" in said[0]
     assert len(utils.read_csv(run_dir / "sweep_final.csv")["score"]) == 2  # seeds 0 and 1, one episode each
