@@ -67,20 +67,6 @@ class Transitions:
                                                                                "ends")),
                    " + ".join(p.source for p in parts))
 
-    @classmethod
-    def from_minari(cls, folder: str | Path, obs_dim: int, act_dim: int) -> Transitions:
-        """The episodes of a Minari dataset's data folder back to back (each episode's final observation dropped)."""
-        import minari
-        episodes = list(minari.MinariDataset(folder).iterate_episodes())
-        observations = np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32)  # (N, obs)
-        actions = np.concatenate([e.actions for e in episodes]).astype(np.float32)  # (N, act)
-        if observations.shape[1:] != (obs_dim,) or actions.shape[1:] != (act_dim,):
-            raise DatasetError(f"{folder}: observations {observations.shape[1:]} and actions {actions.shape[1:]} do "
-                               f"not fit this env (observation dim {obs_dim}, action dim {act_dim})")
-        ends = np.concatenate([np.arange(len(e.rewards)) == len(e.rewards) - 1 for e in episodes])  # (N,)
-        rewards = np.concatenate([e.rewards for e in episodes]).astype(np.float32)
-        return cls(observations, actions, rewards, ends, str(folder))
-
     def __len__(self) -> int:
         return len(self.rewards)
 
@@ -146,8 +132,7 @@ def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
     dims = env.observation_space.shape[0], env.action_space.shape[0]
     files = cfg.buffer.files or run_files(cfg, *dims)
     dataset_identity(files, cfg.buffer.sha256)  # the bytes read are those the run recorded, or DatasetError
-    read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_files
-    transitions = read(files[0] if cfg.buffer.source == "minari" else files, *dims)
+    transitions = Transitions.from_files(files, *dims)
     transitions.check(env.action_space.low, env.action_space.high)
     return transitions
 
