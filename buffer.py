@@ -25,16 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def discounted_cumsum(x: np.ndarray, gamma: float = 1.0) -> np.ndarray:
-    """y[t] = sum_{k >= t} gamma^(k - t) x[k]; with gamma = 1 the return-to-go."""
-    y = np.zeros_like(x, dtype=np.float64)
-    running = 0.0
-    for t in reversed(range(len(x))):
-        running = x[t] + gamma * running
-        y[t] = running
-    return y
-
-
 # ---------------------------------------------------------------------------------------------
 # Transitions and trajectories
 
@@ -163,20 +153,17 @@ class SequenceBuffer:
         self.rewards = transitions.rewards[steps]  # (N,)
         self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))  # (T,) each one's first row here
         self.timesteps = np.concatenate([np.arange(n) for n in self.lengths]).clip(max=max_timestep - 1)  # (N,)
-        self.returns_to_go = np.concatenate(
-            [discounted_cumsum(self.rewards[s:s + n]) for s, n in zip(self.starts, self.lengths)]
+        self.returns_to_go = np.concatenate(  # the sum of the trajectory's rewards from each step on
+            [np.cumsum(self.rewards[s:s + n][::-1])[::-1] for s, n in zip(self.starts, self.lengths)]
         ).astype(np.float32) / reward_scale  # (N,)
         check_reward_bounds(transitions.source, self.rewards, self.returns_to_go, reward_scale)
         self.state_mean = self.states.mean(0)
         self.state_std = self.states.std(0) + 1e-6
         self.context_len = context_len
-        self.traj_probs = self._traj_probs(sample_by)
-
-    def _traj_probs(self, sample_by):
         weights = {"length": self.lengths.astype(np.float64),  # every step equally likely, as in the DT paper
                    "uniform": np.ones(len(self.lengths)),
                    "return": self.returns - self.returns.min() + 1e-3 * (np.ptp(self.returns) + 1.0)}[sample_by]
-        return weights / weights.sum()
+        self.traj_probs = weights / weights.sum()  # (T,) how often each trajectory is sampled
 
     @property
     def num_trajectories(self) -> int:
