@@ -36,16 +36,12 @@ class Rule:
     says: str
 
 
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-POSITIVE = Rule(lambda v: finite(v) and v > 0, "must be > 0")
-NON_NEGATIVE = Rule(lambda v: finite(v) and v >= 0, "must be >= 0")
-FINITE = Rule(finite, "must be a finite number")
+POSITIVE = Rule(lambda v: math.isfinite(v) and v > 0, "must be > 0")
+NON_NEGATIVE = Rule(lambda v: math.isfinite(v) and v >= 0, "must be >= 0")
+FINITE = Rule(math.isfinite, "must be a finite number")
 AT_LEAST_ONE = Rule(lambda v: v >= 1, "must be at least 1")
-PERCENT = Rule(lambda v: finite(v) and 0 < v <= 100, "must be in (0, 100]")
-PROBABILITY = Rule(lambda v: finite(v) and 0 <= v < 1, "must be in [0, 1)")
+PERCENT = Rule(lambda v: math.isfinite(v) and 0 < v <= 100, "must be in (0, 100]")
+PROBABILITY = Rule(lambda v: math.isfinite(v) and 0 <= v < 1, "must be in [0, 1)")
 SEEDS = Rule(lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == len(v),
              "give distinct seeds >= 0, e.g. seeds=[0] or seeds=[0,1,2]")
 LOGGER = Rule(lambda v: "csv" in v and set(v) <= set(LOGGERS),
@@ -259,7 +255,7 @@ D4RL_TIME_LIMIT = 1000  # the episode length D4RL's reference scores (env.ref_mi
 def check_return_to_go(field_name: str, returns: Sequence[float], reward_scale: float) -> None:
     """ConfigError when a return to condition on, over reward_scale, lies beyond RTG_LIMIT."""
     for value in returns:
-        if not finite(value) or abs(value / reward_scale) > RTG_LIMIT:
+        if not math.isfinite(value) or abs(value / reward_scale) > RTG_LIMIT:
             raise ConfigError(f"{field_name}={value:g}: with buffer.reward_scale={reward_scale:g} it must lie "
                               f"within +-{RTG_LIMIT * reward_scale:g} (|return / reward_scale| <= {RTG_LIMIT:g})")
 
