@@ -25,16 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def discounted_cumsum(x: np.ndarray, gamma: float = 1.0) -> np.ndarray:
-    """y[t] = sum_{k >= t} gamma^(k - t) x[k]; with gamma = 1 the return-to-go."""
-    y = np.zeros_like(x, dtype=np.float64)
-    running = 0.0
-    for t in reversed(range(len(x))):
-        running = x[t] + gamma * running
-        y[t] = running
-    return y
-
-
 # ---------------------------------------------------------------------------------------------
 # Transitions and trajectories
 
@@ -66,20 +56,6 @@ class Transitions:
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("observations", "actions", "rewards",
                                                                                "ends")),
                    " + ".join(p.source for p in parts))
-
-    @classmethod
-    def from_minari(cls, folder: str | Path, obs_dim: int, act_dim: int) -> Transitions:
-        """The episodes of a Minari dataset's data folder back to back (each episode's final observation dropped)."""
-        import minari
-        episodes = list(minari.MinariDataset(folder).iterate_episodes())
-        observations = np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32)  # (N, obs)
-        actions = np.concatenate([e.actions for e in episodes]).astype(np.float32)  # (N, act)
-        if observations.shape[1:] != (obs_dim,) or actions.shape[1:] != (act_dim,):
-            raise DatasetError(f"{folder}: observations {observations.shape[1:]} and actions {actions.shape[1:]} do "
-                               f"not fit this env (observation dim {obs_dim}, action dim {act_dim})")
-        ends = np.concatenate([np.arange(len(e.rewards)) == len(e.rewards) - 1 for e in episodes])  # (N,)
-        rewards = np.concatenate([e.rewards for e in episodes]).astype(np.float32)
-        return cls(observations, actions, rewards, ends, str(folder))
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -146,8 +122,7 @@ def load_transitions(cfg: DictConfig, env: gym.Env) -> Transitions:
     dims = env.observation_space.shape[0], env.action_space.shape[0]
     files = cfg.buffer.files or run_files(cfg, *dims)
     dataset_identity(files, cfg.buffer.sha256)  # the bytes read are those the run recorded, or DatasetError
-    read = Transitions.from_minari if cfg.buffer.source == "minari" else Transitions.from_files
-    transitions = read(files[0] if cfg.buffer.source == "minari" else files, *dims)
+    transitions = Transitions.from_files(files, *dims)
     transitions.check(env.action_space.low, env.action_space.high)
     return transitions
 
@@ -178,20 +153,17 @@ class SequenceBuffer:
         self.rewards = transitions.rewards[steps]  # (N,)
         self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))  # (T,) each one's first row here
         self.timesteps = np.concatenate([np.arange(n) for n in self.lengths]).clip(max=max_timestep - 1)  # (N,)
-        self.returns_to_go = np.concatenate(
-            [discounted_cumsum(self.rewards[s:s + n]) for s, n in zip(self.starts, self.lengths)]
+        self.returns_to_go = np.concatenate(  # the sum of the trajectory's rewards from each step on
+            [np.cumsum(self.rewards[s:s + n][::-1])[::-1] for s, n in zip(self.starts, self.lengths)]
         ).astype(np.float32) / reward_scale  # (N,)
         check_reward_bounds(transitions.source, self.rewards, self.returns_to_go, reward_scale)
         self.state_mean = self.states.mean(0)
         self.state_std = self.states.std(0) + 1e-6
         self.context_len = context_len
-        self.traj_probs = self._traj_probs(sample_by)
-
-    def _traj_probs(self, sample_by):
         weights = {"length": self.lengths.astype(np.float64),  # every step equally likely, as in the DT paper
                    "uniform": np.ones(len(self.lengths)),
                    "return": self.returns - self.returns.min() + 1e-3 * (np.ptp(self.returns) + 1.0)}[sample_by]
-        return weights / weights.sum()
+        self.traj_probs = weights / weights.sum()  # (T,) how often each trajectory is sampled
 
     @property
     def num_trajectories(self) -> int:

@@ -318,7 +318,7 @@ def scale_note(cfg: DictConfig) -> str:
 
 
 def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
-    """What gym.make builds for a run: env.id, or with env.kwargs (a Minari dataset's env) its spec with them."""
+    """What gym.make builds for a run: env.id, or with env.kwargs its spec with them."""
     if not env_cfg.get("kwargs"):
         return env_cfg.id
     spec = gym.spec(env_cfg.id)

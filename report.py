@@ -135,8 +135,8 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
               "data: best", "trend"]
     blocks = [("heading", 2, f"Results{label}"), ("table", header, rows[True]), ("paragraph", statistics_text(runs))]
     if rows[False]:
-        blocks += [("paragraph", "On other scales (Minari's reference scores, or -v5 envs): not comparable with the "
-                                 "table above, the bars or the DT paper."), ("table", header, rows[False])]
+        blocks += [("paragraph", "On other scales (-v5 envs): not comparable with the table above, the bars or the "
+                                 "DT paper."), ("table", header, rows[False])]
     blocks += [("paragraph", s) for s in different_files(runs)]
     nan = [f"{r.label} (seed {', '.join(n(s, 0) for s in r.nan_seeds())})" for r in runs if r.nan_seeds()]
     if nan:

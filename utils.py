@@ -144,9 +144,7 @@ def dataset_name(cfg: DictConfig) -> str:
 
 
 def run_title(cfg: DictConfig) -> str:
-    """'hopper-medium', 'medium-v0 (minari, Hopper-v5)', or the env and the file names for buffer.path."""
-    if cfg.buffer.source == "minari":
-        return f"{cfg.buffer.dataset.split('/')[-1]} (minari, {cfg.env.id})"
+    """'hopper-medium', or the env and the file names for buffer.path."""
     return f"{cfg.env.name}-{dataset_name(cfg)}"
 
 

@@ -18,11 +18,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
-SOURCES = ("d4rl", "minari")  # D4RL hdf5 files; Minari datasets (mujoco/<env>/<name>-v<N>, -v5 envs, or a user's own)
-MINARI_ID = re.compile(r"([\w.-]+/)*[\w.-]+-v\d+")  # Minari's dataset ids: [<namespace>/]<name>-v<version>
-# env.ref_source: where the reference scores come from (their scale): d4rl: cfgs/env/<name>.yaml; minari: the Minari
-# dataset's own; command-line: env.ref_min_score and env.ref_max_score given as overrides.
-REF_SOURCES = ("d4rl", "minari", "command-line")
 SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")  # after the linear warm-up
@@ -41,16 +36,12 @@ class Rule:
     says: str
 
 
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-POSITIVE = Rule(lambda v: finite(v) and v > 0, "must be > 0")
-NON_NEGATIVE = Rule(lambda v: finite(v) and v >= 0, "must be >= 0")
-FINITE = Rule(finite, "must be a finite number")
+POSITIVE = Rule(lambda v: math.isfinite(v) and v > 0, "must be > 0")
+NON_NEGATIVE = Rule(lambda v: math.isfinite(v) and v >= 0, "must be >= 0")
+FINITE = Rule(math.isfinite, "must be a finite number")
 AT_LEAST_ONE = Rule(lambda v: v >= 1, "must be at least 1")
-PERCENT = Rule(lambda v: finite(v) and 0 < v <= 100, "must be in (0, 100]")
-PROBABILITY = Rule(lambda v: finite(v) and 0 <= v < 1, "must be in [0, 1)")
+PERCENT = Rule(lambda v: math.isfinite(v) and 0 < v <= 100, "must be in (0, 100]")
+PROBABILITY = Rule(lambda v: math.isfinite(v) and 0 <= v < 1, "must be in [0, 1)")
 SEEDS = Rule(lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == len(v),
              "give distinct seeds >= 0, e.g. seeds=[0] or seeds=[0,1,2]")
 LOGGER = Rule(lambda v: "csv" in v and set(v) <= set(LOGGERS),
@@ -83,16 +74,14 @@ class EnvConfig:
     max_episode_len: int = ruled(POSITIVE)  # eval episodes' time limit (D4RL: 1000); timestep embedding size
     ref_min_score: float = ruled(FINITE)  # d4rl infos.py: random policy
     ref_max_score: float = ruled(FINITE)  # d4rl infos.py: expert policy
-    ref_source: str = ruled(one_of(REF_SOURCES))  # set at start: where ref_*_score come from (their scale)
-    kwargs: Dict[str, Any] = MISSING  # set at start for Minari: gym.make's kwargs of its env
+    kwargs: Dict[str, Any] = MISSING  # gym.make's kwargs for env.id (default {})
     assignment_bar: Dict[str, float] = MISSING  # per dataset: the 3-seed mean must exceed it
     dt_paper_score: Dict[str, float] = MISSING  # per dataset: Chen et al. 2021, Table 2
 
 
 @dataclass
 class BufferConfig:
-    source: str = ruled(one_of(SOURCES))
-    dataset: str = MISSING  # d4rl: one of DATASETS; minari: a dataset id such as mujoco/hopper/medium-v0, or yours
+    dataset: str = ruled(one_of(DATASETS))  # D4RL's file of env + dataset (plumbing/sources.py)
     path: Any = ruled(PATHS)  # a D4RL-layout hdf5 file, or a list read in order as one dataset; overrides dataset
     files: Optional[List[str]] = MISSING  # set at start: the files this run reads, in order (kept for resume)
     sha256: Optional[List[str]] = MISSING  # set at start: each file's SHA-256 (a resume on a changed file stops)
@@ -231,13 +220,9 @@ def check(cfg: DictConfig) -> None:
     check_fields(Config, cfg)
     import gymnasium as gym  # env.id: a gymnasium id of env.name's robot (Hopper-v4, or Hopper-v5 where spaces match)
     if cfg.env.id not in gym.registry or not cfg.env.id.lower().startswith(f"{cfg.env.name}-v"):
-        if cfg.buffer.source == "minari":  # the env of the dataset's spec
-            raise ConfigError(f"buffer.dataset={cfg.buffer.dataset}: recorded in {cfg.env.id}, not {cfg.env.name}'s "
-                              f"env: choose the env= of its robot ({', '.join(ENVS)})")
         versions = [i for i in gym.registry if i.lower().startswith(f"{cfg.env.name}-v")]
         raise ConfigError(f"env.id={cfg.env.id}: not a gymnasium id of {cfg.env.name}: choose one of "
                           f"{', '.join(sorted(versions)[-2:])}")
-    check_dataset(cfg)
     if cfg.env.max_episode_len > D4RL_TIME_LIMIT:
         raise ConfigError(f"env.max_episode_len={cfg.env.max_episode_len}: at most {D4RL_TIME_LIMIT}, the time "
                           f"limit D4RL's reference scores assume (longer episodes' scores are not comparable)")
@@ -270,30 +255,9 @@ D4RL_TIME_LIMIT = 1000  # the episode length D4RL's reference scores (env.ref_mi
 def check_return_to_go(field_name: str, returns: Sequence[float], reward_scale: float) -> None:
     """ConfigError when a return to condition on, over reward_scale, lies beyond RTG_LIMIT."""
     for value in returns:
-        if not finite(value) or abs(value / reward_scale) > RTG_LIMIT:
+        if not math.isfinite(value) or abs(value / reward_scale) > RTG_LIMIT:
             raise ConfigError(f"{field_name}={value:g}: with buffer.reward_scale={reward_scale:g} it must lie "
                               f"within +-{RTG_LIMIT * reward_scale:g} (|return / reward_scale| <= {RTG_LIMIT:g})")
-
-
-def check_dataset(cfg: DictConfig) -> None:
-    """buffer.dataset: a D4RL dataset name, or with buffer.source=minari a Minari id of env.name's robot."""
-    buffer = cfg.buffer
-    if buffer.source == "d4rl":
-        if buffer.dataset not in DATASETS:
-            raise ConfigError(f"buffer.dataset={buffer.dataset}: choose one of {', '.join(DATASETS)} (or a Minari "
-                              f"id such as mujoco/{cfg.env.name}/medium-v0 with buffer.source=minari)")
-        return
-    if not MINARI_ID.fullmatch(buffer.dataset):
-        raise ConfigError(f"buffer.dataset={buffer.dataset}: give a Minari id, <namespace>/<name>-v<version>, such as "
-                          f"mujoco/{cfg.env.name}/medium-v0 or your own, e.g. {cfg.env.name}-mine-v0")
-    parts = buffer.dataset.split("/")  # Minari's MuJoCo datasets: mujoco/<env>/<name>-v<N>; the env of any: its spec
-    if parts[0] == "mujoco" and len(parts) == 3 and parts[1] != cfg.env.name:
-        raise ConfigError(f"buffer.dataset={buffer.dataset}: a {parts[1]} dataset: choose env={parts[1]}"
-                          if parts[1] in ENVS else f"buffer.dataset={buffer.dataset}: choose one of {', '.join(ENVS)}")
-    if buffer.path:
-        raise ConfigError(f"buffer.path={buffer.path}: a D4RL-layout file; leave it out with buffer.source=minari")
-    if importlib.util.find_spec("minari") is None:
-        raise ConfigError("buffer.source=minari: minari is not installed: pip install -r requirements-extra.txt")
 
 
 def check_fields(schema: type, node: DictConfig, prefix: str = "") -> None:
@@ -312,9 +276,16 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create({"defaults": DEFAULTS})) + OmegaConf.to_yaml(cfg)
 
 
+RETIRED = (("buffer", "source"), ("env", "ref_source"))  # keys of the time Minari was a source: older runs have them
+
+
 def typed(tree: Any) -> DictConfig:
     """A config on the schema, a key it lacks taking its env's default; ConfigError for wrong types and unknown keys."""
     try:
+        tree = OmegaConf.to_container(OmegaConf.create(tree))
+        if (tree.get("buffer") or {}).get("source", "d4rl") == "d4rl":  # a Minari run's stay: unknown keys, they fail
+            for section, key in RETIRED:
+                (tree.get(section) or {}).pop(key, None)
         return OmegaConf.merge(defaults((tree.get("env") or {}).get("name")), tree)
     except OmegaConfBaseException as e:
         raise ConfigError(one_line(e)) from None

@@ -27,7 +27,7 @@ from cfgs.schema import ConfigError
 from plumbing import folder_lock, signals, threads
 from plumbing.errors import LAUNCHER_PLUGINS, advice, composition_error, missing_launcher
 from plumbing.runfolder import Run, RunError
-from plumbing.sources import DatasetError, as_list, dataset_identity, minari_facts, run_files
+from plumbing.sources import DatasetError, as_list, dataset_identity, run_files
 
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
@@ -102,9 +102,8 @@ def prepare(cfg):
     if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):  # relative to where the user started
         paths = [to_absolute_path(p) for p in as_list(cfg.buffer.path)]
         cfg.buffer.path = paths[0] if isinstance(cfg.buffer.path, str) else paths
-    for variable in ("D4RL_DATASET_DIR", "MINARI_DATASETS_PATH"):
-        if variable in os.environ:
-            os.environ[variable] = to_absolute_path(os.environ[variable])
+    if "D4RL_DATASET_DIR" in os.environ:
+        os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
     OmegaConf.resolve(cfg)
     schema.check(cfg)
     if cfg.train.warmup_steps > cfg.train.steps:  # a short run: its learning rate reaches train.lr at its end
@@ -112,8 +111,6 @@ def prepare(cfg):
         cfg.train.warmup_steps = cfg.train.steps
     if cfg.eval.video and (problem := utils.rendering_problem()):  # before the folder holds a run, not after training
         raise ConfigError(f"eval.video=true: {problem}")
-    if not cfg.resume:
-        take_reference_scores(cfg, overrides)
     for path in as_list(cfg.buffer.path):
         if not Path(path).is_file():
             moved = f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>"
@@ -121,7 +118,7 @@ def prepare(cfg):
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
     env = gym.make(core.env_spec(cfg.env))
-    if not (cfg.resume and cfg.buffer.files or cfg.buffer.source == "minari"):  # the run records the files it read
+    if not (cfg.resume and cfg.buffer.files):  # the run records the files it read
         dims = env.observation_space.shape[0], env.action_space.shape[0]
         cfg.buffer.files = [str(Path(p).resolve()) for p in run_files(cfg, *dims)]  # one download, before seeds
     cfg.buffer.sha256 = dataset_identity(cfg.buffer.files, cfg.buffer.sha256)  # the data's identity, kept
@@ -145,21 +142,6 @@ def refuse_used_folder(run, seeds):
     if in_the_way := [name for name in written if (run.dir / name).exists()]:
         raise RunError(f"{where} holds what a run writes ({', '.join(in_the_way)}): move that away, or choose "
                        f"another folder ({new})")
-
-
-def take_reference_scores(cfg, overrides):
-    """env.ref_*_score and env.ref_source: a Minari dataset's (with its env), the command line's, else D4RL's."""
-    keys = ("env.ref_min_score", "env.ref_max_score")
-    given = [key for key in keys if any(o.startswith(f"{key}=") for o in overrides)]
-    if len(given) == 1:
-        raise ConfigError(f"{given[0]} given alone: give env.ref_min_score and env.ref_max_score together")
-    scores = (float(cfg.env.ref_min_score), float(cfg.env.ref_max_score)) if given else None
-    if cfg.buffer.source == "minari":  # the env and the score's scale are the dataset's
-        for key, value in minari_facts(cfg.buffer.dataset, scores).items():
-            OmegaConf.update(cfg, key, value, merge=False)
-        schema.check(cfg)  # its reference scores too
-    elif scores:
-        cfg.env.ref_source = "command-line"
 
 
 def submitit_job():

@@ -1,5 +1,5 @@
-"""Where a run's data comes from: D4RL files (found, downloaded, checked, hashed) and Minari datasets. A new source
-adds its reader here and its name to cfgs/schema.py SOURCES (docs/extending.md)."""
+"""Where a run's data comes from: D4RL files, found, downloaded, checked and hashed (another source:
+docs/extending.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +15,6 @@ import numpy as np
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    import minari
     from omegaconf import DictConfig
 
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
@@ -48,20 +47,18 @@ def local_files() -> list[str]:
 
 
 def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
-    """The D4RL files a run read, here or in the D4RL folder (a copied run); None for Minari data or a missing file."""
+    """The D4RL files a run read, here or in the D4RL folder (a copied run); None where one is missing."""
     recorded = buffer_cfg.get("files") or as_list(buffer_cfg.get("path"))
-    if not recorded or buffer_cfg.get("source", "d4rl") != "d4rl":
+    if not recorded:
         return None
     found = [next((p for p in (Path(r), dataset_dir() / Path(r).name) if p.is_file()), None) for r in recorded]
     return None if None in found else found
 
 
 def run_files(cfg: DictConfig, obs_dim: int, act_dim: int) -> list[str]:
-    """The files a run reads: buffer.path's, the Minari dataset's folder, or the D4RL files of env + dataset."""
+    """The files a run reads: buffer.path's, or the D4RL files of env + dataset."""
     if cfg.buffer.path:
         return as_list(cfg.buffer.path)
-    if cfg.buffer.source == "minari":
-        return [str(load_minari(cfg.buffer.dataset).storage.data_path)]
     return [str(p) for p in find_dataset(cfg.env.name, cfg.buffer.dataset, obs_dim, act_dim)]
 
 
@@ -160,8 +157,8 @@ def hash_file(path: str | Path) -> str:
 
 
 def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None) -> list[str] | None:
-    """The SHA-256 of each dataset file (None for a Minari folder; a missing file is left to the read, which names the
-    fix); DatasetError where `recorded` (the run's buffer.sha256) names another: the run would train on other data."""
+    """The SHA-256 of each dataset file (None where one is missing: the read names the fix); DatasetError where
+    `recorded` (the run's buffer.sha256) names another: the run would train on other data."""
     if not files or not all(Path(f).is_file() for f in files):
         return None if recorded is None else list(recorded)
     if recorded and len(recorded) != len(files):
@@ -173,41 +170,3 @@ def dataset_identity(files: Sequence[str] | None, recorded: Sequence[str] | None
             raise DatasetError(f"buffer.files: {file} changed since the run started (SHA-256 {was[:12]}... "
                                f"recorded, {sha[:12]}... now): put the run's file back, or start a new run on it")
     return shas
-
-
-# Minari datasets (D4RL's maintained successor): its MuJoCo ids mujoco/<env>/<name>-v<N>, recorded in gymnasium's
-# -v5 envs, or any other id on disk (a user's own, e.g. made with minari's DataCollector)
-
-
-def load_minari(dataset_id: str) -> minari.MinariDataset:
-    """A Minari dataset on disk, or DatasetError naming the command that fetches it."""
-    import minari
-    try:
-        return minari.load_dataset(dataset_id)
-    except FileNotFoundError:
-        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
-        raise DatasetError(f"Minari dataset {dataset_id} is not in {root} (MINARI_DATASETS_PATH): fetch it with "
-                           f"`minari download {dataset_id}`") from None
-
-
-def minari_facts(dataset_id: str, command_line: tuple[float, float] | None = None) -> dict:
-    """The config's values a local Minari dataset sets: its data folder, its env (id and kwargs) and its reference
-    scores: its own (Minari's scale), else `command_line`'s (ref_min_score, ref_max_score given as overrides)."""
-    dataset = load_minari(dataset_id)
-    spec, metadata = dataset.spec.env_spec, dataset.storage.metadata
-    if spec is None:
-        raise DatasetError(f"Minari dataset {dataset_id} lacks its env spec: a run needs the env to evaluate in")
-    own = (metadata.get("ref_min_score"), metadata.get("ref_max_score"))
-    if None not in own:
-        if command_line is not None:
-            log.warning("%s has its own reference scores %s: env.ref_min_score and env.ref_max_score are ignored",
-                        dataset_id, own)
-        scores, source = (float(own[0]), float(own[1])), "minari"
-    elif command_line is not None:
-        scores, source = command_line, "command-line"
-    else:
-        raise DatasetError(f"Minari dataset {dataset_id} has no reference scores (ref_min_score, ref_max_score): "
-                           f"give them, e.g. env.ref_min_score=<a random policy's return> "
-                           f"env.ref_max_score=<an expert's return>")
-    return {"env.id": spec.id, "env.kwargs": dict(spec.kwargs or {}), "buffer.files": [str(dataset.storage.data_path)],
-            "env.ref_min_score": scores[0], "env.ref_max_score": scores[1], "env.ref_source": source}

@@ -81,11 +81,6 @@ def test_a_value_of_the_wrong_type_is_named_by_hydra_in_one_line(override, messa
     ("buffer.context_len=2000", "buffer.context_len=2000: must be at most the env's max_episode_len=100"),
     ("buffer.top_percent=0", "buffer.top_percent=0.0: must be in (0, 100]"),
     ("buffer.reward_scale=0", "buffer.reward_scale=0.0: must be > 0"),
-    ("buffer.source=hf", "buffer.source=hf: choose one of d4rl, minari"),
-    ("buffer.source=minari", "buffer.dataset=medium: give a Minari id, <namespace>/<name>-v<version>, such as "
-                             "mujoco/hopper/medium-v0"),
-    ("buffer.source=minari buffer.dataset=mujoco/walker2d/medium-v0",
-     "buffer.dataset=mujoco/walker2d/medium-v0: a walker2d dataset: choose env=walker2d"),
     ("env.id=Hopper-v9", "env.id=Hopper-v9: not a gymnasium id of hopper: choose one of Hopper-v4, Hopper-v5"),
     ("env.id=Walker2d-v4", "env.id=Walker2d-v4: not a gymnasium id of hopper"),
     ("logger=[tensorboard]", "logger=['tensorboard']: choose from csv, tensorboard, wandb, with csv"),

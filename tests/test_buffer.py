@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import buffer
-from buffer import SequenceBuffer, Transitions, discounted_cumsum
+from buffer import SequenceBuffer, Transitions
 from conftest import HOPPER_ACT, HOPPER_OBS, ROOT, TRAJECTORIES, run_entry, write_d4rl_file
 from plumbing import sources
 from plumbing.sources import DatasetError
@@ -16,13 +16,6 @@ from plumbing.sources import DatasetError
 def make_sequences(path, context_len=5, **kwargs):
     transitions = Transitions.from_hdf5(path, HOPPER_OBS, HOPPER_ACT)
     return SequenceBuffer(transitions, context_len, reward_scale=10.0, max_timestep=1000, **kwargs)
-
-
-@pytest.mark.parametrize("gamma", [1.0, 0.99, 0.5])
-def test_discounted_cumsum_matches_a_double_loop(gamma):
-    x = np.random.default_rng(0).normal(size=37)
-    expected = [sum(gamma ** (k - t) * x[k] for k in range(t, len(x))) for t in range(len(x))]
-    np.testing.assert_allclose(discounted_cumsum(x, gamma), expected, rtol=1e-10)
 
 
 def test_trajectories_split_on_terminals_timeouts_and_file_end(hopper_file):

@@ -28,8 +28,6 @@ def missing(monkeypatch):
 @pytest.mark.parametrize("overrides, module, says", [
     (["logger=[csv,tensorboard]"], "tensorboard", "logger=['csv', 'tensorboard']: tensorboard is not installed"),
     (["logger=[csv,wandb]"], "wandb", "logger=['csv', 'wandb']: wandb is not installed"),
-    (["buffer.source=minari", "buffer.dataset=mujoco/hopper/medium-v0"], "minari",
-     "buffer.source=minari: minari is not installed"),
 ])
 def test_a_chosen_tool_that_is_not_installed_names_the_install_line(missing, overrides, module, says):
     cfg = compose(*overrides)

@@ -1,5 +1,5 @@
 """Beyond one process: Hydra's launchers, a preempted job that requeues and resumes, TensorBoard and W&B logging,
--v5 envs (Minari datasets: test_minari.py). No cluster, no network: submitit_local, offline wandb."""
+-v5 envs on D4RL files. No cluster, no network: submitit_local, offline wandb."""
 import importlib.util
 import os
 import signal

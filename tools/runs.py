@@ -21,8 +21,8 @@ from tools import stats
 
 # Keys set at start, or that say where outputs go or which machine trains: never part of a setting or its overrides
 SET_AT_START = ("resume", "buffer.files", "buffer.sha256", "buffer.path", "device", "logger", "wandb.", "eval.video",
-                "env.kwargs", "env.assignment_bar", "env.dt_paper_score", "env.ref_source", "train.threads")
-TASK_KEYS = ("seeds", "buffer.dataset", "buffer.source", "train.log_every", "train.checkpoint_every")  # not settings
+                "env.kwargs", "env.assignment_bar", "env.dt_paper_score", "train.threads")
+TASK_KEYS = ("seeds", "buffer.dataset", "train.log_every", "train.checkpoint_every")  # not settings
 AUTO_MEANS = {"train.precision": "bf16"}  # in setting names: `auto` is bf16 on the reference runs' CPU
 DEFAULT = "DT, all data"  # the setting of cfgs/'s defaults: the reference of its task
 QUESTIONS = {  # a bonus question: the keys its settings change and their names, its baseline first
@@ -51,20 +51,14 @@ class FinishedRun:
 
     @property
     def task(self) -> str:
-        """env-dataset; with the source and env when its score is not on D4RL's scale (Minari, -v5 envs)."""
+        """env-dataset; with the env when its score is not on D4RL's scale (-v5 envs)."""
         name = f"{self.summary['env']}-{Path(self.summary['dataset']).stem}"
-        if self.on_d4rl_scale:
-            return name
-        source = self.config.get("buffer.source")
-        scores = self.config.get("env.ref_source", "minari" if source == "minari" else "d4rl")
-        return f"{name} ({source}, {self.config['env.id']}, scores: {scores})"
+        return name if self.on_d4rl_scale else f"{name} ({self.config['env.id']})"
 
     @property
     def on_d4rl_scale(self) -> bool:
-        """D4RL files and scores in the assignment's -v4 envs: the score compares with the bars and the DT paper."""
-        config = self.config
-        return (config.get("buffer.source", "d4rl") == "d4rl" and config.get("env.id", "-v4").endswith("-v4")
-                and config.get("env.ref_source", "d4rl") == "d4rl")
+        """D4RL files in the assignment's -v4 envs: the score compares with the bars and the DT paper."""
+        return self.config.get("env.id", "-v4").endswith("-v4")
 
     def finals(self) -> list:
         """Each finished seed's final evaluation with a finite score (nan_seeds names the others)."""
@@ -79,7 +73,7 @@ class FinishedRun:
         return None if curve is None else curve[:3]
 
     def files(self) -> Optional[list]:
-        """The run's dataset files on this machine; None where one is missing (or for Minari data)."""
+        """The run's dataset files on this machine; None where one is missing."""
         return run_dataset_files(self.run.saved_config().get("buffer", {}))
 
     def identity(self) -> str:
