@@ -18,27 +18,10 @@ from typing import Optional
 import numpy as np
 
 import utils
-from plumbing.runfolder import RunError
+from plumbing.runfolder import Run, RunError
 from tools import figures, findings, stats, typeset
-from tools.runs import (
-    DEFAULT,
-    QUESTIONS,
-    bar_data,
-    baseline,
-    by_task,
-    compare,
-    comparisons,
-    different_files,
-    expand_sweeps,
-    load_run,
-    overrides,
-    read_machines,
-    scores,
-    setting,
-    shared_text,
-    trajectories,
-    trend,
-)
+from tools import runs as finished
+from tools.runs import DEFAULT, QUESTIONS
 
 OPENING = ("In short", "The data", "Limitations")  # the findings' sections that open the report
 DT_PAPER = "Chen et al. 2021, Table 2"  # a citation: its numbers are not results
@@ -87,7 +70,7 @@ def protocol(grouped: dict, kinds: dict) -> str:
 
 def question_text(found: list) -> str:
     """Which differences the intervals show, how many they do not, and how large one had to be to be seen."""
-    tested = [(c, compare(c.runs, c.base)) for c in found]
+    tested = [(c, finished.compare(c.runs, c.base)) for c in found]
     shown = [f"{c.task}, {c.setting}: {stats.difference_text(d)}" + (f" ({c.note})" if c.note else "")
              for c, d in tested if stats.shown_by_interval(d)]
     halves = [d[1] for _, d in tested if d is not None]
@@ -121,23 +104,23 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
     for name, settings in grouped.items():
         shown = {"": settings[DEFAULT]} if DEFAULT in settings else settings
         for setting_name, members in shown.items():
-            values, (bar, paper) = scores(members), members[0].bar_and_paper()
+            values, (bar, paper) = finished.scores(members), members[0].bar_and_paper()
             passed = "-" if bar is None else f"> {n(bar, None)}: " + (
                 ("yes" if np.mean(values) > bar else "no") if len(values) >= 3 else
                 f"n/a ({n(len(values), 0)} seed{'s' * (len(values) != 1)})")
             returns = data.get(name, (None,))[0]
             rows[members[0].on_d4rl_scale].append([
-                name + shared_text(settings) + (f", {setting_name}" if setting_name else ""),
+                name + finished.shared_text(settings) + (f", {setting_name}" if setting_name else ""),
                 stats.score_text(values), stats.seeds_text(values), passed, n(paper),
                 "-" if returns is None else n(returns.mean()), "-" if returns is None else n(returns.max()),
-                trend(members)])
+                finished.trend(members)])
     header = ["task", "final score", "seeds' scores", "bar (3-seed mean)", "DT paper (D4RL)", "data: mean",
               "data: best", "trend"]
     blocks = [("heading", 2, f"Results{label}"), ("table", header, rows[True]), ("paragraph", statistics_text(runs))]
     if rows[False]:
         blocks += [("paragraph", "On other scales (-v5 envs): not comparable with the table above, the bars or the "
                                  "DT paper."), ("table", header, rows[False])]
-    blocks += [("paragraph", s) for s in different_files(runs)]
+    blocks += [("paragraph", s) for s in finished.different_files(runs)]
     nan = [f"{r.label} (seed {', '.join(n(s, 0) for s in r.nan_seeds())})" for r in runs if r.nan_seeds()]
     if nan:
         blocks.append(("paragraph", f"A NaN or inf final score, left out of every number here (its main.log says "
@@ -178,7 +161,7 @@ def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
                            "the warm-up, more dropout, a shorter warm-up)? Bars: mean over seeds. "}
     for key, (_, names) in QUESTIONS.items():
         if found[key]:
-            fig = figures.bars(bar_data(found[key], grouped, names[0]), names)
+            fig = figures.bars(finished.bar_data(found[key], grouped, names[0]), names)
             shown.append((key, fig, questions[key] + question_text(found[key])))
     return [("image", figures.save(fig, f"{out}_{name}.png"), caption) for name, fig, caption in shown]
 
@@ -195,16 +178,18 @@ def appendix(grouped: dict, out: str) -> list:
                             "each setting again: python main.py <overrides>.")]
     header = ["setting", "run", "final score", "seeds", "vs default", "trend", "data"]
     for i, (name, settings) in enumerate(grouped.items()):
-        rows, commands, trends = [], [], {s: trend(runs) for s, runs in settings.items()}
+        rows, commands, trends = [], [], {s: finished.trend(runs) for s, runs in settings.items()}
         for setting_name, runs in settings.items():
-            base, mark = baseline(settings, runs)
-            versus = "-" if base is runs else stats.difference_text(compare(runs, base)) + mark
-            rows.append([setting_name, ", ".join(r.label for r in runs), stats.score_text(scores(runs)),
-                         stats.seeds_text(scores(runs)) + seeds_left_out(runs), versus, trends[setting_name],
-                         " + ".join(runs[0].config.get("buffer.files") or ["-"]) + f": {runs[0].identity()}"])
-            commands.append(f"{setting_name}: `{overrides(runs[0])}`")
-        blocks += [("heading", 2, name + shared_text(settings)), ("table", header, rows), ("bullets", commands)]
-        blocks += [("paragraph", s) for s in different_files([r for rs in settings.values() for r in rs])]
+            base, mark = finished.baseline(settings, runs)
+            versus = "-" if base is runs else stats.difference_text(finished.compare(runs, base)) + mark
+            values, files = finished.scores(runs), runs[0].config.get("buffer.files") or ["-"]
+            rows.append([setting_name, ", ".join(r.label for r in runs), stats.score_text(values),
+                         stats.seeds_text(values) + seeds_left_out(runs), versus, trends[setting_name],
+                         " + ".join(files) + f": {runs[0].identity()}"])
+            commands.append(f"{setting_name}: `{finished.overrides(runs[0])}`")
+        blocks += [("heading", 2, name + finished.shared_text(settings)), ("table", header, rows),
+                   ("bullets", commands)]
+        blocks += [("paragraph", s) for s in finished.different_files([r for rs in settings.values() for r in rs])]
         curves = figures.family({s: rs[0].curve("eval", "score_mean") for s, rs in settings.items()}, DEFAULT)
         rising = "; ".join(s for s, t in trends.items() if t != "level") or "none"
         blocks.append(("image", figures.save(curves, f"{out}_runs{i}.png"),
@@ -215,12 +200,12 @@ def appendix(grouped: dict, out: str) -> list:
 
 def write_report(runs: list, out: str, standin: bool, findings_path: Optional[str], kinds: dict) -> list:
     """<out>.pdf, <out>.md and the figures <out>_*.png, each written atomically; returns their paths."""
-    grouped = by_task(runs)
-    data = {name: trajectories(tuple(files)) for name, settings in grouped.items()  # the task's default's files
+    grouped = finished.by_task(runs)
+    data = {name: finished.trajectories(tuple(files)) for name, settings in grouped.items()  # the default's files
             if (files := (settings.get(DEFAULT) or next(iter(settings.values())))[0].files()) is not None}
     text = findings.fill(findings_path, findings.Facts(runs, grouped, data)) if findings_path else ""
     opening, rest = findings.sections(findings.blocks(text), OPENING)
-    found = {key: comparisons(grouped, keys, names) for key, (keys, names) in QUESTIONS.items()}
+    found = {key: finished.comparisons(grouped, keys, names) for key, (keys, names) in QUESTIONS.items()}
     label = " (stand-in data)" if standin else ""
     blocks = [("heading", 1, f"Decision Transformer on D4RL MuJoCo{label}")]
     if standin:
@@ -254,15 +239,16 @@ def main(argv: Optional[list] = None) -> None:
     if args.publish:
         if len(args.runs) != 1:
             raise SystemExit("error: --publish copies one run folder: give one")
-        run = load_run(args.runs[0])
-        unfinished = run.run.publish(args.publish, policies=setting(run) == DEFAULT)
+        run = finished.load_run(args.runs[0])
+        unfinished = run.run.publish(args.publish, policies=finished.setting(run) == DEFAULT)
         print(f"wrote {args.publish}" + (f" (left out, not finished: {', '.join(unfinished)})" if unfinished else ""))
         return
     if args.findings and not Path(args.findings).is_file():
         raise SystemExit(f"error: --findings {args.findings}: no such file")
-    machines, kinds = read_machines(args.machines) if args.machines else ({}, {})
-    folders = dict.fromkeys(map(os.path.abspath, expand_sweeps(args.runs)))  # a run named twice counts once
-    runs = [load_run(path, machines) for path in folders]  # every folder checked before anything is written
+    machines, kinds = finished.read_machines(args.machines) if args.machines else ({}, {})
+    given = [p for path in args.runs for p in ([job.dir for job in Run.of_sweep(path)] or [path])]  # a sweep: its jobs
+    folders = dict.fromkeys(map(os.path.abspath, given))  # a run named twice counts once
+    runs = [finished.load_run(path, machines) for path in folders]  # every folder checked before anything is written
     out = args.out or new_stem(str(Path("runs") / "report"))
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

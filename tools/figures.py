@@ -31,20 +31,21 @@ def save(fig: Any, path: Union[str, Path]) -> Path:
 
 
 def grid(panels: int, columns: int, row_height: float, **shared: Any) -> tuple:
-    """A page-wide figure of `panels` axes in rows of `columns`; unused axes hidden."""
+    """A page-wide figure of `panels` gridded axes in rows of `columns`; unused axes hidden."""
     rows = -(-panels // columns)
     fig, axes = pyplot().subplots(rows, columns, figsize=(typeset.TEXT_WIDTH_IN, row_height * rows), squeeze=False,
                                   layout="constrained", **shared)
     for ax in axes.flat[panels:]:
         ax.set_visible(False)
+    for ax in axes.flat[:panels]:
+        ax.grid(alpha=0.3)
     return fig, list(axes.flat[:panels])
 
 
 def in_thousands(ax: Any) -> None:
     """The x axis in thousands of training steps, at most 3 ticks."""
-    plt = pyplot()
-    ax.xaxis.set_major_locator(plt.MaxNLocator(3))
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1000:g}"))
+    ax.xaxis.set_major_locator(pyplot().MaxNLocator(3))
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")
 
 
 def band(ax: Any, curve: tuple, color: str, label: Optional[str] = None, **style: Any) -> None:
@@ -73,9 +74,8 @@ def training(tasks: dict) -> Any:
         loss_ax.yaxis.set_minor_formatter(pyplot().NullFormatter())
         score_ax.set(title=name, ylabel="score (D4RL normalized)", xlabel=STEP)
         loss_ax.set(ylabel="action MSE (actions in [-1, 1])", xlabel=STEP)
-        for ax in (score_ax, loss_ax):
-            ax.grid(alpha=0.3)
-            in_thousands(ax)
+        in_thousands(score_ax)
+        in_thousands(loss_ax)
     legend_above(fig, axes[:len(tasks)])
     return fig
 
@@ -91,7 +91,6 @@ def datasets(scores: dict, bars: dict) -> Any:
             ax.axvline(bars[name], color="C3", linewidth=1.2, label="the assignment's bar")
         ax.set(title=f"{name}: {len(values)} trajectories", xlabel="trajectory return (D4RL normalized)",
                ylabel="trajectories (count)")
-        ax.grid(alpha=0.3)
     legend_above(fig, axes)
     return fig
 
@@ -106,7 +105,6 @@ def sweep(sweeps: dict, best: dict) -> Any:
         if name in best:
             ax.axhline(best[name], color="C2", linestyle=":", label="the data's best trajectory")
         ax.set(title=name, xlabel="target return (D4RL normalized)", ylabel="achieved (D4RL normalized)")
-        ax.grid(alpha=0.3)
     legend_above(fig, axes)
     return fig
 
@@ -147,6 +145,5 @@ def family(curves: dict, default: str) -> Any:
         ax.set(xlabel="step (thousands)", ylabel="score (normalized)")
         ax.tick_params(labelleft=True, labelbottom=True)
         in_thousands(ax)
-        ax.grid(alpha=0.3)
     legend_above(fig, axes)
     return fig

@@ -190,11 +190,6 @@ def read_machines(path: Union[str, Path]) -> tuple:
     return {name: kind for name, kind in runs.items() if kind != default}, {**kinds, "": kinds[default]}
 
 
-def expand_sweeps(paths: list) -> list:
-    """A multirun's runs/<date>/<time>-sweep folder stands for its job folders 0, 1, ... (each a run)."""
-    return [p for path in paths for p in ([job.dir for job in Run.of_sweep(path)] or [path])]
-
-
 def flatten(tree: dict, prefix: str = "") -> dict:
     """Nested dicts -> {"dotted.key": value}; lists stay values."""
     flat = {}
