@@ -163,7 +163,7 @@ def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
         if found[key]:
             fig = figures.bars(finished.bar_data(found[key], grouped, names[0]), names)
             shown.append((key, fig, questions[key] + question_text(found[key])))
-    return [("image", figures.save(fig, f"{out}_{name}.png"), caption) for name, fig, caption in shown]
+    return [("image", utils.save_png(fig, f"{out}_{name}.png", typeset.DPI), caption) for name, fig, caption in shown]
 
 
 def appendix(grouped: dict, out: str) -> list:
@@ -192,7 +192,7 @@ def appendix(grouped: dict, out: str) -> list:
         blocks += [("paragraph", s) for s in finished.different_files([r for rs in settings.values() for r in rs])]
         curves = figures.family({s: rs[0].curve("eval", "score_mean") for s, rs in settings.items()}, DEFAULT)
         rising = "; ".join(s for s, t in trends.items() if t != "level") or "none"
-        blocks.append(("image", figures.save(curves, f"{out}_runs{i}.png"),
+        blocks.append(("image", utils.save_png(curves, f"{out}_runs{i}.png", typeset.DPI),
                        f"{name}: each setting's eval score over training (mean ± std over seeds), one y-range, the "
                        f"default's curve grey in each panel. See: still rising at the end: {rising}."))
     return blocks

@@ -168,13 +168,13 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def save_png(fig: Figure, path: str | Path) -> str | Path:
+def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """The figure as a PNG, written atomically; the figure is closed. Returns path."""
     image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
+    fig.savefig(image, format="png", dpi=dpi)
     pyplot().close(fig)
     atomic_write_bytes(path, image.getvalue())
-    return path
+    return Path(path)
 
 
 def plot_results(eval_tables: list[dict], train_tables: list[dict], title: str, target_return: float, ref_min: float,

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import buffer  # noqa: E402
 import report  # noqa: E402
+import utils  # noqa: E402
 from conftest import write_d4rl_file  # noqa: E402
 from tools import figures, runs, stats, typeset  # noqa: E402
 
@@ -249,12 +250,12 @@ def test_the_legibility_linter_finds_small_text_long_legends_overlaps_cut_off_te
 
 
 def test_every_figure_of_a_report_is_legible_at_print_size(study, tmp_path, monkeypatch):
-    checked, save = [], figures.save
+    checked, save = [], utils.save_png
 
-    def checking_save(fig, path):
+    def checking_save(fig, path, dpi):
         checked.append((path, legibility_problems(fig)))
-        return save(fig, path)
-    monkeypatch.setattr(figures, "save", checking_save)
+        return save(fig, path, dpi)
+    monkeypatch.setattr(utils, "save_png", checking_save)
     write(study, tmp_path / "report")
     assert len(checked) >= 5 and [problems for _, problems in checked] == [[]] * len(checked), checked
 

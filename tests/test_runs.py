@@ -240,7 +240,7 @@ def test_a_new_loss_reaches_the_csv_the_tracker_and_the_figure_from_its_name_alo
     monkeypatch.setattr(core, "losses", losses_with_toy)
     logged, figures = [], []
     monkeypatch.setattr(runfolder.Tracker, "log", lambda self, section, row: logged.append((section, dict(row))))
-    monkeypatch.setattr(utils, "save_png", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(utils, "save_png", lambda fig, path, dpi=110: figures.append(fig))
     cfg = OmegaConf.create(OmegaConf.to_container(compose(f"buffer.path={hopper_file}", "train.aux_state_coef=1")))
     cfg.model.implementation, cfg.train.aux_toy_coef = "models.NextRewardDT", 0.5  # as if in cfgs/
     core.train(cfg, 0, Run(tmp_path))

@@ -1,9 +1,7 @@
 """report.py's figures, from plain numbers, drawn at the width they are placed at (typeset.TEXT_WIDTH_IN) so that
 a font's size is its printed size; every axis labelled with its unit, legends outside the axes."""
-import io
 import textwrap
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 
@@ -19,15 +17,6 @@ def pyplot() -> Any:
     plt = utils.pyplot()
     plt.rcParams.update(STYLE)
     return plt
-
-
-def save(fig: Any, path: Union[str, Path]) -> Path:
-    """The figure as a PNG at typeset.DPI, written atomically."""
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=typeset.DPI)
-    pyplot().close(fig)
-    utils.atomic_write_bytes(path, image.getvalue())
-    return Path(path)
 
 
 def grid(panels: int, columns: int, row_height: float, **shared: Any) -> tuple:
