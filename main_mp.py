@@ -110,7 +110,6 @@ def main(cfg):
         run.summarize(cfg)
     resume = f"Resume with: {command}"
     if ended and (signals.stop_requested() or any(code > 128 for code in ended.values())):
-        signals.requeue_if_preempted()
         fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
              code=signals.interrupted_exit_code() if signals.stop_requested() else 128 + signal.SIGTERM)
     stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)
