@@ -33,8 +33,7 @@ def train_seed(cfg_dict, seed, run_dir, num_processes, show):
     exit code says how."""
     folder_lock.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
-    folder = run.seed(seed)
-    logging.basicConfig(filename=folder.log_path(), level=logging.INFO,
+    logging.basicConfig(filename=run.seed(seed).log_path(), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     launch.errors_to_the_log_file_only()
     signals.stop_on_signals()

@@ -171,10 +171,9 @@ def resumed_config(cfg, run, overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
     if any(o.startswith("buffer.path=") for o in overrides):
         saved.buffer.path, saved.buffer.files = cfg.buffer.path, None  # prepare records the files read there
-    try:
+    summarized = False
+    with contextlib.suppress(RunError):  # a damaged summary.json: the resume writes it again
         summarized = run.summary() is not None
-    except RunError:
-        summarized = False
     if summarized and all(run.seed(seed).final() is not None for seed in saved.seeds):  # before the log's first line
         print(f"{shown(run.dir)}: every seed {list(saved.seeds)} finished already (scores in summary.json): nothing "
               f"to do; add seeds with seeds=[...]")
