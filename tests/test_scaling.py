@@ -70,7 +70,7 @@ def test_a_submitit_job_checkpoints_and_stops_on_slurms_notice_and_resume_finish
         os.kill(pid, signal.SIGUSR2)  # what submitit sends before Slurm's time limit or a preemption
     out, err = process.communicate(timeout=600)
     assert process.returncode == 128 + signal.SIGUSR2, err
-    assert "0: interrupted: seed 0 stopped by SIGUSR2 at step " in err and "Resume with: python main.py resume=" in err
+    assert "0: interrupted: seed 0 stopped by SIGUSR2" in err and "Resume with: python main.py resume=" in err
     assert not (sweep / "0" / "seed0" / "final.json").exists(), "no requeue: the job stopped"
 
     run_script("main.py", f"resume={sweep / '0'}", cwd=data_dir, env={"D4RL_DATASET_DIR": str(data_dir)}, check=True)
