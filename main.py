@@ -38,7 +38,6 @@ def main(cfg):
             except Interrupted as e:
                 progress.after_ctrl_c()
                 run.summarize(cfg)
-                signals.requeue_if_preempted()
                 fail(f"interrupted: {e}. Resume with: {resume}", code=signals.interrupted_exit_code())
             except NonFiniteLossError as e:  # a NaN or inf loss or score: a resume would reach it again
                 log.error("%s", e)

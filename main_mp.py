@@ -33,8 +33,7 @@ def train_seed(cfg_dict, seed, run_dir, num_processes, show):
     exit code says how."""
     folder_lock.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
-    folder = run.seed(seed)
-    logging.basicConfig(filename=folder.log_path(), level=logging.INFO,
+    logging.basicConfig(filename=run.seed(seed).log_path(), level=logging.INFO,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     launch.errors_to_the_log_file_only()
     signals.stop_on_signals()
@@ -110,7 +109,6 @@ def main(cfg):
         run.summarize(cfg)
     resume = f"Resume with: {command}"
     if ended and (signals.stop_requested() or any(code > 128 for code in ended.values())):
-        signals.requeue_if_preempted()
         fail(f"interrupted: seeds {sorted(ended)} stopped with a checkpoint. {resume}",
              code=signals.interrupted_exit_code() if signals.stop_requested() else 128 + signal.SIGTERM)
     stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)

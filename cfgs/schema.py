@@ -169,7 +169,7 @@ class EvaluateConfig:
 
 
 RUN_FILE_STEMS = ("final", "best", "last", "results", "config", "summary", "train", "eval", "main", "video",
-                  "error", "evaluate", "submitit_job", "report")  # a run's own files: <stem>.*
+                  "error", "evaluate", "report")  # a run's own files: <stem>.*
 
 
 def refuse_run_file_name(name: str) -> None:

@@ -87,18 +87,12 @@ def prepare(cfg):
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
     folder_lock.lock_run_folder(run.dir)  # one process per run folder, before anything is written
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
-    job = submitit_job()
-    if not cfg.resume and job and run.holds_run() and run.job() == job:  # submitit requeued it into its own folder
-        log.info("%s: this job's own folder (submitit requeued job %s): resuming it", shown(run.dir), job)
-        cfg.resume, overrides = str(run.dir), []
     if cfg.resume:
         cfg = resumed_config(cfg, run, overrides)
         for path in [*run.dir.glob(".*.tmp"), *run.dir.glob("seed*/.*.tmp")]:  # left by a killed atomic write
             path.unlink(missing_ok=True)
     else:
         refuse_used_folder(run, list(cfg.seeds))
-        if job:
-            run.save_job(job)
     if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):  # relative to where the user started
         paths = [to_absolute_path(p) for p in as_list(cfg.buffer.path)]
         cfg.buffer.path = paths[0] if isinstance(cfg.buffer.path, str) else paths
@@ -138,17 +132,10 @@ def refuse_used_folder(run, seeds):
         raise RunError(f"{where} holds a run already: continue it with resume={shown(run.dir)}, or {new}")
     if outer := next((Run(folder) for folder in run.dir.parents if Run(folder).holds_run()), None):
         raise RunError(f"{where} lies inside the run {shown(outer.dir)}: choose a folder outside it ({new})")
-    written = ["results.png", "summary.json", "submitit_job", *(run.seed(seed).dir.name for seed in seeds)]
+    written = ["results.png", "summary.json", *(run.seed(seed).dir.name for seed in seeds)]
     if in_the_way := [name for name in written if (run.dir / name).exists()]:
         raise RunError(f"{where} holds what a run writes ({', '.join(in_the_way)}): move that away, or choose "
                        f"another folder ({new})")
-
-
-def submitit_job():
-    """This process's submitit job id (kept when submitit requeues the job), or None outside a submitit job."""
-    with contextlib.suppress(KeyError, RuntimeError):  # a submitit launcher's job runs inside submitit, imported
-        return str(sys.modules["submitit"].JobEnvironment().job_id)
-    return None
 
 
 def parallel_jobs():
@@ -166,10 +153,9 @@ def resumed_config(cfg, run, overrides):
         saved.seeds = sorted(set(saved.seeds) | set(cfg.seeds))
     if any(o.startswith("buffer.path=") for o in overrides):
         saved.buffer.path, saved.buffer.files = cfg.buffer.path, None  # prepare records the files read there
-    try:
+    summarized = False
+    with contextlib.suppress(RunError):  # a damaged summary.json: the resume writes it again
         summarized = run.summary() is not None
-    except RunError:
-        summarized = False
     if summarized and all(run.seed(seed).final() is not None for seed in saved.seeds):  # before the log's first line
         print(f"{shown(run.dir)}: every seed {list(saved.seeds)} finished already (scores in summary.json): nothing "
               f"to do; add seeds with seeds=[...]")
@@ -257,7 +243,7 @@ def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob 
             task(cfg)
         except Failed as e:
             return failed(e.line, e.code)
-        except SystemExit as e:  # 0: nothing to do; else submitit's exit once it requeued the job, for it to handle
+        except SystemExit as e:  # 0: nothing to do
             if e.code:
                 raise
         except Exception as e:  # noqa: BLE001  a crash: its traceback goes to the job's main.log

@@ -98,14 +98,6 @@ class Run:
         OmegaConf.resolve(cfg)
         return cfg
 
-    def save_job(self, job_id: str) -> None:
-        """The submitit job that made this folder: only that job, when submitit requeues it, resumes it unasked."""
-        utils.atomic_write_bytes(self.dir / "submitit_job", job_id.encode())
-
-    def job(self) -> str | None:
-        path = self.dir / "submitit_job"
-        return path.read_text() if path.exists() else None
-
     # the seeds
 
     def seed(self, seed: int) -> SeedFolder:
@@ -301,7 +293,7 @@ class SeedFolder:
         return self.dir / f"{name}.json"
 
 
-NOT_SHARED = ("last.pt", "best.pt", "submitit_job", "MUJOCO_LOG.TXT")  # state, job id, others' logs
+NOT_SHARED = ("last.pt", "best.pt", "MUJOCO_LOG.TXT")  # training state, others' logs
 
 
 def shared(relative: Path, policies: bool, video: Path) -> bool:

@@ -1,20 +1,17 @@
-"""Ctrl-C, SIGTERM, SIGHUP and a scheduler's preemption notice: the training loop checkpoints, then stops
+"""Ctrl-C, SIGTERM, SIGHUP and a Slurm job's notice: the training loop checkpoints, then stops
 (stop_on_signals, stop_requested, Interrupted); evaluate.py stops where it is (stop_at_once, Stopped)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing
 import os
 import signal
 
-log = logging.getLogger(__name__)
-# submitit (Hydra's submitit launchers) warns a job with SIGUSR2 before Slurm stops it (its time limit, or a
-# preemption where the cluster sends the job's signal); Slurm's own notice is SIGTERM, which submitit ignores.
-PREEMPTION_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
-STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, PREEMPTION_SIGNAL) if s is not None]
+# submitit (hydra/launcher=slurm) warns a job with SIGUSR2 signal_delay_s before Slurm's time limit (or a preemption
+# where the cluster sends the job's signal); Slurm's own SIGTERM comes only seconds before its SIGKILL.
+SLURM_NOTICE = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, SLURM_NOTICE) if s is not None]
 _signals = []  # the stop signals received, in order
-_requeue = None  # submitit's handler of the preemption signal: it resubmits the job (which then resumes)
 
 
 def _note_signal(signum, frame):
@@ -22,11 +19,7 @@ def _note_signal(signum, frame):
 
 
 def stop_on_signals() -> None:
-    """From now on the stop signals only set a flag that the training loop reads."""
-    global _requeue
-    previous = signal.getsignal(PREEMPTION_SIGNAL) if PREEMPTION_SIGNAL else None
-    if callable(previous) and previous is not _note_signal:  # a submitit job: requeue once the checkpoint is written
-        _requeue = previous
+    """From now on the stop signals only set a flag that the training loop reads (in a submitit job: no requeue)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _note_signal)
 
@@ -54,13 +47,6 @@ def pass_stops_to_children() -> None:
 def stop_requested() -> str | None:
     """The name of the first signal that asked this process to stop (SIGINT, SIGTERM, SIGHUP, SIGUSR2), or None."""
     return _signals[0] if _signals else None
-
-
-def requeue_if_preempted() -> None:
-    """In a submitit job preempted, after the checkpoint: submitit requeues it into its folder, which it resumes."""
-    if _requeue is not None and PREEMPTION_SIGNAL.name in _signals:
-        log.warning("preempted: submitit requeues this job, which resumes from its checkpoint")
-        _requeue(PREEMPTION_SIGNAL.value, None)
 
 
 def interrupted_exit_code() -> int:
