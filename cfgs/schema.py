@@ -283,7 +283,7 @@ def typed(tree: Any) -> DictConfig:
     """A config on the schema, a key it lacks taking its env's default; ConfigError for wrong types and unknown keys."""
     try:
         tree = OmegaConf.to_container(OmegaConf.create(tree))
-        if (tree.get("buffer") or {}).get("source", "d4rl") == "d4rl":  # a Minari run's stay: unknown keys, they fail
+        if (tree.get("buffer") or {}).get("source", "d4rl") == "d4rl":  # a Minari run keeps them and fails on them
             for section, key in RETIRED:
                 (tree.get(section) or {}).pop(key, None)
         return OmegaConf.merge(defaults((tree.get("env") or {}).get("name")), tree)
