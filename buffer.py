@@ -1,8 +1,4 @@
-"""Transitions -> trajectories -> (B, K, .) training batches (the files are read by plumbing/sources.py).
-
-    python buffer.py [files ...] [--out runs/dataset_returns.png] [--force]   # trajectory-return histograms
-                                                   # of the files (default: every file in $D4RL_DATASET_DIR)
-"""
+"""Transitions -> trajectories -> (B, K, .) training batches (the files are read by plumbing/sources.py)."""
 from __future__ import annotations
 
 import logging
@@ -16,8 +12,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import utils
-from cfgs.schema import ENVS, RTG_LIMIT
-from plumbing.sources import DatasetError, dataset_identity, local_files, read_d4rl, run_files
+from cfgs.schema import RTG_LIMIT
+from plumbing.sources import DatasetError, dataset_identity, read_d4rl, run_files
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -195,38 +191,3 @@ def trajectory_scores_and_lengths(path: str | Path) -> tuple[np.ndarray, np.ndar
         obs_dim, act_dim = f["observations"].shape[1], f["actions"].shape[1]
     _, lengths, returns = Transitions.from_hdf5(path, obs_dim, act_dim).trajectories()
     return utils.normalized_score(returns, env.ref_min_score, env.ref_max_score), lengths
-
-
-def task_name(path: str | Path) -> str:
-    """hopper_medium_replay-v2.hdf5 -> hopper-medium-replay."""
-    env, _, rest = Path(path).name.partition("_")
-    return f"{env}-{rest.split('-v')[0].replace('_', '-')}"
-
-
-def plot_returns(paths: list[str | Path], out: str | Path) -> Path:
-    """The trajectory-return histogram of each D4RL file on the normalized-score axis, as the assignment's Figure 1."""
-    datasets = {task_name(p): trajectory_scores_and_lengths(p)[0] for p in paths}
-    return utils.save_png(utils.dataset_returns_figure(datasets), out)
-
-
-if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("files", nargs="*", help="D4RL-layout files named <env>_<dataset>-v2.hdf5")
-    parser.add_argument("--out", help="the figure (default: runs/dataset_returns.png, or -1, -2, ... if it exists)")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args()
-    if args.out:
-        utils.refuse_replacing(args.out, args.force)
-    try:
-        files = args.files or local_files()
-        unknown = [f for f in files if Path(f).name.split("_")[0] not in ENVS]
-        if unknown:
-            raise SystemExit(f"error: {unknown[0]}: give files named <env>_<dataset>-v2.hdf5, env one of "
-                             f"{', '.join(ENVS)}")
-        out = Path(args.out) if args.out else utils.new_path(Path("runs") / "dataset_returns.png")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        plot_returns(sorted(files, key=lambda f: (ENVS.index(Path(f).name.split("_")[0]), f)), out)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}" + ("" if args.files else ", or give the files"))
-    print(f"wrote {out}")

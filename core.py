@@ -1,14 +1,13 @@
 """The algorithm: `losses` (named: a new loss is one more entry, docs/extending.md), `train` (the loop; its
 bookkeeping is plumbing/record.py), `rollout` (a policy's episodes in lockstep envs) and `evaluate` (their score).
 """
-import dataclasses
 import logging
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -18,8 +17,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the video
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.envs.registration import EnvSpec
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import models
 import utils
@@ -112,7 +110,7 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Bar | progress.Se
     utils.seed_everything(seed)
     device = utils.pick_device(cfg.device)
     precision = utils.pick_precision(cfg.train.precision, device)
-    env = gym.make(env_spec(cfg.env))
+    env = gym.make(cfg.env.id)
     data = load_data(cfg, env)
     model = build_model(cfg, data, env).to(device)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay)
@@ -146,7 +144,7 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Bar | progress.Se
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    """The episodes a rollout plays: `num_envs` envs of `env_id` (with `env_kwargs`) in lockstep, env i seeded
+    """The episodes a rollout plays: `num_envs` envs of `env_id` in lockstep, env i seeded
     seed + i and conditioned on its target return (`targets`: one for all, or one per env (num_envs,)) in the env's
     reward units, divided by `reward_scale` for the policy. time_limit: the episodes' limit (None: the env's, 1000
     for D4RL's). record: the envs to film, through the env's tracking camera."""
@@ -157,21 +155,19 @@ class RolloutSpec:
     targets: float | np.ndarray
     reward_scale: float
     time_limit: int | None = None
-    env_kwargs: dict = field(default_factory=dict)
     record: tuple[int, ...] = ()
 
     @classmethod
     def of_run(cls, cfg: DictConfig, num_envs: int, seed: int, record: tuple[int, ...] = (),
                targets: float | np.ndarray | None = None) -> "RolloutSpec":
-        """The run's episodes: its env (with env.kwargs), time limit, reward scale and, by default, target return."""
-        kwargs = OmegaConf.to_container(cfg.env.kwargs) if cfg.env.get("kwargs") else {}
+        """The run's episodes: its env, time limit, reward scale and, by default, target return."""
         return cls(cfg.env.id, num_envs, seed, cfg.eval.target_return if targets is None else targets,
-                   cfg.buffer.reward_scale, cfg.env.max_episode_len, kwargs, tuple(record))
+                   cfg.buffer.reward_scale, cfg.env.max_episode_len, tuple(record))
 
     def make(self, i: int) -> gym.Env:
         """Env i of the rollout (rendering if it is filmed)."""
         film = {"render_mode": "rgb_array", "camera_name": "track"} if i in self.record else {}
-        return gym.make(self.env_id, max_episode_steps=self.time_limit, **self.env_kwargs, **film)
+        return gym.make(self.env_id, max_episode_steps=self.time_limit, **film)
 
 
 class Episodes(NamedTuple):
@@ -230,18 +226,12 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
     return Episodes(episode_returns, lengths, frames)
 
 
-def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[float, float], vectorized: bool = True,
+def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[float, float],
              stop: Callable[[], str | None] | None = None) -> dict:
     """Mean/std return and normalized score (ref_scores: env.ref_min_score, ref_max_score) over the spec's episodes,
-    seeded seed, seed+1, ...: in one vectorized pass, or one after another. stop: rollout's. With episodes shorter
-    than D4RL's 1000 steps the score is not on D4RL's scale (scale_note says so)."""
-    if vectorized:
-        returns = rollout(policy, spec, stop).returns
-    else:
-        targets = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (spec.num_envs,))
-        returns = np.concatenate([rollout(policy, dataclasses.replace(spec, num_envs=1, seed=spec.seed + i,
-                                                                      targets=targets[i], record=()), stop).returns
-                                  for i in range(spec.num_envs)])
+    seeded seed, seed+1, ..., in one vectorized pass. stop: rollout's. With episodes shorter than D4RL's 1000 steps
+    the score is not on D4RL's scale (scale_note says so)."""
+    returns = rollout(policy, spec, stop).returns
     scores = utils.normalized_score(returns, *ref_scores)
     return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
             "score_mean": float(scores.mean()), "score_std": float(scores.std())}
@@ -252,7 +242,7 @@ def periodic_eval(policy: DecisionTransformer, cfg: DictConfig, seed: int, data:
     also its action MSE on training and on held-out trajectories: does its fit to the data carry over?"""
     was_training = policy.training
     result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.episodes, EVAL_SEED_STRIDE * seed),
-                      (cfg.env.ref_min_score, cfg.env.ref_max_score), cfg.eval.vectorized)
+                      (cfg.env.ref_min_score, cfg.env.ref_max_score))
     if data.held_out is not None:
         result |= {"fit_action_mse": action_mse(policy, data), "holdout_action_mse": action_mse(policy, data.held_out)}
     policy.train(was_training)
@@ -275,8 +265,7 @@ def final_evaluation(policy: DecisionTransformer, cfg: DictConfig, seed: int) ->
     started = time.time()
     try:
         result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
-                          (cfg.env.ref_min_score, cfg.env.ref_max_score), cfg.eval.vectorized,
-                          stop=signals.stop_requested)
+                          (cfg.env.ref_min_score, cfg.env.ref_max_score), stop=signals.stop_requested)
     except RolloutStopped as e:
         raise signals.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
                                     f"{cfg.train.steps} is kept, from which a resume repeats it") from None
@@ -315,14 +304,6 @@ def scale_note(cfg: DictConfig) -> str:
         return ""
     return (f" (episodes cut at env.max_episode_len={cfg.env.max_episode_len} steps: not the scale of the "
             f"references' {D4RL_TIME_LIMIT}-step episodes)")
-
-
-def env_spec(env_cfg: DictConfig) -> str | EnvSpec:
-    """What gym.make builds for a run: env.id, or with env.kwargs its spec with them."""
-    if not env_cfg.get("kwargs"):
-        return env_cfg.id
-    spec = gym.spec(env_cfg.id)
-    return dataclasses.replace(spec, kwargs={**spec.kwargs, **OmegaConf.to_container(env_cfg.kwargs)})
 
 
 def load_data(cfg: DictConfig, env: gym.Env) -> SequenceBuffer:

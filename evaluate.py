@@ -3,7 +3,7 @@
     python evaluate.py run=runs/<date>/<time>                          # each seed's final.pt, default targets
     python evaluate.py run=runs/<date>/<time> checkpoint=best targets=[1000,2000,3000] episodes=20 video=true
     python evaluate.py run=runs/<date>/<time> targets=[3000] episodes=100 name=target_3000   # beside the sweep
-    python evaluate.py run=runs/<date>/<time> export=onnx            # or torchscript: each seed's policy as one file
+    python evaluate.py run=runs/<date>/<time> export=true            # each seed's policy as one file (.pt2)
 
 All targets and episodes of a seed run in one vectorized pass. Writes into the run folder (a gallery/ run: into
 runs/evaluate/<its name>; out=<folder>: there) <name>.csv (a row per seed, target and episode), <name>.png and, with
@@ -121,7 +121,7 @@ def evaluate_run(cfg, out_folder=None):
     run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = run.config()
     seeds = seeds_with(run, cfg)
-    env = gym.make(core.env_spec(train_cfg.env))
+    env = gym.make(train_cfg.env.id)
     data_returns = dataset_returns(train_cfg, env)
     targets = sweep_targets(cfg, train_cfg, data_returns)
     refuse_replacing_sweep(run, out, cfg, targets)
@@ -177,18 +177,14 @@ def evaluate_run(cfg, out_folder=None):
 
 
 def export_run(cfg, out_folder=None):
-    """Each seed's policy (cfg.checkpoint) as one file of format cfg.export in the output folder; returns the paths."""
+    """Each seed's policy (cfg.checkpoint) as one .pt2 file (tools/export.py) in the output folder; returns them."""
     run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = run.config()
     paths = []
     for seed in seeds_with(run, cfg):
         policy = core.load_policy(run.seed(seed).policy_path(cfg.checkpoint))
-        try:
-            data = export.export_policy(policy, export.run_facts(policy, train_cfg), cfg.export)
-        except ImportError as e:
-            raise ConfigError(str(e)) from None
-        paths.append(out.seed(seed).policy_path(cfg.checkpoint, export.FORMATS[cfg.export]))
-        utils.atomic_write_bytes(paths[-1], data)
+        paths.append(out.seed(seed).policy_path(cfg.checkpoint, export.SUFFIX))
+        utils.atomic_write_bytes(paths[-1], export.export_policy(policy, export.run_facts(policy, train_cfg)))
         log.info("seed %d: %s", seed, paths[-1])
     return paths
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @launch.job
 def main(cfg):
     cfg, run = launch.start(cfg)
-    log.info("%s", threads.set_torch_threads(launch.parallel_jobs(), cfg.train.threads))
+    log.info("%s", threads.set_torch_threads(1, cfg.train.threads))
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
     with launch.stop_on_write_errors(run, resume):

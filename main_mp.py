@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 import core
 import utils
 from plumbing import errors, folder_lock, launch, progress, signals
-from plumbing.launch import FATAL, fail, parallel_jobs, shown
+from plumbing.launch import FATAL, fail, shown
 from plumbing.record import NonFiniteLossError
 from plumbing.runfolder import Run
 from plumbing.signals import Interrupted
@@ -90,10 +90,10 @@ def main(cfg):
     cfg, run = launch.start(cfg)
     ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg)
-    processes = len(cfg.seeds) * parallel_jobs()  # on this machine at once
     line = progress.SeedsLine(list(cfg.seeds), ctx)
-    procs = {seed: ctx.Process(target=train_seed, args=({**cfg_dict, "device": utils.seed_device(cfg.device, i)}, seed,
-                                                        str(run.dir), processes, line.senders[seed]), name=f"seed{seed}")
+    procs = {seed: ctx.Process(target=train_seed, name=f"seed{seed}", args=(
+                 {**cfg_dict, "device": utils.seed_device(cfg.device, i)}, seed, str(run.dir), len(cfg.seeds),
+                 line.senders[seed]))
              for i, seed in enumerate(cfg.seeds)}  # the seeds take the visible GPUs in turn
     for p in procs.values():
         p.start()

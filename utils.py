@@ -237,25 +237,6 @@ def plot_sweep(rows: list[dict], data_scores: np.ndarray | None, to_score: Calla
     save_png(fig, path)
 
 
-def dataset_returns_figure(datasets: dict) -> Figure:
-    """A histogram per dataset ({name: normalized returns}) of its trajectories, two per row; mean and best marked."""
-    rows = -(-len(datasets) // 2)
-    fig, axes = pyplot().subplots(rows, 2, figsize=(6.85, 1.45 * rows), squeeze=False, layout="constrained")
-    for ax in axes.flat[len(datasets):]:
-        ax.set_visible(False)
-    for ax, (name, scores) in zip(axes.flat, datasets.items()):
-        ax.hist(scores, bins=40, color="C0", alpha=0.8)
-        ax.axvline(scores.mean(), color="black", linestyle=":", label=f"mean {scores.mean():.1f}")
-        ax.axvline(scores.max(), color="C3", linestyle="--", label=f"best {scores.max():.1f}")
-        ax.set_title(f"{name}: {len(scores)} trajectories", fontsize=8)
-        ax.set_xlabel("trajectory return (normalized)", fontsize=8)
-        ax.set_ylabel("trajectories", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(loc="upper right", fontsize=7)
-        ax.grid(alpha=0.3)
-    return fig
-
-
 RENDERERS = ("egl", "osmesa", "glfw")  # the MUJOCO_GL values gymnasium's MuJoCo renderer accepts
 RENDERING_FIX = "headless rendering needs MUJOCO_GL=egl (or osmesa); or leave the video out with eval.video=false"
 

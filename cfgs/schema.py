@@ -74,7 +74,6 @@ class EnvConfig:
     max_episode_len: int = ruled(POSITIVE)  # eval episodes' time limit (D4RL: 1000); timestep embedding size
     ref_min_score: float = ruled(FINITE)  # d4rl infos.py: random policy
     ref_max_score: float = ruled(FINITE)  # d4rl infos.py: expert policy
-    kwargs: Dict[str, Any] = MISSING  # gym.make's kwargs for env.id (default {})
     assignment_bar: Dict[str, float] = MISSING  # per dataset: the 3-seed mean must exceed it
     dt_paper_score: Dict[str, float] = MISSING  # per dataset: Chen et al. 2021, Table 2
 
@@ -126,7 +125,6 @@ class EvalConfig:
     episodes: int = ruled(POSITIVE)  # envs run in lockstep at each periodic eval
     final_episodes: int = ruled(POSITIVE)  # the final score, as the DT paper and CORL report it
     target_return: float = ruled(FINITE)
-    vectorized: bool = MISSING  # false: episodes one after another in a single env (debugging)
     video: bool = MISSING  # mp4 of the final policy (MUJOCO_GL=egl when headless)
 
 
@@ -163,8 +161,7 @@ class EvaluateConfig:
     video: bool = MISSING  # one episode per target: seed<N>/<name>_<target>.mp4
     device: str = ruled(DEVICE)
     name: str = ruled(FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
-    export: Optional[str] = ruled(Rule(lambda v: v in (None, "onnx", "torchscript"),
-                                             "choose onnx or torchscript (or null: the sweep)"))  # export.py
+    export: bool = MISSING  # true: no sweep; each seed's policy as one .pt2 file (tools/export.py)
     overwrite: bool = MISSING  # true: replace a stored sweep of this name made with other targets or episodes
 
 
@@ -276,16 +273,10 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create({"defaults": DEFAULTS})) + OmegaConf.to_yaml(cfg)
 
 
-RETIRED = (("buffer", "source"), ("env", "ref_source"))  # keys of the time Minari was a source: older runs have them
-
-
 def typed(tree: Any) -> DictConfig:
     """A config on the schema, a key it lacks taking its env's default; ConfigError for wrong types and unknown keys."""
     try:
         tree = OmegaConf.to_container(OmegaConf.create(tree))
-        if (tree.get("buffer") or {}).get("source", "d4rl") == "d4rl":  # a Minari run keeps them and fails on them
-            for section, key in RETIRED:
-                (tree.get(section) or {}).pop(key, None)
         return OmegaConf.merge(defaults((tree.get("env") or {}).get("name")), tree)
     except OmegaConfBaseException as e:
         raise ConfigError(one_line(e)) from None

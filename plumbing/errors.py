@@ -1,24 +1,8 @@
-"""How a failure is told in one line: Hydra's composition errors, a launcher whose plugin is missing, and the
-failures every resume would meet again (advice: what to change instead)."""
-import importlib.util
+"""How a failure is told in one line: Hydra's composition errors, and the failures every resume would meet again
+(advice: what to change instead)."""
 import os
 
 from cfgs.schema import ConfigError
-
-LAUNCHER_PLUGINS = {"joblib": ("hydra-joblib-launcher", "hydra_plugins.hydra_joblib_launcher"),  # parallel
-                    "submitit": ("hydra-submitit-launcher", "hydra_plugins.hydra_submitit_launcher")}  # slurm, ...
-
-
-def missing_launcher(message):
-    """The install line, when Hydra could not compose a launcher whose plugin is not installed; else None."""
-    for launcher, (package, module) in LAUNCHER_PLUGINS.items():
-        try:
-            installed = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # its parent package is missing
-            installed = False
-        if f"hydra/launcher/{launcher}" in message and not installed:
-            return f"this hydra/launcher needs {package}: pip install -r requirements-extra.txt"
-    return None
 
 
 def composition_error(error):

@@ -3,7 +3,6 @@ one-line errors), a study's (multirun's) jobs, each failing alone, and the comma
 import contextlib
 import functools
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -19,20 +18,19 @@ from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import core
 import utils
 from buffer import load_transitions
 from cfgs import schema
 from cfgs.schema import ConfigError
-from plumbing import folder_lock, signals, threads
-from plumbing.errors import LAUNCHER_PLUGINS, advice, composition_error, missing_launcher
+from plumbing import folder_lock, signals
+from plumbing.errors import advice, composition_error
 from plumbing.runfolder import Run, RunError
 from plumbing.sources import DatasetError, as_list, dataset_identity, run_files
 
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
 _claimed = {}  # folder -> whether this process created it (else only its main.log): removed if the start fails
-failed_jobs = []  # a study's FailedJob, as they reach this process: cli reports them when the study ends
+failed_jobs = []  # a study's failed jobs (number, folder, line, exit code): cli reports them when the study ends
 _started_here = False  # the command line's hydra.run.chdir=false chose the run's folder (cli: starts_here)
 
 
@@ -111,7 +109,7 @@ def prepare(cfg):
             raise ConfigError(f"buffer.path: {path}: no such file{moved if cfg.resume else ''}")
     device = utils.pick_device(cfg.device)
     cfg.train.precision = utils.pick_precision(cfg.train.precision, device)  # the run records what it used
-    env = gym.make(core.env_spec(cfg.env))
+    env = gym.make(cfg.env.id)
     if not (cfg.resume and cfg.buffer.files):  # the run records the files it read
         dims = env.observation_space.shape[0], env.action_space.shape[0]
         cfg.buffer.files = [str(Path(p).resolve()) for p in run_files(cfg, *dims)]  # one download, before seeds
@@ -136,13 +134,6 @@ def refuse_used_folder(run, seeds):
     if in_the_way := [name for name in written if (run.dir / name).exists()]:
         raise RunError(f"{where} holds what a run writes ({', '.join(in_the_way)}): move that away, or choose "
                        f"another folder ({new})")
-
-
-def parallel_jobs():
-    """How many jobs of this multirun share the machine (Hydra's joblib launcher: n_jobs); else 1."""
-    hydra_cfg = HydraConfig.get()
-    n_jobs = (hydra_cfg.launcher.get("n_jobs") or 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
-    return n_jobs if n_jobs > 0 else max(1, threads.usable_cores() + 1 + n_jobs)  # joblib: -1 = every core
 
 
 def resumed_config(cfg, run, overrides):
@@ -217,39 +208,26 @@ def start(cfg):
         raise Failed(f"error: {told}") from None
 
 
-class FailedJob:
-    """A study's failed job, returned (not raised: the other jobs run on) and kept in failed_jobs for cli."""
-
-    def __init__(self, number: int, folder: str, line: str, code: int):
-        self.number, self.folder, self.line, self.code = number, folder, line, code
-        failed_jobs.append(self)
-
-    def __reduce__(self) -> tuple:  # unpickled, it is made (and kept) again by __init__
-        return FailedJob, (self.number, self.folder, self.line, self.code)
-
-
-def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], FailedJob | None]:
-    """An entry point's task: in a study, an end on an error returns a FailedJob; joblib workers die with it."""
+def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """An entry point's task: in a study (-m: its jobs one after another), a job's end on an error is kept in
+    failed_jobs for cli, and the next job runs."""
 
     @functools.wraps(task)
-    def study_job(cfg: DictConfig) -> FailedJob | None:
+    def study_job(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return task(cfg)
-        if hydra_cfg.launcher._target_.startswith(LAUNCHER_PLUGINS["joblib"][1]):
-            folder_lock.die_with_parent(multiprocessing.parent_process().pid)
-        failed = functools.partial(FailedJob, hydra_cfg.job.num, shown(hydra_cfg.runtime.output_dir))
+        number, folder = hydra_cfg.job.num, shown(hydra_cfg.runtime.output_dir)
         try:
             task(cfg)
         except Failed as e:
-            return failed(e.line, e.code)
+            failed_jobs.append((number, folder, e.line, e.code))
         except SystemExit as e:  # 0: nothing to do
             if e.code:
                 raise
         except Exception as e:  # noqa: BLE001  a crash: its traceback goes to the job's main.log
             log.exception("error")
-            return failed(f"error: {type(e).__name__}: {e} (its traceback: main.log)", 1)
-        return None
+            failed_jobs.append((number, folder, f"error: {type(e).__name__}: {e} (its traceback: main.log)", 1))
 
     return study_job
 
@@ -260,7 +238,6 @@ def cli(hydra_main):
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report of several lines
     _started_here = starts_here(sys.argv[1:])
     sys.argv = [sys.argv[0], *assignment_chdir(sys.argv[1:], os.getcwd())]
-    signals.pass_stops_to_children()  # in a study: the joblib launcher's workers checkpoint and stop
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
         named = named_run_dir(sys.argv[1:])
@@ -271,14 +248,13 @@ def cli(hydra_main):
         print(e.line, file=sys.stderr)
         raise SystemExit(e.code) from None
     except (HydraException, OmegaConfBaseException) as e:
-        message = composition_error(e)
-        raise SystemExit(f"error: {missing_launcher(message) or message}") from None
+        raise SystemExit(f"error: {composition_error(e)}") from None
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    for failed in sorted(failed_jobs, key=lambda failed: failed.number):  # its folder, then its own line
-        print(f"{failed.folder}: {failed.line}", file=sys.stderr)
+    for _, folder, line, _ in sorted(failed_jobs):  # its folder, then its own line
+        print(f"{folder}: {line}", file=sys.stderr)
     if failed_jobs:
-        raise SystemExit(max(failed.code for failed in failed_jobs))
+        raise SystemExit(max(code for *_, code in failed_jobs))
 
 
 def assignment_chdir(args, cwd):

@@ -36,16 +36,6 @@ def dataset_dir() -> Path:
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
 
 
-def local_files() -> list[str]:
-    """The .hdf5 files in dataset_dir(); DatasetError naming D4RL_DATASET_DIR where there are none."""
-    files = sorted(str(p) for p in dataset_dir().glob("*.hdf5"))
-    if not files:
-        where = "D4RL_DATASET_DIR" if "D4RL_DATASET_DIR" in os.environ else "d4rl's cache; D4RL_DATASET_DIR is not set"
-        raise DatasetError(f"no .hdf5 files in {dataset_dir()} ({where}): set D4RL_DATASET_DIR to the folder that "
-                           f"holds the D4RL files")
-    return files
-
-
 def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
     """The D4RL files a run read, here or in the D4RL folder (a copied run); None where one is missing."""
     recorded = buffer_cfg.get("files") or as_list(buffer_cfg.get("path"))

@@ -53,10 +53,9 @@ def test_an_older_run_config_that_lacks_newer_keys_takes_the_yaml_values_of_its_
     full = schema.defaults("walker2d")
     OmegaConf.resolve(full)
     older = OmegaConf.to_container(full)
-    for section, key in (("train", "threads"), ("buffer", "sha256"), ("env", "kwargs"), ("env", "assignment_bar")):
+    for section, key in (("train", "threads"), ("buffer", "sha256"), ("env", "assignment_bar")):
         del older[section][key]
     del older["wandb"]
-    older["buffer"]["source"], older["env"]["ref_source"] = "d4rl", "d4rl"  # keys of the time of Minari datasets
     assert schema.typed(older) == full
     assert schema.typed(older).env.assignment_bar == {"medium": 70}  # walker2d's, not the default env's
 
@@ -71,9 +70,9 @@ def test_the_config_of_a_run_on_minari_data_is_refused_naming_its_key():
 def test_a_saved_config_file_that_lacks_newer_keys_still_composes(tmp_path):
     GlobalHydra.instance().clear()
     saved = OmegaConf.to_container(schema.defaults("hopper"))
-    del saved["train"]["threads"], saved["logger"], saved["env"]["kwargs"]
+    del saved["train"]["threads"], saved["logger"]
     (tmp_path / "config.yaml").write_text(schema.to_yaml(OmegaConf.create(saved)))
     with initialize_config_dir(str(tmp_path), version_base="1.3"):
         cfg = compose("config")
-    assert cfg.train.threads is None and cfg.logger == ["csv"] and cfg.env.kwargs == {}
+    assert cfg.train.threads is None and cfg.logger == ["csv"]
     assert cfg.env.target_return == 3600

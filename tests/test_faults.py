@@ -19,8 +19,6 @@ from omegaconf import OmegaConf
 
 from conftest import (
     CRASH_ENV,
-    ROOT,
-    SHORT_MULTIRUN,
     TINY,
     copy_run,
     multirun,
@@ -188,12 +186,9 @@ FAILING_JOB = {  # job 0 fails (refused at start, or its seed stops on a NaN los
 
 
 @pytest.mark.parametrize("failure", list(FAILING_JOB))
-@pytest.mark.parametrize("launcher", ["basic", "parallel"])
-def test_a_failing_job_neither_stops_nor_kills_the_other_jobs(data_dir, launcher, failure):
-    if launcher == "parallel":
-        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+def test_a_failing_job_neither_stops_nor_kills_the_other_jobs(data_dir, failure):
     env, sweep_overrides, cause = FAILING_JOB[failure]
-    result = multirun(data_dir, f"hydra/launcher={launcher}", *sweep_overrides, env=env)
+    result = multirun(data_dir, *sweep_overrides, env=env)
     (line,) = lines(result.stderr)
     sweep = sweep_of(data_dir)
     assert result.returncode == 1
@@ -214,37 +209,6 @@ def test_after_a_stop_every_unfinished_job_is_told_how_to_resume(data_dir):
         assert line.startswith(f"{sweep / job}: interrupted: ") and line.endswith(
             f"Resume with: python main.py resume={sweep / job}")
         assert (data_dir / sweep / job / "seed0" / "last.pt").exists()
-
-
-def loky_workers(pid):
-    """The pids of the joblib launcher's worker processes below pid."""
-    return [p for p in children(pid) if b"LokyProcess" in Path(f"/proc/{p}/cmdline").read_bytes()]
-
-
-def parallel_study(data_dir, asked):
-    """A study of two long jobs side by side (the joblib launcher), asked for with -m or in a config file."""
-    if asked == "-m":
-        return multirun(data_dir, "hydra/launcher=parallel", *LONG, "buffer.top_percent=50,100", wait=False)
-    config = (ROOT / "cfgs" / "config.yaml").read_text() + "\nhydra:\n  mode: MULTIRUN\n"  # the project's, a study
-    (data_dir / "study.yaml").write_text(config)
-    return start_script("main.py", f"--config-dir={data_dir}", "--config-name=study", "hydra/launcher=parallel",
-                        *SHORT_MULTIRUN, *LONG, "buffer.top_percent=50,100", cwd=data_dir,
-                        env={"D4RL_DATASET_DIR": str(data_dir)})
-
-
-@pytest.mark.parametrize("sig, asked", [("SIGTERM", "-m"), ("SIGKILL", "-m"), ("SIGTERM", "in a config file")])
-def test_no_worker_of_a_stopped_parallel_study_goes_on_running(data_dir, sig, asked):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    study = parallel_study(data_dir, asked)
-    wait_for_checkpoints(study, data_dir, 2)
-    workers = loky_workers(study.pid)
-    assert len(workers) == 2
-    study.send_signal(signal.Signals[sig])
-    _, err = study.communicate(timeout=300)
-    assert not left_running(workers), "workers went on after their study ended"
-    if sig == "SIGTERM":  # each job checkpointed and says how to resume
-        assert study.returncode == 128 + signal.SIGTERM and len(lines(err)) == 2, err
-        assert all("interrupted: seed 0 stopped by SIGTERM" in line and "Resume with" in line for line in lines(err))
 
 
 # 5. Values whose results cannot be finite or meaningful: refused before training, naming the field and bound
@@ -386,15 +350,6 @@ def test_evaluate_never_replaces_a_stored_sweep_with_another_unless_told(tiny_ru
     run_script("evaluate.py", f"run={run_dir}", "targets=[100,200]", "episodes=1", check=True)  # the same: reused
     run_script("evaluate.py", f"run={run_dir}", "targets=[300]", "episodes=1", "overwrite=true", check=True)
     assert (run_dir / "sweep_final.csv").read_text() != stored
-
-
-def test_buffer_py_replaces_no_figure_unasked(tmp_path):
-    path, out = write_d4rl_file(tmp_path / "hopper_medium-v2.hdf5"), tmp_path / "mine.png"
-    out.write_bytes(b"the user's own figure")
-    line = error_line(run_script("buffer.py", str(path), "--out", str(out)))
-    assert str(out) in line and "--force" in line and out.read_bytes() == b"the user's own figure"
-    run_script("buffer.py", str(path), "--out", str(out), "--force", check=True)
-    assert out.read_bytes() != b"the user's own figure"
 
 
 def test_bench_py_replaces_no_results_unasked(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 
 from cfgs import schema
 from conftest import ROOT, compose
-from plumbing import errors
 
 INSTALL_LINE = "pip install -r requirements-extra.txt"
 
@@ -35,20 +34,6 @@ def test_a_chosen_tool_that_is_not_installed_names_the_install_line(missing, ove
     with pytest.raises(schema.ConfigError) as error:
         schema.check(cfg)
     assert str(error.value) == f"{says}: {INSTALL_LINE}"
-
-
-@pytest.mark.parametrize("message, package", [
-    ("In 'hydra/launcher/parallel': Could not load 'hydra/launcher/joblib'.", "hydra-joblib-launcher"),
-    ("In 'hydra/config': Could not find 'hydra/launcher/submitit_local'", "hydra-submitit-launcher"),
-])
-def test_a_launcher_whose_plugin_is_not_installed_names_the_install_line(missing, message, package):
-    missing("hydra_plugins")
-    assert errors.missing_launcher(message) == f"this hydra/launcher needs {package}: {INSTALL_LINE}"
-
-
-def test_a_launcher_error_with_its_plugin_installed_is_left_as_hydra_says_it():
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    assert errors.missing_launcher("In 'hydra/launcher/parallel': Could not load 'hydra/launcher/joblib'.") is None
 
 
 def test_importing_the_entry_points_changes_nothing_and_none_imports_another():

@@ -1,29 +1,26 @@
-"""A trained policy as one file that runs without this project: ONNX (onnxruntime, any language) or TorchScript.
+"""A trained policy as one file that runs without this project, with torch alone: a torch.export program (.pt2).
 
-    python evaluate.py run=runs/<date>/<time> export=onnx          # seed<N>/final.onnx of each seed
-    python evaluate.py run=runs/<date>/<time> export=torchscript   # seed<N>/final.torchscript.pt
+    python evaluate.py run=runs/<date>/<time> export=true          # seed<N>/final.pt2 of each seed
 
-The file takes the episode's last K raw steps, left-padded (onnx_policy.INPUTS; mask 1: a real step), returns the
-last step's action in the env's bounds, and carries run_facts. tools/onnx_policy.py runs it (docs/export.md).
+The file takes the episode's last K raw steps, left-padded (INPUTS; mask 1: a real step), returns the last step's
+action in the env's bounds, and carries run_facts as its metadata.json (docs/export.md: loading it, the env loop).
 """
 from __future__ import annotations
 
 import io
 import json
-import warnings
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-
-from tools.onnx_policy import INPUTS, MISSING_PACKAGE
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from models import DecisionTransformer
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # export=<format>: the file's suffix
+INPUTS = ("states", "actions", "returns_to_go", "timesteps", "mask")  # the program's inputs, in order
+SUFFIX = ".pt2"
 
 
 class ExportedPolicy(nn.Module):
@@ -54,34 +51,24 @@ class ExportedPolicy(nn.Module):
 
 
 def run_facts(model: DecisionTransformer, cfg: DictConfig) -> dict:
-    """What a policy file says of itself (JSON values): ONNX metadata_props, TorchScript's metadata.json."""
-    return {"env_id": cfg.env.id, "env_kwargs": dict(cfg.env.kwargs or {}), "target_return": cfg.eval.target_return,
-            "context_len": model.context_len, "reward_scale": cfg.buffer.reward_scale,
-            "state_mean": model.state_mean.tolist(), "state_std": model.state_std.tolist(),
-            "action_low": model.action_low.tolist(), "action_high": model.action_high.tolist(),
-            "ref_min_score": cfg.env.ref_min_score, "ref_max_score": cfg.env.ref_max_score}
+    """What a policy file says of itself (JSON values, its metadata.json)."""
+    return {"env_id": cfg.env.id, "target_return": cfg.eval.target_return, "context_len": model.context_len,
+            "reward_scale": cfg.buffer.reward_scale, "state_mean": model.state_mean.tolist(),
+            "state_std": model.state_std.tolist(), "action_low": model.action_low.tolist(),
+            "action_high": model.action_high.tolist(), "ref_min_score": cfg.env.ref_min_score,
+            "ref_max_score": cfg.env.ref_max_score}
 
 
-def export_policy(model: DecisionTransformer, facts: dict, fmt: str) -> bytes:
-    """The policy file of format `fmt` carrying `facts` (run_facts); the model moves to the CPU in fp32."""
-    policy = ExportedPolicy(model.cpu().float(), facts["reward_scale"]).eval().requires_grad_(False)  # no graph
-    K, mask = model.context_len, torch.zeros(1, model.context_len)
-    mask[:, -1] = 1  # a window of zeros with one real step
-    inputs = (torch.zeros(1, K, model.state_dim), torch.zeros(1, K, model.act_dim), torch.zeros(1, K, 1),
-              torch.zeros(1, K, dtype=torch.long), mask)
+def export_policy(model: DecisionTransformer, facts: dict) -> bytes:
+    """The .pt2 file of `model` carrying `facts` (run_facts); the model moves to the CPU in fp32. Any batch size."""
+    policy = ExportedPolicy(model.cpu().float(), facts["reward_scale"]).eval().requires_grad_(False)
+    B, K = 2, model.context_len  # an example batch of 2: a batch of 1 would be fixed at 1
+    mask = torch.zeros(B, K)
+    mask[:, -1] = 1  # windows of zeros with one real step
+    inputs = (torch.zeros(B, K, model.state_dim), torch.zeros(B, K, model.act_dim), torch.zeros(B, K, 1),
+              torch.zeros(B, K, dtype=torch.long), mask)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(policy, inputs, dynamic_shapes=[{0: batch}] * len(inputs))
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # `q, k, v = ...` unpacks a fixed dim of 3
-        if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(policy, inputs), buffer, _extra_files={"metadata.json": json.dumps(facts)})
-            return buffer.getvalue()
-        try:
-            import onnx  # torch's exporter writes through it
-        except ImportError:
-            raise ImportError(f"export=onnx needs onnx: {MISSING_PACKAGE}") from None
-        batch = {name: {0: "batch"} for name in (*INPUTS, "action")}
-        torch.onnx.export(policy, inputs, buffer, input_names=list(INPUTS), output_names=["action"],
-                          dynamic_axes=batch, dynamo=False)  # no onnxscript needed
-    proto = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in facts.items()})
-    return proto.SerializeToString()
+    torch.export.save(program, buffer, extra_files={"metadata.json": json.dumps(facts)})
+    return buffer.getvalue()

@@ -21,7 +21,7 @@ from tools import stats
 
 # Keys set at start, or that say where outputs go or which machine trains: never part of a setting or its overrides
 SET_AT_START = ("resume", "buffer.files", "buffer.sha256", "buffer.path", "device", "logger", "wandb.", "eval.video",
-                "env.kwargs", "env.assignment_bar", "env.dt_paper_score", "train.threads")
+                "env.assignment_bar", "env.dt_paper_score", "train.threads")
 TASK_KEYS = ("seeds", "buffer.dataset", "train.log_every", "train.checkpoint_every")  # not settings
 AUTO_MEANS = {"train.precision": "bf16"}  # in setting names: `auto` is bf16 on the reference runs' CPU
 DEFAULT = "DT, all data"  # the setting of cfgs/'s defaults: the reference of its task
