@@ -29,10 +29,9 @@ def main(cfg):
     resume = f"python main.py resume={shown(run.dir)}"
     crashed, diverged = [], []
     with launch.stop_on_write_errors(run, resume):
-        for i, seed in enumerate(cfg.seeds):
-            later = [s for s in cfg.seeds[i + 1:] if run.seed(s).final() is None]  # in the run's ETA
+        for seed in cfg.seeds:
             try:
-                core.train(cfg, seed, run, progress.Bar(later_seeds=len(later)))
+                core.train(cfg, seed, run, progress.Bar())
             except FATAL as e:
                 fail(f"error: {e}")
             except Interrupted as e:

@@ -61,12 +61,12 @@ class SeedRecord:
             self.loss_sums = {name: torch.tensor(value, device=device) for name, value in state["loss_sums"].items()}
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
-        self.clock = progress.Clock(first_step=self.step)  # this attempt's time and pace
+        self.started, self.first_step = time.time(), self.step  # this attempt's clock: its pace gives the ETA
 
     def state(self) -> dict:
         """The state last.pt keeps (SeedFolder.save_state)."""
         state = {"step": self.step, "best_score": self.best_score, "train": self.train_rows, "eval": self.eval_rows,
-                 "seconds": self.seconds_before + self.clock.seconds(),
+                 "seconds": self.seconds_before + time.time() - self.started,
                  "loss_sums": {k: v.item() for k, v in self.loss_sums.items()}}
         return state if self.ema is None else {**state, "ema": self.ema.state_dict()}
 
@@ -84,12 +84,18 @@ class SeedRecord:
         self.show.close()
         self.tracker.close(failed=exc[0] is not None)
 
+    def ends(self, step: int) -> float | None:
+        """When the seed should end (a time.time()): this attempt's seconds per step so far, evals included, times the
+        steps left after `step`; None before this attempt's first step."""
+        now, done = time.time(), step - self.first_step
+        return now + (now - self.started) / done * (self.cfg.train.steps - step) if done else None
+
     def report(self, step: int) -> None:
-        """Show the seed's progress at `step`: its loss, last score and ETA (from this attempt's step rate)."""
+        """Show the seed's progress at `step`: its loss, last score and end time."""
         loss = self.train_rows[-1]["loss"] if self.train_rows else None
         score = self.eval_rows[-1]["score_mean"] if self.eval_rows else None
         self.show(progress.SeedProgress(self.seed, step, self.cfg.train.steps, loss, score, len(self.eval_rows),
-                                        self.clock.step_seconds(step), at=time.time()))
+                                        self.ends(step)))
 
     def add_losses(self, losses: dict[str, torch.Tensor]) -> None:
         """One step's named losses, summed until the next log line."""
@@ -120,10 +126,9 @@ class SeedRecord:
     def add_eval(self, step: int, result: dict) -> None:
         """A periodic eval's result: checked, an eval row, and best.pt when its score is the best so far."""
         check_finite_score(result, self.seed, f"the eval at step {step}")
-        pace = self.clock.step_seconds(step)
         log.info("seed %d step %d: loss %.4f, return %.1f +- %.1f, normalized score %.1f, seed ETA %s", self.seed,
                  step, self.train_rows[-1]["loss"], result["return_mean"], result["return_std"], result["score_mean"],
-                 progress.duration(None if pace is None else pace * (self.cfg.train.steps - step)))
+                 progress.eta(self.ends(step)))
         if result["score_mean"] > self.best_score:
             self.best_score = result["score_mean"]
             self.save_policy("best")
@@ -151,7 +156,7 @@ class SeedRecord:
     def finish(self, result: dict) -> dict:
         """The final evaluation's result as final.json (with the training time), also in the tracker."""
         self.show.close()
-        final = {**result, "train_seconds": self.seconds_before + self.clock.seconds()}
+        final = {**result, "train_seconds": self.seconds_before + time.time() - self.started}
         self.folder.save_final(final)
         self.tracker.log("final", {"step": self.cfg.train.steps, **final})
         return final
