@@ -1,6 +1,8 @@
 """bench.py end to end, with a few steps: its table and JSON; and a training run of the reference model."""
 import json
 
+import pytest
+
 import core
 from cfgs import schema
 from conftest import compose, run_script
@@ -42,10 +44,12 @@ def test_bench_never_replaces_an_earlier_output_unless_told(tmp_path):
     assert new_path(tmp_path / "other.json") == tmp_path / "other.json"
 
 
-def test_the_levers_are_timed_against_the_default_step(monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_levers_are_timed_against_the_default_step(monkeypatch, precision):
     import torch
 
     from tools import bench
     monkeypatch.setattr(torch, "compile", lambda model: model)  # inductor's compile time is not a test's to spend
-    ratios = bench.levers(steps=2, precision="fp32")
-    assert set(ratios) == {"AdamW fused", "torch.compile(model)"} and all(r > 0 for r in ratios.values())
+    ratios = bench.levers(steps=2, precision=precision)
+    ceiling = {"all bf16 (ceiling)"} if precision == "bf16" else set()
+    assert set(ratios) == {"AdamW fused", "torch.compile(model)", *ceiling} and all(r > 0 for r in ratios.values())

@@ -82,16 +82,22 @@ def matmul_share(model: torch.nn.Module, batch: tuple, precision: str, steps: in
 
 
 def levers(steps: int, precision: str) -> dict:
-    """Issue 42's levers, AdamW fused=True and torch.compile of the model, each step interleaved with the default's
-    in this process (a busy machine slows all alike): {lever: the default step's median time / the lever's}."""
+    """Issue 42's levers, AdamW fused=True and torch.compile of the model (bf16: also the ceiling of fewer casts, a
+    model and batch all in bf16, no autocast), each step interleaved with the default's in this process (a busy
+    machine slows all alike): {lever: the default step's median time / the lever's}."""
     batch, steppers = random_batch(*SHAPES["hopper"]), {}
-    for name in ("default", "AdamW fused", "torch.compile(model)"):
+    names = ["default", "AdamW fused", "torch.compile(model)"] + ["all bf16 (ceiling)"] * (precision == "bf16")
+    for name in names:
         torch.manual_seed(0)
         model = DecisionTransformer(default_model_config(*SHAPES["hopper"]))
         optimizer = model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
         if name == "AdamW fused":  # the same groups, each asking for the fused kernel (a group's foreach=True wins)
             optimizer = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]}
                                            for g in optimizer.param_groups], lr=CFG.train.lr, fused=True)
+        if name == "all bf16 (ceiling)":  # the weights too: not a training recipe, the time no cast would save
+            steppers[name] = train_stepper(model.bfloat16(), tuple(t.bfloat16() if t.is_floating_point() else t
+                                                                   for t in batch))
+            continue
         compiled = torch.compile(model) if name == "torch.compile(model)" else model
         steppers[name] = train_stepper(compiled, batch, precision, optimizer)
     times = {name: [] for name in steppers}
