@@ -7,7 +7,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -16,8 +16,6 @@ from unittest import mock
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-
-from plumbing.sources import as_list
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -134,6 +132,13 @@ def read_csv(path: str | Path) -> dict[str, np.ndarray]:
 
 
 # The results figure and the video
+
+
+def as_list(paths: str | Sequence[str] | None) -> list[str]:
+    """buffer.path as a list of files: one file, or several read in order as one dataset."""
+    if not paths:
+        return []
+    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def dataset_name(cfg: DictConfig) -> str:

@@ -25,7 +25,8 @@ from cfgs.schema import ConfigError
 from plumbing import folder_lock, signals
 from plumbing.errors import advice, composition_error
 from plumbing.runfolder import Run, RunError
-from plumbing.sources import DatasetError, as_list, dataset_identity, run_files
+from plumbing.sources import DatasetError, dataset_identity, run_files
+from utils import as_list
 
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume

@@ -14,6 +14,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from utils import as_list
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -50,13 +52,6 @@ def run_files(cfg: DictConfig, obs_dim: int, act_dim: int) -> list[str]:
     if cfg.buffer.path:
         return as_list(cfg.buffer.path)
     return [str(p) for p in find_dataset(cfg.env.name, cfg.buffer.dataset, obs_dim, act_dim)]
-
-
-def as_list(paths: str | Sequence[str] | None) -> list[str]:
-    """buffer.path as a list of files: one file, or several read in order as one dataset."""
-    if not paths:
-        return []
-    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
