@@ -144,10 +144,10 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Bar | progress.Se
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    """The episodes a rollout plays: `num_envs` envs of `env_id` in lockstep, env i seeded
-    seed + i and conditioned on its target return (`targets`: one for all, or one per env (num_envs,)) in the env's
-    reward units, divided by `reward_scale` for the policy. time_limit: the episodes' limit (None: the env's, 1000
-    for D4RL's). record: the envs to film, through the env's tracking camera."""
+    """The episodes a rollout plays: `num_envs` envs of `env_id` in lockstep, env i seeded seed + i and conditioned
+    on its target return (`targets`: one for all, or one per env (num_envs,)) in the env's reward units, divided by
+    `reward_scale` for the policy. time_limit: the episodes' limit (None: the env's, 1000 for D4RL's). record: the
+    envs to film, through the env's tracking camera."""
 
     env_id: str
     num_envs: int
