@@ -12,6 +12,7 @@ default trained at the same precision on the same machine; the findings' numbers
 import argparse
 import glob
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -26,10 +27,6 @@ from tools.runs import DEFAULT, QUESTIONS
 OPENING = ("In short", "The data", "Limitations")  # the findings' sections that open the report
 DT_PAPER = "Chen et al. 2021, Table 2"  # a citation: its numbers are not results
 n = stats.number
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables and sentences from the runs
 
 
 def statistics_text(runs: list) -> str:
@@ -53,10 +50,8 @@ def protocol(grouped: dict, kinds: dict) -> str:
     defaults = [rs[0] for s in grouped.values() if (rs := s.get(DEFAULT))] or every[:1]
     c = defaults[0].config
     targets = {run.config["env.name"]: run.config["eval.target_return"] for run in defaults}
-    conditions = {}
-    for run in every:
-        where = kinds.get(run.machine, "a machine not named (report.py --machines)")
-        conditions.setdefault(f"{run.config.get('train.precision')} on {where}", []).append(run)
+    conditions = Counter(f"{run.config.get('train.precision')} on "
+                         f"{kinds.get(run.machine, 'a machine not named (report.py --machines)')}" for run in every)
     return (f"Protocol, from the runs' config.yaml: the default config trains {n(c['train.steps'], 0)} steps of "
             f"batch {n(c['train.batch_size'], 0)}, AdamW at {n(c['train.lr'], None)} (weight decay "
             f"{n(c['train.weight_decay'], None)}) after {n(c['train.warmup_steps'], 0)} warm-up steps, a context of "
@@ -64,8 +59,7 @@ def protocol(grouped: dict, kinds: dict) -> str:
             f"{n(c['model.n_heads'], 0)} head, width {n(c['model.embed_dim'], 0)}, dropout "
             f"{n(c['model.dropout'], None)}. Each seed's final evaluation conditions on its env's target return ("
             + ", ".join(f"{env} {n(target, 0)}" for env, target in targets.items()) + "). Trained: "
-            + "; ".join(f"{n(len(runs), 0)} run{'s' * (len(runs) != 1)} in {where}" for where, runs in
-                        conditions.items()) + ".")
+            + "; ".join(f"{n(k, 0)} run{'s' * (k != 1)} in {where}" for where, k in conditions.items()) + ".")
 
 
 def question_text(found: list) -> str:
@@ -93,13 +87,8 @@ def seeds_left_out(runs: list) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-# ---------------------------------------------------------------------------------------------
-# The document
-
-
 def results(runs: list, grouped: dict, data: dict, label: str) -> list:
-    """The results table, a row per task with its default runs (a task without them: a row per setting, named
-    beside it), on D4RL's scale and on any other; what its numbers are; the runs left out of them."""
+    """The results table (a row per task's default, else per setting), on D4RL's scale and another; what's left out."""
     rows = {True: [], False: []}  # on D4RL's scale, on another
     for name, settings in grouped.items():
         shown = {"": settings[DEFAULT]} if DEFAULT in settings else settings
@@ -121,14 +110,13 @@ def results(runs: list, grouped: dict, data: dict, label: str) -> list:
         blocks += [("paragraph", "On other scales (-v5 envs): not comparable with the table above, the bars or the "
                                  "DT paper."), ("table", header, rows[False])]
     blocks += [("paragraph", s) for s in finished.different_files(runs)]
-    nan = [f"{r.label} (seed {', '.join(n(s, 0) for s in r.nan_seeds())})" for r in runs if r.nan_seeds()]
-    if nan:
+    if nan := [f"{r.label} (seed {', '.join(n(s, 0) for s in r.nan_seeds())})" for r in runs if r.nan_seeds()]:
         blocks.append(("paragraph", f"A NaN or inf final score, left out of every number here (its main.log says "
                                     f"why): {'; '.join(nan)}."))
     return blocks
 
 
-def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
+def question_figures(grouped: dict, data: dict, out: str) -> list:
     """The main part's figures as <out>_<name>.png, each with a caption that says what to see in it."""
     defaults = {name: rs[0] for name, s in grouped.items() if (rs := s.get(DEFAULT))}
     bars = {name: run.bar_and_paper()[0] for name, run in defaults.items()}
@@ -159,16 +147,19 @@ def question_figures(grouped: dict, data: dict, found: dict, out: str) -> list:
                  "course": "Does a change to the course of training keep an early peak of the eval score in the "
                            "policy at the last step (a moving average of the weights, a learning rate decaying after "
                            "the warm-up, more dropout, a shorter warm-up)? Bars: mean over seeds. "}
-    for key, (_, names) in QUESTIONS.items():
-        if found[key]:
-            fig = figures.bars(finished.bar_data(found[key], grouped, names[0]), names)
-            shown.append((key, fig, questions[key] + question_text(found[key])))
+    for key, (keys, names) in QUESTIONS.items():
+        if found := finished.comparisons(grouped, keys, names):
+            heights = {}  # {task: {setting: (scores, its baseline's mean, other condition?)}}, the default's first
+            for c in found:
+                default = finished.scores(grouped[c.task][DEFAULT])
+                heights.setdefault(c.task, {names[0]: (default, np.mean(default), False)})
+                heights[c.task][c.setting] = (finished.scores(c.runs), np.mean(finished.scores(c.base)), bool(c.note))
+            shown.append((key, figures.bars(heights, names), questions[key] + question_text(found)))
     return [("image", utils.save_png(fig, f"{out}_{name}.png", typeset.DPI), caption) for name, fig, caption in shown]
 
 
 def appendix(grouped: dict, out: str) -> list:
-    """Each task's settings: scores against their default, trend, data check, the command, and their curves
-    (<out>_runs<i>.png)."""
+    """Each task's settings: scores against their default, trend, data, command; their curves (<out>_runs<i>.png)."""
     blocks = [("pagebreak",), ("heading", 1, "Appendix: every run"),
               ("paragraph", "Each task's runs by setting (runs of one setting pool their seeds). vs default: the "
                             "difference from the task's default at the same precision and machine, ± its interval's "
@@ -205,24 +196,18 @@ def write_report(runs: list, out: str, standin: bool, findings_path: Optional[st
             if (files := (settings.get(DEFAULT) or next(iter(settings.values())))[0].files()) is not None}
     text = findings.fill(findings_path, findings.Facts(runs, grouped, data)) if findings_path else ""
     opening, rest = findings.sections(findings.blocks(text), OPENING)
-    found = {key: finished.comparisons(grouped, keys, names) for key, (keys, names) in QUESTIONS.items()}
     label = " (stand-in data)" if standin else ""
     blocks = [("heading", 1, f"Decision Transformer on D4RL MuJoCo{label}")]
     if standin:
         blocks.append(("paragraph", "Every score here is on stand-in datasets made by D4RL's protocol in gymnasium's "
                                     "-v4 envs, not on the D4RL release: they compare with D4RL's in spirit, not "
                                     "number for number (The data, below)."))
-    blocks += (opening + results(runs, grouped, data, label) + question_figures(grouped, data, found, out)
+    blocks += (opening + results(runs, grouped, data, label) + question_figures(grouped, data, out)
                + [("heading", 2, "Method"), ("paragraph", protocol(grouped, kinds))] + rest + appendix(grouped, out))
     pdf_path, md_path = Path(f"{out}.pdf"), Path(f"{out}.md")
     utils.atomic_write_bytes(pdf_path, typeset.pdf(blocks))
     utils.atomic_write_bytes(md_path, typeset.markdown(blocks).encode())
     return [pdf_path, md_path, *(block[1] for block in blocks if block[0] == "image")]
-
-
-def new_stem(stem: str) -> str:
-    """stem, or stem-1, stem-2, ...: the first no file is named after yet (nothing of the user's is replaced)."""
-    return next(s for s in (f"{stem}-{i}" if i else stem for i in range(10_000)) if not glob.glob(f"{s}[._]*"))
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -249,7 +234,8 @@ def main(argv: Optional[list] = None) -> None:
     given = [p for path in args.runs for p in ([job.dir for job in Run.of_sweep(path)] or [path])]  # a sweep: its jobs
     folders = dict.fromkeys(map(os.path.abspath, given))  # a run named twice counts once
     runs = [finished.load_run(path, machines) for path in folders]  # every folder checked before anything is written
-    out = args.out or new_stem(str(Path("runs") / "report"))
+    stems = (f"runs/report-{i}" if i else "runs/report" for i in range(10_000))  # the first no file is named after
+    out = args.out or next(stem for stem in stems if not glob.glob(f"{stem}[._]*"))  # (nothing of the user's replaced)
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # --out under a file

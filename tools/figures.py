@@ -10,7 +10,6 @@ from tools import typeset
 
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
          "legend.fontsize": 7, "figure.titlesize": 8}
-STEP = "training step (thousands)"
 
 
 def pyplot() -> Any:
@@ -19,27 +18,25 @@ def pyplot() -> Any:
     return plt
 
 
-def grid(panels: int, columns: int, row_height: float, **shared: Any) -> tuple:
-    """A page-wide figure of `panels` gridded axes in rows of `columns`; unused axes hidden."""
-    rows = -(-panels // columns)
-    fig, axes = pyplot().subplots(rows, columns, figsize=(typeset.TEXT_WIDTH_IN, row_height * rows), squeeze=False,
-                                  layout="constrained", **shared)
+def grid(panels: int, columns: int, row_height: float, steps: Optional[str] = None, **shared: Any) -> tuple:
+    """A page-wide figure of `panels` gridded axes in rows of `columns` (unused ones hidden); steps: the x label."""
+    rows, plt = -(-panels // columns), pyplot()
+    fig, axes = plt.subplots(rows, columns, figsize=(typeset.TEXT_WIDTH_IN, row_height * rows), squeeze=False,
+                             layout="constrained", **shared)
     for ax in axes.flat[panels:]:
         ax.set_visible(False)
     for ax in axes.flat[:panels]:
         ax.grid(alpha=0.3)
+        if steps:  # in thousands of training steps, at most 3 ticks
+            ax.set(xlabel=steps)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(3))
+            ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")
     return fig, list(axes.flat[:panels])
 
 
-def in_thousands(ax: Any) -> None:
-    """The x axis in thousands of training steps, at most 3 ticks."""
-    ax.xaxis.set_major_locator(pyplot().MaxNLocator(3))
-    ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")
-
-
 def band(ax: Any, curve: tuple, color: str, label: Optional[str] = None, **style: Any) -> None:
-    """A (steps, mean, std) curve with its ± std band."""
-    steps, mean, std = curve
+    """A (steps, mean, std, ...) curve with its ± std band."""
+    steps, mean, std = curve[:3]
     ax.plot(steps, mean, color=color, label=label, **style)
     ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
@@ -47,24 +44,20 @@ def band(ax: Any, curve: tuple, color: str, label: Optional[str] = None, **style
 def legend_above(fig: Any, axes: list) -> None:
     """One legend for the figure, above its panels (never on the data)."""
     handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="outside upper center", ncols=min(4, len(handles)),
-               frameon=False)
+    fig.legend(handles.values(), handles.keys(), loc="outside upper center", ncols=min(4, len(handles)), frameon=False)
 
 
 def training(tasks: dict) -> Any:
     """Eval score (top) and action loss (bottom) over training; tasks: {name: (score curve, loss curve, bar)}."""
-    fig, axes = grid(2 * len(tasks), len(tasks), 1.8)
+    fig, axes = grid(2 * len(tasks), len(tasks), 1.8, steps="training step (thousands)")
     for score_ax, loss_ax, (name, (score, loss, bar)) in zip(axes, axes[len(tasks):], tasks.items()):
         band(score_ax, score, "C0", "eval (10 episodes), mean ± std over seeds", marker="o", markersize=2)
         if bar is not None:
             score_ax.axhline(bar, color="C3", linestyle="--", linewidth=1, label="the assignment's bar")
         band(loss_ax, loss, "C1")
-        loss_ax.set_yscale("log")
+        loss_ax.set(yscale="log", ylabel="action MSE (actions in [-1, 1])")
         loss_ax.yaxis.set_minor_formatter(pyplot().NullFormatter())
-        score_ax.set(title=name, ylabel="score (D4RL normalized)", xlabel=STEP)
-        loss_ax.set(ylabel="action MSE (actions in [-1, 1])", xlabel=STEP)
-        in_thousands(score_ax)
-        in_thousands(loss_ax)
+        score_ax.set(title=name, ylabel="score (D4RL normalized)")
     legend_above(fig, axes[:len(tasks)])
     return fig
 
@@ -124,15 +117,14 @@ def bars(results: dict, settings: tuple) -> Any:
 
 def family(curves: dict, default: str) -> Any:
     """A panel per setting of its eval score curve (or None), on one y-range, the default's grey in each."""
-    fig, axes = grid(len(curves), 4, 1.6, sharex=True, sharey=True)
+    fig, axes = grid(len(curves), 4, 1.6, steps="step (thousands)", sharex=True, sharey=True)
     for ax, (name, curve) in zip(axes, curves.items()):
         if curves.get(default) is not None and name != default:
             ax.plot(*curves[default][:2], color="grey", linewidth=1, label="default (DT, all data)")
         if curve is not None:
             band(ax, curve, "C0", "this setting, mean ± std over seeds")
         ax.set_title(textwrap.fill(name, 30), fontsize=7)
-        ax.set(xlabel="step (thousands)", ylabel="score (normalized)")
+        ax.set(ylabel="score (normalized)")
         ax.tick_params(labelleft=True, labelbottom=True)
-        in_thousands(ax)
     legend_above(fig, axes)
     return fig

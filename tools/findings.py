@@ -29,11 +29,10 @@ class Facts:
             return identity_text(self.runs)
         name, _, field = key.partition(":")
         if " - " in name:
-            found = compare(*(self.find(n)[1] for n in name.split(" - ")))
             words = {"": stats.difference_text, "claim": stats.claim}
             if field not in words:
                 raise KeyError(f"a difference has no field {field}: give none or :claim")
-            return words[field](found)
+            return words[field](compare(*(self.find(n)[1] for n in name.split(" - "))))
         task, runs, run = self.find(name)
         if field.startswith("config."):
             return stats.shown(run.config[field.removeprefix("config.")])
@@ -62,8 +61,7 @@ class Facts:
             "bar": lambda: n(run.bar_and_paper()[0], None), "paper": lambda: n(run.bar_and_paper()[1]),
             "data-mean": lambda: n(data()[0].mean()), "data-best": lambda: n(data()[0].max()),
             "data-trajectories": lambda: n(len(data()[0]), 0), "data-steps": lambda: n(data()[1].sum(), 0),
-            "data-full": lambda: n(data()[2].sum(), 0),
-            "data-full-mean": lambda: n(data()[0][data()[2]].mean()),
+            "data-full": lambda: n(data()[2].sum(), 0), "data-full-mean": lambda: n(data()[0][data()[2]].mean()),
             "data-full-steps": lambda: n(100 * data()[1][data()[2]].sum() / data()[1].sum(), 0),
             "sweep-first": lambda: f"{n(sweep()[1][0], 0)} at a target of {n(sweep()[0][0], 0)}",
             "sweep-last": lambda: f"{n(sweep()[1][-1], 0)} at {n(sweep()[0][-1], 0)}",
@@ -86,13 +84,13 @@ class Facts:
         curve = run.curve("eval", "score_mean")
         if curve is None:
             raise KeyError(f"{run.label} has no periodic evals (eval.csv)")
-        steps, mean, _ = curve
+        steps, mean = curve[:2]
         return f"{stats.number(mean.max())} at step {stats.number(steps[mean.argmax()], 0)}"
 
     @staticmethod
     def holdout(run: object) -> str:
         """The action MSE on held-out and on training windows (buffer.holdout) at the score's peak and at the end."""
-        steps, score, _ = run.curve("eval", "score_mean")
+        steps, score = run.curve("eval", "score_mean")[:2]
         held, fit = run.curve("eval", "holdout_action_mse"), run.curve("eval", "fit_action_mse")
         if held is None or fit is None:
             raise KeyError(f"{run.label} has no held-out action MSE in eval.csv (train it with buffer.holdout>0)")

@@ -68,9 +68,8 @@ class FinishedRun:
         return [f["seed"] for f in self.summary["per_seed"] if not np.isfinite(f["score_mean"])]
 
     def curve(self, kind: str, key: str) -> Optional[tuple]:
-        """(steps, mean, std) over seeds of column `key` of each seed's `kind` table; None where no seed has it."""
-        curve = utils.mean_std_over_seeds([t for t in self.run.tables(kind) if key in t], key)
-        return None if curve is None else curve[:3]
+        """(steps, mean, std, seed count) of column `key` of each seed's `kind` table; None where no seed has it."""
+        return utils.mean_std_over_seeds([t for t in self.run.tables(kind) if key in t], key)
 
     def files(self) -> Optional[list]:
         """The run's dataset files on this machine; None where one is missing."""
@@ -84,8 +83,7 @@ class FinishedRun:
         if not policies or found is None:
             return "not checked: " + ("no policy kept" if not policies else "file not here")
         stored = load_checkpoint(policies[0])["model"]
-        expected = state_statistics(tuple(found), self.config["buffer.top_percent"],
-                                    self.config["buffer.reward_scale"])
+        expected = state_statistics(tuple(found), self.config["buffer.top_percent"], self.config["buffer.reward_scale"])
         same = all(np.allclose(stored[key].numpy(), value, rtol=1e-4, atol=1e-5)
                    for key, value in zip(("state_mean", "state_std"), expected))
         return f"state statistics {'match' if same else 'differ'}"
@@ -119,9 +117,8 @@ def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> Finishe
         summary = run.summary()
     except RunError as e:
         raise SystemExit(f"error: {e}") from None
-    missing = [name for name, there in (("config.yaml", run.holds_run()), ("summary.json", summary is not None))
-               if not there]
-    if missing:
+    if missing := [name for name, there in (("config.yaml", run.holds_run()), ("summary.json", summary is not None))
+                   if not there]:
         raise SystemExit(f"error: {path}: no {' and no '.join(missing)} there; "
                          "give a run folder that main.py has finished (it writes both)")
     config = run.saved_config()
@@ -130,8 +127,7 @@ def load_run(path: Union[str, Path], machines: Optional[dict] = None) -> Finishe
     except (schema.ConfigError, OmegaConfBaseException):
         pass
     for key in ("files", "path"):  # the files' names: their folder is the machine's, not the run's
-        value = config.get("buffer", {}).get(key)
-        if value:
+        if value := config.get("buffer", {}).get(key):
             config["buffer"][key] = Path(value).name if isinstance(value, str) else [Path(v).name for v in value]
     return FinishedRun(run, flatten(config), summary, (machines or {}).get(run.dir.name, ""))
 
@@ -184,8 +180,7 @@ def read_machines(path: Union[str, Path]) -> tuple:
         kinds, default, runs = spec["kinds"], spec["default"], spec.get("runs") or {}
     except (OSError, OmegaConfBaseException, KeyError, TypeError) as e:
         raise SystemExit(f"error: --machines {path}: not a file of kinds:, default: and runs: ({e})") from None
-    unknown = sorted({kind for kind in [default, *runs.values()] if kind not in kinds})
-    if unknown:
+    if unknown := sorted({kind for kind in [default, *runs.values()] if kind not in kinds}):
         raise SystemExit(f"error: --machines {path}: machine {unknown[0]} is not under kinds: add it there")
     return {name: kind for name, kind in runs.items() if kind != default}, {**kinds, "": kinds[default]}
 
@@ -234,10 +229,9 @@ def in_words(changed: dict) -> str:
     top = changed.pop("buffer.top_percent", 100.0)
     words.append("all data" if top >= 100 else f"top {stats.number(top, None)}%")
     state, rtg = changed.pop("train.aux_state_coef", 0.0), changed.pop("train.aux_rtg_coef", 0.0)
-    if state or rtg:
-        words.append(" and ".join(f"+ {name}" + (f" x{stats.number(coef, None)}" if coef != 1 else "")
-                                  for name, coef in (("next state", state), ("return-to-go", rtg)) if coef)
-                     .replace(" and +", " and"))
+    if aux := [name + (f" x{stats.number(coef, None)}" if coef != 1 else "")
+               for name, coef in (("next state", state), ("return-to-go", rtg)) if coef]:
+        words.append("+ " + " and ".join(aux))
     named = {"buffer.sample_by": "sampled by {}", "model.dropout": "dropout {}", "train.precision": "{}",
              "model.implementation": "{}", "eval.target_return": "target {}", "train.ema_decay": "EMA {}",
              "train.lr_schedule": "lr {}", "train.warmup_steps": "warm-up {}"}
@@ -256,8 +250,7 @@ def question_setting(run: FinishedRun, keys: tuple, names: tuple) -> Optional[st
     if set(changed) - set(keys):
         return None
     name = in_words(changed).removeprefix(f"{DEFAULT}, ")
-    name = names[0] if name == DEFAULT else name
-    return name if name in names else None
+    return names[0] if name == DEFAULT else (name if name in names else None)
 
 
 def condition(run: FinishedRun) -> str:
@@ -333,13 +326,3 @@ def comparisons(grouped: dict, keys: tuple, names: tuple) -> list:
                 f"; its baseline {condition(default[0])}" if mark else ", as is its baseline")
             found.append(Comparison(task, name, runs, base, note))
     return found
-
-
-def bar_data(found: list, grouped: dict, first: str) -> dict:
-    """{task: {setting: (scores, its baseline's mean, other condition?)}} for figures.bars; first: the default's."""
-    results = {}
-    for c in found:
-        default = scores(grouped[c.task][DEFAULT])
-        results.setdefault(c.task, {first: (default, np.mean(default), False)})
-        results[c.task][c.setting] = (scores(c.runs), np.mean(scores(c.base)), bool(c.note))
-    return results

@@ -79,7 +79,6 @@ def rising(tables: list) -> Optional[float]:
 
 def trend_text(tables: list, steps: int) -> str:
     """'still rising at 20,000 steps (+1.2 per 1,000 steps)' or 'level'."""
-    slope = rising(tables)
-    if slope is None:
+    if (slope := rising(tables)) is None:
         return "level"
     return f"still rising at {number(steps, 0)} steps ({number(slope, sign=True)} per {number(1000, 0)} steps)"

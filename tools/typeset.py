@@ -17,25 +17,6 @@ TYPST_STYLE = f"""#set page(paper: "a4", margin: {MARGIN_CM}cm, numbering: "1")
 #show figure: set block(breakable: false)"""
 
 
-def markdown(blocks: list) -> str:
-    """The blocks as markdown."""
-    out = []
-    for block in blocks:
-        match block:
-            case ("heading", level, text):
-                out.append(f"{'#' * level} {text}")
-            case ("paragraph", text):
-                out.append(text)
-            case ("bullets", items):
-                out.append("\n".join(f"- {item}" for item in items))
-            case ("table", header, rows):
-                out.append("\n".join([f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
-                                      *(f"| {' | '.join(r)} |" for r in rows)]))
-            case ("image", path, caption):
-                out.append(f"![{caption}]({Path(path).name})")
-    return "\n\n".join(out) + "\n"
-
-
 def typst_text(text: str) -> str:
     """Plain text for typst markup: its special characters escaped."""
     return re.sub(r"([\\#$*_@<>\[\]`~=/-])", r"\\\1", str(text))
@@ -49,39 +30,45 @@ def typst_inline(text: str) -> str:
 
 
 def breakable(text: str) -> str:
-    """Table cell text whose paths and file names (words with a / or _) may break after . / _ (zero-width spaces),
-    so they wrap inside the cell; no other word, no number, gets one."""
+    """Table cell text whose paths and file names (words with / or _) may wrap after . / _ (zero-width spaces)."""
     return re.sub(r"\S*[/_]\S*", lambda path: re.sub(r"([./_])", "\\1\u200b", path.group(0)), str(text))
+
+
+MARKDOWN = {  # each kind of block in markdown, from the block's fields; a page break has none
+    "heading": lambda level, text: f"{'#' * level} {text}",
+    "paragraph": lambda text: text,
+    "bullets": lambda items: "\n".join(f"- {item}" for item in items),
+    "table": lambda header, rows: "\n".join([f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
+                                             *(f"| {' | '.join(row)} |" for row in rows)]),
+    "image": lambda path, caption: f"![{caption}]({Path(path).name})",
+}
+TYPST = {  # each kind of block in typst, its images beside the document
+    "heading": lambda level, text: f"{'=' * level} {typst_text(text)}",
+    "paragraph": typst_inline,
+    "bullets": lambda items: "\n".join(f"- {typst_inline(item)}" for item in items),
+    "table": lambda header, rows: f"#table(columns: {len(header)}, inset: 3pt, stroke: 0.4pt + gray, " + ", ".join(
+        f"[{typst_text(breakable(cell))}]" for row in [header, *rows] for cell in row) + ")",
+    "image": lambda path, caption: f'#figure(image("{Path(path).name}", width: {TEXT_WIDTH_IN:.3f}in), '
+                                   f'caption: [{typst_inline(caption)}])',
+    "pagebreak": lambda: "#pagebreak()",
+}
+
+
+def markdown(blocks: list) -> str:
+    """The blocks as markdown."""
+    return "\n\n".join(MARKDOWN[kind](*fields) for kind, *fields in blocks if kind in MARKDOWN) + "\n"
 
 
 def typst(blocks: list) -> str:
     """The blocks as a typst document whose images lie beside it."""
-    out = [TYPST_STYLE]
-    for block in blocks:
-        match block:
-            case ("heading", level, text):
-                out.append(f"{'=' * level} {typst_text(text)}")
-            case ("paragraph", text):
-                out.append(typst_inline(text))
-            case ("bullets", items):
-                out.append("\n".join(f"- {typst_inline(item)}" for item in items))
-            case ("table", header, rows):
-                cells = ", ".join(f"[{typst_text(breakable(c))}]" for r in [header, *rows] for c in r)
-                out.append(f"#table(columns: {len(header)}, inset: 3pt, stroke: 0.4pt + gray, {cells})")
-            case ("image", path, caption):
-                out.append(f'#figure(image("{Path(path).name}", width: {TEXT_WIDTH_IN:.3f}in), '
-                           f'caption: [{typst_inline(caption)}])')
-            case ("pagebreak",):
-                out.append("#pagebreak()")
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join([TYPST_STYLE, *(TYPST[kind](*fields) for kind, *fields in blocks)]) + "\n"
 
 
 def pdf(blocks: list) -> bytes:
     """The blocks typeset to PDF bytes, their images copied beside the source (no machine paths inside)."""
     import typst as typst_compiler
     with tempfile.TemporaryDirectory() as build:
-        for block in blocks:
-            if block[0] == "image":
-                shutil.copy(block[1], build)
+        for path in [fields[0] for kind, *fields in blocks if kind == "image"]:
+            shutil.copy(path, build)
         Path(build, "report.typ").write_text(typst(blocks))
         return typst_compiler.compile(str(Path(build, "report.typ")), root=build)
