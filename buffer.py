@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------
-# Transitions and trajectories
-
-
 @dataclass
 class Transitions:
     """Flat arrays of transitions in dataset order; `ends[i]` marks the last step of an episode."""
@@ -49,8 +45,8 @@ class Transitions:
             return parts[0]
         for part in parts[:-1]:
             part.ends[-1] = True  # a file's cut-off last episode does not run on into the next file
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("observations", "actions", "rewards",
-                                                                               "ends")),
+        fields = ("observations", "actions", "rewards", "ends")
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in fields),
                    " + ".join(p.source for p in parts))
 
     def __len__(self) -> int:

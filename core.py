@@ -1,6 +1,5 @@
 """The algorithm: `losses` (named: a new loss is one more entry, docs/extending.md), `train` (the loop; its
-bookkeeping is plumbing/record.py), `rollout` (a policy's episodes in lockstep envs) and `evaluate` (their score).
-"""
+bookkeeping is plumbing/record.py), `rollout` (a policy's episodes in lockstep envs) and `evaluate` (their score)."""
 import logging
 import math
 import os
@@ -52,12 +51,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 def losses(model: DecisionTransformer, batch: list[torch.Tensor], train_cfg: DictConfig,
            precision: str) -> dict[str, torch.Tensor]:
-    """The named losses of a batch; "loss", their weighted sum, is the one trained: the action MSE alone, or with
-    each auxiliary loss as its own entry (train.csv's columns, the tracker's keys and the figure follow the names).
-
-    The auxiliary targets are the next step's state (normalized) and return-to-go, read from the a_t token:
-    step t's prediction counts where step t + 1 is real (mask[:, 1:]), not where it is padding.
-    """
+    """The named losses of a batch (train.csv's columns follow the names); "loss", their weighted sum, is trained.
+    The auxiliary next-step predictions of step t count where step t + 1 is real (mask[:, 1:]), not padding."""
     states, actions, returns_to_go, timesteps, mask = batch  # (B, K, .) each; mask (B, K)
     weights = {"state_mse": train_cfg.aux_state_coef, "rtg_mse": train_cfg.aux_rtg_coef}
     # Raw states and actions go in: the model normalizes them itself (a checkpoint holds the statistics).
@@ -68,12 +63,10 @@ def losses(model: DecisionTransformer, batch: list[torch.Tensor], train_cfg: Dic
         named["state_mse"] = masked_mse(preds["next_state"][:, :-1], model.norm_state(states[:, 1:]), mask[:, 1:])
     if weights["rtg_mse"]:  # g_{t+1} from the a_t token: (B, K-1, 1)
         named["rtg_mse"] = masked_mse(preds["next_return"][:, :-1], returns_to_go[:, 1:], mask[:, 1:])
-    if len(named) == 1:
-        return {"loss": named["action_mse"]}
     loss = named["action_mse"]
-    for name, value in list(named.items())[1:]:
+    for name, value in list(named.items())[1:]:  # the auxiliary losses, weighted
         loss = loss + weights[name] * value
-    return {"loss": loss, **named}
+    return {"loss": loss, **named} if len(named) > 1 else {"loss": loss}
 
 
 def train_step(model: DecisionTransformer, optimizer: torch.optim.Optimizer,
@@ -90,8 +83,7 @@ def train_step(model: DecisionTransformer, optimizer: torch.optim.Optimizer,
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg: DictConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from lr / warmup_steps to lr, then constant (the DT paper's schedule) or a cosine down to 0
-    at train.steps."""
+    """Linear warmup (lr / warmup_steps up to lr), then constant (the DT paper's) or a cosine to 0 at train.steps."""
     warmup, steps, cosine = train_cfg.warmup_steps, train_cfg.steps, train_cfg.lr_schedule == "cosine"
 
     def factor(s: int) -> float:
@@ -145,9 +137,8 @@ def train(cfg: DictConfig, seed: int, run: Run, show: progress.Bar | progress.Se
 @dataclass(frozen=True)
 class RolloutSpec:
     """The episodes a rollout plays: `num_envs` envs of `env_id` in lockstep, env i seeded seed + i and conditioned
-    on its target return (`targets`: one for all, or one per env (num_envs,)) in the env's reward units, divided by
-    `reward_scale` for the policy. time_limit: the episodes' limit (None: the env's, 1000 for D4RL's). record: the
-    envs to film, through the env's tracking camera."""
+    on its target return (`targets`: one for all, or one per env) in env reward units, over `reward_scale` for the
+    policy. time_limit: the episodes' limit (None: the env's, 1000 for D4RL's). record: the envs to film."""
 
     env_id: str
     num_envs: int
@@ -179,14 +170,10 @@ class Episodes(NamedTuple):
 
 
 @torch.inference_mode()
-def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], str | None] | None = None
-            ) -> Episodes:
+def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], str | None] | None = None) -> Episodes:
     """Play the episodes of `spec` in lockstep, each conditioned on its target return lowered by its own rewards.
-
-    stop: called before each env step; when it returns a signal's name, the episodes are left and RolloutStopped
-    raised (signals.stop_requested: a stop at once).
-    """
-    num_envs, record = spec.num_envs, spec.record
+    stop: called before each env step (signals.stop_requested); a signal's name it returns raises RolloutStopped."""
+    num_envs = spec.num_envs
     envs = gym.vector.SyncVectorEnv([partial(spec.make, i) for i in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     max_len = envs.envs[0].spec.max_episode_steps
@@ -198,7 +185,7 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
     target_left = np.broadcast_to(np.asarray(spec.targets, dtype=np.float64), (num_envs,)) / spec.reward_scale  # (N,)
     episode_returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
     active = np.ones(num_envs, dtype=bool)
-    frames = {i: [] for i in record}
+    frames = {i: [] for i in spec.record}
     obs, _ = envs.reset(seed=spec.seed)
     for t in range(max_len):
         if stop is not None and (signal_name := stop()):
@@ -228,9 +215,8 @@ def rollout(policy: DecisionTransformer, spec: RolloutSpec, stop: Callable[[], s
 
 def evaluate(policy: DecisionTransformer, spec: RolloutSpec, ref_scores: tuple[float, float],
              stop: Callable[[], str | None] | None = None) -> dict:
-    """Mean/std return and normalized score (ref_scores: env.ref_min_score, ref_max_score) over the spec's episodes,
-    seeded seed, seed+1, ..., in one vectorized pass. stop: rollout's. With episodes shorter than D4RL's 1000 steps
-    the score is not on D4RL's scale (scale_note says so)."""
+    """Mean/std return and normalized score (ref_scores: env.ref_min_score, ref_max_score) over the spec's episodes
+    in one vectorized pass. stop: rollout's. Episodes shorter than D4RL's 1000 steps are scored off D4RL's scale."""
     returns = rollout(policy, spec, stop).returns
     scores = utils.normalized_score(returns, *ref_scores)
     return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
@@ -262,32 +248,30 @@ def action_mse(policy: DecisionTransformer, data: SequenceBuffer, batches: int =
 def final_evaluation(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> dict:
     """The final evaluation: `eval.final_episodes` fresh episodes. On a stop signal, Interrupted at once: final.json
     is not written and last.pt (the last step) resumes to it."""
-    started = time.time()
+    started, env_seed = time.time(), EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
     try:
-        result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
+        result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.final_episodes, env_seed),
                           (cfg.env.ref_min_score, cfg.env.ref_max_score), stop=signals.stop_requested)
     except RolloutStopped as e:
         raise signals.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
                                     f"{cfg.train.steps} is kept, from which a resume repeats it") from None
     check_finite_score(result, seed, "the final evaluation")
+    limit = cfg.env.max_episode_len
+    note = "" if limit >= D4RL_TIME_LIMIT else (f" (episodes cut at env.max_episode_len={limit} steps: not the scale "
+                                                f"of the references' {D4RL_TIME_LIMIT}-step episodes)")
     log.info("seed %d final (%d episodes): return %.1f +- %.1f, normalized score %.1f +- %.1f%s", seed,
              cfg.eval.final_episodes, result["return_mean"], result["return_std"], result["score_mean"],
-             result["score_std"], scale_note(cfg))
-    return {"seed": seed, "episodes": cfg.eval.final_episodes, **result, "time_limit": cfg.env.max_episode_len,
+             result["score_std"], note)
+    return {"seed": seed, "episodes": cfg.eval.final_episodes, **result, "time_limit": limit,
             "final_eval_seconds": time.time() - started}
-
-
-def final_eval_seed(seed: int) -> int:
-    """The env seed of seed `seed`'s first final-eval episode (EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET)."""
-    return EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
 
 
 def film(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> list[np.ndarray] | None:
     """The frames of the first final-eval episode; None, with one logged line naming MUJOCO_GL, where rendering
     fails. On a stop signal, Interrupted at once (final.json is written already)."""
+    env_seed = EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET  # final_evaluation's first episode
     try:
-        frames = rollout(policy, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
-                         stop=signals.stop_requested).frames
+        frames = rollout(policy, RolloutSpec.of_run(cfg, 1, env_seed, record=(0,)), stop=signals.stop_requested).frames
     except RolloutStopped as e:
         raise signals.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
                                     f"(final.json), the video skipped") from None
@@ -296,14 +280,6 @@ def film(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> list[np.nda
                   os.environ.get("MUJOCO_GL"), type(e).__name__, e, utils.RENDERING_FIX)
         return None
     return frames[0]
-
-
-def scale_note(cfg: DictConfig) -> str:
-    """'' on D4RL's time limit; else what the score's scale is not (evaluate's docstring has the rule)."""
-    if cfg.env.max_episode_len >= D4RL_TIME_LIMIT:
-        return ""
-    return (f" (episodes cut at env.max_episode_len={cfg.env.max_episode_len} steps: not the scale of the "
-            f"references' {D4RL_TIME_LIMIT}-step episodes)")
 
 
 def load_data(cfg: DictConfig, env: gym.Env) -> SequenceBuffer:

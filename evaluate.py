@@ -53,11 +53,8 @@ def existing_run(folder):
 
 def output_folder(run_folder, gallery=GALLERY):
     """The run's own folder, but runs/evaluate/<path below gallery/> for a run of the gallery (tracked files stay)."""
-    try:
-        below = Path(os.path.abspath(run_folder)).relative_to(gallery)
-    except ValueError:
-        return Path(run_folder)
-    return Path("runs", "evaluate", below)
+    path = Path(os.path.abspath(run_folder))
+    return Path("runs", "evaluate", path.relative_to(gallery)) if path.is_relative_to(gallery) else Path(run_folder)
 
 
 def output_option(args):
@@ -134,9 +131,8 @@ def evaluate_run(cfg, out_folder=None):
     for seed in seeds:
         path, folder = run.seed(seed).policy_path(cfg.checkpoint), out.seed(seed)
         videos = [f"{cfg.name}_{targets[i // cfg.episodes]:g}.mp4" for i in record]
-        settings = {"policy_sha256": hash_file(path), "targets": [float(t) for t in targets],
-                    "episodes": cfg.episodes, "device": cfg.device, "videos": videos,
-                    "rows": SWEEP_ROWS}  # what the sweep depends on
+        settings = {"policy_sha256": hash_file(path), "targets": [float(t) for t in targets], "episodes": cfg.episodes,
+                    "device": cfg.device, "videos": videos, "rows": SWEEP_ROWS}  # what the sweep depends on
         kept = folder.sweep_part(cfg.name)
         if kept and kept["settings"] == settings and all(folder.video_path(v).exists() for v in videos):
             reused.append(seed)
@@ -201,10 +197,7 @@ def main(cfg):
             raise ConfigError(f"targets={list(cfg.targets)}: give finite returns, e.g. targets=[1000,2000]")
         log.info("%s", threads.set_torch_threads(1))
         out_folder = HydraConfig.get().runtime.output_dir  # output_folder's, or out=<folder>
-        if cfg.export:
-            export_run(cfg, out_folder)
-        else:
-            evaluate_run(cfg, out_folder)
+        (export_run if cfg.export else evaluate_run)(cfg, out_folder)
     except (ConfigError, DatasetError, RunError) as e:
         log.error("%s", e)
         raise SystemExit(f"error: {e}") from None

@@ -29,8 +29,7 @@ CRASHED, STOPPED = 1, 2  # crashed: resume= retries it; stopped on a config, dat
 
 def train_seed(cfg_dict, seed, run_dir, num_processes, show):
     """Body of one seed's process: its own log file (seed<N>/train.log, with a crash's traceback); its progress, and
-    why it stopped in one line, sent to the parent (show: a progress.Sender, a pipe's end, which needs no disk); the
-    exit code says how."""
+    why it stopped in one line, sent to the parent (show: a progress.Sender, a pipe's end); the exit code says how."""
     folder_lock.die_with_parent(mp.parent_process().pid)  # no orphan goes on writing after a kill -9 of main_mp.py
     run = Run(run_dir)
     logging.basicConfig(filename=run.seed(seed).log_path(), level=logging.INFO,
@@ -114,8 +113,7 @@ def main(cfg):
     stopped = sorted(seed for seed, code in ended.items() if code == STOPPED)
     crashed = sorted(seed for seed, code in ended.items() if code != STOPPED)
     if stopped:
-        fail(f"seeds {stopped} stopped: {told[stopped[0]]}" +
-             (f"; seeds {crashed} failed" if crashed else ""))
+        fail(f"seeds {stopped} stopped: {told[stopped[0]]}" + (f"; seeds {crashed} failed" if crashed else ""))
     if crashed:
         fail(f"seeds {crashed} failed ({told[crashed[0]]}); the figure and summary.json hold the others. {resume}")
 

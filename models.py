@@ -1,7 +1,5 @@
-"""A minGPT-style Decision Transformer (Chen et al., 2021): returns-to-go, states, actions -> actions.
-
-Also the plain eager reference (ReferenceDT): the test oracle for the model and the benchmark's baseline.
-"""
+"""A minGPT-style Decision Transformer (Chen et al., 2021): returns-to-go, states, actions -> actions. Also the plain
+eager reference (ReferenceDT): the test oracle for the model and the benchmark's baseline."""
 from __future__ import annotations
 
 import copy
@@ -15,10 +13,8 @@ from numpy.typing import ArrayLike
 
 
 class BitDropout(nn.Module):
-    """nn.Dropout with 15 random bits per element instead of a float: ~2.5x cheaper on a CPU.
-
-    The drop probability is rounded to a multiple of 2^-15 (0.1 -> 0.100006).
-    """
+    """nn.Dropout with 15 random bits per element instead of a float: ~2.5x cheaper on a CPU. The drop probability
+    is rounded to a multiple of 2^-15 (0.1 -> 0.100006)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -103,11 +99,8 @@ class DTConfig:
 
 
 class DecisionTransformer(nn.Module):
-    """GPT over interleaved (return-to-go, state, action) tokens; predicts a_t from the s_t token.
-
-    Takes states and actions as the environment gives them: the model holds the dataset's state
-    mean/std and the action bounds (buffers, so in its state_dict), so a checkpoint is a complete policy.
-    """
+    """GPT over interleaved (return-to-go, state, action) tokens; predicts a_t from the s_t token. Takes raw env
+    states and actions: it holds the data's state mean/std and the action bounds, so a checkpoint is a whole policy."""
 
     def __init__(self, config: DTConfig, state_mean: ArrayLike | None = None, state_std: ArrayLike | None = None,
                  action_low: ArrayLike | None = None, action_high: ArrayLike | None = None):
@@ -171,9 +164,8 @@ class DecisionTransformer(nn.Module):
         """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K) -> named predictions:
 
             action       (B, K, act) a_t from the s_t token, in the env's bounds
-            next_state   (B, K, obs) s_{t+1} from the a_t token, normalized     } with predict_next (the auxiliary
-            next_return  (B, K, 1)   g_{t+1} from the a_t token                 } losses); else the last block
-                                                                                  computes the s_t tokens only
+            next_state   (B, K, obs) s_{t+1} from the a_t token, normalized     } only with predict_next
+            next_return  (B, K, 1)   g_{t+1} from the a_t token                 } (the auxiliary losses)
         """
         B, K, _ = states.shape
         if not self.config.condition_on_return:  # plain BC: every g_t token is the same, it carries no return
@@ -196,15 +188,13 @@ class DecisionTransformer(nn.Module):
 
     def configure_optimizer(self, lr: float, weight_decay: float) -> torch.optim.AdamW:
         """AdamW with weight decay on the weight matrices only (not biases, LayerNorms or embeddings)."""
-        decay, no_decay = set(), set()
+        decay, no_decay = {}, {}  # {name: parameter}
         for mn, m in self.named_modules():
-            for pn, _ in m.named_parameters(recurse=False):
-                name = f"{mn}.{pn}" if mn else pn
+            for pn, p in m.named_parameters(recurse=False):
                 exempt = pn.endswith("bias") or isinstance(m, (nn.LayerNorm, nn.Embedding))
-                (no_decay if exempt else decay).add(name)
-        params = dict(self.named_parameters())
-        groups = [{"params": [params[n] for n in sorted(decay)], "weight_decay": weight_decay},
-                  {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0}]
+                (no_decay if exempt else decay)[f"{mn}.{pn}" if mn else pn] = p
+        groups = [{"params": [p for _, p in sorted(decay.items())], "weight_decay": weight_decay},
+                  {"params": [p for _, p in sorted(no_decay.items())], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), foreach=True)
 
 
@@ -230,7 +220,6 @@ class EMA:
         self.updates = state["updates"]
 
 
-# ---------------------------------------------------------------------------------------------
 # The plain eager reference (nn.MultiheadAttention, torch's dropout): the tests' oracle, bench.py's baseline.
 
 

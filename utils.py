@@ -35,11 +35,9 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(name: str) -> torch.device:
     """auto: cuda, then Apple's mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
 
 
 def seed_device(name: str, index: int) -> str:
@@ -123,8 +121,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 
 def read_csv(path: str | Path) -> dict[str, np.ndarray]:
     """CSV -> dict of float arrays by column; empty dict if the file is missing or empty."""
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -143,9 +140,7 @@ def as_list(paths: str | Sequence[str] | None) -> list[str]:
 
 def dataset_name(cfg: DictConfig) -> str:
     """buffer.dataset, or the stems of buffer.path's files joined by '+'."""
-    if not cfg.buffer.path:
-        return cfg.buffer.dataset
-    return "+".join(Path(p).stem for p in as_list(cfg.buffer.path))
+    return "+".join(Path(p).stem for p in as_list(cfg.buffer.path)) if cfg.buffer.path else cfg.buffer.dataset
 
 
 def run_title(cfg: DictConfig) -> str:

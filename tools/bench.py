@@ -34,10 +34,9 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 def default_model_config(state_dim: int, act_dim: int, **overrides: Any) -> DTConfig:
     """The default config's model (cfgs/config.yaml) for these space sizes."""
-    m = CFG.model
-    return DTConfig(**{**dict(state_dim=state_dim, act_dim=act_dim, context_len=CFG.buffer.context_len,
-                              embed_dim=m.embed_dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout),
-                       **overrides})
+    m, K = CFG.model, CFG.buffer.context_len
+    return DTConfig(**{**dict(state_dim=state_dim, act_dim=act_dim, context_len=K, embed_dim=m.embed_dim,
+                              n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout), **overrides})
 
 
 def random_batch(state_dim: int, act_dim: int, batch_size: int = CFG.train.batch_size, K: int = CFG.buffer.context_len,
@@ -50,8 +49,7 @@ def random_batch(state_dim: int, act_dim: int, batch_size: int = CFG.train.batch
 
 def train_stepper(model: torch.nn.Module, batch: tuple, precision: str = "fp32",
                   optimizer: torch.optim.Optimizer | None = None) -> Callable[[], float]:
-    """A function that runs one core.train_step on `batch` (the default config's optimizer, or `optimizer`) and
-    returns its seconds."""
+    """A function timing one core.train_step on `batch` (the default config's optimizer, or `optimizer`) in seconds."""
     optimizer = optimizer or model.configure_optimizer(CFG.train.lr, CFG.train.weight_decay)
     scheduler = core.lr_scheduler(optimizer, CFG.train)
     model.train()
@@ -82,9 +80,8 @@ def matmul_share(model: torch.nn.Module, batch: tuple, precision: str, steps: in
 
 
 def levers(steps: int, precision: str) -> dict:
-    """Issue 42's levers, AdamW fused=True and torch.compile of the model (bf16: also the ceiling of fewer casts, a
-    model and batch all in bf16, no autocast), each step interleaved with the default's in this process (a busy
-    machine slows all alike): {lever: the default step's median time / the lever's}."""
+    """Issue 42's levers, AdamW fused=True and torch.compile (bf16: also the ceiling of fewer casts, model and batch in
+    bf16, no autocast), interleaved with the default step (a busy machine slows all alike): {lever: its speedup}."""
     batch, steppers = random_batch(*SHAPES["hopper"]), {}
     names = ["default", "AdamW fused", "torch.compile(model)"] + ["all bf16 (ceiling)"] * (precision == "bf16")
     for name in names:
@@ -135,10 +132,9 @@ def machine(device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200, help="timed training steps per measurement")
-    parser.add_argument("--batch-size", type=int, default=CFG.train.batch_size)
-    parser.add_argument("--context-len", type=int, default=CFG.buffer.context_len)
-    parser.add_argument("--embed-dim", type=int, default=CFG.model.embed_dim)
-    parser.add_argument("--n-layers", type=int, default=CFG.model.n_layers)
+    for flag, default in (("--batch-size", CFG.train.batch_size), ("--context-len", CFG.buffer.context_len),
+                          ("--embed-dim", CFG.model.embed_dim), ("--n-layers", CFG.model.n_layers)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--out", help="the JSON file (default: runs/bench.json, or bench-<n>.json if that exists)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:<index>] on a GPU machine")

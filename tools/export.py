@@ -34,11 +34,9 @@ class ExportedPolicy(nn.Module):
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor, timesteps: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K), mask (B, K) -> (B, act)
-
+        """states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K), mask (B, K) -> (B, act).
         The real steps are rotated to the front: causal attention keeps the padding behind them out of their
-        outputs, and the only position embedding is the timestep's, so the action is the model's on them alone.
-        """
+        outputs, and the only position embedding is the timestep's, so the action is the model's on them alone."""
         B, K, _ = states.shape
         real = mask.sum(1).long()  # (B,) real steps, the last `real` of the window
         order = (torch.arange(K, device=states.device) + (K - real)[:, None]) % K  # (B, K) real steps first
@@ -52,10 +50,9 @@ class ExportedPolicy(nn.Module):
 
 def run_facts(model: DecisionTransformer, cfg: DictConfig) -> dict:
     """What a policy file says of itself (JSON values, its metadata.json)."""
+    statistics = {k: getattr(model, k).tolist() for k in ("state_mean", "state_std", "action_low", "action_high")}
     return {"env_id": cfg.env.id, "target_return": cfg.eval.target_return, "context_len": model.context_len,
-            "reward_scale": cfg.buffer.reward_scale, "state_mean": model.state_mean.tolist(),
-            "state_std": model.state_std.tolist(), "action_low": model.action_low.tolist(),
-            "action_high": model.action_high.tolist(), "ref_min_score": cfg.env.ref_min_score,
+            "reward_scale": cfg.buffer.reward_scale, **statistics, "ref_min_score": cfg.env.ref_min_score,
             "ref_max_score": cfg.env.ref_max_score}
 
 
@@ -67,8 +64,7 @@ def export_policy(model: DecisionTransformer, facts: dict) -> bytes:
     mask[:, -1] = 1  # windows of zeros with one real step
     inputs = (torch.zeros(B, K, model.state_dim), torch.zeros(B, K, model.act_dim), torch.zeros(B, K, 1),
               torch.zeros(B, K, dtype=torch.long), mask)
-    batch = torch.export.Dim("batch")
-    program = torch.export.export(policy, inputs, dynamic_shapes=[{0: batch}] * len(inputs))
+    program = torch.export.export(policy, inputs, dynamic_shapes=[{0: torch.export.Dim("batch")}] * len(inputs))
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={"metadata.json": json.dumps(facts)})
     return buffer.getvalue()
