@@ -248,9 +248,9 @@ def action_mse(policy: DecisionTransformer, data: SequenceBuffer, batches: int =
 def final_evaluation(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> dict:
     """The final evaluation: `eval.final_episodes` fresh episodes. On a stop signal, Interrupted at once: final.json
     is not written and last.pt (the last step) resumes to it."""
-    started, env_seed = time.time(), EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
+    started = time.time()
     try:
-        result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.final_episodes, env_seed),
+        result = evaluate(policy.eval(), RolloutSpec.of_run(cfg, cfg.eval.final_episodes, final_eval_seed(seed)),
                           (cfg.env.ref_min_score, cfg.env.ref_max_score), stop=signals.stop_requested)
     except RolloutStopped as e:
         raise signals.Interrupted(f"seed {seed} stopped by {e} during its final evaluation; its checkpoint of step "
@@ -266,12 +266,17 @@ def final_evaluation(policy: DecisionTransformer, cfg: DictConfig, seed: int) ->
             "final_eval_seconds": time.time() - started}
 
 
+def final_eval_seed(seed: int) -> int:
+    """The env seed of seed `seed`'s first final-eval episode (EVAL_SEED_STRIDE, FINAL_EVAL_SEED_OFFSET)."""
+    return EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET
+
+
 def film(policy: DecisionTransformer, cfg: DictConfig, seed: int) -> list[np.ndarray] | None:
     """The frames of the first final-eval episode; None, with one logged line naming MUJOCO_GL, where rendering
     fails. On a stop signal, Interrupted at once (final.json is written already)."""
-    env_seed = EVAL_SEED_STRIDE * seed + FINAL_EVAL_SEED_OFFSET  # final_evaluation's first episode
     try:
-        frames = rollout(policy, RolloutSpec.of_run(cfg, 1, env_seed, record=(0,)), stop=signals.stop_requested).frames
+        frames = rollout(policy, RolloutSpec.of_run(cfg, 1, final_eval_seed(seed), record=(0,)),
+                         stop=signals.stop_requested).frames
     except RolloutStopped as e:
         raise signals.Interrupted(f"seed {seed} stopped by {e} during its video: its final scores are kept "
                                     f"(final.json), the video skipped") from None
