@@ -1,6 +1,5 @@
-"""The config's schema: a dataclass per section of cfgs/config.yaml (types and rules; every value is written once,
-in cfgs/'s YAML files). OmegaConf rejects a wrong type (`train.batch_size=abc`); `check(cfg)` a value of the right
-type that cannot work (`train.lr=-1`), naming the field and what is allowed."""
+"""The config's schema: a dataclass per section of cfgs/config.yaml (types and rules; values: cfgs/'s YAML files).
+OmegaConf rejects a wrong type (`train.batch_size=abc`), `check(cfg)` a value that cannot work (`train.lr=-1`)."""
 import contextlib
 import importlib.util
 import math
@@ -18,11 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 ENVS = ("hopper", "halfcheetah", "walker2d")
 DATASETS = ("medium", "medium-replay", "medium-expert", "expert", "random")
-SAMPLE_BY = ("length", "uniform", "return")  # how the SequenceBuffer chooses a trajectory
-PRECISIONS = ("auto", "fp32", "bf16")
-LR_SCHEDULES = ("constant", "cosine")  # after the linear warm-up
 MODELS = ("models.DecisionTransformer", "models.ReferenceDT")
-LOGGERS = ("csv", "tensorboard", "wandb")  # csv: the run's own record (resume, the figure and report.py read it)
 
 
 class ConfigError(ValueError):
@@ -44,9 +39,8 @@ PERCENT = Rule(lambda v: math.isfinite(v) and 0 < v <= 100, "must be in (0, 100]
 PROBABILITY = Rule(lambda v: math.isfinite(v) and 0 <= v < 1, "must be in [0, 1)")
 SEEDS = Rule(lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == len(v),
              "give distinct seeds >= 0, e.g. seeds=[0] or seeds=[0,1,2]")
-LOGGER = Rule(lambda v: "csv" in v and set(v) <= set(LOGGERS),
-              "choose from csv, tensorboard, wandb, with csv (resume and the figure read it): e.g. "
-              "logger=[csv,tensorboard]")
+LOGGER = Rule(lambda v: "csv" in v and set(v) <= {"csv", "tensorboard", "wandb"}, "choose from csv, tensorboard, "
+              "wandb, with csv (resume and the figure read it): e.g. logger=[csv,tensorboard]")
 FILE_STEM = Rule(lambda v: re.fullmatch(r"[\w-]+", v) is not None, "use letters, digits, _ and - (a file name)")
 THREADS = Rule(lambda v: v is None or v >= 1, "give null (the usable cores shared by the processes) or a count >= 1")
 PATHS = Rule(lambda v: v is None or (isinstance(v, str) and v != "")
@@ -86,7 +80,7 @@ class BufferConfig:
     sha256: Optional[List[str]] = MISSING  # set at start: each file's SHA-256 (a resume on a changed file stops)
     context_len: int = ruled(POSITIVE)  # K: steps of history the model sees
     reward_scale: float = ruled(POSITIVE)  # returns-to-go are divided by this
-    sample_by: str = ruled(one_of(SAMPLE_BY))  # length: every step equally likely
+    sample_by: str = ruled(one_of(("length", "uniform", "return")))  # length: every step equally likely
     top_percent: float = ruled(PERCENT)  # percentile behaviour cloning: keep the top x% by return
     holdout: float = ruled(PROBABILITY)  # a fraction of trajectories left out; evals then log the action MSE on them
 
@@ -108,12 +102,12 @@ class TrainConfig:
     lr: float = ruled(POSITIVE)
     weight_decay: float = ruled(NON_NEGATIVE)
     warmup_steps: int = ruled(POSITIVE)  # linear warmup of the lr
-    lr_schedule: str = ruled(one_of(LR_SCHEDULES))  # after the warm-up: constant, or cosine down to 0
+    lr_schedule: str = ruled(one_of(("constant", "cosine")))  # after the linear warm-up: constant, or cosine down to 0
     ema_decay: float = ruled(PROBABILITY)  # 0: off; else the policy evaluated and saved is an EMA of the weights
     grad_clip: float = ruled(POSITIVE)  # max global gradient norm
     aux_state_coef: float = ruled(NON_NEGATIVE)  # weight of the next-state prediction loss
     aux_rtg_coef: float = ruled(NON_NEGATIVE)  # weight of the next return-to-go prediction loss
-    precision: str = ruled(one_of(PRECISIONS))  # auto: bf16 where the hardware computes it natively
+    precision: str = ruled(one_of(("auto", "fp32", "bf16")))  # auto: bf16 where the hardware computes it natively
     threads: Optional[int] = ruled(THREADS)  # torch threads; null: the usable cores shared by the processes
     log_every: int = ruled(POSITIVE)
     eval_every: int = ruled(POSITIVE)
@@ -179,8 +173,7 @@ def refuse_run_file_name(name: str) -> None:
 # Where a run's files go: a new runs/<date>/<time> (resume=: that run's folder; plumbing/launch.py's resolvers). Every
 # config.yaml names it in its defaults: python main.py --config-path runs/<date>/<time> --config-name config
 RUN_FOLDER = {"run": {"dir": "${run_dir:${resume}}"},
-              # a multirun (-m, a study): runs/<date>/<time>-sweep/<job number>/, each a run folder
-              "sweep": {"dir": "${sweep_dir:}", "subdir": "${hydra.job.num}"},
+              "sweep": {"dir": "${sweep_dir:}", "subdir": "${hydra.job.num}"},  # -m: runs/<date>/<time>-sweep/<job>/
               "job": {"name": "main",  # the log is main.log (main_mp.py: and each seed's seed<N>/train.log)
                       "chdir": True},  # work inside the run folder (stray files such as MUJOCO_LOG.TXT land there)
               "output_subdir": None}  # no .hydra/ copies: config.yaml is the run's record
@@ -205,8 +198,7 @@ def defaults(env: Optional[str] = None) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(Config), {"env": env_values}, own_values("config"))
 
 
-# The `schema` entry of a config file's defaults list: the types and rules, with cfgs/config.yaml's values, so that
-# a saved config.yaml that lacks a newer key (an older run's) still composes; its env's values: typed() below.
+# `schema` in a config's defaults: types, rules and cfgs/config.yaml's values (for keys an older run's config lacks)
 ConfigStore.instance().store(name="schema", node=own_values("config"))
 ConfigStore.instance().store(name="run_folder", node=RUN_FOLDER, package="hydra")
 ConfigStore.instance().store(name="evaluate_schema", node=own_values("evaluate"))

@@ -1,5 +1,4 @@
-"""How a failure is told in one line: Hydra's composition errors, and the failures every resume would meet again
-(advice: what to change instead)."""
+"""How a failure is told in one line: Hydra's composition errors, and advice for those every resume would meet again."""
 import os
 
 from cfgs.schema import ConfigError

@@ -1,7 +1,4 @@
-"""One process per run folder: an exclusive flock on the folder itself, held for the process's life (the kernel drops
-it when the process ends, however it ends: no stale lock), and no orphan process writing into it."""
-from __future__ import annotations
-
+"""One process per run folder: a flock on the folder for the process's life (no stale lock), no orphan writing in it."""
 import contextlib
 import ctypes
 import errno
@@ -9,6 +6,8 @@ import fcntl
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from cfgs.schema import ConfigError
@@ -57,9 +56,6 @@ def die_with_parent(parent_pid: int) -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     else:
-        import threading
-        import time
-
         def watch():
             while os.getppid() == parent_pid:
                 time.sleep(1)

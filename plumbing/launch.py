@@ -1,5 +1,4 @@
-"""What the entry points share below them: the start of a run (its folder claimed and locked, its config checked,
-one-line errors), a study's (multirun's) jobs, each failing alone, and the command line (cli)."""
+"""What the entry points share: a run's start (folder locked, config checked, one-line errors), a study's jobs, cli."""
 import contextlib
 import functools
 import logging
@@ -26,7 +25,6 @@ from plumbing import folder_lock, signals
 from plumbing.errors import advice, composition_error
 from plumbing.runfolder import Run, RunError
 from plumbing.sources import DatasetError, dataset_identity, run_files
-from utils import as_list
 
 log = logging.getLogger(__name__)
 FATAL = (ConfigError, DatasetError, RunError)  # the same for every seed, and for a resumed run: stop, no resume
@@ -37,15 +35,13 @@ _started_here = False  # the command line's hydra.run.chdir=false chose the run'
 
 def run_folder(resume):
     """hydra.run.dir: the folder of the run that resume= names, else a new, unique runs/<date>/<time>."""
-    if resume:
-        if not Run(resume).holds_run():
-            raise ConfigError(f"resume={resume}: no run there (no config.yaml); give a run folder such as "
-                              f"resume=runs/<date>/<time>")
-        folder_lock.lock_run_folder(resume)  # before Hydra writes its log there
-        return resume
-    folder = Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
-    folder_lock.lock_run_folder(folder)
-    _claimed[Path(folder).resolve()] = True
+    if resume and not Run(resume).holds_run():
+        raise ConfigError(f"resume={resume}: no run there (no config.yaml); give a run folder such as "
+                          f"resume=runs/<date>/<time>")
+    folder = resume or Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S"))
+    folder_lock.lock_run_folder(folder)  # before Hydra writes its log there
+    if not resume:
+        _claimed[Path(folder).resolve()] = True
     return folder
 
 
@@ -61,18 +57,15 @@ def discard_failed_start(run):
             empty.rmdir()
 
 
-def sweep_folder():
-    """hydra.sweep.dir of a study: a new, unique runs/<date>/<time>-sweep; its jobs are run folders."""
-    return Run.claim_new_folder(time.strftime("runs/%Y-%m-%d/%H-%M-%S-sweep"))
-
-
 def setup():
     """Before Hydra composes: the project on PYTHONPATH (for a launcher's job); the folder resolvers."""
     project = str(Path(__file__).resolve().parents[1])
     if project not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (project, os.environ.get("PYTHONPATH"))))
     OmegaConf.register_new_resolver("run_dir", run_folder, use_cache=True, replace=True)
-    OmegaConf.register_new_resolver("sweep_dir", sweep_folder, use_cache=True, replace=True)
+    sweep = "runs/%Y-%m-%d/%H-%M-%S-sweep"  # a study's hydra.sweep.dir, new and unique; its jobs are run folders
+    OmegaConf.register_new_resolver("sweep_dir", lambda: Run.claim_new_folder(time.strftime(sweep)), use_cache=True,
+                                    replace=True)
 
 
 def shown(path):
@@ -85,15 +78,14 @@ def prepare(cfg):
     """The run folder and its checked config (a resumed run's own, plus any seeds added), saved as config.yaml."""
     run = Run(to_absolute_path(cfg.resume) if cfg.resume else HydraConfig.get().runtime.output_dir)
     folder_lock.lock_run_folder(run.dir)  # one process per run folder, before anything is written
-    overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task]
     if cfg.resume:
-        cfg = resumed_config(cfg, run, overrides)
+        cfg = resumed_config(cfg, run, [o.lstrip("+") for o in HydraConfig.get().overrides.task])
         for path in [*run.dir.glob(".*.tmp"), *run.dir.glob("seed*/.*.tmp")]:  # left by a killed atomic write
             path.unlink(missing_ok=True)
     else:
         refuse_used_folder(run, list(cfg.seeds))
     if cfg.buffer.path and schema.PATHS.holds(cfg.buffer.path):  # relative to where the user started
-        paths = [to_absolute_path(p) for p in as_list(cfg.buffer.path)]
+        paths = [to_absolute_path(p) for p in utils.as_list(cfg.buffer.path)]
         cfg.buffer.path = paths[0] if isinstance(cfg.buffer.path, str) else paths
     if "D4RL_DATASET_DIR" in os.environ:
         os.environ["D4RL_DATASET_DIR"] = to_absolute_path(os.environ["D4RL_DATASET_DIR"])
@@ -104,7 +96,7 @@ def prepare(cfg):
         cfg.train.warmup_steps = cfg.train.steps
     if cfg.eval.video and (problem := utils.rendering_problem()):  # before the folder holds a run, not after training
         raise ConfigError(f"eval.video=true: {problem}")
-    for path in as_list(cfg.buffer.path):
+    for path in utils.as_list(cfg.buffer.path):
         if not Path(path).is_file():
             moved = f"; if the run's file moved: resume={shown(run.dir)} buffer.path=<its new place>"
             raise ConfigError(f"buffer.path: {path}: no such file{moved if cfg.resume else ''}")
@@ -210,8 +202,7 @@ def start(cfg):
 
 
 def job(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
-    """An entry point's task: in a study (-m: its jobs one after another), a job's end on an error is kept in
-    failed_jobs for cli, and the next job runs."""
+    """An entry point's task: in a study (-m), a job that fails goes to failed_jobs (cli reports it); the next runs."""
 
     @functools.wraps(task)
     def study_job(cfg: DictConfig) -> None:
@@ -241,8 +232,8 @@ def cli(hydra_main):
     sys.argv = [sys.argv[0], *assignment_chdir(sys.argv[1:], os.getcwd())]
     try:
         schema.refuse_code_in_argv(sys.argv)  # configs are data: checked before Hydra acts on them
-        named = named_run_dir(sys.argv[1:])
-        if named and existing_folder(named) and not (named / "main.log").exists():
+        named = existing_run_dir(sys.argv[1:])
+        if named and not (named / "main.log").exists():
             _claimed[named] = False  # its main.log is this start's
         hydra_main()
     except Failed as e:
@@ -274,27 +265,26 @@ def starts_here(args):
         arg.startswith(("hydra.run.dir=", "resume=")) for arg in args)
 
 
-def existing_folder(folder):
-    """Does the folder hydra.run.dir names exist? ConfigError when none can be made there (a file, a long name)."""
+def existing_run_dir(args):
+    """The folder the (last) hydra.run.dir= names (unquoted as Hydra reads it, resolved) if it exists, else None;
+    ConfigError when none can be made there (a file, a long name)."""
+    given = [arg for arg in args if arg.startswith("hydra.run.dir=")]
+    value = OverridesParser.create().parse_override(given[-1]).value() if given else None
+    if not isinstance(value, str):  # none given, or a sweep's choices: no one folder
+        return None
+    folder = Path(value).resolve()
     for path in (folder, *folder.parents):  # the nearest that exists must be a folder
         try:
             if path.exists() and not path.is_dir():
                 raise ConfigError(f"hydra.run.dir={folder}: {path} is a file, not a folder: give a folder (or a new "
                                   f"one's name) there")
             if path.exists():
-                return path == folder
+                return folder if path == folder else None
         except OSError as e:  # a name too long
             raise ConfigError(f"hydra.run.dir={folder}: {e.strerror}: give a shorter folder name") from None
-    return False
+    return None
 
 
 def quoted(value):
     """`value` as a quoted string of Hydra's override grammar (spaces, commas, brackets kept as they are)."""
     return "'" + value.replace("'", "\\'") + "'"
-
-
-def named_run_dir(args):
-    """The folder the (last) hydra.run.dir= names, unquoted as Hydra reads it, resolved; else None."""
-    given = [arg for arg in args if arg.startswith("hydra.run.dir=")]
-    value = OverridesParser.create().parse_override(given[-1]).value() if given else None
-    return Path(value).resolve() if isinstance(value, str) else None  # a sweep's choices name no one folder

@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SeedProgress:
     """A seed's progress at one moment (plumbing/record.py SeedRecord.report)."""
-
     seed: int
     step: int
     steps: int
@@ -73,7 +72,6 @@ class Bar:
 @dataclass
 class Sender:
     """A main_mp.py seed's end of its pipe to SeedsLine: its progress, then why it stopped (stopped, one line)."""
-
     connection: Connection
 
     def __call__(self, message: SeedProgress | str) -> None:

@@ -1,7 +1,4 @@
-"""One seed's record below the training loop: its metrics, checkpoints, final scores, video, NaN guard, stop signal
-and progress; its state (a dict in last.pt) resumes the seed exactly."""
-from __future__ import annotations
-
+"""One seed's record below the training loop: metrics, checkpoints, final scores, video, NaN guard, stop, progress."""
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,8 +24,7 @@ class NonFiniteScoreError(NonFiniteLossError):
 
 @dataclass
 class SeedRecord:
-    """What one seed has done so far, and where it goes; made, it resumes from the seed's last.pt if there is one."""
-
+    """What one seed has done so far, and where it goes; made, it resumes exactly from the seed's last.pt, if any."""
     cfg: DictConfig
     seed: int
     run: Run
@@ -75,7 +71,7 @@ class SeedRecord:
         """What is evaluated and saved: the model, or its moving average (train.ema_decay)."""
         return self.model if self.ema is None else self.ema.policy
 
-    def __enter__(self) -> SeedRecord:
+    def __enter__(self) -> "SeedRecord":
         self.tracker = Tracker(self.cfg, self.folder.dir, f"{self.run.name}/seed{self.seed}", self.step)
         self.report(self.step)
         return self
@@ -85,8 +81,7 @@ class SeedRecord:
         self.tracker.close(failed=exc[0] is not None)
 
     def ends(self, step: int) -> float | None:
-        """When the seed should end (a time.time()): this attempt's seconds per step so far, evals included, times the
-        steps left after `step`; None before this attempt's first step."""
+        """When the seed ends (a time.time()) at this attempt's pace, evals included; None before its first step."""
         now, done = time.time(), step - self.first_step
         return now + (now - self.started) / done * (self.cfg.train.steps - step) if done else None
 
@@ -175,9 +170,9 @@ class SeedRecord:
 def check_finite(loss: float, seed: int, step: int, run: Run) -> None:
     """Stop on a NaN or inf loss: the checkpoint before it is kept, and a resumed run would reach it again."""
     if not np.isfinite(loss):
-        raise NonFiniteLossError(
-            f"seed {seed}: the loss became {loss} before step {step}. Start a new run with a lower train.lr or "
-            f"train.grad_clip (resuming {run.name} would reach the same loss), or check the dataset for bad values")
+        raise NonFiniteLossError(f"seed {seed}: the loss became {loss} before step {step}. Start a new run with a "
+                                 f"lower train.lr or train.grad_clip (resuming {run.name} would reach the same loss), "
+                                 f"or check the dataset for bad values")
 
 
 def check_finite_score(result: dict, seed: int, what: str) -> None:

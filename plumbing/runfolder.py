@@ -1,7 +1,4 @@
-"""The run folder's owner, the one API that writes and reads it: Run (the run folder), SeedFolder (one seed's, with
-run.seed(n)) and Tracker (a seed's metrics also in TensorBoard / W&B)."""
-from __future__ import annotations
-
+"""The one API that writes and reads a run folder: Run, SeedFolder (run.seed(n)) and Tracker (TensorBoard, W&B)."""
 import contextlib
 import hashlib
 import json
@@ -15,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import utils
 from cfgs import schema
-from cfgs.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +66,6 @@ class Run:
                                  f"it; nothing more is written there: start a new run, or put the folder back and "
                                  f"resume it")
 
-    # the config
-
     def save_config(self, yaml_text: str) -> None:
         utils.atomic_write_bytes(self.dir / "config.yaml", yaml_text.encode())
 
@@ -92,15 +86,13 @@ class Run:
         """config.yaml on the schema, typed and resolved; ConfigError naming the file where today's schema cannot."""
         try:
             cfg = schema.typed(self.saved_config())
-        except ConfigError as e:
-            raise ConfigError(f"{self.config_path()}: {e}: the run comes from another version of this project; use "
-                              f"that version for it") from None
+        except schema.ConfigError as e:
+            raise schema.ConfigError(f"{self.config_path()}: {e}: the run comes from another version of this project; "
+                                     f"use that version for it") from None
         OmegaConf.resolve(cfg)
         return cfg
 
-    # the seeds
-
-    def seed(self, seed: int) -> SeedFolder:
+    def seed(self, seed: int) -> "SeedFolder":
         """The folder of seed `seed` (made when a file is first written there)."""
         return SeedFolder(self, seed)
 
@@ -111,8 +103,6 @@ class Run:
     def tables(self, kind: str) -> list[dict]:
         """Every seed's `kind` table (train, eval), in seed order."""
         return [self.seed(seed).table(kind) for seed in self.seeds()]
-
-    # the run's own tables, summary and figure
 
     def save_table(self, name: str, rows: list[dict]) -> None:
         """A CSV of the run's own (the sweep of evaluate.py), beside config.yaml."""
@@ -176,9 +166,7 @@ class Run:
                 continue
             data = path.read_bytes()
             if relative == Path("config.yaml"):  # in today's keys, a new run (not a resume): --config-path retrains it
-                config = self.config()
-                config.resume = None
-                data = schema.to_yaml(config).encode()
+                data = schema.to_yaml(OmegaConf.merge(self.config(), {"resume": None})).encode()
             if path.suffix in (".yaml", ".log", ".json", ".csv", ".md", ".txt"):
                 for machine, relative_path in local:
                     data = data.replace(machine.encode(), relative_path.encode())
@@ -196,16 +184,13 @@ class SeedFolder:
         self.run, self.seed = run, seed
         self.dir = run.dir / f"seed{seed}"
 
-    # training state, metrics and checkpoints
-
     def save_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, progress: dict) -> None:
         """The metrics CSVs and last.pt: everything a resumed run needs to continue exactly."""
         self.run.check_present()
         self.save_tables(progress["train"], progress["eval"])
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "progress": progress}
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "progress": progress}
         if torch.cuda.is_initialized():  # a CUDA run's; a CPU run on a GPU machine never starts CUDA
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         utils.atomic_torch_save(state, self.dir / "last.pt")
@@ -258,8 +243,6 @@ class SeedFolder:
         """The policy file of `which` (best, final); another suffix: its export (.onnx, ...)."""
         return self.dir / f"{which}{suffix}"
 
-    # the end of the seed
-
     def save_final(self, result: dict) -> None:
         self.run.check_present()
         utils.atomic_write_bytes(self.dir / "final.json", json.dumps(result, indent=2).encode())
@@ -293,21 +276,17 @@ class SeedFolder:
         return self.dir / f"{name}.json"
 
 
-NOT_SHARED = ("last.pt", "best.pt", "MUJOCO_LOG.TXT")  # training state, others' logs
-
-
 def shared(relative: Path, policies: bool, video: Path) -> bool:
-    """Is a run's file part of its shared copy (Run.publish)?"""
-    if relative.name in NOT_SHARED or relative.name.startswith("events.out.tfevents"):
+    """Is a run's file part of its shared copy (Run.publish)? Not training state, nor others' logs, nor temporaries."""
+    if relative.name in ("last.pt", "best.pt", "MUJOCO_LOG.TXT") or relative.name.startswith("events.out.tfevents"):
         return False
-    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # temporaries, .hydra/ of old runs
+    if any(part.startswith(".") or part == "wandb" for part in relative.parts):  # also .hydra/ of old runs
         return False
     return {".pt": policies, ".mp4": policies and relative == video}.get(relative.suffix, True)
 
 
 class Tracker:
-    """A seed's metrics also in TensorBoard and/or W&B (cfg.logger, each imported only when chosen); a resumed seed
-    continues its own events (those after the checkpoint dropped) and its own W&B run (its id: folder and seed)."""
+    """A seed's metrics also in TensorBoard and/or W&B (cfg.logger); a resumed seed continues its events and W&B run."""
 
     def __init__(self, cfg: DictConfig, folder: str | Path, name: str, step: int):
         self.tensorboard = self.wandb = None

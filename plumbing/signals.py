@@ -1,22 +1,15 @@
-"""Ctrl-C, SIGTERM (also Slurm's notice before its time limit: sbatch --signal=TERM@<seconds>) and SIGHUP: the
-training loop checkpoints, then stops (stop_on_signals, stop_requested, Interrupted); evaluate.py stops where it is
-(stop_at_once, Stopped)."""
-from __future__ import annotations
-
+"""Ctrl-C, SIGTERM (also Slurm's notice before its time limit: sbatch --signal=TERM@<seconds>) and SIGHUP: training
+checkpoints, then stops (stop_on_signals, stop_requested, Interrupted); evaluate.py stops at once (stop_at_once)."""
 import signal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _signals = []  # the stop signals received, in order
 
 
-def _note_signal(signum, frame):
-    _signals.append(signal.Signals(signum).name)
-
-
 def stop_on_signals() -> None:
     """From now on the stop signals only set a flag that the training loop reads."""
     for sig in STOP_SIGNALS:
-        signal.signal(sig, _note_signal)
+        signal.signal(sig, lambda signum, frame: _signals.append(signal.Signals(signum).name))
 
 
 def stop_requested() -> str | None:

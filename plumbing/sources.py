@@ -1,23 +1,17 @@
-"""Where a run's data comes from: D4RL files, found, downloaded, checked and hashed (another source:
-docs/extending.md)."""
-from __future__ import annotations
-
+"""Where a run's data comes from: D4RL files, found, downloaded, checked and hashed (others: docs/extending.md)."""
 import hashlib
 import logging
 import os
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from utils import as_list
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
 
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
 log = logging.getLogger(__name__)
@@ -49,9 +43,8 @@ def run_dataset_files(buffer_cfg: Mapping) -> list[Path] | None:
 
 def run_files(cfg: DictConfig, obs_dim: int, act_dim: int) -> list[str]:
     """The files a run reads: buffer.path's, or the D4RL files of env + dataset."""
-    if cfg.buffer.path:
-        return as_list(cfg.buffer.path)
-    return [str(p) for p in find_dataset(cfg.env.name, cfg.buffer.dataset, obs_dim, act_dim)]
+    given = as_list(cfg.buffer.path)
+    return given or [str(path) for path in find_dataset(cfg.env.name, cfg.buffer.dataset, obs_dim, act_dim)]
 
 
 def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
@@ -77,9 +70,8 @@ def read_d4rl(path: str | Path, obs_dim: int, act_dim: int) -> dict[str, np.ndar
     except OSError as e:
         raise DatasetError(f"{path} is truncated or corrupt ({e}): {fix}") from e
     n = len(data["rewards"])
-    expected = {"observations": (n, obs_dim), "actions": (n, act_dim), "rewards": (n,), "terminals": (n,),
-                "timeouts": (n,)}
-    for key, shape in expected.items():
+    for key in KEYS:
+        shape = {"observations": (n, obs_dim), "actions": (n, act_dim)}.get(key, (n,))
         if data[key].shape != shape:
             raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}, expected {shape} for this env "
                                f"(observation dim {obs_dim}, action dim {act_dim}); is it another env's file?")
@@ -131,12 +123,9 @@ def find_file(env: str, dataset: str, obs_dim: int, act_dim: int) -> Path:
     return path
 
 
-# The data's identity: a run records its files' SHA-256 (buffer.sha256); each read hashes the bytes again (75 MB in
-# well under a second): no cache keyed on size and mtime, which an edit in place (cp -p, rsync -t) would pass.
-
-
 def hash_file(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
+    """The SHA-256 of a file's bytes (hex), hashed again at each read (75 MB in well under a second): no cache keyed on
+    size and mtime, which an edit in place (cp -p, rsync -t) would pass."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
