@@ -58,10 +58,7 @@ def discard_failed_start(run):
 
 
 def setup():
-    """Before Hydra composes: the project on PYTHONPATH (for a launcher's job); the folder resolvers."""
-    project = str(Path(__file__).resolve().parents[1])
-    if project not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (project, os.environ.get("PYTHONPATH"))))
+    """Before Hydra composes: the resolvers of the run's and a study's folders."""
     OmegaConf.register_new_resolver("run_dir", run_folder, use_cache=True, replace=True)
     sweep = "runs/%Y-%m-%d/%H-%M-%S-sweep"  # a study's hydra.sweep.dir, new and unique; its jobs are run folders
     OmegaConf.register_new_resolver("sweep_dir", lambda: Run.claim_new_folder(time.strftime(sweep)), use_cache=True,
