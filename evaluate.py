@@ -3,7 +3,7 @@
     python evaluate.py run=runs/<date>/<time>                          # each seed's final.pt, default targets
     python evaluate.py run=runs/<date>/<time> checkpoint=best targets=[1000,2000,3000] episodes=20 video=true
     python evaluate.py run=runs/<date>/<time> targets=[3000] episodes=100 name=target_3000   # beside the sweep
-    python evaluate.py run=runs/<date>/<time> export=true            # each seed's policy as one file (.pt2)
+    python evaluate.py run=runs/<date>/<time> export=true            # each seed's policy as one ONNX file
 
 All targets and episodes of a seed run in one vectorized pass. Writes into the run folder (a gallery/ run: into
 runs/evaluate/<its name>; out=<folder>: there) <name>.csv (a row per seed, target and episode), <name>.png and, with
@@ -173,14 +173,18 @@ def evaluate_run(cfg, out_folder=None):
 
 
 def export_run(cfg, out_folder=None):
-    """Each seed's policy (cfg.checkpoint) as one .pt2 file (tools/export.py) in the output folder; returns them."""
+    """Each seed's policy (cfg.checkpoint) as one ONNX file (tools/export.py) in the output folder; returns them."""
     run, out = Run(to_absolute_path(cfg.run)), Run(out_folder or output_folder(to_absolute_path(cfg.run)))
     train_cfg = run.config()
     paths = []
     for seed in seeds_with(run, cfg):
         policy = core.load_policy(run.seed(seed).policy_path(cfg.checkpoint))
+        try:
+            data = export.export_policy(policy, export.run_facts(policy, train_cfg))
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
         paths.append(out.seed(seed).policy_path(cfg.checkpoint, export.SUFFIX))
-        utils.atomic_write_bytes(paths[-1], export.export_policy(policy, export.run_facts(policy, train_cfg)))
+        utils.atomic_write_bytes(paths[-1], data)
         log.info("seed %d: %s", seed, paths[-1])
     return paths
 

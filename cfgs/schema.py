@@ -155,7 +155,7 @@ class EvaluateConfig:
     video: bool = MISSING  # one episode per target: seed<N>/<name>_<target>.mp4
     device: str = ruled(DEVICE)
     name: str = ruled(FILE_STEM)  # the outputs: <name>.csv, <name>.png, seed<N>/<name>.json
-    export: bool = MISSING  # true: no sweep; each seed's policy as one .pt2 file (tools/export.py)
+    export: bool = MISSING  # true: no sweep; each seed's policy as one ONNX file (tools/export.py)
     overwrite: bool = MISSING  # true: replace a stored sweep of this name made with other targets or episodes
 
 

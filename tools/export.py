@@ -1,14 +1,15 @@
-"""A trained policy as one file that runs without this project, with torch alone: a torch.export program (.pt2).
+"""A trained policy as one ONNX file that runs without this project, without torch and outside Python (onnxruntime
+in C++, Rust, JavaScript, ...).
 
-    python evaluate.py run=runs/<date>/<time> export=true          # seed<N>/final.pt2 of each seed
+    python evaluate.py run=runs/<date>/<time> export=true          # seed<N>/final.onnx of each seed
 
 The file takes the episode's last K raw steps, left-padded (INPUTS; mask 1: a real step), returns the last step's
-action in the env's bounds, and carries run_facts as its metadata.json (docs/export.md: loading it, the env loop).
+action in the env's bounds, and carries run_facts as its metadata (docs/export.md: the env loop).
 """
 from __future__ import annotations
 
-import io
 import json
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 
     from models import DecisionTransformer
 
-INPUTS = ("states", "actions", "returns_to_go", "timesteps", "mask")  # the program's inputs, in order
-SUFFIX = ".pt2"
+INPUTS = ("states", "actions", "returns_to_go", "timesteps", "mask")  # the file's inputs, in order
+SUFFIX = ".onnx"
+MISSING = "export=true needs onnx and onnxscript: pip install -r requirements-extra.txt"
 
 
 class ExportedPolicy(nn.Module):
@@ -49,7 +51,7 @@ class ExportedPolicy(nn.Module):
 
 
 def run_facts(model: DecisionTransformer, cfg: DictConfig) -> dict:
-    """What a policy file says of itself (JSON values, its metadata.json)."""
+    """What a policy file says of itself: its metadata, each value JSON."""
     statistics = {k: getattr(model, k).tolist() for k in ("state_mean", "state_std", "action_low", "action_high")}
     return {"env_id": cfg.env.id, "target_return": cfg.eval.target_return, "context_len": model.context_len,
             "reward_scale": cfg.buffer.reward_scale, **statistics, "ref_min_score": cfg.env.ref_min_score,
@@ -57,14 +59,23 @@ def run_facts(model: DecisionTransformer, cfg: DictConfig) -> dict:
 
 
 def export_policy(model: DecisionTransformer, facts: dict) -> bytes:
-    """The .pt2 file of `model` carrying `facts` (run_facts); the model moves to the CPU in fp32. Any batch size."""
+    """The ONNX file of `model` carrying `facts` (run_facts); the model moves to the CPU in fp32. Any batch size."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  torch's ONNX exporter writes through it
+    except ImportError:
+        raise ImportError(MISSING) from None
     policy = ExportedPolicy(model.cpu().float(), facts["reward_scale"]).eval().requires_grad_(False)
     B, K = 2, model.context_len  # an example batch of 2: a batch of 1 would be fixed at 1
     mask = torch.zeros(B, K)
     mask[:, -1] = 1  # windows of zeros with one real step
     inputs = (torch.zeros(B, K, model.state_dim), torch.zeros(B, K, model.act_dim), torch.zeros(B, K, 1),
               torch.zeros(B, K, dtype=torch.long), mask)
-    program = torch.export.export(policy, inputs, dynamic_shapes=[{0: torch.export.Dim("batch")}] * len(inputs))
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={"metadata.json": json.dumps(facts)})
-    return buffer.getvalue()
+    batch = {0: torch.export.Dim("batch")}
+    with warnings.catch_warnings():  # the five inputs share the one batch axis, which the exporter remarks on
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.onnx.export(policy, inputs, input_names=list(INPUTS), output_names=["action"],
+                                    dynamic_shapes=[batch] * len(INPUTS), dynamo=True, verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in facts.items()})
+    return proto.SerializeToString()
