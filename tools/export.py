@@ -9,6 +9,7 @@ action in the env's bounds, and carries run_facts as its metadata (docs/export.m
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from typing import TYPE_CHECKING
 
@@ -72,8 +73,10 @@ def export_policy(model: DecisionTransformer, facts: dict) -> bytes:
     inputs = (torch.zeros(B, K, model.state_dim), torch.zeros(B, K, model.act_dim), torch.zeros(B, K, 1),
               torch.zeros(B, K, dtype=torch.long), mask)
     batch = {0: torch.export.Dim("batch")}
-    with warnings.catch_warnings():  # the five inputs share the one batch axis, which the exporter remarks on
-        warnings.simplefilter("ignore", UserWarning)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # no "torchvision is not installed" lines
+    with warnings.catch_warnings():  # torch's own remarks: inputs sharing one batch axis, a deprecation inside it
+        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
         program = torch.onnx.export(policy, inputs, input_names=list(INPUTS), output_names=["action"],
                                     dynamic_shapes=[batch] * len(INPUTS), dynamo=True, verbose=False)
     proto = program.model_proto
